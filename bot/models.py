@@ -1,0 +1,225 @@
+"""Domain objects of a deployment: plain dataclasses and enums, no I/O."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+class DeploymentStatus(str, enum.Enum):
+    REQUESTED = "requested"
+    CHECKING = "checking"
+    BLOCKED = "blocked"
+    AWAITING_APPROVAL = "awaiting_approval"
+    REJECTED = "rejected"
+    DEPLOYING = "deploying"
+    VERIFYING = "verifying"
+    SUCCEEDED = "succeeded"
+    ROLLING_BACK = "rolling_back"
+    ROLLED_BACK = "rolled_back"
+    ROLLBACK_FAILED = "rollback_failed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset(
+    {
+        DeploymentStatus.BLOCKED,
+        DeploymentStatus.REJECTED,
+        DeploymentStatus.SUCCEEDED,
+        DeploymentStatus.ROLLED_BACK,
+        DeploymentStatus.ROLLBACK_FAILED,
+        DeploymentStatus.FAILED,
+        DeploymentStatus.CANCELLED,
+        DeploymentStatus.INTERRUPTED,
+    }
+)
+
+# The only moves the state machine allows; anything else is a bug and is refused by the store.
+TRANSITIONS: dict[DeploymentStatus, frozenset[DeploymentStatus]] = {
+    DeploymentStatus.REQUESTED: frozenset(
+        {DeploymentStatus.CHECKING, DeploymentStatus.CANCELLED, DeploymentStatus.INTERRUPTED,
+         DeploymentStatus.FAILED}
+    ),
+    DeploymentStatus.CHECKING: frozenset(
+        {
+            DeploymentStatus.BLOCKED,
+            DeploymentStatus.AWAITING_APPROVAL,
+            DeploymentStatus.DEPLOYING,
+            DeploymentStatus.SUCCEEDED,  # a dry run ends here: every check passed, nothing deployed
+            DeploymentStatus.FAILED,
+            DeploymentStatus.CANCELLED,
+            DeploymentStatus.INTERRUPTED,
+        }
+    ),
+    DeploymentStatus.AWAITING_APPROVAL: frozenset(
+        {
+            DeploymentStatus.REJECTED,
+            DeploymentStatus.DEPLOYING,
+            DeploymentStatus.BLOCKED,  # a check re-run at resume time failed
+            DeploymentStatus.FAILED,
+            DeploymentStatus.CANCELLED,
+            DeploymentStatus.INTERRUPTED,
+        }
+    ),
+    DeploymentStatus.DEPLOYING: frozenset(
+        {DeploymentStatus.VERIFYING, DeploymentStatus.FAILED, DeploymentStatus.ROLLING_BACK,
+         DeploymentStatus.INTERRUPTED}
+    ),
+    DeploymentStatus.VERIFYING: frozenset(
+        {DeploymentStatus.SUCCEEDED, DeploymentStatus.ROLLING_BACK, DeploymentStatus.FAILED,
+         DeploymentStatus.INTERRUPTED}
+    ),
+    DeploymentStatus.ROLLING_BACK: frozenset(
+        {DeploymentStatus.ROLLED_BACK, DeploymentStatus.ROLLBACK_FAILED, DeploymentStatus.INTERRUPTED}
+    ),
+}
+
+
+class CheckStatus(str, enum.Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    PASSED = "passed"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+class GateKind(str, enum.Enum):
+    NOTES_ACK = "notes_ack"  # a person confirms they read the deployment notes
+    APPROVAL = "approval"  # a person authorised for the environment approves
+
+
+class GateStatus(str, enum.Enum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+
+
+class DeploymentKind(str, enum.Enum):
+    DEPLOY = "deploy"
+    ROLLBACK = "rollback"  # a manual rollback requested by a person
+
+
+@dataclass
+class Ticket:
+    id: str
+    title: str
+    status: str
+    url: str = ""
+    labels: list[str] = field(default_factory=list)
+    description: str = ""
+    fields: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Comment:
+    id: str
+    author: str  # the tracker's stable user id or login
+    body: str  # plain text (trackers with rich formats convert before handing it over)
+    created_at: datetime
+    author_name: str = ""
+
+
+@dataclass
+class CheckResult:
+    deployment_id: int
+    name: str  # stable key: cq_approval, qa_pass, ticket_status, ...
+    title: str  # what a person reads: "CQ approval"
+    position: int
+    status: CheckStatus = CheckStatus.PENDING
+    reason: str = ""
+    updated_at: datetime | None = None
+
+
+@dataclass
+class Gate:
+    id: int
+    deployment_id: int
+    kind: GateKind
+    prompt: str  # what the person is asked, including the notes to read
+    status: GateStatus = GateStatus.PENDING
+    decided_by: str | None = None
+    decided_at: datetime | None = None
+    reason: str = ""
+    created_at: datetime | None = None
+
+
+@dataclass
+class Lock:
+    scope: str  # "env:production" or "service:production:billing"
+    deployment_id: int | None
+    holder: str
+    reason: str
+    acquired_at: datetime
+
+
+@dataclass
+class Deployment:
+    id: int
+    ticket_id: str
+    service: str
+    version: str
+    environment: str
+    requested_by: str
+    status: DeploymentStatus
+    kind: DeploymentKind = DeploymentKind.DEPLOY
+    dry_run: bool = False
+    previous_version: str | None = None
+    method: str = ""  # "Direct Container", "Docker Compose", "Kubernetes"
+    lock_scope: str = ""
+    failure: str = ""  # the reason a person reads when it did not succeed
+    verification: str = ""  # summary of what verification measured
+    record: str = ""  # the rendered deployment record, once
+    record_posted: bool = False
+    record_commented: bool = False
+    thread_ref: str = ""  # the front end's handle on its thread (Slack channel:ts), opaque here
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+@dataclass
+class BackendStatus:
+    running: bool
+    version: str | None
+    detail: str = ""  # what a person reads: container state, health, replicas
+
+
+@dataclass
+class VerificationResult:
+    """Outcome of post-deployment verification; each item maps to a record box."""
+
+    health: CheckStatus = CheckStatus.SKIPPED
+    health_reason: str = ""
+    smoke: CheckStatus = CheckStatus.SKIPPED
+    smoke_reason: str = ""
+    error_rate: CheckStatus = CheckStatus.SKIPPED
+    error_rate_reason: str = "not measured (no baseline in this version)"
+    latency: CheckStatus = CheckStatus.SKIPPED
+    latency_reason: str = "not measured (no baseline in this version)"
+    monitoring: CheckStatus = CheckStatus.SKIPPED
+    monitoring_reason: str = "no monitoring source configured"
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        return CheckStatus.FAILED in (
+            self.health, self.smoke, self.error_rate, self.latency, self.monitoring
+        )
+
+    @property
+    def failure_reasons(self) -> list[str]:
+        pairs = [
+            ("health", self.health, self.health_reason),
+            ("smoke", self.smoke, self.smoke_reason),
+            ("error rate", self.error_rate, self.error_rate_reason),
+            ("latency", self.latency, self.latency_reason),
+            ("monitoring", self.monitoring, self.monitoring_reason),
+        ]
+        return [f"{name}: {reason}" for name, status, reason in pairs if status is CheckStatus.FAILED]

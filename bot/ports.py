@@ -1,0 +1,138 @@
+"""The interfaces the core talks to; front ends and backends implement them, wiring picks them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Callable, Protocol, runtime_checkable
+
+from bot.models import BackendStatus, CheckResult, Comment, Deployment, Gate, Ticket
+
+# Backends report progress as plain sentences ("pulling demo-web:v2", "container started").
+StepCallback = Callable[[str], None]
+
+
+@runtime_checkable
+class DeployBackend(Protocol):
+    """Runs one service in one environment. Every call has its own timeouts.
+
+    Contract: `prepare` never touches what is running (a missing image or failed pull raises
+    BackendError and leaves the service as it was); `deploy` either leaves the new version running
+    or restores the previous one before raising BackendError.
+    """
+
+    method: str  # how the record names it: "Direct Container", "Docker Compose", "Kubernetes"
+
+    def current_version(self) -> str | None: ...
+
+    def prepare(self, version: str, on_step: StepCallback) -> None: ...
+
+    def deploy(self, version: str, *, ticket_id: str, on_step: StepCallback) -> None: ...
+
+    def rollback(self, to_version: str, on_step: StepCallback) -> None: ...
+
+    def finalize(self, on_step: StepCallback) -> None:
+        """Verification passed: drop what was kept only for a fast rollback."""
+        ...
+
+    def status(self) -> BackendStatus: ...
+
+    def logs(self, since: datetime) -> str: ...
+
+    def rollback_steps(self, to_version: str) -> list[str]:
+        """The exact commands an operator would run by hand to go back to `to_version`."""
+        ...
+
+
+@runtime_checkable
+class Tracker(Protocol):
+    """A ticket tracker: the source of the CQ/QA/status gates and the place the record goes."""
+
+    name: str  # "local", "Jira Cloud", "Redmine", ...
+
+    def parse_ref(self, text: str) -> str:
+        """Canonical ticket id from what a person typed (id or URL); InputError if malformed."""
+        ...
+
+    def get_ticket(self, ticket_id: str) -> Ticket: ...
+
+    def comments(self, ticket_id: str) -> list[Comment]:
+        """Every comment (all pages), oldest first, bodies as plain text."""
+        ...
+
+    def add_comment(self, ticket_id: str, markdown: str, *, key: str) -> None:
+        """Post once per `key`: a retried call with the same key must not post a second comment."""
+        ...
+
+    def transition(self, ticket_id: str, status: str) -> None: ...
+
+    def check_credentials(self) -> None: ...
+
+
+@dataclass
+class GateDecision:
+    approved: bool
+    decided_by: str
+    reason: str = ""
+
+
+@runtime_checkable
+class Approver(Protocol):
+    """Asks people to decide a gate.
+
+    Returns a decision at once when it can ask synchronously (a terminal prompt, --approve-as),
+    or None when the decision will arrive later through Pipeline.decide_gate (a Slack button).
+    """
+
+    def request(self, deployment: Deployment, gate: Gate) -> GateDecision | None: ...
+
+
+@runtime_checkable
+class Reporter(Protocol):
+    """Tells people what happens. Called after the state is stored, so it can re-render from it."""
+
+    def deployment_started(self, deployment: Deployment) -> None: ...
+
+    def checklist_updated(self, deployment: Deployment, checks: list[CheckResult]) -> None: ...
+
+    def gate_requested(self, deployment: Deployment, gate: Gate) -> None: ...
+
+    def gate_decided(self, deployment: Deployment, gate: Gate) -> None: ...
+
+    def step(self, deployment: Deployment, message: str) -> None: ...
+
+    def blocked(self, deployment: Deployment, blockers: list[CheckResult]) -> None: ...
+
+    def alert(self, deployment: Deployment, message: str) -> None:
+        """Something needs people now: an automatic rollback, a failed rollback."""
+        ...
+
+    def finished(self, deployment: Deployment, record: str) -> None:
+        """Terminal status reached; `record` is the deployment record (empty when there is none)."""
+        ...
+
+
+@dataclass
+class ProbeResult:
+    url: str
+    status_code: int | None  # None when no HTTP answer came (refused, timeout)
+    body: str
+    elapsed_ms: float
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+
+@runtime_checkable
+class HttpProbe(Protocol):
+    """One HTTP GET with a timeout; never raises, the failure is in the result."""
+
+    def get(self, url: str, timeout: float) -> ProbeResult: ...
+
+
+class Clock(Protocol):
+    def now(self) -> datetime: ...
+
+    def sleep(self, seconds: float) -> None: ...
