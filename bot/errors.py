@@ -33,3 +33,7 @@ class TrackerError(DeploybotError):
 
 class StateError(DeploybotError):
     """The request does not fit the stored state (gate already decided, lock held, ...)."""
+
+
+class NotAllowed(DeploybotError):
+    """The person may not do this (approve their own production deployment, not an approver)."""

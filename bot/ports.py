@@ -29,7 +29,9 @@ class DeployBackend(Protocol):
 
     def deploy(self, version: str, *, ticket_id: str, on_step: StepCallback) -> None: ...
 
-    def rollback(self, to_version: str, on_step: StepCallback) -> None: ...
+    def rollback(self, to_version: str | None, on_step: StepCallback) -> None:
+        """Go back to `to_version` (None: nothing ran before, take the new version down)."""
+        ...
 
     def finalize(self, on_step: StepCallback) -> None:
         """Verification passed: drop what was kept only for a fast rollback."""
@@ -39,7 +41,11 @@ class DeployBackend(Protocol):
 
     def logs(self, since: datetime) -> str: ...
 
-    def rollback_steps(self, to_version: str) -> list[str]:
+    def plan(self, version: str) -> list[str]:
+        """What deploy(version) would do, step by step, for a dry run. No side effects."""
+        ...
+
+    def rollback_steps(self, to_version: str | None) -> list[str]:
         """The exact commands an operator would run by hand to go back to `to_version`."""
         ...
 

@@ -1,0 +1,17 @@
+"""Deploy backends: `build_backend` turns a service's settings into its adapter."""
+
+from __future__ import annotations
+
+from bot.config import Service
+from bot.errors import ConfigError
+from bot.ports import DeployBackend
+
+
+def build_backend(service: str, environment: str, settings: Service) -> DeployBackend:
+    kind = settings.backend.kind
+    if kind == "docker":
+        from backends.deploy.docker import DockerBackend
+
+        return DockerBackend(service, environment, settings)
+    raise ConfigError(f"services.{service}.backend.kind: {kind!r} is not available in this "
+                      "version of deploybot", hint="use kind: docker")

@@ -1,0 +1,289 @@
+"""Direct container deployments through the Docker SDK; the previous container is kept for rollback."""
+
+from __future__ import annotations
+
+import shlex
+from datetime import datetime
+from typing import Any, Callable
+
+import docker
+import docker.errors
+import requests.exceptions
+
+from bot.checks import read_env_file
+from bot.config import DockerBackendSettings, Service
+from bot.errors import BackendError
+from bot.models import BackendStatus
+from bot.ports import StepCallback
+
+KEPT_SUFFIX = "--previous"
+LABEL = "io.deploybot"
+
+
+def _explain(exc: Exception) -> str:
+    if isinstance(exc, docker.errors.APIError):
+        return str(exc.explanation or exc)
+    if isinstance(exc, (requests.exceptions.ConnectionError, FileNotFoundError)):
+        return "the Docker engine is not reachable (is it running? is DOCKER_HOST right?)"
+    if isinstance(exc, requests.exceptions.Timeout):
+        return "the Docker engine did not answer in time"
+    return str(exc)
+
+
+def _port_bindings(ports: dict[str, str]) -> dict[str, Any]:
+    """{"8080": "127.0.0.1:18080"} -> {"8080/tcp": ("127.0.0.1", 18080)} as the SDK wants."""
+    out: dict[str, Any] = {}
+    for container_port, host in ports.items():
+        key = container_port if "/" in container_port else f"{container_port}/tcp"
+        ip, _, port = str(host).rpartition(":")
+        out[key] = (ip, int(port)) if ip else int(port)
+    return out
+
+
+class DockerBackend:
+    method = "Direct Container"
+
+    def __init__(self, service: str, environment: str, settings: Service,
+                 client_factory: Callable[..., docker.DockerClient] | None = None) -> None:
+        assert isinstance(settings.backend, DockerBackendSettings)
+        self.service = service
+        self.environment = environment
+        self.image = settings.image
+        self.opts: DockerBackendSettings = settings.backend
+        self.name = self.opts.container_name or f"{service}-{environment}"
+        self.kept_name = self.name + KEPT_SUFFIX
+        self._client_factory = client_factory or (lambda: docker.from_env(timeout=int(self.opts.timeout)))
+        self._client: docker.DockerClient | None = None
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    @property
+    def client(self) -> docker.DockerClient:
+        if self._client is None:
+            try:
+                self._client = self._client_factory()
+                self._client.ping()
+            except Exception as exc:
+                self._client = None
+                raise BackendError(f"Docker: {_explain(exc)}",
+                                   hint="start the engine or set DOCKER_HOST") from None
+        return self._client
+
+    def _container(self, name: str):
+        try:
+            return self.client.containers.get(name)
+        except docker.errors.NotFound:
+            return None
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise BackendError(f"Docker: cannot inspect {name}: {_explain(exc)}") from None
+
+    def _ref(self, version: str) -> str:
+        return f"{self.image}:{version}"
+
+    @staticmethod
+    def _version_of(container) -> str | None:
+        labels = container.labels or {}
+        if f"{LABEL}.version" in labels:
+            return labels[f"{LABEL}.version"]
+        tags = container.image.tags if container.image else []
+        return tags[0].rsplit(":", 1)[-1] if tags else None
+
+    # -- DeployBackend --------------------------------------------------------------------------
+
+    def current_version(self) -> str | None:
+        c = self._container(self.name)
+        return self._version_of(c) if c else None
+
+    def prepare(self, version: str, on_step: StepCallback) -> None:
+        ref = self._ref(version)
+        try:
+            present = True
+            try:
+                self.client.images.get(ref)
+            except docker.errors.ImageNotFound:
+                present = False
+            if self.opts.pull == "never" or (self.opts.pull == "missing" and present):
+                if not present:
+                    raise BackendError(f"image {ref} is not on this Docker host (pull: never)")
+                on_step(f"image {ref} is present")
+                return
+            on_step(f"pulling {ref}")
+            repo, tag = ref.rsplit(":", 1)
+            self.client.images.pull(repo, tag=tag)
+            on_step(f"pulled {ref}")
+        except BackendError:
+            raise
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise BackendError(f"cannot pull {ref}: {_explain(exc)}") from None
+
+    def _run_kwargs(self, version: str, ticket_id: str) -> dict[str, Any]:
+        policy: dict[str, Any] = {"Name": self.opts.restart_policy}
+        if self.opts.restart_policy == "on-failure":
+            policy["MaximumRetryCount"] = 5
+        kwargs: dict[str, Any] = {
+            "name": self.name,
+            "detach": True,
+            "labels": {f"{LABEL}.service": self.service, f"{LABEL}.environment": self.environment,
+                       f"{LABEL}.version": version, f"{LABEL}.ticket": ticket_id,
+                       f"{LABEL}.managed": "true"},
+            "restart_policy": policy,
+            "ports": _port_bindings(self.opts.ports),
+            "stop_signal": "SIGTERM",
+        }
+        if self.opts.env_file:
+            try:
+                kwargs["environment"] = read_env_file(self.opts.env_file)
+            except OSError as exc:
+                raise BackendError(f"cannot read env file {self.opts.env_file}: {exc.strerror}") from None
+        if self.opts.network:
+            kwargs["network"] = self.opts.network
+        if self.opts.command:
+            kwargs["command"] = self.opts.command
+        if self.opts.healthcheck:
+            kwargs["healthcheck"] = {"test": ["CMD", *self.opts.healthcheck],
+                                     "interval": 1_000_000_000, "timeout": 2_000_000_000,
+                                     "retries": 3, "start_period": 1_000_000_000}
+        return kwargs
+
+    def _start_new(self, version: str, ticket_id: str, on_step: StepCallback) -> None:
+        ref = self._ref(version)
+        on_step(f"starting {self.name} from {ref}")
+        try:
+            container = self.client.containers.create(ref, **self._run_kwargs(version, ticket_id))
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise BackendError(f"cannot create {self.name} from {ref}: {_explain(exc)}") from None
+        try:
+            container.start()
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            self._remove(container)
+            raise BackendError(f"cannot start {self.name} from {ref}: {_explain(exc)}") from None
+        on_step(f"{self.name} started ({container.short_id})")
+
+    def _remove(self, container) -> None:
+        try:
+            container.remove(force=True)
+        except docker.errors.NotFound:
+            pass
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise BackendError(f"cannot remove {container.name}: {_explain(exc)}") from None
+
+    def deploy(self, version: str, *, ticket_id: str, on_step: StepCallback) -> None:
+        stale = self._container(self.kept_name)
+        if stale:
+            on_step(f"removing {self.kept_name} left from an earlier deployment")
+            self._remove(stale)
+        old = self._container(self.name)
+        old_version = self._version_of(old) if old else None
+        if old:
+            on_step(f"stopping {self.name} ({old_version}); keeping it as {self.kept_name}")
+            try:
+                old.stop(timeout=self.opts.stop_timeout)
+                old.rename(self.kept_name)
+            except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+                self._restore(old, on_step)
+                raise BackendError(f"cannot stop {self.name}: {_explain(exc)}; "
+                                   f"{old_version} restarted") from None
+        try:
+            self._start_new(version, ticket_id, on_step)
+        except BackendError as exc:
+            if old:
+                self._restore(old, on_step)
+                raise BackendError(f"{exc}; {old_version} restored") from None
+            raise
+
+    def _restore(self, old, on_step: StepCallback) -> None:
+        """Put the kept container back under its name and start it: the fast path back."""
+        try:
+            old.reload()
+            if old.name != self.name:
+                current = self._container(self.name)
+                if current:
+                    self._remove(current)
+                old.rename(self.name)
+            old.start()
+            on_step(f"{self.name} ({self._version_of(old)}) running again")
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise BackendError(f"cannot restart the previous {self.name}: {_explain(exc)}") from None
+
+    def rollback(self, to_version: str | None, on_step: StepCallback) -> None:
+        kept = self._container(self.kept_name)
+        current = self._container(self.name)
+        if to_version is None:
+            if current:
+                on_step(f"removing {self.name} (nothing ran before it)")
+                self._remove(current)
+            return
+        if kept and self._version_of(kept) == to_version:
+            if current:
+                on_step(f"removing {self.name} ({self._version_of(current)})")
+                self._remove(current)
+            on_step(f"restarting the kept {to_version} container")
+            self._restore(kept, on_step)
+            return
+        # The kept container is gone (verification had passed): run the old image again.
+        self.prepare(to_version, on_step)
+        if current:
+            on_step(f"removing {self.name} ({self._version_of(current)})")
+            self._remove(current)
+        if kept:
+            self._remove(kept)
+        self._start_new(to_version, ticket_id="rollback", on_step=on_step)
+
+    def finalize(self, on_step: StepCallback) -> None:
+        kept = self._container(self.kept_name)
+        if kept:
+            self._remove(kept)
+            on_step(f"removed the kept previous container {self.kept_name}")
+
+    def status(self) -> BackendStatus:
+        c = self._container(self.name)
+        if c is None:
+            return BackendStatus(running=False, version=None, detail=f"no container {self.name}")
+        state = c.attrs.get("State", {})
+        health = (state.get("Health") or {}).get("Status")
+        running = state.get("Running", False) and not state.get("Restarting", False)
+        detail = state.get("Status", "unknown")
+        if state.get("Restarting"):
+            detail = f"restarting (exit code {state.get('ExitCode')})"
+        elif not running and state.get("ExitCode"):
+            detail += f" (exit code {state.get('ExitCode')})"
+        if health:
+            detail += f", health {health}"
+        return BackendStatus(running=running and health != "unhealthy",
+                             version=self._version_of(c), detail=detail)
+
+    def logs(self, since: datetime) -> str:
+        c = self._container(self.name)
+        if c is None:
+            return ""
+        try:
+            return c.logs(since=since, timestamps=True).decode("utf-8", "replace")
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise BackendError(f"cannot read logs of {self.name}: {_explain(exc)}") from None
+
+    def _run_command(self, version: str) -> str:
+        args = ["docker", "run", "-d", "--name", self.name, "--restart", self.opts.restart_policy]
+        for container_port, host in self.opts.ports.items():
+            args += ["-p", f"{host}:{container_port}"]
+        if self.opts.env_file:
+            args += ["--env-file", self.opts.env_file]
+        if self.opts.network:
+            args += ["--network", self.opts.network]
+        args.append(self._ref(version))
+        args += self.opts.command or []
+        return shlex.join(args)
+
+    def plan(self, version: str) -> list[str]:
+        ref = self._ref(version)
+        steps = [f"make sure {ref} is on the Docker host (pull: {self.opts.pull})"]
+        current = self._container(self.name)
+        if current:
+            steps.append(f"stop {self.name} ({self._version_of(current)}, stop timeout "
+                         f"{self.opts.stop_timeout} s) and keep it as {self.kept_name}")
+        steps.append(f"`{self._run_command(version)}`")
+        return steps
+
+    def rollback_steps(self, to_version: str | None) -> list[str]:
+        if to_version is None:
+            return [f"docker rm -f {self.name}"]
+        return [f"docker rm -f {self.name}", self._run_command(to_version)]

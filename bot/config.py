@@ -1,0 +1,312 @@
+"""The YAML configuration file, validated into typed settings; every error names its path."""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Mapping
+
+import yaml
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from bot.errors import ConfigError
+
+DEFAULT_PATH = "deploybot.yaml"
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _check_regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"not a valid regular expression: {exc}") from None
+    return value
+
+
+class CommentRule(Strict):
+    """Which comment counts: a regular expression and, optionally, who may write it."""
+
+    pattern: str
+    authors: list[str] = Field(default_factory=list)  # empty: anyone but the requester
+
+    @field_validator("pattern")
+    @classmethod
+    def _valid_pattern(cls, v: str) -> str:
+        return _check_regex(v)
+
+
+class TrackerRules(Strict):
+    ready_status: str = "Ready for Production"
+    deployed_status: str | None = "Deployed"
+    cq_approval: CommentRule = CommentRule(pattern=r"(?im)^\s*CQ\s*(approved|pass(ed)?|ok)\b")
+    qa_pass: CommentRule = CommentRule(pattern=r"(?im)^\s*QA\s*PASS(ED)?\b")
+    notes: CommentRule = CommentRule(pattern=r"(?im)^\s*deploy(ment)?\s+notes?\s*:")
+    # A comment announcing a new build makes earlier approvals stale.
+    new_build: str | None = r"(?im)^\s*(new\s+build|rebuilt|new\s+version)\b"
+    # Where service@version comes from when the command does not say.
+    version_field: str | None = None
+    version_pattern: str = r"(?i)\bdeploy:\s*(?P<service>[a-z0-9][a-z0-9_-]*)@(?P<version>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})"
+
+    @field_validator("new_build", "version_pattern")
+    @classmethod
+    def _valid_regexes(cls, v: str | None) -> str | None:
+        return v if v is None else _check_regex(v)
+
+
+class TrackerSettings(BaseModel):
+    # Adapters carry their own keys (url, project, token_env, ...), so extra keys are allowed here.
+    model_config = ConfigDict(extra="allow")
+
+    kind: str = "local"
+    url: AnyHttpUrl | None = None
+    token_env: str | None = None
+    timeout: float = Field(default=10.0, gt=0, le=120)
+    rules: TrackerRules = TrackerRules()
+
+    @model_validator(mode="after")
+    def _remote_needs_url(self) -> "TrackerSettings":
+        if self.kind != "local" and self.url is None:
+            raise ValueError(f"tracker kind {self.kind!r} needs 'url'")
+        return self
+
+
+class Environment(Strict):
+    approvers: list[str] = Field(default_factory=list)  # user names/ids allowed to approve
+    approvals_required: int = Field(default=0, ge=0, le=5)
+    allow_self_approval: bool = False
+    lock_scope: Literal["environment", "service"] = "environment"
+    production: bool = False
+
+
+class Health(Strict):
+    url: AnyHttpUrl
+    detailed_path: str | None = "/health/detailed"
+    timeout: float = Field(default=5.0, gt=0, le=60)
+
+
+class SmokeTest(Strict):
+    url: AnyHttpUrl
+    expect_status: int = Field(default=200, ge=100, le=599)
+    contains: str | None = None
+
+
+class Dependency(Strict):
+    name: str
+    url: AnyHttpUrl
+
+
+class Verification(Strict):
+    timeout: float = Field(default=30.0, ge=0, le=3600)  # bounded wait for the new version
+    interval: float = Field(default=1.0, gt=0, le=60)
+
+
+class DockerBackendSettings(Strict):
+    kind: Literal["docker"] = "docker"
+    container_name: str | None = None
+    ports: dict[str, str] = Field(default_factory=dict)  # "8080/tcp" -> "127.0.0.1:18080"
+    network: str | None = None
+    restart_policy: Literal["no", "always", "unless-stopped", "on-failure"] = "unless-stopped"
+    env_file: str | None = None
+    pull: Literal["always", "missing", "never"] = "missing"
+    stop_timeout: int = Field(default=10, ge=0, le=600)
+    healthcheck: list[str] | None = None  # CMD argument list for the container's own health check
+    command: list[str] | None = None
+    timeout: float = Field(default=60.0, gt=0, le=3600)  # per Docker API call
+
+
+class OtherBackendSettings(BaseModel):
+    """Compose and Kubernetes: their adapters validate their own options."""
+
+    model_config = ConfigDict(extra="allow")
+    kind: Literal["compose", "kubernetes"]
+
+
+class Service(Strict):
+    image: str
+    backend: Annotated[
+        DockerBackendSettings | OtherBackendSettings, Field(discriminator="kind")
+    ] = Field(default_factory=DockerBackendSettings)
+    environments: list[str] | None = None  # where it may be deployed; None = all
+    health: Health | None = None
+    smoke: list[SmokeTest] = Field(default_factory=list)
+    required_env: list[str] = Field(default_factory=list)
+    dependencies: list[Dependency] = Field(default_factory=list)
+    migration_check: list[str] | None = None  # an argument list, never a shell string
+    migration_timeout: float = Field(default=120.0, gt=0, le=3600)
+    lock_scope: Literal["environment", "service"] | None = None  # overrides the environment's
+    verify: Verification = Verification()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _backend_kind_defaults_to_docker(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("backend"), dict):
+            data = {**data, "backend": {"kind": "docker", **data["backend"]}}
+        return data
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, v: str) -> str:
+        if not re.fullmatch(r"[a-z0-9][a-z0-9._/:-]*", v) or v.endswith(":"):
+            raise ValueError("not a Docker image name (lower case, no tag)")
+        last = v.rsplit("/", 1)[-1]
+        if ":" in last:
+            raise ValueError("give the image without a tag; the version is the tag")
+        return v
+
+    @field_validator("migration_check")
+    @classmethod
+    def _argv(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and not v:
+            raise ValueError("an argument list needs at least the program")
+        return v
+
+
+class Config(Strict):
+    channel: str = "#standup"
+    default_environment: str | None = None  # None: the first environment in the file
+    tracker: TrackerSettings = TrackerSettings()
+    environments: dict[str, Environment]
+    services: dict[str, Service]
+    # Per environment overrides of service settings, deep-merged before validation.
+    source_path: str | None = None
+
+    @field_validator("environments", "services")
+    @classmethod
+    def _names(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for name in v:
+            if not NAME_RE.match(name):
+                raise ValueError(f"{name!r} is not a valid name (lower case letters, digits, - and _)")
+        if not v:
+            raise ValueError("at least one is needed")
+        return v
+
+    @model_validator(mode="after")
+    def _cross_refs(self) -> "Config":
+        for name, svc in self.services.items():
+            for env in svc.environments or []:
+                if env not in self.environments:
+                    raise ValueError(f"services.{name}.environments: unknown environment {env!r}")
+        if self.default_environment and self.default_environment not in self.environments:
+            raise ValueError(f"default_environment: unknown environment {self.default_environment!r}")
+        return self
+
+    @property
+    def default_env(self) -> str:
+        return self.default_environment or next(iter(self.environments))
+
+    def service(self, name: str, environment: str) -> Service:
+        return self._resolved[(name, environment)]
+
+    def lock_scope(self, service: str, environment: str) -> str:
+        svc = self.services[service]
+        scope = svc.lock_scope or self.environments[environment].lock_scope
+        return f"service:{environment}:{service}" if scope == "service" else f"env:{environment}"
+
+    def deployable(self, service: str, environment: str) -> bool:
+        svc = self.services[service]
+        return svc.environments is None or environment in svc.environments
+
+    _resolved: dict[tuple[str, str], Service] = {}
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _format_errors(exc: ValidationError, prefix: tuple = ()) -> list[str]:
+    lines = []
+    for err in exc.errors():
+        # Drop pydantic's union-member names so the path reads as the YAML file does.
+        loc = [str(p) for p in prefix + tuple(err["loc"])
+               if p not in ("docker", "compose", "kubernetes")
+               and not str(p).startswith(("function-", "nullable["))]
+        path = ".".join(loc) or "(top level)"
+        msg = err["msg"]
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        if err["type"] == "url_parsing" or err["type"].startswith("url_"):
+            msg = f"not a URL ({msg})"
+        if err["type"] == "extra_forbidden":
+            msg = "unknown setting (check the spelling)"
+        lines.append(f"{path}: {msg}")
+    return sorted(set(lines), key=lines.index)
+
+
+def parse(data: Any, source: str = "<config>") -> Config:
+    """Validate a loaded YAML document; ConfigError lists every problem with its path."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the file must be a mapping with environments and services")
+    data = dict(data)
+    overrides = data.pop("overrides", {}) or {}
+    errors: list[str] = []
+    try:
+        cfg = Config.model_validate({**data, "source_path": source})
+    except ValidationError as exc:
+        raise ConfigError(
+            f"{source} has {len(exc.errors())} error(s):\n" + "\n".join(_format_errors(exc))
+        ) from None
+    resolved: dict[tuple[str, str], Service] = {}
+    if not isinstance(overrides, dict):
+        errors.append("overrides: must map environment -> service -> settings")
+        overrides = {}
+    for env, per_service in overrides.items():
+        if env not in cfg.environments:
+            errors.append(f"overrides.{env}: unknown environment")
+            continue
+        for svc_name in (per_service or {}):
+            if svc_name not in cfg.services:
+                errors.append(f"overrides.{env}.{svc_name}: unknown service")
+    for svc_name, svc in cfg.services.items():
+        raw = data["services"][svc_name]
+        for env in cfg.environments:
+            patch = ((overrides.get(env) or {}).get(svc_name)) or {}
+            if not patch:
+                resolved[(svc_name, env)] = svc
+                continue
+            try:
+                resolved[(svc_name, env)] = Service.model_validate(_deep_merge(raw, patch))
+            except ValidationError as exc:
+                errors.extend(_format_errors(exc, ("overrides", env, svc_name)))
+    if errors:
+        raise ConfigError(f"{source} has {len(errors)} error(s):\n" + "\n".join(errors))
+    cfg._resolved = resolved
+    return cfg
+
+
+def load(path: str | os.PathLike | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    environ = os.environ if environ is None else environ
+    path = Path(path or environ.get("DEPLOYBOT_CONFIG") or DEFAULT_PATH)
+    if not path.exists():
+        raise ConfigError(
+            f"configuration file {path} not found",
+            hint="create it (see examples/deploybot.yaml) or pass --config / set DEPLOYBOT_CONFIG",
+        )
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    cfg = parse(data, str(path))
+    return cfg

@@ -1,0 +1,663 @@
+"""The deployment state machine: checklist, gates, deploy, verify, roll back, record."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+from bot import checks as checklist
+from bot import record as records
+from bot.config import Config
+from bot.errors import BackendError, DeploybotError, InputError, NotAllowed, StateError, TrackerError
+from bot.models import (
+    CheckResult,
+    CheckStatus,
+    Comment,
+    Deployment,
+    DeploymentKind,
+    DeploymentStatus,
+    Gate,
+    GateKind,
+    GateStatus,
+    Lock,
+    Ticket,
+    VerificationResult,
+)
+from bot.ports import Approver, DeployBackend, HttpProbe, Reporter, Tracker
+from bot.store import Store
+from bot.verify import SystemClock, verify, wait_healthy
+
+log = logging.getLogger("deploybot.pipeline")
+
+# Docker's tag grammar: what a version may be, so it is safe in every backend and record.
+VERSION_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+TARGET_RE = re.compile(r"^(?P<service>[a-z0-9][a-z0-9_-]{0,62})@(?P<version>\S+)$")
+ACTIVE = {DeploymentStatus.REQUESTED, DeploymentStatus.CHECKING,
+          DeploymentStatus.AWAITING_APPROVAL, DeploymentStatus.DEPLOYING,
+          DeploymentStatus.VERIFYING, DeploymentStatus.ROLLING_BACK}
+
+
+@dataclass
+class GateOutcome:
+    gate: Gate
+    deployment: Deployment
+    decided_now: bool  # False: it was already decided (by gate.decided_by); nothing changed
+
+
+def validate_version(version: str) -> str:
+    if not VERSION_RE.match(version):
+        raise InputError(f"{version!r} is not a valid version",
+                         hint="use an image tag: letters, digits, '_', '.', '-', at most 128")
+    return version
+
+
+def parse_target(text: str) -> tuple[str, str]:
+    m = TARGET_RE.match(text.strip())
+    if not m:
+        raise InputError(f"{text!r} is not service@version", hint="for example web@v2.1.0")
+    return m.group("service"), validate_version(m.group("version"))
+
+
+class Pipeline:
+    def __init__(self, *, config: Config, store: Store, tracker: Tracker,
+                 backend_for: Callable[[str, str], DeployBackend], reporter: Reporter,
+                 approver: Approver, probe: HttpProbe, clock: SystemClock | None = None,
+                 environ: Mapping[str, str] | None = None) -> None:
+        self.config = config
+        self.store = store
+        self.tracker = tracker
+        self.backend_for = backend_for
+        self.reporter = reporter
+        self.approver = approver
+        self.probe = probe
+        self.clock = clock or SystemClock()
+        self.environ = os.environ if environ is None else environ
+
+    # -- input validation -----------------------------------------------------------------------
+
+    def environment(self, name: str | None) -> str:
+        env = name or self.config.default_env
+        if env not in self.config.environments:
+            raise InputError(f"unknown environment {env!r}",
+                             hint=f"known: {', '.join(self.config.environments)}")
+        return env
+
+    def service_name(self, name: str, environment: str) -> str:
+        if name not in self.config.services:
+            raise InputError(f"unknown service {name!r}",
+                             hint=f"known: {', '.join(self.config.services)}")
+        if not self.config.deployable(name, environment):
+            raise InputError(f"{name} is not deployed to {environment}")
+        return name
+
+    def _ticket_and_comments(self, ticket_id: str) -> tuple[Ticket, list[Comment]]:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            ticket = pool.submit(self.tracker.get_ticket, ticket_id)
+            comments = pool.submit(self.tracker.comments, ticket_id)
+            return ticket.result(), sorted(comments.result(), key=lambda c: c.created_at)
+
+    # -- requests -------------------------------------------------------------------------------
+
+    def request_deploy(self, ticket_ref: str, *, requested_by: str, target: str | None = None,
+                       environment: str | None = None, dry_run: bool = False,
+                       request_key: str | None = None) -> Deployment:
+        """Validate a deploy request and store it. InputError changes nothing."""
+        ticket_id = self.tracker.parse_ref(ticket_ref)
+        env = self.environment(environment)
+        if target:
+            service, version = parse_target(target)
+        else:
+            try:
+                ticket, comments = self._ticket_and_comments(ticket_id)
+            except TrackerError as exc:
+                raise InputError(f"cannot read {ticket_id} to find what to deploy: {exc}") from None
+            found = checklist.version_from_ticket(ticket, comments, self.config.tracker.rules)
+            if not found:
+                raise InputError(
+                    f"{ticket_id} does not say what to deploy",
+                    hint="add a comment 'deploy: SERVICE@VERSION' or give SERVICE@VERSION")
+            if len({f for f in found}) > 1:
+                listed = ", ".join(f"{s}@{v}" for s, v in found)
+                raise InputError(f"{ticket_id} names more than one deployment: {listed}",
+                                 hint="say which one: deploy TICKET SERVICE@VERSION")
+            service, version = found[0]
+            validate_version(version)
+        self.service_name(service, env)
+        backend = self.backend_for(service, env)
+        deployment, _ = self.store.create_deployment(
+            ticket_id=ticket_id, service=service, version=version, environment=env,
+            requested_by=requested_by, dry_run=dry_run, method=backend.method,
+            lock_scope=self.config.lock_scope(service, env), request_key=request_key)
+        return deployment
+
+    def request_rollback(self, *, requested_by: str, service: str | None = None,
+                         ticket_ref: str | None = None, environment: str | None = None,
+                         to_version: str | None = None,
+                         request_key: str | None = None) -> Deployment:
+        """A manual rollback: back to `to_version` or to what ran before the current version."""
+        env = self.environment(environment) if environment or not ticket_ref else None
+        if ticket_ref:
+            ticket_id = self.tracker.parse_ref(ticket_ref)
+            done = [d for d in self.store.deployments(limit=500, statuses={DeploymentStatus.SUCCEEDED})
+                    if d.ticket_id == ticket_id and not d.dry_run
+                    and (env is None or d.environment == env)
+                    and (service is None or d.service == service)]
+            if not done:
+                raise InputError(f"no successful deployment of {ticket_id} to roll back")
+            last = done[0]
+            service, env = last.service, last.environment
+        assert env is not None
+        if not service:
+            raise InputError("say which service (or ticket) to roll back")
+        self.service_name(service, env)
+        backend = self.backend_for(service, env)
+        current = backend.current_version()
+        if to_version:
+            target = validate_version(to_version)
+        else:
+            last = self.store.last_succeeded(service, env)
+            if last is None or last.version != current or not last.previous_version:
+                raise InputError(
+                    f"no previous version of {service} in {env} is known "
+                    f"(running: {current or 'nothing'})",
+                    hint="give the version: rollback SERVICE --to VERSION")
+            target = last.previous_version
+        if target == current:
+            raise InputError(f"{service} in {env} already runs {target}")
+        related = self.store.last_succeeded(service, env)
+        deployment, _ = self.store.create_deployment(
+            ticket_id=related.ticket_id if related else "none", service=service, version=target,
+            environment=env, requested_by=requested_by, kind=DeploymentKind.ROLLBACK,
+            method=backend.method, lock_scope=self.config.lock_scope(service, env),
+            request_key=request_key)
+        self.store.update_deployment(deployment.id, previous_version=current)
+        return self.store.deployment(deployment.id)
+
+    # -- driving --------------------------------------------------------------------------------
+
+    def run(self, deployment_id: int) -> Deployment:
+        """Drive a deployment as far as it can go without waiting for a person."""
+        d = self.store.deployment(deployment_id)
+        try:
+            if d.status is DeploymentStatus.REQUESTED:
+                if d.kind is DeploymentKind.ROLLBACK:
+                    return self._check_rollback(d)
+                return self._check(d)
+            if d.status is DeploymentStatus.AWAITING_APPROVAL:
+                return self._ask_gates(d)
+            return d
+        except Exception as exc:  # never leave a deployment half-way without saying why
+            log.exception("deployment #%s failed unexpectedly", deployment_id)
+            return self._fail_unexpectedly(deployment_id, exc)
+
+    def _fail_unexpectedly(self, deployment_id: int, exc: Exception) -> Deployment:
+        d = self.store.deployment(deployment_id)
+        if d.status.terminal:
+            return d
+        target = (DeploymentStatus.ROLLBACK_FAILED if d.status is DeploymentStatus.ROLLING_BACK
+                  else DeploymentStatus.INTERRUPTED if d.status is DeploymentStatus.VERIFYING
+                  else DeploymentStatus.FAILED)
+        message = f"internal error while {d.status.value}: {exc}"
+        if d.status in (DeploymentStatus.DEPLOYING, DeploymentStatus.VERIFYING):
+            message += "; check the service by hand"
+        d = self.store.transition(d.id, target, failure=message, detail=message)
+        self.store.release_locks_of(d.id)
+        self._tell("alert", d, f"deployment #{d.id} stopped: {message}")
+        return self._finish(d, None, post_record=d.status is not DeploymentStatus.FAILED
+                            or bool(d.previous_version))
+
+    def _tell(self, event: str, *args) -> None:
+        """Reporters must not break a deployment: their errors are logged, not raised."""
+        try:
+            getattr(self.reporter, event)(*args)
+        except Exception:
+            log.exception("reporter failed on %s", event)
+
+    def _save_check(self, d: Deployment, check: CheckResult) -> None:
+        self.store.save_check(check)
+        self._tell("checklist_updated", d, self.store.checks(d.id))
+
+    def _check(self, d: Deployment) -> Deployment:
+        d = self.store.transition(d.id, DeploymentStatus.CHECKING)
+        self._tell("deployment_started", d)
+        items = [(i.name, i.title) for i in checklist.CHECKLIST]
+        items += [checklist.NOTES_ITEM, checklist.LOCK_ITEM]
+        rows = {name: CheckResult(d.id, name, title, pos)
+                for pos, (name, title) in enumerate(items, 1)}
+        for row in rows.values():
+            self.store.save_check(row)
+        self._tell("checklist_updated", d, self.store.checks(d.id))
+
+        ticket, comments, ticket_error = None, [], ""
+        try:
+            ticket, comments = self._ticket_and_comments(d.ticket_id)
+        except DeploybotError as exc:
+            ticket_error = f"cannot read {d.ticket_id}: {exc}"
+        ctx = checklist.CheckContext(
+            deployment=d, config=self.config,
+            service=self.config.service(d.service, d.environment),
+            environment=self.config.environments[d.environment], ticket=ticket,
+            comments=comments, ticket_error=ticket_error,
+            backend_for=lambda name: self.backend_for(name, d.environment),
+            probe=self.probe, environ=self.environ)
+
+        for item in checklist.CHECKLIST:
+            row = rows[item.name]
+            row.status, row.reason = CheckStatus.RUNNING, ""
+            self._save_check(d, row)
+            try:
+                outcome = item.run(ctx)
+            except Exception as exc:
+                log.exception("check %s crashed", item.name)
+                outcome = checklist.Outcome.failed(f"could not be checked: {exc}")
+            row.status, row.reason = outcome.status, outcome.reason
+            self._save_check(d, row)
+        if ctx.previous_version != d.previous_version:
+            d = self.store.update_deployment(d.id, previous_version=ctx.previous_version)
+        failed = [r for r in rows.values() if r.status is CheckStatus.FAILED]
+
+        notes_row = rows[checklist.NOTES_ITEM[0]]
+        notes = checklist.deployment_notes(comments, self.config.tracker.rules) if ticket else []
+        if failed:
+            notes_row.status, notes_row.reason = CheckStatus.SKIPPED, "not reached: blocked"
+        elif not notes:
+            notes_row.status, notes_row.reason = CheckStatus.PASSED, "no deployment notes on the ticket"
+        elif d.dry_run:
+            notes_row.status = CheckStatus.SKIPPED
+            notes_row.reason = f"{len(notes)} note(s) to acknowledge (dry run: not asked)"
+        else:
+            notes_row.status = CheckStatus.RUNNING
+            notes_row.reason = f"{len(notes)} note(s) waiting for acknowledgement"
+        self._save_check(d, notes_row)
+
+        lock_row = rows[checklist.LOCK_ITEM[0]]
+        lock_row.status, lock_row.reason = self._lock_outcome(d, take=not failed and not d.dry_run)
+        self._save_check(d, lock_row)
+        failed = [r for r in rows.values() if r.status is CheckStatus.FAILED]
+
+        if failed:
+            return self._block(d, failed)
+        if d.dry_run:
+            return self._finish_dry_run(d, ctx.rollback_steps)
+        if notes:
+            text = "\n\n".join(f"*{c.author_name or c.author}* ({c.created_at:%Y-%m-%d %H:%M}):\n{c.body}"
+                               for c in notes)
+            self.store.create_gate(d.id, GateKind.NOTES_ACK,
+                                   f"Deployment notes on {d.ticket_id}:\n\n{text}")
+        env = self.config.environments[d.environment]
+        for n in range(env.approvals_required):
+            self.store.create_gate(
+                d.id, GateKind.APPROVAL,
+                f"Approve deploying {d.service} {d.version} to {d.environment} for {d.ticket_id}"
+                + (f" (approval {n + 1} of {env.approvals_required})"
+                   if env.approvals_required > 1 else ""))
+        if self.store.gates(d.id):
+            d = self.store.transition(d.id, DeploymentStatus.AWAITING_APPROVAL)
+            return self._ask_gates(d)
+        return self._deploy(d)
+
+    def _lock_outcome(self, d: Deployment, *, take: bool) -> tuple[CheckStatus, str]:
+        scope = d.lock_scope
+        if take:
+            ok, lock = self.store.acquire_lock(
+                scope, holder=d.requested_by, deployment_id=d.id,
+                reason=f"deploying {d.service} {d.version} ({d.ticket_id})")
+            if ok:
+                return CheckStatus.PASSED, f"{scope} locked for this deployment"
+            return CheckStatus.FAILED, self.describe_lock(lock)
+        lock = self.store.lock(scope)
+        if lock and lock.deployment_id != d.id:
+            return CheckStatus.FAILED, self.describe_lock(lock)
+        return CheckStatus.SKIPPED if not d.dry_run else CheckStatus.PASSED, (
+            f"{scope} is free (not taken: {'dry run' if d.dry_run else 'blocked'})")
+
+    def describe_lock(self, lock: Lock) -> str:
+        what = (f"deployment #{lock.deployment_id}" if lock.deployment_id
+                else "a manual lock")
+        return (f"{lock.scope} is held by {lock.holder} since "
+                f"{lock.acquired_at:%Y-%m-%d %H:%M UTC} ({what}: {lock.reason})")
+
+    def _block(self, d: Deployment, failed: list[CheckResult]) -> Deployment:
+        summary = "; ".join(f"{c.title}: {c.reason}" for c in failed)
+        d = self.store.transition(d.id, DeploymentStatus.BLOCKED, failure=summary, detail=summary)
+        self.store.release_locks_of(d.id)
+        self._tell("blocked", d, failed)
+        if not d.dry_run:
+            self._comment_once(d, "blocked", records.render_blockers(d, failed))
+        self._tell("finished", d, "")
+        return d
+
+    def _finish_dry_run(self, d: Deployment, rollback_steps: list[str]) -> Deployment:
+        backend = self.backend_for(d.service, d.environment)
+        plan = backend.plan(d.version)
+        svc = self.config.service(d.service, d.environment)
+        plan.append(f"verify: health{', detailed health' if svc.health and svc.health.detailed_path else ''}"
+                    f"{f', {len(svc.smoke)} smoke test(s)' if svc.smoke else ''} "
+                    f"within {svc.verify.timeout:.0f} s")
+        plan.append("on failure roll back: " + ("; ".join(rollback_steps) or "take the new version down"))
+        text = "Dry run: every check passed; nothing was changed. Planned steps:\n" + "\n".join(
+            f"{i}. {s}" for i, s in enumerate(plan, 1))
+        d = self.store.transition(d.id, DeploymentStatus.SUCCEEDED, verification=text,
+                                  detail="dry run")
+        self._tell("finished", d, text)
+        return d
+
+    # -- gates ----------------------------------------------------------------------------------
+
+    def _ask_gates(self, d: Deployment) -> Deployment:
+        for gate in self.store.gates(d.id):
+            if gate.status is not GateStatus.PENDING:
+                continue
+            self._tell("gate_requested", d, gate)
+            decision = self.approver.request(d, gate)
+            if decision is None:
+                continue
+            try:
+                outcome = self.decide_gate(gate.id, decided_by=decision.decided_by,
+                                           approved=decision.approved, reason=decision.reason,
+                                           resume=False)
+            except NotAllowed as exc:
+                self._tell("step", d, f"{decision.decided_by} may not decide this gate: {exc}")
+                continue
+            if outcome.gate.status is GateStatus.REJECTED:
+                return self.store.deployment(d.id)
+        return self._resume_if_approved(d.id)
+
+    def authorise(self, d: Deployment, gate: Gate, user: str, groups: tuple[str, ...] = ()) -> None:
+        if gate.kind is GateKind.NOTES_ACK:
+            return
+        env = self.config.environments[d.environment]
+        if env.approvers and not any(checklist.same_person(user, a) or a in groups
+                                     for a in env.approvers):
+            raise NotAllowed(f"{user} may not approve deployments to {d.environment}",
+                             hint=f"approvers: {', '.join(env.approvers)}")
+        if checklist.same_person(user, d.requested_by) and not env.allow_self_approval:
+            raise NotAllowed(f"{user} requested this deployment and cannot approve it",
+                             hint="another approver has to")
+        for other in self.store.gates(d.id, kind=GateKind.APPROVAL):
+            if other.id != gate.id and other.status is GateStatus.APPROVED and \
+                    other.decided_by and checklist.same_person(other.decided_by, user):
+                raise NotAllowed(f"{user} already approved this deployment",
+                                 hint="a second approval must come from someone else")
+
+    def decide_gate(self, gate_id: int, *, decided_by: str, approved: bool, reason: str = "",
+                    groups: tuple[str, ...] = (), resume: bool = True) -> GateOutcome:
+        """A person decided a gate. Authorised once; repeated clicks change nothing."""
+        gate = self.store.gate(gate_id)
+        d = self.store.deployment(gate.deployment_id)
+        if gate.status is not GateStatus.PENDING:
+            return GateOutcome(gate, d, decided_now=False)
+        if d.status is not DeploymentStatus.AWAITING_APPROVAL:
+            raise StateError(f"deployment #{d.id} is {d.status.value}; there is nothing to decide")
+        self.authorise(d, gate, decided_by, groups)
+        if not approved and not reason.strip():
+            raise InputError("a rejection needs a reason")
+        gate, decided_now = self.store.decide_gate(gate_id, approved=approved,
+                                                   decided_by=decided_by, reason=reason)
+        if not decided_now:
+            return GateOutcome(gate, self.store.deployment(d.id), decided_now=False)
+        self._tell("gate_decided", d, gate)
+        if gate.kind is GateKind.NOTES_ACK and approved:
+            for row in self.store.checks(d.id):
+                if row.name == checklist.NOTES_ITEM[0]:
+                    row.status, row.reason = CheckStatus.PASSED, f"acknowledged by {decided_by}"
+                    self._save_check(d, row)
+        if not approved:
+            text = f"{gate.kind.value.replace('_', ' ')} rejected by {decided_by}: {reason}"
+            try:
+                d = self.store.transition(d.id, DeploymentStatus.REJECTED, actor=decided_by,
+                                          failure=text, detail=text)
+            except StateError:
+                return GateOutcome(gate, self.store.deployment(d.id), decided_now=True)
+            self.store.release_locks_of(d.id)
+            self._comment_once(d, "rejected", f"**Deployment rejected:** {d.service} {d.version} "
+                                              f"to {d.environment}: {text}\n")
+            self._tell("finished", d, "")
+            return GateOutcome(gate, d, decided_now=True)
+        if resume:
+            d = self.run_guarded(lambda: self._resume_if_approved(d.id), d.id)
+        return GateOutcome(gate, self.store.deployment(d.id), decided_now=True)
+
+    def run_guarded(self, fn: Callable[[], Deployment], deployment_id: int) -> Deployment:
+        try:
+            return fn()
+        except Exception as exc:
+            log.exception("deployment #%s failed unexpectedly", deployment_id)
+            return self._fail_unexpectedly(deployment_id, exc)
+
+    def _resume_if_approved(self, deployment_id: int) -> Deployment:
+        d = self.store.deployment(deployment_id)
+        gates = self.store.gates(d.id)
+        if d.status is not DeploymentStatus.AWAITING_APPROVAL or \
+                any(g.status is not GateStatus.APPROVED for g in gates):
+            return d
+        self.store.adopt(d.id)
+        return self._deploy(d)
+
+    def pending_gates(self, deployment_id: int) -> list[Gate]:
+        return [g for g in self.store.gates(deployment_id) if g.status is GateStatus.PENDING]
+
+    # -- execution --------------------------------------------------------------------------------
+
+    def _step(self, d: Deployment) -> Callable[[str], None]:
+        def step(message: str) -> None:
+            self.store.record_event(d.id, "deploybot", "step", message)
+            self._tell("step", d, message)
+        return step
+
+    def _deploy(self, d: Deployment) -> Deployment:
+        try:
+            # Only one caller wins this transition: a double approval cannot deploy twice.
+            d = self.store.transition(d.id, DeploymentStatus.DEPLOYING)
+        except StateError:
+            return self.store.deployment(d.id)
+        backend = self.backend_for(d.service, d.environment)
+        step = self._step(d)
+        previous = d.previous_version
+        try:
+            now_running = backend.current_version()
+            if now_running != previous:
+                step(f"note: {now_running or 'nothing'} runs now, not {previous or 'nothing'} "
+                     "as at check time; rolling back would return to what runs now")
+                previous = now_running
+                d = self.store.update_deployment(d.id, previous_version=previous)
+            backend.prepare(d.version, step)
+        except BackendError as exc:
+            return self._failed(d, f"could not prepare {d.version}: {exc}; "
+                                   f"{previous or 'nothing'} is still running, nothing changed")
+        try:
+            backend.deploy(d.version, ticket_id=d.ticket_id, on_step=step)
+        except BackendError as exc:
+            return self._failed(d, f"deploying {d.version} failed: {exc}")
+        d = self.store.transition(d.id, DeploymentStatus.VERIFYING)
+        svc = self.config.service(d.service, d.environment)
+        result = verify(svc, backend, self.probe, self.clock, step)
+        summary = "; ".join(f"{k}: {v}" for k, v in (("health", result.health_reason),
+                                                     ("smoke", result.smoke_reason)))
+        if not result.failed:
+            try:
+                backend.finalize(step)
+            except BackendError as exc:
+                result.notes.append(f"could not clean up after the deploy: {exc}")
+            d = self.store.transition(d.id, DeploymentStatus.SUCCEEDED, verification=summary)
+            self.store.release_locks_of(d.id)
+            return self._finish(d, result)
+        reasons = "; ".join(result.failure_reasons)
+        if d.kind is DeploymentKind.ROLLBACK:
+            # A manual rollback that fails verification is not rolled back again: people decide.
+            d = self.store.transition(d.id, DeploymentStatus.FAILED, verification=summary,
+                                      failure=f"rollback to {d.version} failed verification: {reasons}")
+            self.store.release_locks_of(d.id)
+            self._tell("alert", d, f"manual rollback of {d.service} in {d.environment} to "
+                                   f"{d.version} failed verification: {reasons}")
+            return self._finish(d, result)
+        return self._roll_back(d, backend, result, summary, reasons)
+
+    def _roll_back(self, d: Deployment, backend: DeployBackend, result: VerificationResult,
+                   summary: str, reasons: str) -> Deployment:
+        previous = d.previous_version
+        d = self.store.transition(d.id, DeploymentStatus.ROLLING_BACK, verification=summary,
+                                  failure=f"verification failed ({reasons})")
+        self._tell("alert", d, f"automatic rollback of {d.service} {d.version} in "
+                               f"{d.environment} to {previous or 'nothing'}: {reasons}")
+        step = self._step(d)
+        try:
+            backend.rollback(previous, step)
+            if previous:
+                svc = self.config.service(d.service, d.environment)
+                status, why = wait_healthy(svc, backend, self.probe, self.clock,
+                                           svc.verify.timeout, svc.verify.interval)
+                if status is CheckStatus.FAILED:
+                    raise BackendError(f"{previous} is back but not healthy: {why}")
+                result.notes.append(f"after rollback {previous} is healthy: {why}")
+        except BackendError as exc:
+            d = self.store.transition(
+                d.id, DeploymentStatus.ROLLBACK_FAILED,
+                failure=f"verification failed ({reasons}); the rollback to "
+                        f"{previous or 'nothing'} failed too: {exc}")
+            self.store.release_locks_of(d.id)
+            self._tell("alert", d, f"ROLLBACK FAILED for {d.service} in {d.environment}: {exc}. "
+                                   "The service needs a person now.")
+            return self._finish(d, result)
+        d = self.store.transition(
+            d.id, DeploymentStatus.ROLLED_BACK,
+            failure=f"verification failed ({reasons}); rolled back to {previous or 'nothing'}")
+        self.store.release_locks_of(d.id)
+        return self._finish(d, result)
+
+    def _failed(self, d: Deployment, message: str) -> Deployment:
+        d = self.store.transition(d.id, DeploymentStatus.FAILED, failure=message, detail=message)
+        self.store.release_locks_of(d.id)
+        return self._finish(d, None)
+
+    # -- manual rollback --------------------------------------------------------------------------
+
+    def _check_rollback(self, d: Deployment) -> Deployment:
+        d = self.store.transition(d.id, DeploymentStatus.CHECKING)
+        self._tell("deployment_started", d)
+        row = CheckResult(d.id, checklist.LOCK_ITEM[0], checklist.LOCK_ITEM[1], 1)
+        row.status, row.reason = self._lock_outcome(d, take=True)
+        self._save_check(d, row)
+        if row.status is CheckStatus.FAILED:
+            return self._block(d, [row])
+        return self._deploy(d)
+
+    # -- the record -------------------------------------------------------------------------------
+
+    def _comment_once(self, d: Deployment, what: str, markdown: str) -> None:
+        if d.ticket_id == "none":
+            return
+        try:
+            self.tracker.add_comment(d.ticket_id, markdown, key=f"deploybot-{what}-{d.id}")
+        except DeploybotError as exc:
+            self._tell("step", d, f"could not comment on {d.ticket_id}: {exc}")
+
+    def _finish(self, d: Deployment, result: VerificationResult | None,
+                post_record: bool = True) -> Deployment:
+        if not post_record:
+            self._tell("finished", d, "")
+            return d
+        ticket = None
+        try:
+            ticket = self.tracker.get_ticket(d.ticket_id) if d.ticket_id != "none" else None
+        except DeploybotError:
+            pass
+        backend = self.backend_for(d.service, d.environment)
+        svc = self.config.service(d.service, d.environment)
+        rollback_target = d.previous_version
+        steps = backend.rollback_steps(rollback_target)
+        lines = records.rollback_plan(d, steps, str(svc.health.url) if svc.health else None,
+                                      self.config.channel)
+        notes = []
+        if d.status is DeploymentStatus.ROLLED_BACK:
+            notes.append(f"Rolled back: {d.previous_version or 'nothing'} is running again; "
+                         f"{d.version} did not pass verification.")
+        text = records.render(d, ticket=ticket, checks=self.store.checks(d.id),
+                              verification=result, rollback_lines=lines, notes=notes,
+                              now=self.clock.now())
+        if not d.record:
+            d = self.store.update_deployment(d.id, record=text)
+        if self.store.claim(d.id, "record_posted"):
+            self._tell("finished", d, d.record)
+        if not d.dry_run and self.store.claim(d.id, "record_commented"):
+            try:
+                self.tracker.add_comment(d.ticket_id, d.record, key=f"deploybot-record-{d.id}")
+            except DeploybotError as exc:
+                self.store.update_deployment(d.id, record_commented=0)
+                self._tell("step", d, f"could not post the record on {d.ticket_id}: {exc}")
+            deployed_status = self.config.tracker.rules.deployed_status
+            if (d.status is DeploymentStatus.SUCCEEDED and deployed_status
+                    and d.kind is DeploymentKind.DEPLOY and moves_ticket(self.config, d)):
+                try:
+                    self.tracker.transition(d.ticket_id, deployed_status)
+                except DeploybotError as exc:
+                    self._tell("step", d, f"could not move {d.ticket_id} to {deployed_status}: {exc}")
+        return self.store.deployment(d.id)
+
+    # -- people's other requests --------------------------------------------------------------------
+
+    def cancel(self, deployment_id: int, *, user: str, reason: str = "") -> Deployment:
+        d = self.store.deployment(deployment_id)
+        if d.status not in (DeploymentStatus.REQUESTED, DeploymentStatus.CHECKING,
+                            DeploymentStatus.AWAITING_APPROVAL):
+            raise StateError(f"deployment #{d.id} is {d.status.value} and cannot be cancelled",
+                             hint="roll it back instead" if d.status in
+                             (DeploymentStatus.DEPLOYING, DeploymentStatus.VERIFYING,
+                              DeploymentStatus.SUCCEEDED) else "")
+        text = f"cancelled by {user}" + (f": {reason}" if reason else "")
+        d = self.store.transition(d.id, DeploymentStatus.CANCELLED, actor=user, failure=text,
+                                  detail=text)
+        self.store.release_locks_of(d.id)
+        self._tell("finished", d, "")
+        return d
+
+    def lock(self, environment: str, *, user: str, reason: str,
+             service: str | None = None) -> Lock:
+        env = self.environment(environment)
+        if not reason.strip():
+            raise InputError("a lock needs a reason")
+        scope = f"env:{env}" if not service else f"service:{env}:{self.service_name(service, env)}"
+        ok, lock = self.store.acquire_lock(scope, holder=user, reason=reason)
+        if not ok:
+            raise StateError(self.describe_lock(lock))
+        return lock
+
+    def unlock(self, environment: str, *, user: str, reason: str,
+               service: str | None = None) -> Lock:
+        env = self.environment(environment)
+        if not reason.strip():
+            raise InputError("unlocking needs a reason (it is kept in the audit trail)")
+        scope = f"env:{env}" if not service else f"service:{env}:{self.service_name(service, env)}"
+        lock = self.store.lock(scope)
+        if lock is None:
+            raise StateError(f"{scope} is not locked")
+        if lock.deployment_id:
+            d = self.store.deployment(lock.deployment_id)
+            env_cfg = self.config.environments[env]
+            if d.status in ACTIVE and env_cfg.approvers and not any(
+                    checklist.same_person(user, a) for a in env_cfg.approvers):
+                raise NotAllowed(f"{scope} is held by running deployment #{d.id}; only an "
+                                 f"approver of {env} may break it")
+        released = self.store.release_lock(scope, actor=user, reason=reason)
+        assert released is not None
+        return released
+
+    def active(self) -> list[Deployment]:
+        return self.store.deployments(statuses=ACTIVE, limit=100)
+
+    def history(self, service: str | None = None, environment: str | None = None,
+                limit: int = 20) -> list[Deployment]:
+        if service and service not in self.config.services:
+            raise InputError(f"unknown service {service!r}",
+                             hint=f"known: {', '.join(self.config.services)}")
+        return self.store.deployments(service=service, environment=environment, limit=limit)
+
+
+def moves_ticket(config: Config, d: Deployment) -> bool:
+    """Only a production deploy moves the ticket on; a staging deploy leaves it where it is."""
+    env = config.environments[d.environment]
+    return env.production or d.environment == "production" or len(config.environments) == 1

@@ -1,0 +1,437 @@
+"""SQLite state (sqlite-utils, WAL): deployments, check results, gates, locks and the audit trail."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from contextlib import contextmanager
+from dataclasses import fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import sqlite_utils
+
+from bot.errors import StateError
+from bot.models import (
+    TRANSITIONS,
+    CheckResult,
+    CheckStatus,
+    Deployment,
+    DeploymentKind,
+    DeploymentStatus,
+    Gate,
+    GateKind,
+    GateStatus,
+    Lock,
+)
+
+DEFAULT_PATH = "deploybot.db"
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _ts(value: datetime | None) -> str | None:
+    return value.astimezone(timezone.utc).isoformat() if value else None
+
+
+def _dt(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+# Forward-only migrations. Never edit a released one: append a new function.
+def _m1_initial(db: sqlite_utils.Database) -> None:
+    db["deployments"].create(
+        {
+            "id": int, "ticket_id": str, "service": str, "version": str, "environment": str,
+            "requested_by": str, "status": str, "kind": str, "dry_run": int,
+            "previous_version": str, "method": str, "lock_scope": str, "failure": str,
+            "verification": str, "record": str, "record_posted": int, "record_commented": int,
+            "thread_ref": str, "request_key": str, "owner_pid": int,
+            "created_at": str, "updated_at": str, "finished_at": str,
+        },
+        pk="id",
+        not_null={"ticket_id", "service", "version", "environment", "requested_by", "status"},
+        defaults={"dry_run": 0, "record_posted": 0, "record_commented": 0, "failure": "",
+                  "verification": "", "record": "", "thread_ref": "", "method": "",
+                  "lock_scope": "", "kind": "deploy"},
+    )
+    db["deployments"].create_index(["request_key"], unique=True)
+    db["deployments"].create_index(["service", "environment", "id"])
+    db["checks"].create(
+        {"deployment_id": int, "name": str, "title": str, "position": int, "status": str,
+         "reason": str, "updated_at": str},
+        pk=("deployment_id", "name"),
+        foreign_keys=[("deployment_id", "deployments", "id")],
+    )
+    db["gates"].create(
+        {"id": int, "deployment_id": int, "kind": str, "prompt": str, "status": str,
+         "decided_by": str, "decided_at": str, "reason": str, "created_at": str},
+        pk="id",
+        foreign_keys=[("deployment_id", "deployments", "id")],
+    )
+    db["gates"].create_index(["deployment_id"])
+    db["locks"].create(
+        {"scope": str, "deployment_id": int, "holder": str, "reason": str, "acquired_at": str},
+        pk="scope",
+    )
+    db["events"].create(
+        {"id": int, "at": str, "deployment_id": int, "actor": str, "kind": str, "detail": str},
+        pk="id",
+    )
+    db["events"].create_index(["deployment_id"])
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_initial]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class Store:
+    """All state. One connection guarded by a lock: front ends call in from worker threads."""
+
+    def __init__(self, path: str | os.PathLike = DEFAULT_PATH, *,
+                 clock: Callable[[], datetime] = utcnow) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, check_same_thread=False, timeout=30,
+                               isolation_level=None)
+        self.db = sqlite_utils.Database(conn)
+        if self.path != ":memory:":
+            self.db.enable_wal()
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("PRAGMA busy_timeout = 30000")
+        self._lock = threading.RLock()
+        self._depth = 0
+        self.now = clock
+        self._migrate()
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite_utils.Database]:
+        """BEGIN IMMEDIATE: other processes wait, so read-check-write sequences are atomic."""
+        with self._lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield self.db
+                finally:
+                    self._depth -= 1
+                return
+            self.db.conn.execute("BEGIN IMMEDIATE")
+            self._depth = 1
+            try:
+                yield self.db
+            except BaseException:
+                self.db.conn.execute("ROLLBACK")
+                raise
+            else:
+                self.db.conn.execute("COMMIT")
+            finally:
+                self._depth = 0
+
+    def _migrate(self) -> None:
+        with self.transaction() as db:
+            if "meta" not in db.table_names():
+                db["meta"].create({"key": str, "value": str}, pk="key")
+            row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            current = int(row[0]) if row else 0
+            if current > SCHEMA_VERSION:
+                raise StateError(
+                    f"{self.path} has schema version {current}, newer than this deploybot "
+                    f"({SCHEMA_VERSION})", hint="upgrade deploybot",
+                )
+            for migration in MIGRATIONS[current:]:
+                migration(db)
+            db["meta"].upsert({"key": "schema_version", "value": str(SCHEMA_VERSION)}, pk="key")
+
+    @property
+    def schema_version(self) -> int:
+        row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        return int(row[0])
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+    # -- deployments ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _deployment(row: dict[str, Any]) -> Deployment:
+        names = {f.name for f in fields(Deployment)}
+        data = {k: v for k, v in row.items() if k in names}
+        data["status"] = DeploymentStatus(data["status"])
+        data["kind"] = DeploymentKind(data["kind"] or "deploy")
+        for key in ("dry_run", "record_posted", "record_commented"):
+            data[key] = bool(data[key])
+        for key in ("created_at", "updated_at", "finished_at"):
+            data[key] = _dt(data[key])
+        for key in ("failure", "verification", "record", "thread_ref", "method", "lock_scope"):
+            data[key] = data[key] or ""
+        return Deployment(**data)
+
+    def create_deployment(self, *, ticket_id: str, service: str, version: str, environment: str,
+                          requested_by: str, kind: DeploymentKind = DeploymentKind.DEPLOY,
+                          dry_run: bool = False, lock_scope: str = "", method: str = "",
+                          request_key: str | None = None) -> tuple[Deployment, bool]:
+        """Returns (deployment, created). A repeated request_key returns the first deployment."""
+        now = _ts(self.now())
+        with self.transaction() as db:
+            if request_key:
+                row = db.execute(
+                    "SELECT id FROM deployments WHERE request_key = ?", [request_key]
+                ).fetchone()
+                if row:
+                    return self.deployment(row[0]), False
+            table = db["deployments"]
+            table.insert({
+                "ticket_id": ticket_id, "service": service, "version": version,
+                "environment": environment, "requested_by": requested_by,
+                "status": DeploymentStatus.REQUESTED.value, "kind": kind.value,
+                "dry_run": int(dry_run), "lock_scope": lock_scope, "method": method,
+                "request_key": request_key, "owner_pid": os.getpid(),
+                "created_at": now, "updated_at": now,
+            })
+            dep_id = table.last_pk
+            self._event(dep_id, requested_by, "requested",
+                        f"{kind.value} {service}@{version} to {environment} for {ticket_id}"
+                        + (" (dry run)" if dry_run else ""))
+            return self.deployment(dep_id), True
+
+    def deployment(self, deployment_id: int) -> Deployment:
+        try:
+            return self._deployment(self.db["deployments"].get(deployment_id))
+        except sqlite_utils.db.NotFoundError:
+            raise StateError(f"no deployment #{deployment_id}") from None
+
+    def transition(self, deployment_id: int, status: DeploymentStatus, *, actor: str = "deploybot",
+                   detail: str = "", **values: Any) -> Deployment:
+        """Move a deployment along the state machine; refuses any move the design does not allow."""
+        with self.transaction() as db:
+            current = self.deployment(deployment_id)
+            if status not in TRANSITIONS.get(current.status, frozenset()):
+                raise StateError(
+                    f"deployment #{deployment_id} is {current.status.value}; "
+                    f"it cannot become {status.value}"
+                )
+            now = _ts(self.now())
+            update = {"status": status.value, "updated_at": now, **values}
+            if status.terminal:
+                update["finished_at"] = now
+            db["deployments"].update(deployment_id, update)
+            self._event(deployment_id, actor, status.value, detail)
+            return self.deployment(deployment_id)
+
+    def update_deployment(self, deployment_id: int, **values: Any) -> Deployment:
+        with self.transaction() as db:
+            db["deployments"].update(deployment_id, {**values, "updated_at": _ts(self.now())})
+            return self.deployment(deployment_id)
+
+    def claim(self, deployment_id: int, field_name: str) -> bool:
+        """Set a 0/1 flag once; True only for the caller that flipped it (exactly-once posting)."""
+        assert field_name in ("record_posted", "record_commented")
+        with self.transaction() as db:
+            cur = db.execute(
+                f"UPDATE deployments SET {field_name} = 1 WHERE id = ? AND {field_name} = 0",
+                [deployment_id],
+            )
+            return cur.rowcount == 1
+
+    def deployments(self, *, service: str | None = None, environment: str | None = None,
+                    statuses: set[DeploymentStatus] | None = None,
+                    limit: int = 20) -> list[Deployment]:
+        where, args = [], []
+        if service:
+            where.append("service = ?")
+            args.append(service)
+        if environment:
+            where.append("environment = ?")
+            args.append(environment)
+        if statuses:
+            where.append(f"status IN ({','.join('?' * len(statuses))})")
+            args.extend(s.value for s in statuses)
+        sql = "SELECT * FROM deployments"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY id DESC LIMIT ?"
+        args.append(limit)
+        with self._lock:
+            return [self._deployment(r) for r in self.db.query(sql, args)]
+
+    def last_succeeded(self, service: str, environment: str,
+                       before_id: int | None = None) -> Deployment | None:
+        """The last deployment that left this service running a version on purpose."""
+        sql = ("SELECT * FROM deployments WHERE service = ? AND environment = ? AND dry_run = 0 "
+               "AND status = 'succeeded'")
+        args: list[Any] = [service, environment]
+        if before_id is not None:
+            sql += " AND id < ?"
+            args.append(before_id)
+        sql += " ORDER BY id DESC LIMIT 1"
+        with self._lock:
+            rows = list(self.db.query(sql, args))
+        return self._deployment(rows[0]) if rows else None
+
+    def interrupt_orphans(self, is_alive: Callable[[int], bool]) -> list[Deployment]:
+        """Deployments whose owning process died mid-way become `interrupted` (and free locks).
+
+        Deployments waiting for a gate are not orphans: they wait for a person, not a process.
+        """
+        active = {DeploymentStatus.REQUESTED, DeploymentStatus.CHECKING,
+                  DeploymentStatus.DEPLOYING, DeploymentStatus.VERIFYING,
+                  DeploymentStatus.ROLLING_BACK}
+        out = []
+        with self.transaction() as db:
+            for dep in self.deployments(statuses=active, limit=1000):
+                pid = db["deployments"].get(dep.id)["owner_pid"]
+                if pid and (pid == os.getpid() or is_alive(pid)):
+                    continue
+                out.append(self.transition(
+                    dep.id, DeploymentStatus.INTERRUPTED,
+                    detail=f"process {pid} ended while the deployment was {dep.status.value}",
+                    failure=f"interrupted while {dep.status.value}: the deploybot process ended; "
+                            "check the service by hand",
+                ))
+                self.release_locks_of(dep.id)
+        return out
+
+    def adopt(self, deployment_id: int) -> None:
+        """This process now drives the deployment (used when a gate decision resumes it)."""
+        with self.transaction() as db:
+            db["deployments"].update(deployment_id, {"owner_pid": os.getpid()})
+
+    # -- checks ---------------------------------------------------------------------------------
+
+    def save_check(self, check: CheckResult) -> CheckResult:
+        check.updated_at = self.now()
+        with self.transaction() as db:
+            db["checks"].upsert({
+                "deployment_id": check.deployment_id, "name": check.name, "title": check.title,
+                "position": check.position, "status": check.status.value, "reason": check.reason,
+                "updated_at": _ts(check.updated_at),
+            }, pk=("deployment_id", "name"))
+            if check.status in (CheckStatus.PASSED, CheckStatus.FAILED, CheckStatus.SKIPPED):
+                self._event(check.deployment_id, "deploybot", f"check.{check.status.value}",
+                            f"{check.title}: {check.reason}")
+        return check
+
+    def checks(self, deployment_id: int) -> list[CheckResult]:
+        with self._lock:
+            rows = self.db.query(
+                "SELECT * FROM checks WHERE deployment_id = ? ORDER BY position", [deployment_id]
+            )
+            return [CheckResult(deployment_id=r["deployment_id"], name=r["name"], title=r["title"],
+                                position=r["position"], status=CheckStatus(r["status"]),
+                                reason=r["reason"] or "", updated_at=_dt(r["updated_at"]))
+                    for r in rows]
+
+    # -- gates ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _gate(row: dict[str, Any]) -> Gate:
+        return Gate(id=row["id"], deployment_id=row["deployment_id"], kind=GateKind(row["kind"]),
+                    prompt=row["prompt"] or "", status=GateStatus(row["status"]),
+                    decided_by=row["decided_by"], decided_at=_dt(row["decided_at"]),
+                    reason=row["reason"] or "", created_at=_dt(row["created_at"]))
+
+    def create_gate(self, deployment_id: int, kind: GateKind, prompt: str) -> Gate:
+        with self.transaction() as db:
+            gate_id = db["gates"].insert({
+                "deployment_id": deployment_id, "kind": kind.value, "prompt": prompt,
+                "status": GateStatus.PENDING.value, "created_at": _ts(self.now()),
+            }).last_pk
+            self._event(deployment_id, "deploybot", "gate.requested", kind.value)
+            return self.gate(gate_id)
+
+    def gate(self, gate_id: int) -> Gate:
+        try:
+            return self._gate(self.db["gates"].get(gate_id))
+        except sqlite_utils.db.NotFoundError:
+            raise StateError(f"no gate #{gate_id}") from None
+
+    def gates(self, deployment_id: int, *, kind: GateKind | None = None) -> list[Gate]:
+        sql, args = "SELECT * FROM gates WHERE deployment_id = ?", [deployment_id]
+        if kind:
+            sql += " AND kind = ?"
+            args.append(kind.value)
+        with self._lock:
+            return [self._gate(r) for r in self.db.query(sql + " ORDER BY id", args)]
+
+    def decide_gate(self, gate_id: int, *, approved: bool, decided_by: str,
+                    reason: str = "") -> tuple[Gate, bool]:
+        """Returns (gate, decided_now). A gate is decided once; later clicks change nothing."""
+        with self.transaction() as db:
+            gate = self.gate(gate_id)
+            if gate.status is not GateStatus.PENDING:
+                return gate, False
+            status = GateStatus.APPROVED if approved else GateStatus.REJECTED
+            db["gates"].update(gate_id, {"status": status.value, "decided_by": decided_by,
+                                         "decided_at": _ts(self.now()), "reason": reason})
+            self._event(gate.deployment_id, decided_by, f"gate.{status.value}",
+                        f"{gate.kind.value}{': ' + reason if reason else ''}")
+            return self.gate(gate_id), True
+
+    # -- locks ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _lock_row(row: dict[str, Any]) -> Lock:
+        return Lock(scope=row["scope"], deployment_id=row["deployment_id"], holder=row["holder"],
+                    reason=row["reason"] or "", acquired_at=_dt(row["acquired_at"]))
+
+    def acquire_lock(self, scope: str, *, holder: str, reason: str,
+                     deployment_id: int | None = None) -> tuple[bool, Lock]:
+        """Atomic: (True, lock) when taken now or already ours; (False, holder's lock) otherwise."""
+        with self.transaction() as db:
+            lock = self.lock(scope)
+            if lock:
+                mine = deployment_id is not None and lock.deployment_id == deployment_id
+                return mine, lock
+            db["locks"].insert({"scope": scope, "deployment_id": deployment_id, "holder": holder,
+                                "reason": reason, "acquired_at": _ts(self.now())})
+            self._event(deployment_id, holder, "lock.acquired", f"{scope}: {reason}")
+            return True, self.lock(scope)
+
+    def lock(self, scope: str) -> Lock | None:
+        rows = list(self.db.query("SELECT * FROM locks WHERE scope = ?", [scope]))
+        return self._lock_row(rows[0]) if rows else None
+
+    def locks(self) -> list[Lock]:
+        with self._lock:
+            return [self._lock_row(r) for r in self.db.query("SELECT * FROM locks ORDER BY scope")]
+
+    def release_lock(self, scope: str, *, actor: str, reason: str) -> Lock | None:
+        with self.transaction() as db:
+            lock = self.lock(scope)
+            if lock is None:
+                return None
+            db["locks"].delete(scope)
+            self._event(lock.deployment_id, actor, "lock.released", f"{scope}: {reason}")
+            return lock
+
+    def release_locks_of(self, deployment_id: int) -> None:
+        with self.transaction() as db:
+            for row in list(db.query("SELECT scope FROM locks WHERE deployment_id = ?",
+                                     [deployment_id])):
+                db["locks"].delete(row["scope"])
+                self._event(deployment_id, "deploybot", "lock.released", row["scope"])
+
+    # -- audit trail ------------------------------------------------------------------------------
+
+    def _event(self, deployment_id: int | None, actor: str, kind: str, detail: str = "") -> None:
+        self.db["events"].insert({"at": _ts(self.now()), "deployment_id": deployment_id,
+                                  "actor": actor, "kind": kind, "detail": detail})
+
+    def record_event(self, deployment_id: int | None, actor: str, kind: str,
+                     detail: str = "") -> None:
+        with self.transaction():
+            self._event(deployment_id, actor, kind, detail)
+
+    def events(self, deployment_id: int | None = None, limit: int = 200) -> list[dict[str, Any]]:
+        with self._lock:
+            if deployment_id is None:
+                return list(self.db.query("SELECT * FROM events ORDER BY id DESC LIMIT ?", [limit]))
+            return list(self.db.query("SELECT * FROM events WHERE deployment_id = ? ORDER BY id",
+                                      [deployment_id]))

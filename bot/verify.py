@@ -1,0 +1,145 @@
+"""Post-deployment verification: health, detailed health and smoke tests, with a bounded wait."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from urllib.parse import urlsplit, urlunsplit
+
+from bot.config import Service
+from bot.models import CheckStatus, VerificationResult
+from bot.ports import DeployBackend, HttpProbe, StepCallback
+
+HEALTHY_WORDS = {"ok", "up", "pass", "passing", "healthy", "green", "true"}
+
+
+@dataclass
+class SystemClock:
+    def now(self) -> datetime:
+        return datetime.now(timezone.utc)
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
+def detailed_url(health_url: str, path: str) -> str:
+    parts = urlsplit(health_url)
+    return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+
+
+def unhealthy_components(payload: object) -> list[str]:
+    """Names of components not ok in a detailed-health JSON body.
+
+    Accepts the common shapes: {"components": {"db": "ok"}}, {"checks": {"db": {"status": "UP"}}},
+    {"db": {"status": "pass"}}; a top-level "status" that is not ok counts as well.
+    """
+    if not isinstance(payload, dict):
+        return ["(body is not a JSON object)"]
+    bad = []
+
+    def healthy(value: object) -> bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, dict):
+            value = value.get("status", value.get("healthy"))
+            return healthy(value) if value is not None else True
+        return str(value).strip().casefold() in HEALTHY_WORDS
+
+    top = payload.get("status")
+    if top is not None and not healthy(top):
+        bad.append(f"status={top}")
+    groups = [payload[k] for k in ("components", "checks", "details", "dependencies")
+              if isinstance(payload.get(k), dict)]
+    if not groups:
+        groups = [{k: v for k, v in payload.items() if isinstance(v, dict)}]
+    for group in groups:
+        for name, value in group.items():
+            if not healthy(value):
+                shown = value.get("status") if isinstance(value, dict) else value
+                bad.append(f"{name}={shown}")
+    return bad
+
+
+def wait_healthy(service: Service, backend: DeployBackend, probe: HttpProbe, clock: SystemClock,
+                 timeout: float, interval: float) -> tuple[CheckStatus, str]:
+    """Poll until the backend reports running and the health URL answers 2xx, or time out."""
+    deadline = clock.monotonic() + timeout
+    attempts = 0
+    last = "no answer yet"
+    while True:
+        attempts += 1
+        state = backend.status()
+        if not state.running:
+            last = f"not running: {state.detail}"
+        elif service.health is None:
+            return CheckStatus.PASSED, f"running ({state.detail}); no health URL configured"
+        else:
+            result = probe.get(str(service.health.url), service.health.timeout)
+            if result.ok:
+                return CheckStatus.PASSED, (
+                    f"{service.health.url} answered {result.status_code} in "
+                    f"{result.elapsed_ms:.0f} ms after {attempts} probe(s)")
+            last = f"{service.health.url} answered {result.status_code or result.error}"
+            if state.detail:
+                last += f" ({state.detail})"
+        if clock.monotonic() >= deadline:
+            return CheckStatus.FAILED, f"{last}, still after {timeout:.0f} s ({attempts} probes)"
+        clock.sleep(min(interval, max(0.0, deadline - clock.monotonic())))
+
+
+def verify(service: Service, backend: DeployBackend, probe: HttpProbe, clock: SystemClock,
+           on_step: StepCallback, *, timeout: float | None = None) -> VerificationResult:
+    result = VerificationResult()
+    timeout = service.verify.timeout if timeout is None else timeout
+    on_step(f"verifying: waiting up to {timeout:.0f} s for health")
+    result.health, result.health_reason = wait_healthy(
+        service, backend, probe, clock, timeout, service.verify.interval)
+    if result.health is CheckStatus.FAILED:
+        result.smoke_reason = "not run: health failed"
+        return result
+    if service.health and service.health.detailed_path:
+        url = detailed_url(str(service.health.url), service.health.detailed_path)
+        answer = probe.get(url, service.health.timeout)
+        if answer.status_code == 404:
+            result.notes.append(f"no detailed health endpoint ({url} answered 404)")
+        elif not answer.ok:
+            result.health = CheckStatus.FAILED
+            result.health_reason = f"{url} answered {answer.status_code or answer.error}"
+            result.smoke_reason = "not run: detailed health failed"
+            return result
+        else:
+            try:
+                bad = unhealthy_components(json.loads(answer.body))
+            except ValueError:
+                bad = ["(body is not JSON)"]
+            if bad:
+                result.health = CheckStatus.FAILED
+                result.health_reason = f"{url}: not ok: {', '.join(bad)}"
+                result.smoke_reason = "not run: detailed health failed"
+                return result
+            result.health_reason += "; detailed health all ok"
+    on_step(f"health ok: {result.health_reason}")
+    if not service.smoke:
+        result.smoke_reason = "no smoke endpoints configured"
+        return result
+    failures, passed = [], []
+    for test in service.smoke:
+        answer = probe.get(str(test.url), service.health.timeout if service.health else 5.0)
+        if answer.status_code != test.expect_status:
+            failures.append(f"{test.url} answered {answer.status_code or answer.error}, "
+                            f"expected {test.expect_status}")
+        elif test.contains and test.contains not in answer.body:
+            failures.append(f"{test.url} body lacks {test.contains!r}")
+        else:
+            passed.append(f"{test.url} {answer.status_code} in {answer.elapsed_ms:.0f} ms")
+    if failures:
+        result.smoke, result.smoke_reason = CheckStatus.FAILED, "; ".join(failures)
+    else:
+        result.smoke, result.smoke_reason = CheckStatus.PASSED, "; ".join(passed)
+        on_step(f"smoke tests passed ({len(passed)})")
+    return result

@@ -1,0 +1,402 @@
+"""The `deploybot` command: the terminal front end and the start-up of every other one."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+from typing import Sequence
+
+from bot import config as configuration
+from bot.errors import ConfigError, DeploybotError, InputError, NotAllowed
+from bot.models import Deployment, DeploymentStatus, GateKind
+from bot.pipeline import Pipeline
+from bot.store import Store
+from handlers.terminal import TerminalApprover, TerminalReporter
+from handlers.wiring import build_pipeline, open_store
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PENDING, EXIT_REFUSED = 0, 1, 2, 3, 4
+
+EPILOG = """examples:
+  deploybot deploy DEMO-1                       service@version from the ticket
+  deploybot deploy DEMO-1 web@v2 --env production --approve-as bob
+  deploybot deploy DEMO-1 --dry-run
+  deploybot approve 7 --as bob                  decide a pending gate, resume the deployment
+  deploybot rollback web --to v1 --env staging
+  deploybot status | deploybot history web
+  deploybot lock production --reason "release freeze" | deploybot unlock production --reason done
+  deploybot ticket create "Ship v2" | ticket comment DEMO-1 --as carol "QA PASS" | ticket show DEMO-1
+"""
+
+
+def _user(args: argparse.Namespace) -> str:
+    return args.user or os.environ.get("DEPLOYBOT_USER") or getpass.getuser()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Context:
+    """Lazily built pieces, so `ticket` and `check-config` do not need a Docker engine."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self._config = None
+        self._store: Store | None = None
+
+    @property
+    def config(self) -> configuration.Config:
+        if self._config is None:
+            self._config = configuration.load(self.args.config)
+        return self._config
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = open_store()
+            # A deployment whose process died mid-way must not hold its lock forever.
+            for d in self._store.interrupt_orphans(_pid_alive):
+                print(f"note: deployment #{d.id} was interrupted ({d.failure})", file=sys.stderr)
+        return self._store
+
+    def pipeline(self, approve_as: str | None = None, interactive: bool | None = None) -> Pipeline:
+        return build_pipeline(self.config, self.store, reporter=TerminalReporter(),
+                              approver=TerminalApprover(approve_as, interactive=interactive))
+
+
+def _outcome(d: Deployment, pipeline: Pipeline) -> int:
+    if d.status is DeploymentStatus.SUCCEEDED:
+        return EXIT_OK
+    if d.status is DeploymentStatus.AWAITING_APPROVAL:
+        pending = pipeline.pending_gates(d.id)
+        print(f"deployment #{d.id} is waiting for {len(pending)} gate(s):", file=sys.stderr)
+        for g in pending:
+            verb = "acknowledge the notes" if g.kind is GateKind.NOTES_ACK else "approve"
+            print(f"  gate #{g.id}: {verb}: deploybot approve {d.id} --as NAME", file=sys.stderr)
+        return EXIT_PENDING
+    return EXIT_FAILED
+
+
+# -- commands ------------------------------------------------------------------------------------
+
+def cmd_deploy(ctx: Context, args: argparse.Namespace) -> int:
+    pipeline = ctx.pipeline(args.approve_as)
+    d = pipeline.request_deploy(args.ticket, requested_by=_user(args), target=args.target,
+                                environment=args.env, dry_run=args.dry_run)
+    d = pipeline.run(d.id)
+    return _outcome(d, pipeline)
+
+
+def cmd_rollback(ctx: Context, args: argparse.Namespace) -> int:
+    pipeline = ctx.pipeline()
+    what = args.what
+    is_ticket = "-" in what and what.split("-", 1)[0].isupper()
+    d = pipeline.request_rollback(requested_by=_user(args), environment=args.env,
+                                  to_version=args.to,
+                                  service=None if is_ticket else what,
+                                  ticket_ref=what if is_ticket else None)
+    d = pipeline.run(d.id)
+    return EXIT_OK if d.status is DeploymentStatus.SUCCEEDED else EXIT_FAILED
+
+
+def _decide(ctx: Context, args: argparse.Namespace, approved: bool) -> int:
+    pipeline = ctx.pipeline(interactive=False)
+    d = ctx.store.deployment(args.deployment)
+    pending = pipeline.pending_gates(d.id)
+    if args.gate:
+        pending = [g for g in pending if g.id == args.gate]
+    if not pending:
+        gates = ctx.store.gates(d.id)
+        decided = ", ".join(f"gate #{g.id} {g.status.value} by {g.decided_by}" for g in gates)
+        print(f"deployment #{d.id} ({d.status.value}) has no pending gate"
+              + (f": {decided}" if decided else ""), file=sys.stderr)
+        return EXIT_FAILED
+    user = _user(args)
+    for gate in pending:
+        outcome = pipeline.decide_gate(gate.id, decided_by=user, approved=approved,
+                                       reason=args.reason or "")
+        if not outcome.decided_now:
+            print(f"gate #{gate.id} was already {outcome.gate.status.value} by "
+                  f"{outcome.gate.decided_by}", file=sys.stderr)
+        if not approved or outcome.deployment.status is not DeploymentStatus.AWAITING_APPROVAL:
+            break
+    return _outcome(ctx.store.deployment(d.id), pipeline)
+
+
+def cmd_approve(ctx: Context, args: argparse.Namespace) -> int:
+    return _decide(ctx, args, True)
+
+
+def cmd_reject(ctx: Context, args: argparse.Namespace) -> int:
+    _decide(ctx, args, False)
+    return EXIT_OK if ctx.store.deployment(args.deployment).status is DeploymentStatus.REJECTED \
+        else EXIT_FAILED
+
+
+def cmd_cancel(ctx: Context, args: argparse.Namespace) -> int:
+    d = ctx.pipeline().cancel(args.deployment, user=_user(args), reason=args.reason or "")
+    return EXIT_OK if d.status is DeploymentStatus.CANCELLED else EXIT_FAILED
+
+
+def _line(d: Deployment) -> str:
+    when = f"{d.created_at:%Y-%m-%d %H:%M}" if d.created_at else ""
+    kind = " rollback" if d.kind.value == "rollback" else ""
+    dry = " (dry run)" if d.dry_run else ""
+    prev = f" (was {d.previous_version})" if d.previous_version else ""
+    return (f"#{d.id:<4} {when}  {d.environment:<11} {d.service}{kind} {d.version}{prev}  "
+            f"{d.status.value}{dry}  {d.ticket_id} by {d.requested_by}"
+            + (f"\n       {d.failure}" if d.failure else ""))
+
+
+def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
+    pipeline = ctx.pipeline()
+    locks = ctx.store.locks()
+    print("Locks:" if locks else "Locks: none")
+    for lock in locks:
+        print(f"  {pipeline.describe_lock(lock)}")
+    active = pipeline.active()
+    print("In progress:" if active else "In progress: none")
+    for d in active:
+        print(f"  {_line(d)}")
+    print("Running now:")
+    for name in ctx.config.services:
+        for env in ctx.config.environments:
+            if not ctx.config.deployable(name, env):
+                continue
+            try:
+                state = pipeline.backend_for(name, env).status()
+                print(f"  {env:<11} {name:<14} {state.version or '-':<12} {state.detail}")
+            except DeploybotError as exc:
+                print(f"  {env:<11} {name:<14} ?            {exc}")
+    return EXIT_OK
+
+
+def cmd_history(ctx: Context, args: argparse.Namespace) -> int:
+    rows = ctx.pipeline().history(args.service, args.env, args.limit)
+    if not rows:
+        print("no deployments yet")
+    for d in rows:
+        print(_line(d))
+    return EXIT_OK
+
+
+def cmd_show(ctx: Context, args: argparse.Namespace) -> int:
+    d = ctx.store.deployment(args.deployment)
+    print(_line(d))
+    for c in ctx.store.checks(d.id):
+        print(f"  [{c.status.value:>7}] {c.title}" + (f" — {c.reason}" if c.reason else ""))
+    for g in ctx.store.gates(d.id):
+        print(f"  gate #{g.id} {g.kind.value}: {g.status.value}"
+              + (f" by {g.decided_by}" if g.decided_by else ""))
+    print("Audit trail:")
+    for e in ctx.store.events(d.id):
+        print(f"  {e['at'][:19]}  {e['actor']:<12} {e['kind']:<18} {e['detail'] or ''}")
+    if d.record:
+        print()
+        print(d.record.rstrip())
+    return EXIT_OK
+
+
+def cmd_lock(ctx: Context, args: argparse.Namespace) -> int:
+    lock = ctx.pipeline().lock(args.env, user=_user(args), reason=args.reason, service=args.service)
+    print(f"locked {lock.scope}: {lock.reason}")
+    return EXIT_OK
+
+
+def cmd_unlock(ctx: Context, args: argparse.Namespace) -> int:
+    lock = ctx.pipeline().unlock(args.env, user=_user(args), reason=args.reason,
+                                 service=args.service)
+    print(f"unlocked {lock.scope} (was held by {lock.holder}: {lock.reason})")
+    return EXIT_OK
+
+
+def cmd_check_config(ctx: Context, args: argparse.Namespace) -> int:
+    cfg = ctx.config
+    from backends.deploy import build_backend
+    from handlers.wiring import build_tracker
+
+    for name in cfg.services:
+        for env in cfg.environments:
+            if cfg.deployable(name, env):
+                build_backend(name, env, cfg.service(name, env))
+    tracker = build_tracker(cfg, Store(":memory:") if cfg.tracker.kind != "local" else ctx.store,
+                            os.environ)
+    if args.live:
+        tracker.check_credentials()
+    print(f"{cfg.source_path}: ok — {len(cfg.environments)} environment(s), "
+          f"{len(cfg.services)} service(s), tracker {cfg.tracker.kind}")
+    return EXIT_OK
+
+
+def _local_tracker(ctx: Context):
+    from backends.trackers.local import LocalTracker
+
+    return LocalTracker(ctx.store)
+
+
+def cmd_ticket(ctx: Context, args: argparse.Namespace) -> int:
+    tracker = _local_tracker(ctx)
+    if args.ticket_cmd == "create":
+        fields = {}
+        for item in args.field or []:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise InputError(f"--field {item!r} is not KEY=VALUE")
+            fields[key] = value
+        tid = tracker.create_ticket(args.title, project=args.project, status=args.status,
+                                    description=args.description or "", fields=fields,
+                                    ticket_id=args.id)
+        print(tid)
+    elif args.ticket_cmd == "comment":
+        tid = tracker.parse_ref(args.ticket)
+        tracker.add_comment(tid, args.text, author=args.author)
+        print(f"{tid}: comment by {args.author} added")
+    elif args.ticket_cmd == "status":
+        tid = tracker.parse_ref(args.ticket)
+        tracker.transition(tid, args.status)
+        print(f"{tid}: {tracker.get_ticket(tid).status}")
+    else:
+        tid = tracker.parse_ref(args.ticket)
+        t = tracker.get_ticket(tid)
+        print(f"{t.id}: {t.title}\nstatus: {t.status}")
+        if t.description:
+            print(t.description)
+        for c in tracker.comments(tid):
+            print(f"\n--- {c.author} at {c.created_at:%Y-%m-%d %H:%M:%S}\n{c.body.rstrip()}")
+    return EXIT_OK
+
+
+def cmd_run(ctx: Context, args: argparse.Namespace) -> int:
+    try:
+        from handlers.slack_app import serve
+    except ImportError:
+        raise ConfigError("the Slack front end is not part of this build",
+                          hint="use the terminal commands") from None
+    return serve(ctx, args)
+
+
+# -- parser --------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="deploybot", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        description="Walks the deployment process: checklist, gates, deploy, verify, roll back, record.")
+    p.add_argument("--config", help="configuration file (default: $DEPLOYBOT_CONFIG or ./deploybot.yaml)")
+    p.add_argument("--as", dest="user", metavar="NAME",
+                   help="who you are (default: $DEPLOYBOT_USER or your login)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    d = sub.add_parser("deploy", help="deploy a ticket")
+    d.add_argument("ticket")
+    d.add_argument("target", nargs="?", metavar="SERVICE@VERSION",
+                   help="default: from the ticket")
+    d.add_argument("--env", help="environment (default: the config's default)")
+    d.add_argument("--dry-run", action="store_true", help="run the checklist, change nothing")
+    d.add_argument("--approve-as", metavar="NAME", help="decide every gate as NAME (scripts)")
+    d.set_defaults(func=cmd_deploy)
+
+    r = sub.add_parser("rollback", help="roll a service (or a ticket's deployment) back")
+    r.add_argument("what", metavar="SERVICE|TICKET")
+    r.add_argument("--to", metavar="VERSION", help="default: the version before the current one")
+    r.add_argument("--env")
+    r.set_defaults(func=cmd_rollback)
+
+    for name, func, help_ in (("approve", cmd_approve, "approve a deployment's pending gates"),
+                              ("reject", cmd_reject, "reject a deployment's pending gate")):
+        g = sub.add_parser(name, help=help_)
+        g.add_argument("deployment", type=int)
+        g.add_argument("--gate", type=int, help="only this gate")
+        g.add_argument("--reason", required=name == "reject")
+        g.set_defaults(func=func)
+
+    c = sub.add_parser("cancel", help="cancel a deployment that has not started deploying")
+    c.add_argument("deployment", type=int)
+    c.add_argument("--reason")
+    c.set_defaults(func=cmd_cancel)
+
+    sub.add_parser("status", help="locks, deployments in progress, what runs").set_defaults(
+        func=cmd_status)
+    h = sub.add_parser("history", help="past deployments")
+    h.add_argument("service", nargs="?")
+    h.add_argument("--env")
+    h.add_argument("--limit", type=int, default=20)
+    h.set_defaults(func=cmd_history)
+    s = sub.add_parser("show", help="one deployment: checks, gates, audit trail, record")
+    s.add_argument("deployment", type=int)
+    s.set_defaults(func=cmd_show)
+
+    for name, func in (("lock", cmd_lock), ("unlock", cmd_unlock)):
+        lk = sub.add_parser(name, help=f"{name} an environment")
+        lk.add_argument("env")
+        lk.add_argument("--service", help="only this service's lock")
+        lk.add_argument("--reason", required=True)
+        lk.set_defaults(func=func)
+
+    cc = sub.add_parser("check-config", help="validate the configuration file")
+    cc.add_argument("--live", action="store_true", help="also check the tracker credentials")
+    cc.set_defaults(func=cmd_check_config)
+
+    t = sub.add_parser("ticket", help="the embedded tracker: create, comment, status, show")
+    tsub = t.add_subparsers(dest="ticket_cmd", required=True)
+    tc = tsub.add_parser("create")
+    tc.add_argument("title")
+    tc.add_argument("--project", default="DEMO")
+    tc.add_argument("--id", help="explicit ticket id, like DEMO-7")
+    tc.add_argument("--status", default="Open")
+    tc.add_argument("--description")
+    tc.add_argument("--field", action="append", metavar="KEY=VALUE")
+    tm = tsub.add_parser("comment")
+    tm.add_argument("ticket")
+    tm.add_argument("text")
+    tm.add_argument("--author", "--by", required=True)
+    ts = tsub.add_parser("status")
+    ts.add_argument("ticket")
+    ts.add_argument("status")
+    tw = tsub.add_parser("show")
+    tw.add_argument("ticket")
+    t.set_defaults(func=cmd_ticket)
+
+    rn = sub.add_parser("run", help="start the Slack front end")
+    rn.add_argument("--http", action="store_true", help="serve HTTP instead of Socket Mode")
+    rn.add_argument("--host", default="127.0.0.1")
+    rn.add_argument("--port", type=int, default=3000)
+    rn.set_defaults(func=cmd_run)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    ctx = Context(args)
+    try:
+        return args.func(ctx, args)
+    except (InputError, ConfigError) as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        if exc.hint:
+            print(f"  hint: {exc.hint}", file=sys.stderr)
+        return EXIT_USAGE
+    except NotAllowed as exc:
+        print(f"refused: {exc.message}", file=sys.stderr)
+        if exc.hint:
+            print(f"  hint: {exc.hint}", file=sys.stderr)
+        return EXIT_REFUSED
+    except DeploybotError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        if exc.hint:
+            print(f"  hint: {exc.hint}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

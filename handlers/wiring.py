@@ -1,0 +1,62 @@
+"""The one place that turns the configuration into a tracker, backends and a pipeline."""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping
+
+from bot.config import Config
+from bot.errors import ConfigError
+from bot.pipeline import Pipeline
+from bot.ports import Approver, DeployBackend, Reporter, Tracker
+from bot.store import Store
+
+DB_ENV = "DEPLOYBOT_DB"
+
+
+def open_store(environ: Mapping[str, str] | None = None) -> Store:
+    environ = os.environ if environ is None else environ
+    return Store(environ.get(DB_ENV) or "deploybot.db")
+
+
+def build_tracker(config: Config, store: Store, environ: Mapping[str, str]) -> Tracker:
+    kind = config.tracker.kind
+    if kind == "local":
+        from backends.trackers.local import LocalTracker
+
+        return LocalTracker(store)
+    try:
+        from backends.trackers import KINDS
+    except ImportError:
+        KINDS = {}
+    if kind not in KINDS:
+        raise ConfigError(f"tracker.kind: unknown tracker {kind!r}",
+                          hint=f"known: local{', ' + ', '.join(KINDS) if KINDS else ''}")
+    return KINDS[kind](config.tracker.model_dump(mode="json"), environ)
+
+
+def backend_factory(config: Config):
+    """service, environment -> DeployBackend, built once per pair and reused."""
+    from backends.deploy import build_backend
+
+    cache: dict[tuple[str, str], DeployBackend] = {}
+
+    def backend_for(service: str, environment: str) -> DeployBackend:
+        key = (service, environment)
+        if key not in cache:
+            cache[key] = build_backend(service, environment, config.service(service, environment))
+        return cache[key]
+
+    return backend_for
+
+
+def build_pipeline(config: Config, store: Store, *, reporter: Reporter, approver: Approver,
+                   environ: Mapping[str, str] | None = None,
+                   tracker: Tracker | None = None) -> Pipeline:
+    from backends.monitoring.probe import HttpxProbe
+
+    environ = os.environ if environ is None else environ
+    return Pipeline(config=config, store=store,
+                    tracker=tracker or build_tracker(config, store, environ),
+                    backend_for=backend_factory(config), reporter=reporter, approver=approver,
+                    probe=HttpxProbe(), environ=environ)
