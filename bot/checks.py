@@ -47,24 +47,23 @@ class CheckContext:
     rollback_steps: list[str] = field(default_factory=list)
 
 
-def same_person(a: str, b: str) -> bool:
+SamePerson = Callable[[str, str], bool]
+
+
+def plain_same_person(a: str, b: str) -> bool:
     return a.strip().lstrip("@").casefold() == b.strip().lstrip("@").casefold()
 
 
-def _author_allowed(comment: Comment, rule: CommentRule) -> bool:
-    if not rule.authors:
-        return True
-    return any(same_person(comment.author, a) or (comment.author_name and same_person(comment.author_name, a))
-               for a in rule.authors)
+def _is(comment: Comment, who: str, same: SamePerson) -> bool:
+    return same(comment.author, who) or bool(comment.author_name and same(comment.author_name, who))
 
 
-def _by_requester(comment: Comment, requester: str) -> bool:
-    return same_person(comment.author, requester) or bool(
-        comment.author_name and same_person(comment.author_name, requester))
+def _author_allowed(comment: Comment, rule: CommentRule, same: SamePerson) -> bool:
+    return not rule.authors or any(_is(comment, a, same) for a in rule.authors)
 
 
 def find_approval(comments: list[Comment], rule: CommentRule, rules: TrackerRules,
-                  requester: str, what: str) -> Outcome:
+                  requester: str, what: str, same: SamePerson = plain_same_person) -> Outcome:
     """The newest comment matching `rule` by an allowed author other than the requester.
 
     An approval older than the last "new build" announcement is stale: the build it approved
@@ -74,9 +73,10 @@ def find_approval(comments: list[Comment], rule: CommentRule, rules: TrackerRule
     matching = [c for c in comments if pattern.search(c.body)]
     if not matching:
         return Outcome.failed(f"no {what} comment on the ticket")
-    valid = [c for c in matching if _author_allowed(c, rule) and not _by_requester(c, requester)]
+    valid = [c for c in matching
+             if _author_allowed(c, rule, same) and not _is(c, requester, same)]
     if not valid:
-        own = [c for c in matching if _by_requester(c, requester)]
+        own = [c for c in matching if _is(c, requester, same)]
         if own and len(own) == len(matching):
             return Outcome.failed(
                 f"the only {what} comment is by the requester ({requester}); "
@@ -99,9 +99,10 @@ def find_approval(comments: list[Comment], rule: CommentRule, rules: TrackerRule
         f"by {latest.author_name or latest.author} on {latest.created_at:%Y-%m-%d %H:%M %Z}".strip())
 
 
-def deployment_notes(comments: list[Comment], rules: TrackerRules) -> list[Comment]:
+def deployment_notes(comments: list[Comment], rules: TrackerRules,
+                     same: SamePerson = plain_same_person) -> list[Comment]:
     pattern = re.compile(rules.notes.pattern)
-    return [c for c in comments if pattern.search(c.body) and _author_allowed(c, rules.notes)]
+    return [c for c in comments if pattern.search(c.body) and _author_allowed(c, rules.notes, same)]
 
 
 def version_from_ticket(ticket: Ticket, comments: list[Comment],
@@ -136,7 +137,7 @@ def check_cq_approval(ctx: CheckContext) -> Outcome:
         return Outcome.failed(ctx.ticket_error)
     rules = ctx.config.tracker.rules
     return find_approval(ctx.comments, rules.cq_approval, rules, ctx.deployment.requested_by,
-                         "CQ approval")
+                         "CQ approval", ctx.config.same_person)
 
 
 def check_qa_pass(ctx: CheckContext) -> Outcome:
@@ -144,7 +145,7 @@ def check_qa_pass(ctx: CheckContext) -> Outcome:
         return Outcome.failed(ctx.ticket_error)
     rules = ctx.config.tracker.rules
     return find_approval(ctx.comments, rules.qa_pass, rules, ctx.deployment.requested_by,
-                         "QA PASS")
+                         "QA PASS", ctx.config.same_person)
 
 
 def check_ticket_status(ctx: CheckContext) -> Outcome:

@@ -86,7 +86,8 @@ class TrackerSettings(BaseModel):
 
 
 class Environment(Strict):
-    approvers: list[str] = Field(default_factory=list)  # user names/ids allowed to approve
+    approvers: list[str] = Field(default_factory=list)  # people (names or Slack ids) who may approve
+    approver_groups: list[str] = Field(default_factory=list)  # Slack user-group ids (S…)
     approvals_required: int = Field(default=0, ge=0, le=5)
     allow_self_approval: bool = False
     lock_scope: Literal["environment", "service"] = "environment"
@@ -136,8 +137,24 @@ class OtherBackendSettings(BaseModel):
     kind: Literal["compose", "kubernetes"]
 
 
+class ImageBuild(Strict):
+    """Build the image from source before deploying: docker build, tag VERSION and latest, push.
+
+    The service's `image` names the repository pushed to (e.g. registry.example:5000/billing).
+    """
+
+    context: str  # directory with the Dockerfile, relative to the working directory
+    dockerfile: str | None = None
+    push: bool = True
+    username_env: str | None = None  # env var holding the registry user name
+    password_env: str | None = None  # env var holding the registry password or token
+    build_args: dict[str, str] = Field(default_factory=dict)
+    timeout: float = Field(default=600.0, gt=0, le=7200)
+
+
 class Service(Strict):
     image: str
+    build: ImageBuild | None = None
     backend: Annotated[
         DockerBackendSettings | OtherBackendSettings, Field(discriminator="kind")
     ] = Field(default_factory=DockerBackendSettings)
@@ -176,12 +193,27 @@ class Service(Strict):
         return v
 
 
+class SlackSettings(Strict):
+    channels: list[str] | None = None  # where commands are accepted; None: just `channel`
+    alert_mention: str = "<!here>"  # prefix of rollback alerts ("" for none)
+    app_home: bool = True
+
+
+class Person(Strict):
+    """One person's names: in Slack, on the tracker, at the terminal (the key)."""
+
+    slack: str | None = None  # Slack user id, like U012AB3CD
+    tracker: str | None = None  # login or account id on the tracker
+
+
 class Config(Strict):
     channel: str = "#standup"
     default_environment: str | None = None  # None: the first environment in the file
     tracker: TrackerSettings = TrackerSettings()
     environments: dict[str, Environment]
     services: dict[str, Service]
+    people: dict[str, Person] = Field(default_factory=dict)
+    slack: SlackSettings = SlackSettings()
     # Per environment overrides of service settings, deep-merged before validation.
     source_path: str | None = None
 
@@ -211,6 +243,19 @@ class Config(Strict):
 
     def service(self, name: str, environment: str) -> Service:
         return self._resolved[(name, environment)]
+
+    def aliases(self, who: str) -> set[str]:
+        """Every name the same person goes by (case-folded), so "U012AB3CD" matches "alice"."""
+        key = who.strip().lstrip("@").casefold()
+        names = {key}
+        for name, person in self.people.items():
+            known = {n.casefold() for n in (name, person.slack, person.tracker) if n}
+            if key in known:
+                names |= known
+        return names
+
+    def same_person(self, a: str, b: str) -> bool:
+        return bool(self.aliases(a) & self.aliases(b))
 
     def lock_scope(self, service: str, environment: str) -> str:
         svc = self.services[service]

@@ -178,6 +178,7 @@ class Deployment:
     record: str = ""  # the rendered deployment record, once
     record_posted: bool = False
     record_commented: bool = False
+    image_digest: str = ""  # what was built and pushed, when the service is built from source
     thread_ref: str = ""  # the front end's handle on its thread (Slack channel:ts), opaque here
     created_at: datetime | None = None
     updated_at: datetime | None = None

@@ -27,7 +27,7 @@ from bot.models import (
     Ticket,
     VerificationResult,
 )
-from bot.ports import Approver, DeployBackend, HttpProbe, Reporter, Tracker
+from bot.ports import Approver, DeployBackend, HttpProbe, ImageBuilder, Reporter, Tracker
 from bot.store import Store
 from bot.verify import SystemClock, verify, wait_healthy
 
@@ -66,7 +66,9 @@ class Pipeline:
     def __init__(self, *, config: Config, store: Store, tracker: Tracker,
                  backend_for: Callable[[str, str], DeployBackend], reporter: Reporter,
                  approver: Approver, probe: HttpProbe, clock: SystemClock | None = None,
-                 environ: Mapping[str, str] | None = None) -> None:
+                 environ: Mapping[str, str] | None = None,
+                 image_builder: ImageBuilder | None = None) -> None:
+        self.image_builder = image_builder
         self.config = config
         self.store = store
         self.tracker = tracker
@@ -261,7 +263,8 @@ class Pipeline:
         failed = [r for r in rows.values() if r.status is CheckStatus.FAILED]
 
         notes_row = rows[checklist.NOTES_ITEM[0]]
-        notes = checklist.deployment_notes(comments, self.config.tracker.rules) if ticket else []
+        notes = (checklist.deployment_notes(comments, self.config.tracker.rules,
+                                             self.config.same_person) if ticket else [])
         if failed:
             notes_row.status, notes_row.reason = CheckStatus.SKIPPED, "not reached: blocked"
         elif not notes:
@@ -371,16 +374,16 @@ class Pipeline:
         if gate.kind is GateKind.NOTES_ACK:
             return
         env = self.config.environments[d.environment]
-        if env.approvers and not any(checklist.same_person(user, a) or a in groups
+        if env.approvers and not any(self.config.same_person(user, a) or a in groups
                                      for a in env.approvers):
             raise NotAllowed(f"{user} may not approve deployments to {d.environment}",
                              hint=f"approvers: {', '.join(env.approvers)}")
-        if checklist.same_person(user, d.requested_by) and not env.allow_self_approval:
+        if self.config.same_person(user, d.requested_by) and not env.allow_self_approval:
             raise NotAllowed(f"{user} requested this deployment and cannot approve it",
                              hint="another approver has to")
         for other in self.store.gates(d.id, kind=GateKind.APPROVAL):
             if other.id != gate.id and other.status is GateStatus.APPROVED and \
-                    other.decided_by and checklist.same_person(other.decided_by, user):
+                    other.decided_by and self.config.same_person(other.decided_by, user):
                 raise NotAllowed(f"{user} already approved this deployment",
                                  hint="a second approval must come from someone else")
 
@@ -465,6 +468,13 @@ class Pipeline:
                      "as at check time; rolling back would return to what runs now")
                 previous = now_running
                 d = self.store.update_deployment(d.id, previous_version=previous)
+            svc = self.config.service(d.service, d.environment)
+            if svc.build and d.kind is DeploymentKind.DEPLOY:
+                if self.image_builder is None:
+                    raise BackendError(f"{d.service} is built from source but no image builder "
+                                       "is configured")
+                digest = self.image_builder.build(svc.image, d.version, svc.build, step)
+                d = self.store.update_deployment(d.id, image_digest=digest)
             backend.prepare(d.version, step)
         except BackendError as exc:
             return self._failed(d, f"could not prepare {d.version}: {exc}; "
@@ -573,6 +583,8 @@ class Pipeline:
         lines = records.rollback_plan(d, steps, str(svc.health.url) if svc.health else None,
                                       self.config.channel)
         notes = []
+        if d.image_digest:
+            notes.append(f"Image built from source: {svc.image}:{d.version} = {d.image_digest}")
         if d.status is DeploymentStatus.ROLLED_BACK:
             notes.append(f"Rolled back: {d.previous_version or 'nothing'} is running again; "
                          f"{d.version} did not pass verification.")
@@ -639,7 +651,7 @@ class Pipeline:
             d = self.store.deployment(lock.deployment_id)
             env_cfg = self.config.environments[env]
             if d.status in ACTIVE and env_cfg.approvers and not any(
-                    checklist.same_person(user, a) for a in env_cfg.approvers):
+                    self.config.same_person(user, a) for a in env_cfg.approvers):
                 raise NotAllowed(f"{scope} is held by running deployment #{d.id}; only an "
                                  f"approver of {env} may break it")
         released = self.store.release_lock(scope, actor=user, reason=reason)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Callable, Protocol, runtime_checkable
 
+from bot.config import ImageBuild
 from bot.models import BackendStatus, CheckResult, Comment, Deployment, Gate, Ticket
 
 # Backends report progress as plain sentences ("pulling demo-web:v2", "container started").
@@ -47,6 +48,16 @@ class DeployBackend(Protocol):
 
     def rollback_steps(self, to_version: str | None) -> list[str]:
         """The exact commands an operator would run by hand to go back to `to_version`."""
+        ...
+
+
+@runtime_checkable
+class ImageBuilder(Protocol):
+    """Builds a service's image from source, tags it VERSION and latest, pushes both."""
+
+    def build(self, image: str, version: str, settings: ImageBuild,
+              on_step: StepCallback) -> str:
+        """Returns the pushed digest (sha256:…), or the local image id when not pushed."""
         ...
 
 

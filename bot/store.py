@@ -85,7 +85,11 @@ def _m1_initial(db: sqlite_utils.Database) -> None:
     db["events"].create_index(["deployment_id"])
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_initial]
+def _m2_image_digest(db: sqlite_utils.Database) -> None:
+    db["deployments"].add_column("image_digest", str)
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_initial, _m2_image_digest]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -169,7 +173,8 @@ class Store:
             data[key] = bool(data[key])
         for key in ("created_at", "updated_at", "finished_at"):
             data[key] = _dt(data[key])
-        for key in ("failure", "verification", "record", "thread_ref", "method", "lock_scope"):
+        for key in ("failure", "verification", "record", "thread_ref", "method", "lock_scope",
+                    "image_digest"):
             data[key] = data[key] or ""
         return Deployment(**data)
 
