@@ -1,0 +1,95 @@
+"""check-config's promise: every error is reported, each with its path in the file."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot import config as configuration
+from bot.errors import ConfigError
+
+GOOD = {
+    "environments": {"staging": {}, "production": {"approvals_required": 1}},
+    "services": {"billing": {"image": "registry.local:5000/billing",
+                             "health": {"url": "http://127.0.0.1:8080/health"}}},
+}
+
+
+def errors_of(data) -> str:
+    with pytest.raises(ConfigError) as info:
+        configuration.parse(data, "deploybot.yaml")
+    return str(info.value)
+
+
+def test_a_good_file_loads_with_defaults():
+    cfg = configuration.parse(GOOD)
+    assert cfg.channel == "#standup"
+    assert cfg.tracker.kind == "local"
+    assert cfg.default_env == "staging"
+    assert cfg.lock_scope("billing", "production") == "env:production"
+
+
+def test_every_error_is_reported_with_its_path():
+    bad = {
+        "environments": {"staging": {"approvals_required": -1}},
+        "services": {"billing": {"image": "billing:v1",
+                                 "health": {"url": "not a url"},
+                                 "backend": {"kind": "docker", "stop_timeot": 3},
+                                 "migration_check": []}},
+    }
+    text = errors_of(bad)
+    assert "services.billing.health.url: not a URL" in text
+    assert "services.billing.image: give the image without a tag" in text
+    assert "services.billing.backend.stop_timeot: unknown setting" in text
+    assert "environments.staging.approvals_required:" in text
+    assert "services.billing.migration_check: an argument list needs at least the program" in text
+
+
+def test_bad_regex_in_rules_is_named():
+    text = errors_of({**GOOD, "tracker": {"rules": {"qa_pass": {"pattern": "QA (PASS"}}}})
+    assert "tracker.rules.qa_pass.pattern: not a valid regular expression" in text
+
+
+def test_overrides_are_validated_per_environment():
+    data = {**GOOD, "overrides": {"production": {"billing": {"health": {"url": "nope"}}},
+                                  "moon": {}}}
+    text = errors_of(data)
+    assert "overrides.production.billing.health.url: not a URL" in text
+    assert "overrides.moon: unknown environment" in text
+
+
+def test_overrides_change_only_their_environment():
+    data = {**GOOD, "overrides": {"production": {"billing": {
+        "health": {"url": "http://10.0.0.5/health"}}}}}
+    cfg = configuration.parse(data)
+    assert str(cfg.service("billing", "production").health.url) == "http://10.0.0.5/health"
+    assert str(cfg.service("billing", "staging").health.url) == "http://127.0.0.1:8080/health"
+
+
+def test_remote_tracker_needs_a_url():
+    assert "tracker: " in errors_of({**GOOD, "tracker": {"kind": "jira-cloud"}})
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path):
+    path = tmp_path / "deploybot.yaml"
+    path.write_text("environments:\n  staging: {\nservices: []\n")
+    with pytest.raises(ConfigError, match="line"):
+        configuration.load(path)
+
+
+def test_missing_file_says_how_to_fix_it(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        configuration.load(tmp_path / "nope.yaml")
+    assert "DEPLOYBOT_CONFIG" in info.value.hint
+
+
+def test_people_make_slack_ids_and_tracker_logins_one_person():
+    cfg = configuration.parse({**GOOD, "people": {"alice": {"slack": "U01", "tracker": "asmith"}}})
+    assert cfg.same_person("U01", "asmith")
+    assert cfg.same_person("@alice", "U01")
+    assert not cfg.same_person("U02", "asmith")
+
+
+def test_example_configuration_is_valid():
+    from pathlib import Path
+    cfg = configuration.load(Path(__file__).resolve().parents[2] / "examples" / "deploybot.yaml")
+    assert "web" in cfg.services

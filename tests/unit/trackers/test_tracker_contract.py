@@ -1,0 +1,261 @@
+"""The Tracker contract, run against every adapter behind its local fake server."""
+
+from __future__ import annotations
+
+import time
+from datetime import timezone
+
+import pytest
+
+from bot.errors import ConfigError, InputError, TrackerError
+from bot.ports import Tracker
+from tracker_cases import SPECS, case
+from tracker_fakes import TOKEN, linear_rate_limited
+
+KINDS = list(SPECS)
+RECORD = """## Deployment Record
+**Ticket:** #7
+**Deployed by:** alice
+
+### Pre-Deployment Checks
+- [x] CQ review confirmed
+- [ ] Dependencies in place: migrations not staged
+
+### Rollback Plan
+1. `docker run shop:1.4.1`
+2. Verify `/health`
+"""
+
+
+@pytest.fixture(params=KINDS)
+def kind(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+def test_is_a_tracker(kind: str) -> None:
+    with case(kind) as c:
+        assert isinstance(c.tracker, Tracker)
+        assert c.tracker.name
+
+
+def test_parse_ref(kind: str) -> None:
+    with case(kind) as c:
+        assert c.tracker.parse_ref(c.ref) == c.canonical
+        assert c.tracker.parse_ref(f"  {c.ref} ") == c.canonical
+        for bad in ("", "not a ticket", "https://elsewhere.example/x/1", "DROP TABLE;"):
+            with pytest.raises(InputError):
+                c.tracker.parse_ref(bad)
+
+
+def test_get_ticket(kind: str) -> None:
+    with case(kind) as c:
+        ticket = c.tracker.get_ticket(c.ref)
+        assert ticket.id == c.canonical
+        assert ticket.title == "Checkout: fix rounding of totals"
+        assert ticket.status == "Ready for Production"
+        assert ticket.url.startswith(("http://", "https://"))
+
+
+def test_comments_authors_times_plain_text(kind: str) -> None:
+    with case(kind) as c:
+        comments = c.tracker.comments(c.ref)
+        assert [x.author_name for x in comments] == ["Carol Reviewer", "Quinn Tester"]
+        assert comments[0].body.startswith("CQ approved")
+        assert comments[1].body == "QA PASS on staging"
+        assert all(x.created_at.tzinfo is not None for x in comments)
+        assert comments[0].created_at < comments[1].created_at
+        assert comments[0].author and comments[0].author != comments[1].author
+        assert "{" not in comments[0].body  # ADF/JSON never leaks into the text
+
+
+def test_every_page_is_read_oldest_first(kind: str) -> None:
+    with case(kind, n_comments=260) as c:  # three pages of 100 (Linear: two of 250)
+        comments = c.tracker.comments(c.ref)
+        assert len(comments) == 260
+        assert [x.created_at for x in comments] == sorted(x.created_at for x in comments)
+        assert len({x.id for x in comments}) == 260
+
+
+def test_add_comment_posts_once_per_key(kind: str) -> None:
+    with case(kind) as c:
+        c.tracker.add_comment(c.ref, RECORD, key="deploy-41")
+        c.tracker.add_comment(c.ref, RECORD, key="deploy-41")  # a retried call
+        comments = c.tracker.comments(c.ref)
+        assert len(comments) == 3
+        body = comments[-1].body
+        assert "Deployment Record" in body and "CQ review confirmed" in body
+        assert "deploybot:" not in body  # the marker is not part of the text people read
+        c.tracker.add_comment(c.ref, RECORD, key="deploy-42")  # another key posts again
+        assert len(c.tracker.comments(c.ref)) == 4
+
+
+def test_record_is_converted_to_the_trackers_format(kind: str) -> None:
+    with case(kind) as c:
+        c.tracker.add_comment(c.ref, RECORD, key="k1")
+        note = c.app.notes[-1]
+        stored = note.raw if note.raw is not None else note.text
+        if kind == "jira-cloud":
+            assert stored["type"] == "doc"
+            types = [n["type"] for n in stored["content"]]
+            assert "heading" in types and "taskList" in types and "orderedList" in types
+            states = [i["attrs"]["state"] for n in stored["content"] if n["type"] == "taskList"
+                      for i in n["content"]]
+            assert states == ["DONE", "TODO"]
+            assert note.props == [{"key": "deploybot", "value": {"key": "k1"}}]
+        elif kind == "jira-dc":
+            assert stored.startswith("h2. Deployment Record")
+            assert "* (/) CQ review confirmed" in stored and "# {{docker run shop:1.4.1}}" in stored
+        elif kind == "linear":
+            assert stored.startswith("## Deployment Record")  # markdown; the key is the comment id
+        else:
+            assert stored.startswith("## Deployment Record") and "- [x] CQ review confirmed" in stored
+            assert "<!-- deploybot:k1 -->" in stored
+
+
+def test_ambiguous_post_is_not_duplicated(kind: str) -> None:
+    """The comment lands but the answer is a 502: the retry must find it, not post again."""
+    with case(kind) as c:
+        method = "PUT" if kind == "redmine" else "POST"
+        path = {"redmine": r"/issues/7\.json", "linear": "/graphql"}.get(kind, "comment|notes")
+        if kind == "linear":
+            c.tracker.comments(c.ref)  # fault must hit the mutation, not a query
+            c.server.fault(502, method="POST", path=path, after=True, times=1)
+            orig = c.server.faults[-1].match
+            c.server.faults[-1].match = lambda m, p: orig(m, p) and c.server._last_is_mutation
+            _mark_mutations(c.server)
+        else:
+            c.server.fault(502, method=method, path=path, after=True, body={"message": "Bad gateway"})
+        c.tracker.add_comment(c.ref, RECORD, key="deploy-77")
+        assert len(c.app.notes) == 3
+
+
+def _mark_mutations(server) -> None:
+    app = server.app
+    orig = server._take_fault
+
+    def take(method: str, path: str):
+        return orig(method, path)
+
+    server._last_is_mutation = False
+    real_handle = app.handle
+
+    def handle(req, base):
+        return real_handle(req, base)
+
+    # Decide before handling: peek at the body through the app's route.
+    real_route = app.route
+
+    def route(req, base):
+        server._last_is_mutation = "mutation Comment" in req.body.get("query", "")
+        return real_route(req, base)
+
+    app.route = route
+    server._take_fault = take
+
+
+def test_transition_moves_and_rereads(kind: str) -> None:
+    with case(kind) as c:
+        c.tracker.transition(c.ref, "Deployed")
+        assert c.tracker.get_ticket(c.ref).status == "Deployed"
+        c.tracker.transition(c.ref, "deployed")  # already there: nothing to do, no error
+
+
+def test_transition_the_workflow_forbids_fails_clearly(kind: str) -> None:
+    with case(kind) as c:
+        with pytest.raises(TrackerError) as err:
+            c.tracker.transition(c.ref, "Closed")
+        assert "Closed" in str(err.value) and c.canonical.split("#")[-1] in str(err.value)
+        assert c.tracker.get_ticket(c.ref).status == "Ready for Production"
+
+
+def test_check_credentials(kind: str) -> None:
+    with case(kind) as c:
+        c.tracker.check_credentials()
+        bad = c.build_with_token("wrong-token")
+        try:
+            with pytest.raises(TrackerError) as err:
+                bad.check_credentials()
+            text = str(err.value)
+            assert "TRACKER_TOKEN" in text and "wrong-token" not in text and TOKEN not in text
+        finally:
+            bad.close()
+
+
+def test_missing_secret_is_a_config_error(kind: str) -> None:
+    with case(kind) as c:
+        with pytest.raises(ConfigError) as err:
+            c.build_with_token("")
+        assert "TRACKER_TOKEN" in str(err.value)
+
+
+def test_unknown_ticket_says_which(kind: str) -> None:
+    with case(kind) as c:
+        missing = c.tracker.parse_ref(c.ref.replace("7", "9999"))
+        with pytest.raises(TrackerError) as err:
+            c.tracker.get_ticket(missing)
+        assert "9999" in str(err.value) and c.tracker.name in str(err.value)
+        assert TOKEN not in str(err.value)
+
+
+def test_5xx_then_success_is_retried(kind: str) -> None:
+    with case(kind) as c:
+        c.server.fault(503, times=2, body={"message": "unavailable"})
+        assert c.tracker.get_ticket(c.ref).status == "Ready for Production"
+        assert len(c.server.log) == 3
+
+
+def test_5xx_forever_fails_with_the_tracker_named(kind: str) -> None:
+    with case(kind, retries=2) as c:
+        c.server.fault(500, times=10, body={"message": "boom"})
+        with pytest.raises(TrackerError) as err:
+            c.tracker.get_ticket(c.ref)
+        assert c.tracker.name in str(err.value) and "500" in str(err.value)
+        assert len(c.server.log) == 3
+
+
+def test_429_honours_retry_after(kind: str) -> None:
+    with case(kind) as c:
+        if kind == "linear":
+            c.server.fault(**linear_rate_limited(1.0))
+        else:
+            c.server.fault(429, headers={"Retry-After": "1"}, body={"message": "slow down"})
+        started = time.monotonic()
+        assert c.tracker.get_ticket(c.ref).title
+        assert time.monotonic() - started >= 0.8
+        assert len(c.server.log) == 2
+
+
+def test_rate_limit_longer_than_max_wait_fails_at_once(kind: str) -> None:
+    with case(kind, max_wait=5) as c:
+        if kind == "linear":
+            c.server.fault(**linear_rate_limited(3600))
+        else:
+            c.server.fault(429, headers={"Retry-After": "3600"})
+        started = time.monotonic()
+        with pytest.raises(TrackerError) as err:
+            c.tracker.get_ticket(c.ref)
+        assert "rate limit" in str(err.value) and time.monotonic() - started < 2
+
+
+def test_timeout_is_retried_then_reported(kind: str) -> None:
+    with case(kind, timeout=0.3, retries=1) as c:
+        c.server.fault(0, delay=1.0, times=1)  # slow once: retried
+        assert c.tracker.get_ticket(c.ref).title
+        c.server.fault(0, delay=1.0, times=5)  # slow always: a clear error
+        started = time.monotonic()
+        with pytest.raises(TrackerError) as err:
+            c.tracker.get_ticket(c.ref)
+        assert "did not answer in time" in str(err.value) and time.monotonic() - started < 2
+
+
+def test_gate_data_fetches_concurrently(kind: str) -> None:
+    with case(kind, n_comments=500, latency=0.02) as c:
+        ticket, comments = c.tracker.gate_data(c.ref)
+        assert ticket.status == "Ready for Production" and len(comments) == 500
+        assert len(c.server.log) <= 7
+
+
+def test_times_are_utc_aware(kind: str) -> None:
+    with case(kind) as c:
+        created = c.tracker.comments(c.ref)[0].created_at
+        assert created.utcoffset() == timezone.utc.utcoffset(None)

@@ -1,0 +1,608 @@
+"""Local HTTP servers (real sockets, real threads) that answer like each tracker's API.
+
+Payload shapes follow each API's documentation: Jira's /rest/api/{2,3}/issue/{key}/comment page
+(startAt/maxResults/total), ADF bodies; GitHub issue comments with a `Link` header; GitLab notes
+with `system: true` and X-Total-Pages; Linear GraphQL with RATELIMITED errors; Redmine journals.
+Faults (5xx, 429 + Retry-After, slow answers, a write that lands but answers 502) are scripted
+per test with `server.fault(...)`. Used by the unit tests and by benchmarks/tracker_gate_check.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable
+from urllib.parse import parse_qs, unquote, urlsplit
+
+TOKEN = "s3cret-token-value"  # what the fakes accept; tests assert it never shows in messages
+BASE_TIME = datetime(2024, 3, 1, 9, 0, tzinfo=timezone.utc)
+
+PEOPLE = {  # login -> (stable id, display name)
+    "carol": ("5b10ac8d82e05b22cc7d4ef5", "Carol Reviewer"),
+    "quinn": ("5b10a2844c20165700ede21g", "Quinn Tester"),
+    "alice": ("5b109f2e9729b51b54dc274d", "Alice Developer"),
+    "deploybot": ("5c10a2844c20165700ede999", "Deploy Bot"),
+}
+
+
+@dataclass
+class Note:
+    id: int
+    login: str
+    text: str  # markdown / plain text as a person typed it
+    created: datetime
+    raw: Any = None  # body in the tracker's own format when posted through the API
+    props: list = field(default_factory=list)
+    system: bool = False
+
+
+@dataclass
+class Fault:
+    match: Callable[[str, str], bool]
+    status: int
+    headers: dict
+    body: Any
+    times: int
+    delay: float = 0.0
+    after: bool = False  # handle the request first, then answer with the fault (an ambiguous write)
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: dict
+    headers: dict
+    body: Any
+
+
+class FakeServer:
+    """A ThreadingHTTPServer on 127.0.0.1 with a per-request latency and scripted faults."""
+
+    def __init__(self, app: "FakeApp", latency: float = 0.0) -> None:
+        self.app = app
+        self.latency = latency
+        self.faults: list[Fault] = []
+        self.log: list[tuple[str, str]] = []
+        self._lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:  # keep test output quiet
+                pass
+
+            def _serve(self) -> None:
+                server._handle(self)
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _serve
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> "FakeServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=5)
+
+    def fault(self, status: int = 503, *, method: str = "", path: str = "", times: int = 1,
+              headers: dict | None = None, body: Any = None, delay: float = 0.0, after: bool = False) -> None:
+        """The next `times` requests matching method/path (regex) get this answer instead."""
+        rx = re.compile(path) if path else None
+        self.faults.append(Fault(
+            lambda m, p: (not method or m == method) and (rx is None or bool(rx.search(p))),
+            status, headers or {}, body, times, delay, after,
+        ))
+
+    def count(self, method: str = "", path: str = "") -> int:
+        return sum(1 for m, p in self.log if (not method or m == method) and re.search(path or "", p))
+
+    def _take_fault(self, method: str, path: str) -> Fault | None:
+        with self._lock:
+            for f in self.faults:
+                if f.times > 0 and f.match(method, path):
+                    f.times -= 1
+                    return f
+        return None
+
+    def _handle(self, h: BaseHTTPRequestHandler) -> None:
+        parts = urlsplit(h.path)
+        length = int(h.headers.get("Content-Length") or 0)
+        raw = h.rfile.read(length) if length else b""
+        body = json.loads(raw) if raw and "json" in (h.headers.get("Content-Type") or "") else raw
+        req = Request(h.command, unquote(parts.path), {k: v[-1] for k, v in parse_qs(parts.query).items()},
+                      {k.lower(): v for k, v in h.headers.items()}, body)
+        with self._lock:
+            self.log.append((req.method, req.path))
+        if self.latency:
+            time.sleep(self.latency)
+        fault = self._take_fault(req.method, req.path)
+        if fault and fault.delay:
+            time.sleep(fault.delay)
+        if fault and not fault.after and fault.status:
+            return self._send(h, fault.status, fault.headers, fault.body)
+        try:
+            status, headers, out = self.app.handle(req, self.url)
+        except Exception as exc:  # a bug in a fake must show, not hang the client
+            status, headers, out = 500, {}, {"error": repr(exc)}
+        if fault and fault.after:
+            status, headers, out = fault.status, fault.headers, fault.body
+        self._send(h, status, headers, out)
+
+    @staticmethod
+    def _send(h: BaseHTTPRequestHandler, status: int, headers: dict, out: Any) -> None:
+        if out is None:
+            data = b""
+        elif isinstance(out, (bytes, str)):
+            data = out.encode() if isinstance(out, str) else out
+        else:
+            data = json.dumps(out).encode()
+        try:
+            h.send_response(status)
+            if data and "Content-Type" not in headers:
+                h.send_header("Content-Type", "application/json; charset=utf-8")
+            for k, v in headers.items():
+                h.send_header(k, str(v))
+            h.send_header("Content-Length", str(len(data)))
+            h.end_headers()
+            h.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout tests)
+            pass
+
+
+def iso_z(dt: datetime) -> str:
+    return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def iso_ms(dt: datetime) -> str:
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+class FakeApp:
+    """Shared state: one ticket per app, its notes, status, labels; subclasses speak the API."""
+
+    kind = ""
+    statuses = ["New", "In Progress", "Ready for Production", "Deployed", "Closed"]
+    # The workflow: which statuses each status may move to.
+    workflow = {"New": ["In Progress"], "In Progress": ["Ready for Production"],
+                "Ready for Production": ["Deployed", "In Progress"], "Deployed": [], "Closed": []}
+
+    def __init__(self, n_comments: int = 2, title: str = "Checkout: fix rounding of totals") -> None:
+        self.title = title
+        self.status = "Ready for Production"
+        self.labels: list[str] = ["backend"]
+        self.notes: list[Note] = []
+        self._next = 1000
+        base = [("carol", "CQ approved: looks good"), ("quinn", "QA PASS on staging")]
+        for n in range(n_comments):
+            login, text = base[n] if n < len(base) else ("alice", f"progress note {n}")
+            self.add_note(login, text, BASE_TIME + timedelta(minutes=n))
+        self.lock = threading.Lock()
+
+    def add_note(self, login: str, text: str, created: datetime | None = None, **kw: Any) -> Note:
+        self._next += 1
+        note = Note(self._next, login, text, created or datetime.now(timezone.utc), **kw)
+        self.notes.append(note)
+        return note
+
+    def authorized(self, req: Request) -> bool:
+        auth = req.headers.get("authorization", "")
+        if auth.startswith("Basic "):  # Jira Cloud: email:api-token
+            auth = base64.b64decode(auth[6:]).decode(errors="replace")
+        return auth.endswith(TOKEN) or TOKEN in req.headers.get(
+            "private-token", "") or TOKEN == req.headers.get("x-redmine-api-key")
+
+    def handle(self, req: Request, base: str) -> tuple[int, dict, Any]:
+        with self.lock:
+            return self.route(req, base)
+
+    def route(self, req: Request, base: str) -> tuple[int, dict, Any]:  # pragma: no cover
+        raise NotImplementedError
+
+
+# -- Jira ---------------------------------------------------------------------------------------
+
+
+def adf_text(text: str) -> dict:
+    """A person's comment as Jira Cloud stores it: paragraphs of text, with a mention."""
+    paras = []
+    for line in text.split("\n"):
+        paras.append({"type": "paragraph", "content": [{"type": "text", "text": line}] if line else []})
+    return {"type": "doc", "version": 1, "content": paras}
+
+
+class JiraApp(FakeApp):
+    kind = "jira"
+    page_cap = 100  # Jira returns at most this many comments per page whatever maxResults says
+
+    def __init__(self, n_comments: int = 2, *, cloud: bool = True, key: str = "PROJ-7") -> None:
+        self.cloud = cloud
+        self.key = key
+        super().__init__(n_comments)
+
+    def _user(self, login: str) -> dict:
+        uid, name = PEOPLE[login]
+        if self.cloud:
+            return {"self": f"https://x.atlassian.net/rest/api/3/user?accountId={uid}", "accountId": uid,
+                    "displayName": name, "active": True, "accountType": "atlassian", "timeZone": "UTC"}
+        return {"self": f"https://jira.example/rest/api/2/user?username={login}", "name": login,
+                "key": f"JIRAUSER{10000 + list(PEOPLE).index(login)}", "displayName": name, "active": True}
+
+    def _comment(self, n: Note, base: str, expand: str) -> dict:
+        if n.raw is not None:
+            body = n.raw
+        elif self.cloud:
+            body = adf_text(n.text)
+            if n.text.startswith("CQ approved"):  # a real-looking ADF body: mention + emoji
+                body["content"][0]["content"] = [
+                    {"type": "text", "text": "CQ approved", "marks": [{"type": "strong"}]},
+                    {"type": "text", "text": ": looks good, thanks "},
+                    {"type": "mention", "attrs": {"id": PEOPLE["alice"][0], "text": "@Alice Developer",
+                                                   "accessLevel": ""}},
+                    {"type": "text", "text": " "},
+                    {"type": "emoji", "attrs": {"shortName": ":thumbsup:", "id": "1f44d", "text": "👍"}},
+                ]
+        else:
+            body = n.text
+        c = {"self": f"{base}{self.api}/issue/10007/comment/{n.id}", "id": str(n.id),
+             "author": self._user(n.login), "body": body, "updateAuthor": self._user(n.login),
+             "created": n.created.strftime("%Y-%m-%dT%H:%M:%S.000+0000"),
+             "updated": n.created.strftime("%Y-%m-%dT%H:%M:%S.000+0000"), "jsdPublic": True}
+        if "properties" in expand:
+            c["properties"] = n.props
+        return c
+
+    @property
+    def api(self) -> str:
+        return "/rest/api/3" if self.cloud else "/rest/api/2"
+
+    def route(self, req: Request, base: str) -> tuple[int, dict, Any]:
+        if not self.authorized(req):
+            return 401, {"Content-Type": "text/plain"}, "Client must be authenticated to access this resource."
+        p = req.path
+        if p == f"{self.api}/myself":
+            u = self._user("deploybot")
+            return 200, {}, u
+        if p == f"{self.api}/project/PROJ":
+            return 200, {}, {"id": "10000", "key": "PROJ", "name": "Project"}
+        m = re.fullmatch(rf"{self.api}/issue/([^/]+)(/comment|/transitions)?", p)
+        if not m or m.group(1) != self.key:
+            return 404, {}, {"errorMessages": ["Issue does not exist or you do not have permission to see it."],
+                             "errors": {}}
+        sub = m.group(2)
+        if sub is None and req.method == "GET":
+            return 200, {}, {"id": "10007", "key": self.key, "self": f"{base}{self.api}/issue/10007",
+                             "fields": {"summary": self.title, "labels": self.labels,
+                                        "status": {"name": self.status, "id": str(10000 + self.statuses.index(self.status)),
+                                                   "statusCategory": {"key": "indeterminate"}},
+                                        "issuetype": {"name": "Story"}, "priority": {"name": "Medium"},
+                                        "description": adf_text("Totals are rounded twice.") if self.cloud else
+                                        "Totals are *rounded* twice."}}
+        if sub is None and req.method == "PUT":
+            for op in req.body.get("update", {}).get("labels", []):
+                if "add" in op and op["add"] not in self.labels:
+                    self.labels.append(op["add"])
+            return 204, {}, None
+        if sub == "/comment" and req.method == "GET":
+            start = int(req.query.get("startAt", 0))
+            size = min(int(req.query.get("maxResults", 5000)), self.page_cap)
+            notes = sorted(self.notes, key=lambda n: n.created)
+            page = notes[start:start + size]
+            return 200, {}, {"startAt": start, "maxResults": size, "total": len(notes),
+                             "comments": [self._comment(n, base, req.query.get("expand", "")) for n in page]}
+        if sub == "/comment" and req.method == "POST":
+            body = req.body["body"]
+            if self.cloud and not (isinstance(body, dict) and body.get("type") == "doc"):
+                return 400, {}, {"errorMessages": [], "errors": {"comment": "Comment body is not valid ADF."}}
+            n = self.add_note("deploybot", "", raw=body, props=req.body.get("properties") or [])
+            return 201, {}, self._comment(n, base, "properties")
+        if sub == "/transitions" and req.method == "GET":
+            return 200, {}, {"expand": "transitions", "transitions": [
+                {"id": str(11 + self.statuses.index(to)), "name": f"Move to {to}",
+                 "to": {"name": to, "id": str(10000 + self.statuses.index(to))},
+                 "hasScreen": False, "isGlobal": False, "isInitial": False, "isAvailable": True,
+                 "isConditional": False} for to in self.workflow[self.status]]}
+        if sub == "/transitions" and req.method == "POST":
+            tid = int(req.body["transition"]["id"]) - 11
+            target = self.statuses[tid] if 0 <= tid < len(self.statuses) else ""
+            if target not in self.workflow[self.status]:
+                return 400, {}, {"errorMessages": ["Transition id is not valid for this issue."], "errors": {}}
+            self.status = target
+            return 204, {}, None
+        return 405, {}, {"errorMessages": ["method not allowed"]}
+
+
+# -- GitHub -------------------------------------------------------------------------------------
+
+
+class GitHubApp(FakeApp):
+    kind = "github"
+    repo = "acme/shop"
+
+    def __init__(self, n_comments: int = 2) -> None:
+        super().__init__(n_comments)
+        self.labels = ["backend", "status:Ready for Production"]
+
+    def _label(self, name: str) -> dict:
+        return {"id": abs(hash(name)) % 10**9, "node_id": "LA_x", "url": "", "name": name,
+                "color": "ededed", "default": False, "description": None}
+
+    def _issue(self, base: str) -> dict:
+        return {"id": 1296269, "node_id": "I_kwDO", "number": 7, "title": self.title,
+                "state": "closed" if self.status == "Closed" else "open",
+                "labels": [self._label(n) for n in self.labels],
+                "html_url": f"https://github.com/{self.repo}/issues/7",
+                "url": f"{base}/repos/{self.repo}/issues/7", "body": "Totals are rounded twice.",
+                "user": {"login": "alice", "id": 3}, "comments": len(self.notes),
+                "created_at": iso_z(BASE_TIME)}
+
+    def _comment(self, n: Note) -> dict:
+        return {"id": n.id, "node_id": f"IC_{n.id}", "url": "", "html_url":
+                f"https://github.com/{self.repo}/issues/7#issuecomment-{n.id}",
+                "body": n.raw if n.raw is not None else n.text,
+                "user": {"login": n.login, "id": 100 + list(PEOPLE).index(n.login), "type": "User"},
+                "created_at": iso_z(n.created), "updated_at": iso_z(n.created),
+                "author_association": "MEMBER"}
+
+    def route(self, req: Request, base: str) -> tuple[int, dict, Any]:
+        if not self.authorized(req):
+            return 401, {}, {"message": "Bad credentials", "documentation_url": "https://docs.github.com/rest"}
+        p = req.path
+        if p == "/user":
+            return 200, {}, {"login": "deploybot", "id": 42, "type": "Bot"}
+        if p == f"/repos/{self.repo}":
+            return 200, {}, {"id": 1, "full_name": self.repo, "has_issues": True}
+        m = re.fullmatch(rf"/repos/{self.repo}/issues/(\d+)(/comments|/labels(?:/(.+))?)?", p)
+        if not m or m.group(1) != "7":
+            return 404, {}, {"message": "Not Found", "documentation_url": "https://docs.github.com/rest"}
+        sub = m.group(2) or ""
+        if sub == "" and req.method == "GET":
+            return 200, {}, self._issue(base)
+        if sub == "/comments" and req.method == "GET":
+            per = min(int(req.query.get("per_page", 30)), 100)
+            page = int(req.query.get("page", 1))
+            notes = sorted(self.notes, key=lambda n: n.created)
+            last = max(1, -(-len(notes) // per))
+            link = []
+            url = f"{base}/repos/{self.repo}/issues/7/comments?per_page={per}&page="
+            if page < last:
+                link += [f'<{url}{page + 1}>; rel="next"', f'<{url}{last}>; rel="last"']
+            if page > 1:
+                link += [f'<{url}1>; rel="first"', f'<{url}{page - 1}>; rel="prev"']
+            headers = {"Link": ", ".join(link)} if link else {}
+            return 200, headers, [self._comment(n) for n in notes[(page - 1) * per: page * per]]
+        if sub == "/comments" and req.method == "POST":
+            n = self.add_note("deploybot", req.body["body"], raw=req.body["body"])
+            return 201, {}, self._comment(n)
+        if sub == "/labels" and req.method == "POST":
+            for name in req.body["labels"]:
+                if name not in self.labels:
+                    self.labels.append(name)
+            self._sync_status()
+            return 200, {}, [self._label(n) for n in self.labels]
+        if sub.startswith("/labels/") and req.method == "DELETE":
+            name = m.group(3)
+            if name not in self.labels:
+                return 404, {}, {"message": "Label does not exist"}
+            self.labels.remove(name)
+            return 200, {}, [self._label(n) for n in self.labels]
+        return 404, {}, {"message": "Not Found"}
+
+    def _sync_status(self) -> None:
+        for name in self.labels:
+            if name.startswith("status:"):
+                self.status = name[len("status:"):]
+
+
+# -- GitLab -------------------------------------------------------------------------------------
+
+
+class GitLabApp(FakeApp):
+    kind = "gitlab"
+    project = "acme/web/shop"
+
+    def __init__(self, n_comments: int = 2) -> None:
+        super().__init__(n_comments)
+        self.labels = ["backend", "status::Ready for Production"]
+        # GitLab writes system notes for label changes; they are not comments.
+        self.add_note("alice", "added ~\"status::Ready for Production\" scoped label",
+                      BASE_TIME - timedelta(minutes=1), system=True)
+
+    def _note(self, n: Note) -> dict:
+        uid, name = PEOPLE[n.login]
+        return {"id": n.id, "type": None, "body": n.raw if n.raw is not None else n.text, "attachment": None,
+                "author": {"id": 10 + list(PEOPLE).index(n.login), "username": n.login, "name": name,
+                           "state": "active", "web_url": f"https://gitlab.example/{n.login}"},
+                "created_at": iso_ms(n.created), "updated_at": iso_ms(n.created), "system": n.system,
+                "noteable_id": 377, "noteable_type": "Issue", "noteable_iid": 7, "resolvable": False,
+                "confidential": False, "internal": False}
+
+    def _issue(self, base: str) -> dict:
+        return {"id": 377, "iid": 7, "project_id": 3, "title": self.title, "description": "Totals.",
+                "state": "closed" if self.status == "Closed" else "opened", "labels": list(self.labels),
+                "web_url": f"{base}/{self.project}/-/issues/7", "author": {"username": "alice"},
+                "created_at": iso_ms(BASE_TIME)}
+
+    def route(self, req: Request, base: str) -> tuple[int, dict, Any]:
+        if not self.authorized(req):
+            return 401, {}, {"message": "401 Unauthorized"}
+        p = req.path
+        if p == "/api/v4/user":
+            return 200, {}, {"id": 9, "username": "deploybot", "name": "Deploy Bot"}
+        if p == f"/api/v4/projects/{self.project}":
+            return 200, {}, {"id": 3, "path_with_namespace": self.project}
+        m = re.fullmatch(rf"/api/v4/projects/{re.escape(self.project)}/issues/(\d+)(/notes)?", p)
+        if not m or m.group(1) != "7":
+            return 404, {}, {"message": "404 Not found"}
+        if m.group(2) is None and req.method == "GET":
+            return 200, {}, self._issue(base)
+        if m.group(2) is None and req.method == "PUT":
+            drop = [x for x in (req.body.get("remove_labels") or "").split(",") if x]
+            add = [x for x in (req.body.get("add_labels") or "").split(",") if x]
+            self.labels = [x for x in self.labels if x not in drop] + [x for x in add if x not in self.labels]
+            for name in add:
+                if name.startswith("status::"):
+                    self.status = name[len("status::"):]
+                    self.add_note("deploybot", f"added ~\"{name}\" scoped label", system=True)
+            return 200, {}, self._issue(base)
+        if req.method == "GET":
+            per = min(int(req.query.get("per_page", 20)), 100)
+            page = int(req.query.get("page", 1))
+            notes = sorted(self.notes, key=lambda n: n.created, reverse=req.query.get("sort") != "asc")
+            pages = max(1, -(-len(notes) // per))
+            headers = {"X-Total": len(notes), "X-Total-Pages": pages, "X-Page": page, "X-Per-Page": per,
+                       "X-Next-Page": page + 1 if page < pages else "",
+                       "X-Prev-Page": page - 1 if page > 1 else ""}
+            return 200, headers, [self._note(n) for n in notes[(page - 1) * per: page * per]]
+        n = self.add_note("deploybot", req.body["body"], raw=req.body["body"])
+        return 201, {}, self._note(n)
+
+
+# -- Linear -------------------------------------------------------------------------------------
+
+
+class LinearApp(FakeApp):
+    kind = "linear"
+    ident = "ENG-7"
+    issue_uuid = "9cfb482a-81e3-4154-b5b9-2c805e70a02d"
+    statuses = ["Backlog", "Todo", "In Progress", "Ready for Production", "Deployed", "Canceled"]
+
+    def __init__(self, n_comments: int = 2) -> None:
+        super().__init__(n_comments)
+        self.comment_ids: dict[int, str] = {}
+
+    def _cid(self, n: Note) -> str:
+        return self.comment_ids.get(n.id) or f"00000000-0000-4000-8000-{n.id:012d}"
+
+    def route(self, req: Request, base: str) -> tuple[int, dict, Any]:
+        if req.path != "/graphql" or req.method != "POST":
+            return 404, {}, {"errors": [{"message": "Not found"}]}
+        if not self.authorized(req):
+            return 400, {}, {"errors": [{"message": "Authentication required, not authenticated",
+                                         "extensions": {"type": "authentication error", "code": "AUTHENTICATION_ERROR",
+                                                        "userPresentableMessage": "You need to authenticate to access this operation."}}]}
+        q = req.body["query"]
+        v = req.body.get("variables") or {}
+        if "viewer" in q:
+            return 200, {}, {"data": {"viewer": {"id": PEOPLE["deploybot"][0], "name": "Deploy Bot"}}}
+        if "query Labels" in q:
+            return 200, {}, {"data": {"issueLabels": {"nodes": [
+                {"id": f"lbl-{n}", "name": n} for n in ["backend", "deployed"] if n in v["names"]]}}}
+        if q.lstrip().startswith("mutation Comment"):
+            inp = v["input"]
+            if inp.get("id") in self.comment_ids.values():
+                return 200, {}, {"data": None, "errors": [{"message": "Entity already exists",
+                                 "extensions": {"code": "INVALID_INPUT"}}]}
+            if inp["issueId"] != self.issue_uuid:
+                return 200, {}, self._not_found()
+            n = self.add_note("deploybot", inp["body"])
+            self.comment_ids[n.id] = inp.get("id") or f"auto-{n.id}"
+            return 200, {}, {"data": {"commentCreate": {"success": True, "comment": {"id": self._cid(n)}}}}
+        if q.lstrip().startswith("mutation Update"):
+            inp = v["input"]
+            if "stateId" in inp:
+                self.status = inp["stateId"].removeprefix("state-")
+            for lid in inp.get("addedLabelIds", []):
+                name = lid.removeprefix("lbl-")
+                if name not in self.labels:
+                    self.labels.append(name)
+            return 200, {}, {"data": {"issueUpdate": {"success": True}}}
+        if v.get("id") not in (self.ident, self.issue_uuid):
+            return 200, {}, self._not_found()
+        if "query Comments" in q:
+            notes = sorted(self.notes, key=lambda n: n.created)
+            start = int(v["after"].removeprefix("cursor-")) if v.get("after") else 0
+            first = min(int(re.search(r"first:\s*(\d+)", q).group(1)), 250)
+            page = notes[start:start + first]
+            return 200, {}, {"data": {"issue": {"comments": {
+                "nodes": [{"id": self._cid(n), "body": n.text, "createdAt": iso_ms(n.created),
+                           "user": {"id": PEOPLE[n.login][0], "name": PEOPLE[n.login][1],
+                                    "displayName": n.login}} for n in page],
+                "pageInfo": {"hasNextPage": start + first < len(notes),
+                             "endCursor": f"cursor-{start + len(page)}"}}}}}
+        state = {"name": self.status, "type": "started"}
+        if "query States" in q:
+            return 200, {}, {"data": {"issue": {"id": self.issue_uuid, "state": state, "team": {"states": {
+                "nodes": [{"id": f"state-{s}", "name": s, "type": "started"} for s in self.statuses]}}}}}
+        return 200, {}, {"data": {"issue": {
+            "id": self.issue_uuid, "identifier": self.ident, "title": self.title,
+            "url": f"https://linear.app/acme/issue/{self.ident}/checkout-fix", "description": "Totals.",
+            "state": state, "labels": {"nodes": [{"name": n} for n in self.labels]}, "team": {"key": "ENG"}}}}
+
+    @staticmethod
+    def _not_found() -> dict:
+        return {"data": None, "errors": [{"message": "Entity not found: Issue", "extensions": {
+            "type": "invalid input", "code": "INVALID_INPUT",
+            "userPresentableMessage": "Could not find referenced Issue."}}]}
+
+
+def linear_rate_limited(reset_in: float = 1.0) -> dict:
+    """Arguments for server.fault(): Linear's RATELIMITED answer with its reset header (epoch ms)."""
+    return dict(status=400, headers={
+        "X-RateLimit-Requests-Limit": "1500", "X-RateLimit-Requests-Remaining": "0",
+        "X-RateLimit-Requests-Reset": str(int((time.time() + reset_in) * 1000))},
+        body={"errors": [{"message": "Rate limit exceeded", "extensions": {
+            "code": "RATELIMITED", "type": "ratelimited",
+            "userPresentableMessage": "You have exceeded the rate limit."}}]})
+
+
+# -- Redmine ------------------------------------------------------------------------------------
+
+
+class RedmineApp(FakeApp):
+    kind = "redmine"
+    names = ["New", "In Progress", "Ready for Production", "Deployed", "Closed"]
+
+    def route(self, req: Request, base: str) -> tuple[int, dict, Any]:
+        p = req.path
+        if p == "/users/current.json":
+            if not self.authorized(req):
+                return 401, {}, ""
+            return 200, {}, {"user": {"id": 5, "login": "deploybot", "firstname": "Deploy", "lastname": "Bot"}}
+        if p == "/projects/webshop.json":
+            return 200, {}, {"project": {"id": 1, "identifier": "webshop"}}
+        if p == "/issue_statuses.json":
+            return 200, {}, {"issue_statuses": [{"id": i + 1, "name": n, "is_closed": n in ("Deployed", "Closed")}
+                                                for i, n in enumerate(self.names)]}
+        m = re.fullmatch(r"/issues/(\d+)\.json", p)
+        if not m or m.group(1) != "7":
+            return 404, {}, ""
+        if req.method == "PUT" and not self.authorized(req):
+            return 403, {}, ""
+        if req.method == "PUT":
+            issue = req.body["issue"]
+            if issue.get("notes"):
+                self.add_note("deploybot", issue["notes"])
+            if "status_id" in issue:
+                target = self.names[int(issue["status_id"]) - 1]
+                if target in self.workflow[self.status]:  # like Redmine: a refused move is ignored
+                    self.status = target
+            return 204, {}, None
+        sid = self.names.index(self.status) + 1
+        out = {"id": 7, "project": {"id": 1, "name": "Webshop"}, "tracker": {"id": 1, "name": "Bug"},
+               "status": {"id": sid, "name": self.status, "is_closed": False},
+               "priority": {"id": 2, "name": "Normal"}, "author": {"id": 6, "name": "Alice Developer"},
+               "subject": self.title, "description": None, "created_on": iso_z(BASE_TIME)}
+        if "journals" in req.query.get("include", ""):
+            out["journals"] = [
+                {"id": n.id, "user": {"id": 5 + list(PEOPLE).index(n.login), "name": PEOPLE[n.login][1]},
+                 "notes": n.text, "created_on": iso_z(n.created), "private_notes": False, "details": []}
+                for n in sorted(self.notes, key=lambda n: n.created)]
+            out["journals"].insert(0, {"id": 1, "user": {"id": 6, "name": "Alice Developer"}, "notes": "",
+                                       "created_on": iso_z(BASE_TIME), "private_notes": False,
+                                       "details": [{"property": "attr", "name": "status_id",
+                                                    "old_value": "2", "new_value": "3"}]})
+        return 200, {}, {"issue": out}
