@@ -35,7 +35,7 @@ log = logging.getLogger("deploybot.pipeline")
 
 # Docker's tag grammar: what a version may be, so it is safe in every backend and record.
 VERSION_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-TARGET_RE = re.compile(r"^(?P<service>[a-z0-9][a-z0-9_-]{0,62})@(?P<version>\S+)$")
+TARGET_RE = re.compile(r"^(?P<service>[a-z0-9][a-z0-9_-]{0,62})@(?P<version>.+)$")
 ACTIVE = {DeploymentStatus.REQUESTED, DeploymentStatus.CHECKING,
           DeploymentStatus.AWAITING_APPROVAL, DeploymentStatus.DEPLOYING,
           DeploymentStatus.VERIFYING, DeploymentStatus.ROLLING_BACK}
