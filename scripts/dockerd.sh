@@ -14,8 +14,6 @@
 #                                 ~108 bytes.
 #   DEPLOYBOT_DOCKER_BRIDGE       name of a bridge of this engine's own (<= 15 chars), created here
 #   DEPLOYBOT_DOCKER_BRIDGE_CIDR  gateway address/prefix of that bridge, e.g. 172.28.0.1/24
-#   DEPLOYBOT_DOCKER_ADDR_POOL    --default-address-pool for user-defined networks,
-#                                 e.g. base=172.29.0.0/16,size=24
 #   DEPLOYBOT_DOCKER_IPTABLES     true (default) | false
 #   DEPLOYBOT_DOCKER_START_TIMEOUT  seconds to wait for the engine to answer (default 60)
 #
@@ -25,6 +23,11 @@
 # passes --bridge (dockerd refuses --bridge together with --bip; it takes the address from the
 # bridge). A second engine should also run with DEPLOYBOT_DOCKER_IPTABLES=false: all engines on a
 # machine share the DOCKER* iptables chains, and an engine starting or stopping rewrites them.
+# Never give an engine --default-address-pool: dockerd 20.10, when it starts again on a data root
+# that already has its default network, then deletes the interface named docker0 whatever
+# --bridge says (removeDefaultBridgeInterface), cutting off every container of the engine that
+# owns docker0 (seen here). Without it, engines choose subnets for user-defined networks that no
+# host route uses yet, so two engines do not collide.
 # Publishing on 127.0.0.1 does not need iptables at all: local connections to 127.0.0.1:PORT go
 # to docker-proxy (the userland proxy, on by default), which forwards to the container.
 set -euo pipefail
@@ -37,7 +40,6 @@ EXEC_ROOT="$DIR/exec"
 HOST="unix://$SOCK"
 BRIDGE=${DEPLOYBOT_DOCKER_BRIDGE:-}
 BRIDGE_CIDR=${DEPLOYBOT_DOCKER_BRIDGE_CIDR:-}
-ADDR_POOL=${DEPLOYBOT_DOCKER_ADDR_POOL:-}
 IPTABLES=${DEPLOYBOT_DOCKER_IPTABLES:-true}
 START_TIMEOUT=${DEPLOYBOT_DOCKER_START_TIMEOUT:-60}
 BRIDGE_MARK="$DIR/bridge-created-here"
@@ -110,7 +112,6 @@ start() {
       --iptables="$IPTABLES"
     )
     [ -n "$BRIDGE" ] && args+=(--bridge "$BRIDGE")
-    [ -n "$ADDR_POOL" ] && args+=(--default-address-pool "$ADDR_POOL")
     say "starting dockerd (log: $LOG)"
     # setsid: the engine must outlive the shell (and its process group) that started it.
     setsid dockerd "${args[@]}" </dev/null >>"$LOG" 2>&1 &
