@@ -1,0 +1,20 @@
+"""Tracker adapters. Wiring does `KINDS[kind](settings, os.environ)`; "local" is added there."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+from bot.ports import Tracker
+
+from backends.trackers import github, gitlab, jira, linear, redmine
+
+Builder = Callable[[Mapping[str, Any], Mapping[str, str]], Tracker]
+
+KINDS: dict[str, Builder] = {
+    "jira-cloud": jira.build_cloud,
+    "jira-dc": jira.build_dc,
+    "github": github.build,
+    "gitlab": gitlab.build,
+    "linear": linear.build,
+    "redmine": redmine.build,
+}

@@ -44,7 +44,7 @@ class Note:
 
 @dataclass
 class Fault:
-    match: Callable[[str, str], bool]
+    match: Callable[[str, str, str], bool]
     status: int
     headers: dict
     body: Any
@@ -87,7 +87,8 @@ class FakeServer:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02},
+                                       daemon=True)
 
     def __enter__(self) -> "FakeServer":
         self.thread.start()
@@ -99,21 +100,24 @@ class FakeServer:
         self.thread.join(timeout=5)
 
     def fault(self, status: int = 503, *, method: str = "", path: str = "", times: int = 1,
-              headers: dict | None = None, body: Any = None, delay: float = 0.0, after: bool = False) -> None:
-        """The next `times` requests matching method/path (regex) get this answer instead."""
+              headers: dict | None = None, body: Any = None, delay: float = 0.0, after: bool = False,
+              request_contains: str = "") -> None:
+        """The next `times` requests matching method/path (regex)/body text get this answer instead
+        (status 0: answer normally, after `delay`)."""
         rx = re.compile(path) if path else None
         self.faults.append(Fault(
-            lambda m, p: (not method or m == method) and (rx is None or bool(rx.search(p))),
+            lambda m, p, b: (not method or m == method) and (rx is None or bool(rx.search(p)))
+            and request_contains in b,
             status, headers or {}, body, times, delay, after,
         ))
 
     def count(self, method: str = "", path: str = "") -> int:
         return sum(1 for m, p in self.log if (not method or m == method) and re.search(path or "", p))
 
-    def _take_fault(self, method: str, path: str) -> Fault | None:
+    def _take_fault(self, method: str, path: str, raw: bytes) -> Fault | None:
         with self._lock:
             for f in self.faults:
-                if f.times > 0 and f.match(method, path):
+                if f.times > 0 and f.match(method, path, raw.decode(errors="replace")):
                     f.times -= 1
                     return f
         return None
@@ -129,7 +133,7 @@ class FakeServer:
             self.log.append((req.method, req.path))
         if self.latency:
             time.sleep(self.latency)
-        fault = self._take_fault(req.method, req.path)
+        fault = self._take_fault(req.method, req.path, raw)
         if fault and fault.delay:
             time.sleep(fault.delay)
         if fault and not fault.after and fault.status:

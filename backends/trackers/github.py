@@ -1,0 +1,160 @@
+"""GitHub Issues (REST v3). The status is a label with a prefix (default "status:"), so
+"ready for production" is the label `status:Ready for Production`; comments are paginated by
+the `Link` header; the post-once key is an HTML comment, which GitHub does not render.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping
+from urllib.parse import parse_qs, quote, urlsplit
+
+from bot.errors import ConfigError, InputError, TrackerError
+from bot.models import Comment, Ticket
+
+from backends.trackers import markup
+from backends.trackers.base import HttpTracker, RawComment, refused_transition, sort_oldest_first
+from backends.trackers.http import Http, base_url, parse_time, secret
+
+_REPO = r"[\w.-]+/[\w.-]+"
+PAGE = 100  # GitHub's maximum per_page
+
+
+class GitHub(HttpTracker):
+    name = "GitHub"
+
+    def __init__(self, http: Http, *, repo: str, web_host: str, status_prefix: str = "status:",
+                 statuses: list[str] | None = None) -> None:
+        super().__init__(http)
+        self.repo = repo
+        self.web_host = web_host
+        self.prefix = status_prefix
+        self.statuses = statuses or []
+
+    def parse_ref(self, text: str) -> str:
+        value = (text or "").strip()
+        if value.startswith(("http://", "https://")):
+            parts = urlsplit(value)
+            m = re.fullmatch(rf"/({_REPO})/(?:issues|pull)/(\d+)/?", parts.path)
+            if parts.netloc != self.web_host or not m:
+                raise InputError(f"{value!r} is not a GitHub issue URL on {self.web_host}",
+                                 hint="use https://HOST/OWNER/REPO/issues/42, OWNER/REPO#42 or #42")
+            return f"{m.group(1)}#{m.group(2)}"
+        if m := re.fullmatch(rf"({_REPO})#(\d+)", value):
+            return f"{m.group(1)}#{m.group(2)}"
+        if (m := re.fullmatch(r"#?(\d+)", value)) and self.repo:
+            return f"{self.repo}#{m.group(1)}"
+        raise InputError(f"{value!r} is not a GitHub issue reference",
+                         hint=f"use #42 or {self.repo or 'OWNER/REPO'}#42")
+
+    @staticmethod
+    def _path(tid: str) -> str:
+        repo, number = tid.split("#")
+        return f"/repos/{repo}/issues/{number}"
+
+    def _status(self, issue: dict) -> str:
+        for label in issue.get("labels") or []:
+            name = label["name"] if isinstance(label, dict) else str(label)
+            if name.casefold().startswith(self.prefix.casefold()):
+                return name[len(self.prefix):].strip()
+        return issue.get("state", "")  # no status label: open / closed
+
+    def get_ticket(self, ticket_id: str) -> Ticket:
+        tid = self.parse_ref(ticket_id)
+        issue = self.http.json("GET", self._path(tid), ticket=tid, what="read the issue")
+        return Ticket(
+            id=tid, title=issue.get("title", ""), status=self._status(issue),
+            url=issue.get("html_url", ""),
+            labels=[lb["name"] if isinstance(lb, dict) else str(lb) for lb in issue.get("labels") or []],
+            description=issue.get("body") or "",
+            fields={"state": issue.get("state", "")},
+        )
+
+    def _page(self, tid: str, page: int):
+        return self.http.request("GET", f"{self._path(tid)}/comments", ticket=tid, what="read comments",
+                                 params={"per_page": PAGE, "page": page})
+
+    def _read_comments(self, ticket_id: str) -> list[RawComment]:
+        first = self._page(ticket_id, 1)
+        responses = [first]
+        last = first.links.get("last", {}).get("url")
+        if last:  # `last` names the final page: fetch the rest at once
+            count = int(parse_qs(urlsplit(last).query).get("page", ["1"])[0])
+            responses += self.http.parallel(*[lambda p=p: self._page(ticket_id, p) for p in range(2, count + 1)])
+        else:  # no `last` (some proxies drop it): follow `next`
+            nxt = first.links.get("next", {}).get("url")
+            while nxt:
+                if urlsplit(nxt).netloc != urlsplit(self.http.url).netloc:  # never send the token elsewhere
+                    raise TrackerError(f"GitHub sent a next-page link to another host ({urlsplit(nxt).netloc})",
+                                       hint="check tracker.url and any proxy in front of GitHub")
+                resp = self.http.request("GET", nxt, ticket=ticket_id, what="read comments")
+                responses.append(resp)
+                nxt = resp.links.get("next", {}).get("url")
+        raws, seen = [], set()
+        for resp in responses:
+            for c in resp.json():
+                if c["id"] in seen:
+                    continue
+                seen.add(c["id"])
+                user = c.get("user") or {}
+                body = c.get("body") or ""
+                raws.append(RawComment(
+                    Comment(id=str(c["id"]), author=user.get("login", ""), author_name=user.get("login", ""),
+                            body=markup.strip_markers(body), created_at=parse_time(c["created_at"])),
+                    markup.markers(body),
+                ))
+        return sort_oldest_first(raws)
+
+    def _post_comment(self, ticket_id: str, markdown: str, key: str) -> None:
+        self.http.request("POST", f"{self._path(ticket_id)}/comments", ticket=ticket_id, idempotent=False,
+                          what="add a comment", json={"body": markup.with_marker(markdown, key)})
+
+    def transition(self, ticket_id: str, status: str) -> None:
+        tid = self.parse_ref(ticket_id)
+        issue = self.http.json("GET", self._path(tid), ticket=tid, what="read the issue")
+        before = self._status(issue)
+        if before.casefold() == status.casefold():
+            return
+        if self.statuses and status.casefold() not in {s.casefold() for s in self.statuses}:
+            raise refused_transition(self.name, tid, before, status, self.statuses,
+                                     fix="add it to tracker.statuses or use one of those")
+        for label in issue.get("labels") or []:
+            name = label["name"] if isinstance(label, dict) else str(label)
+            if name.casefold().startswith(self.prefix.casefold()):
+                self.http.request("DELETE", f"{self._path(tid)}/labels/{quote(name, safe='')}",
+                                  ticket=tid, what=f"remove label {name!r}")
+        self.add_labels(tid, [f"{self.prefix}{status}"])
+        self._moved_or_fail(tid, status, before, hint="another actor changed the labels at the same time; retry")
+
+    def add_labels(self, ticket_id: str, labels: list[str]) -> None:
+        tid = self.parse_ref(ticket_id)
+        self.http.request("POST", f"{self._path(tid)}/labels", ticket=tid, what="add labels",
+                          json={"labels": list(labels)})
+
+    def check_credentials(self) -> None:
+        self.http.json("GET", "/user", what="check the token")
+        if self.repo:
+            try:
+                self.http.json("GET", f"/repos/{self.repo}", what=f"read repository {self.repo}")
+            except TrackerError as exc:
+                raise TrackerError(f"GitHub: cannot read repository {self.repo}: {exc.message}",
+                                   hint=f"check tracker.repo, and that the token in {self.http.token_env} "
+                                        "has access to it (Issues: read and write)") from None
+
+
+def build(settings: Mapping[str, Any], environ: Mapping[str, str]) -> GitHub:
+    url = base_url(settings, "GitHub", default="https://api.github.com")
+    repo = str(settings.get("repo", ""))
+    if repo and not re.fullmatch(_REPO, repo):
+        raise ConfigError(f"GitHub: tracker.repo must be OWNER/REPO, got {repo!r}")
+    token = secret(settings, environ, "GitHub")
+    host = urlsplit(url).netloc
+    web_host = str(settings.get("web_host") or ("github.com" if host == "api.github.com" else host))
+    http = Http(
+        tracker="GitHub", url=url, settings=settings, secret_values=(token,),
+        headers={"Authorization": f"Bearer {token}", "Accept": "application/vnd.github+json",
+                 "X-GitHub-Api-Version": "2022-11-28"},
+    )
+    return GitHub(http, repo=repo, web_host=web_host,
+                  status_prefix=str(settings.get("status_prefix", "status:")),
+                  statuses=list(settings.get("statuses") or []))

@@ -1,0 +1,148 @@
+"""GitLab Issues (REST v4). The status is a scoped label (default prefix "status::", e.g.
+`status::Ready for Production`); notes are the comments, system notes ("changed the label...")
+are skipped; pages come from `X-Total-Pages` (or `Link` when GitLab omits the total).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping
+from urllib.parse import quote, urlsplit
+
+from bot.errors import InputError, TrackerError
+from bot.models import Comment, Ticket
+
+from backends.trackers import markup
+from backends.trackers.base import HttpTracker, RawComment, refused_transition, sort_oldest_first
+from backends.trackers.http import Http, base_url, parse_time, secret
+
+_PROJECT = r"[\w.-]+(?:/[\w.-]+)+"
+PAGE = 100  # GitLab's maximum per_page
+
+
+class GitLab(HttpTracker):
+    name = "GitLab"
+
+    def __init__(self, http: Http, *, url: str, project: str, status_prefix: str = "status::",
+                 statuses: list[str] | None = None) -> None:
+        super().__init__(http)
+        self.url = url
+        self.project = project
+        self.prefix = status_prefix
+        self.statuses = statuses or []
+
+    def parse_ref(self, text: str) -> str:
+        value = (text or "").strip()
+        if value.startswith(("http://", "https://")):
+            parts = urlsplit(value)
+            m = re.fullmatch(rf"/({_PROJECT})/-/(?:issues|work_items)/(\d+)/?", parts.path)
+            if parts.netloc != urlsplit(self.url).netloc or not m:
+                raise InputError(f"{value!r} is not a GitLab issue URL on {self.url}",
+                                 hint="use GROUP/PROJECT#42, #42 or the issue URL")
+            return f"{m.group(1)}#{m.group(2)}"
+        if m := re.fullmatch(rf"({_PROJECT})#(\d+)", value):
+            return f"{m.group(1)}#{m.group(2)}"
+        if (m := re.fullmatch(r"#?(\d+)", value)) and self.project:
+            return f"{self.project}#{m.group(1)}"
+        raise InputError(f"{value!r} is not a GitLab issue reference",
+                         hint=f"use #42 or {self.project or 'GROUP/PROJECT'}#42")
+
+    @staticmethod
+    def _path(tid: str) -> str:
+        project, iid = tid.rsplit("#", 1)
+        return f"/api/v4/projects/{quote(project, safe='')}/issues/{iid}"
+
+    def _status(self, issue: dict) -> str:
+        for name in issue.get("labels") or []:
+            if name.casefold().startswith(self.prefix.casefold()):
+                return name[len(self.prefix):].strip()
+        return issue.get("state", "")  # opened / closed
+
+    def _issue(self, tid: str) -> dict:
+        return self.http.json("GET", self._path(tid), ticket=tid, what="read the issue")
+
+    def get_ticket(self, ticket_id: str) -> Ticket:
+        tid = self.parse_ref(ticket_id)
+        issue = self._issue(tid)
+        return Ticket(id=tid, title=issue.get("title", ""), status=self._status(issue),
+                      url=issue.get("web_url", ""), labels=list(issue.get("labels") or []),
+                      description=issue.get("description") or "", fields={"state": issue.get("state", "")})
+
+    def _page(self, tid: str, page: int):
+        return self.http.request("GET", f"{self._path(tid)}/notes", ticket=tid, what="read comments",
+                                 params={"per_page": PAGE, "page": page, "sort": "asc",
+                                         "order_by": "created_at"})
+
+    def _read_comments(self, ticket_id: str) -> list[RawComment]:
+        first = self._page(ticket_id, 1)
+        responses = [first]
+        total_pages = first.headers.get("x-total-pages")
+        if total_pages:
+            responses += self.http.parallel(
+                *[lambda p=p: self._page(ticket_id, p) for p in range(2, int(total_pages) + 1)])
+        else:  # GitLab omits totals on very large collections: follow X-Next-Page
+            nxt = first.headers.get("x-next-page")
+            while nxt:
+                page = self._page(ticket_id, int(nxt))
+                responses.append(page)
+                nxt = page.headers.get("x-next-page")
+        raws, seen = [], set()
+        for resp in responses:
+            for note in resp.json():
+                if note.get("system") or note["id"] in seen:
+                    continue
+                seen.add(note["id"])
+                author = note.get("author") or {}
+                body = note.get("body") or ""
+                raws.append(RawComment(
+                    Comment(id=str(note["id"]), author=author.get("username", ""),
+                            author_name=author.get("name", ""), body=markup.strip_markers(body),
+                            created_at=parse_time(note["created_at"])),
+                    markup.markers(body),
+                ))
+        return sort_oldest_first(raws)
+
+    def _post_comment(self, ticket_id: str, markdown: str, key: str) -> None:
+        self.http.request("POST", f"{self._path(ticket_id)}/notes", ticket=ticket_id, idempotent=False,
+                          what="add a comment", json={"body": markup.with_marker(markdown, key)})
+
+    def transition(self, ticket_id: str, status: str) -> None:
+        tid = self.parse_ref(ticket_id)
+        issue = self._issue(tid)
+        before = self._status(issue)
+        if before.casefold() == status.casefold():
+            return
+        if self.statuses and status.casefold() not in {s.casefold() for s in self.statuses}:
+            raise refused_transition(self.name, tid, before, status, self.statuses,
+                                     fix="add it to tracker.statuses or use one of those")
+        old = [n for n in issue.get("labels") or [] if n.casefold().startswith(self.prefix.casefold())]
+        # Scoped labels replace each other on Premium; remove explicitly so Free tier works too.
+        self.http.request("PUT", self._path(tid), ticket=tid, what=f"set the status to {status!r}",
+                          json={"add_labels": f"{self.prefix}{status}", "remove_labels": ",".join(old)})
+        self._moved_or_fail(tid, status, before, hint="another actor changed the labels at the same time; retry")
+
+    def add_labels(self, ticket_id: str, labels: list[str]) -> None:
+        tid = self.parse_ref(ticket_id)
+        self.http.request("PUT", self._path(tid), ticket=tid, what="add labels",
+                          json={"add_labels": ",".join(labels)})
+
+    def check_credentials(self) -> None:
+        self.http.json("GET", "/api/v4/user", what="check the token")
+        if self.project:
+            try:
+                self.http.json("GET", f"/api/v4/projects/{quote(self.project, safe='')}",
+                               what=f"read project {self.project}")
+            except TrackerError as exc:
+                raise TrackerError(f"GitLab: cannot read project {self.project}: {exc.message}",
+                                   hint=f"check tracker.project and that the token in "
+                                        f"{self.http.token_env} has the api scope on it") from None
+
+
+def build(settings: Mapping[str, Any], environ: Mapping[str, str]) -> GitLab:
+    url = base_url(settings, "GitLab", default="https://gitlab.com")
+    token = secret(settings, environ, "GitLab")
+    http = Http(tracker="GitLab", url=url, headers={"PRIVATE-TOKEN": token}, settings=settings,
+                secret_values=(token,))
+    return GitLab(http, url=url, project=str(settings.get("project", "")),
+                  status_prefix=str(settings.get("status_prefix", "status::")),
+                  statuses=list(settings.get("statuses") or []))

@@ -1,0 +1,189 @@
+"""Jira Cloud (REST v3, ADF bodies, email + API token) and Jira Data Center (REST v2, wiki
+markup, personal access token). One class: the two differ in API version, body format, auth and
+how users are identified (accountId vs name).
+
+The post-once key is stored as a comment property ("deploybot" -> {"key": ...}): invisible to
+people, returned by `expand=properties`, and available on both flavours.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import re
+from typing import Any, Mapping
+from urllib.parse import parse_qs, urlsplit
+
+from bot.errors import InputError, TrackerError
+from bot.models import Comment, Ticket
+
+from backends.trackers import markup
+from backends.trackers.base import HttpTracker, RawComment, refused_transition, sort_oldest_first
+from backends.trackers.http import Http, base_url, parse_time, secret
+
+_KEY = re.compile(r"([A-Za-z][A-Za-z0-9_]*)-(\d+)")
+PROPERTY = "deploybot"
+PAGE = 100  # Jira caps comment pages (Cloud serves up to 100 per page in practice)
+
+
+class Jira(HttpTracker):
+    def __init__(self, http: Http, url: str, *, cloud: bool, project: str = "") -> None:
+        super().__init__(http)
+        self.url = url
+        self.cloud = cloud
+        self.name = "Jira Cloud" if cloud else "Jira Data Center"
+        self.api = "/rest/api/3" if cloud else "/rest/api/2"
+        self.project = project.upper()
+
+    # -- references --------------------------------------------------------------------------
+
+    def parse_ref(self, text: str) -> str:
+        value = (text or "").strip()
+        if value.startswith(("http://", "https://")):
+            parts = urlsplit(value)
+            if parts.netloc != urlsplit(self.url).netloc:
+                raise InputError(f"{value!r} is not on this Jira ({self.url})",
+                                 hint="use the issue key, e.g. PROJ-42")
+            keys = parse_qs(parts.query).get("selectedIssue", []) + [parts.path.rstrip("/").rsplit("/", 1)[-1]]
+            for candidate in keys:
+                if _KEY.fullmatch(candidate):
+                    return candidate.upper()
+            raise InputError(f"no Jira issue key in {value!r}", hint="use .../browse/PROJ-42 or PROJ-42")
+        if self.project and re.fullmatch(r"#?\d+", value):
+            return f"{self.project}-{value.lstrip('#')}"
+        if _KEY.fullmatch(value):
+            return value.upper()
+        raise InputError(f"{value!r} is not a Jira issue key",
+                         hint=f"use PROJECT-NUMBER, e.g. {self.project or 'PROJ'}-42")
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def get_ticket(self, ticket_id: str) -> Ticket:
+        key = self.parse_ref(ticket_id)
+        data = self.http.json("GET", f"{self.api}/issue/{key}", ticket=key, what="read the issue",
+                              params={"fields": "summary,status,labels,description,issuetype,priority"})
+        fields = data.get("fields") or {}
+        description = fields.get("description")
+        return Ticket(
+            id=data.get("key", key),
+            title=fields.get("summary") or "",
+            status=(fields.get("status") or {}).get("name", ""),
+            url=f"{self.url}/browse/{data.get('key', key)}",
+            labels=list(fields.get("labels") or []),
+            description=markup.adf_to_text(description) if self.cloud else markup.wiki_to_text(description or ""),
+            fields={k: str(fields[k].get("name")) for k in ("issuetype", "priority")
+                    if isinstance(fields.get(k), dict)},
+        )
+
+    def _page(self, key: str, start: int) -> dict:
+        return self.http.json(
+            "GET", f"{self.api}/issue/{key}/comment", ticket=key, what="read comments",
+            params={"startAt": start, "maxResults": PAGE, "orderBy": "created", "expand": "properties"},
+        )
+
+    def _read_comments(self, ticket_id: str) -> list[RawComment]:
+        first = self._page(ticket_id, 0)
+        pages = [first]
+        got = len(first.get("comments") or [])
+        total = int(first.get("total", got))
+        size = int(first.get("maxResults") or PAGE) or PAGE
+        if got < total:  # the total is known: fetch every remaining page at once
+            starts = [got + n * size for n in range(math.ceil((total - got) / size))]
+            pages += self.http.parallel(*[lambda s=s: self._page(ticket_id, s) for s in starts])
+        seen: set[str] = set()
+        raws = []
+        for page in pages:
+            for c in page.get("comments") or []:
+                if c["id"] in seen:  # a comment added between pages shifts the offsets
+                    continue
+                seen.add(c["id"])
+                raws.append(self._raw(c))
+        return sort_oldest_first(raws)
+
+    def _raw(self, c: dict) -> RawComment:
+        author = c.get("author") or {}
+        body = c.get("body")
+        text = markup.adf_to_text(body) if isinstance(body, dict) else markup.wiki_to_text(body or "")
+        keys = {str((p.get("value") or {}).get("key")) for p in c.get("properties") or []
+                if p.get("key") == PROPERTY}
+        return RawComment(
+            Comment(id=str(c["id"]),
+                    author=str(author.get("accountId") or author.get("name") or author.get("key") or ""),
+                    author_name=author.get("displayName", ""),
+                    body=markup.strip_markers(text),
+                    created_at=parse_time(c["created"])),
+            keys | markup.markers(text),
+        )
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def _post_comment(self, ticket_id: str, markdown: str, key: str) -> None:
+        body: Any = markup.markdown_to_adf(markdown) if self.cloud else markup.markdown_to_wiki(markdown)
+        self.http.request(
+            "POST", f"{self.api}/issue/{ticket_id}/comment", ticket=ticket_id, idempotent=False,
+            what="add a comment",
+            json={"body": body, "properties": [{"key": PROPERTY, "value": {"key": key}}]},
+        )
+
+    def transition(self, ticket_id: str, status: str) -> None:
+        key = self.parse_ref(ticket_id)
+        before = self.get_ticket(key).status
+        if before.casefold() == status.casefold():
+            return
+        data = self.http.json("GET", f"{self.api}/issue/{key}/transitions", ticket=key,
+                              what="list workflow transitions")
+        options = data.get("transitions") or []
+        match = [t for t in options if (t.get("to") or {}).get("name", "").casefold() == status.casefold()]
+        match = match or [t for t in options if t.get("name", "").casefold() == status.casefold()]
+        if not match:
+            raise refused_transition(
+                self.name, key, before, status,
+                [(t.get("to") or {}).get("name", t.get("name", "")) for t in options],
+                fix="add that transition to the project's workflow (or give the bot's user the "
+                    "permission), or move the issue by hand",
+            )
+        self.http.request("POST", f"{self.api}/issue/{key}/transitions", ticket=key,
+                          what=f"move to {status!r}", json={"transition": {"id": str(match[0]["id"])}})
+        self._moved_or_fail(key, (match[0].get("to") or {}).get("name", status), before,
+                            hint="a workflow validator or post function may have refused it")
+
+    def add_labels(self, ticket_id: str, labels: list[str]) -> None:
+        key = self.parse_ref(ticket_id)
+        bad = [label for label in labels if not label or re.search(r"\s", label)]
+        if bad:
+            raise InputError(f"Jira labels cannot be empty or contain spaces: {bad!r}")
+        self.http.request("PUT", f"{self.api}/issue/{key}", ticket=key, what="add labels",
+                          json={"update": {"labels": [{"add": label} for label in labels]}})
+
+    def check_credentials(self) -> None:
+        me = self.http.json("GET", f"{self.api}/myself", what="check the credentials")
+        if not (me or {}).get("accountId" if self.cloud else "name"):
+            raise TrackerError(f"{self.name} did not identify deploybot's user",
+                               hint=f"check the token in environment variable {self.http.token_env}")
+        if self.project:
+            self.http.json("GET", f"{self.api}/project/{self.project}", what=f"read project {self.project}")
+
+
+def _build(settings: Mapping[str, Any], environ: Mapping[str, str], cloud: bool) -> Jira:
+    name = "Jira Cloud" if cloud else "Jira Data Center"
+    url = base_url(settings, name)
+    token = secret(settings, environ, name)
+    if cloud:  # basic auth: account email + API token
+        email = secret(settings, environ, name, key="email_env")
+        auth = "Basic " + base64.b64encode(f"{email}:{token}".encode()).decode()
+    else:  # Data Center personal access token
+        auth = f"Bearer {token}"
+    http = Http(tracker=name, url=url, headers={"Authorization": auth}, settings=settings,
+                secret_values=(token, auth))
+    return Jira(http, url, cloud=cloud, project=str(settings.get("project", "")))
+
+
+def build_cloud(settings: Mapping[str, Any], environ: Mapping[str, str]) -> Jira:
+    return _build(settings, environ, cloud=True)
+
+
+def build_dc(settings: Mapping[str, Any], environ: Mapping[str, str]) -> Jira:
+    return _build(settings, environ, cloud=False)
+
+
+build = build_cloud

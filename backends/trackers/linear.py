@@ -1,0 +1,207 @@
+"""Linear (GraphQL). Issues are looked up by identifier (ENG-42), statuses are the team's workflow
+states, comments are cursor-paged (250 per page). Rate limits arrive as an error with
+`extensions.code == "RATELIMITED"` in the body, with the reset in `X-RateLimit-*-Reset` headers.
+
+Linear lets a client choose a new comment's id, so the post-once key is the comment id itself
+(a UUID derived from ticket + key): invisible, and a second post with it cannot succeed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from typing import Any, Mapping
+from urllib.parse import urlsplit
+
+import httpx
+
+from bot.errors import InputError, TrackerError
+from bot.models import Comment, Ticket
+
+from backends.trackers.base import HttpTracker, RawComment, refused_transition, sort_oldest_first
+from backends.trackers.http import Http, base_url, parse_time, parse_wait, secret
+
+_ID = re.compile(r"([A-Za-z][A-Za-z0-9]*)-(\d+)")
+PAGE = 250  # Linear's maximum `first`
+
+ISSUE_Q = """query Issue($id: String!) {
+  issue(id: $id) { id identifier title url description
+    state { name type } labels(first: 100) { nodes { name } } team { key } } }"""
+
+COMMENTS_Q = """query Comments($id: String!, $after: String) {
+  issue(id: $id) { comments(first: %d, after: $after) {
+    nodes { id body createdAt user { id name displayName } }
+    pageInfo { hasNextPage endCursor } } } }""" % PAGE
+
+STATES_Q = """query States($id: String!) {
+  issue(id: $id) { id state { name } team { states(first: 250) { nodes { id name type } } } } }"""
+
+LABELS_Q = """query Labels($names: [String!]) {
+  issueLabels(first: 250, filter: { name: { in: $names } }) { nodes { id name } } }"""
+
+CREATE_M = """mutation Comment($input: CommentCreateInput!) {
+  commentCreate(input: $input) { success comment { id } } }"""
+
+UPDATE_M = """mutation Update($id: String!, $input: IssueUpdateInput!) {
+  issueUpdate(id: $id, input: $input) { success } }"""
+
+
+def _rate_limited(resp: httpx.Response) -> float | None:
+    if "json" not in resp.headers.get("content-type", ""):
+        return None
+    try:
+        errors = resp.json().get("errors") or []
+    except (ValueError, AttributeError):
+        return None
+    if not any((e.get("extensions") or {}).get("code") == "RATELIMITED" for e in errors):
+        return None
+    for name in ("retry-after", "x-ratelimit-requests-reset", "x-ratelimit-complexity-reset"):
+        wait = parse_wait(resp.headers.get(name))
+        if wait is not None:
+            return wait
+    return 1.0
+
+
+class Linear(HttpTracker):
+    name = "Linear"
+
+    def __init__(self, http: Http, *, team: str = "", web_host: str = "linear.app") -> None:
+        super().__init__(http)
+        self.team = team.upper()
+        self.web_host = web_host
+
+    def parse_ref(self, text: str) -> str:
+        value = (text or "").strip()
+        if value.startswith(("http://", "https://")):
+            parts = urlsplit(value)
+            m = re.search(r"/issue/([A-Za-z][A-Za-z0-9]*-\d+)(?:/|$)", parts.path)
+            if parts.netloc != self.web_host or not m:
+                raise InputError(f"{value!r} is not a Linear issue URL", hint="use the identifier, e.g. ENG-42")
+            return m.group(1).upper()
+        if self.team and re.fullmatch(r"#?\d+", value):
+            return f"{self.team}-{value.lstrip('#')}"
+        if _ID.fullmatch(value):
+            return value.upper()
+        raise InputError(f"{value!r} is not a Linear issue identifier",
+                         hint=f"use TEAM-NUMBER, e.g. {self.team or 'ENG'}-42")
+
+    def _gql(self, query: str, variables: dict, *, ticket: str = "", what: str = "",
+             idempotent: bool = True) -> dict:
+        resp = self.http.request("POST", "/graphql", json={"query": query, "variables": variables},
+                                 ticket=ticket, what=what, idempotent=idempotent, accept=(400,))
+        body = resp.json()
+        errors = body.get("errors") or []
+        if errors:
+            raise self._graphql_error(errors, ticket, what)
+        return body.get("data") or {}
+
+    def _graphql_error(self, errors: list[dict], ticket: str, what: str) -> TrackerError:
+        first = errors[0]
+        ext = first.get("extensions") or {}
+        message = self.http.scrub(ext.get("userPresentableMessage") or first.get("message", "error"))
+        text = f"{first.get('message', '')} {message}".lower()
+        if ext.get("code") == "AUTHENTICATION_ERROR" or "authenticat" in text:
+            return TrackerError("Linear rejected deploybot's API key",
+                                hint=f"check the key in environment variable {self.http.token_env}")
+        if ticket and ("not found" in text or "could not find" in text):
+            return TrackerError(f"Linear has no issue {ticket}", hint="check the issue identifier")
+        return TrackerError(f"Linear refused to {what or 'answer'}"
+                            + (f" (issue {ticket})" if ticket else "") + f": {message}",
+                            hint="see Linear's message above")
+
+    def _issue(self, ident: str) -> dict:
+        issue = self._gql(ISSUE_Q, {"id": ident}, ticket=ident, what="read the issue").get("issue")
+        if not issue:
+            raise TrackerError(f"Linear has no issue {ident}", hint="check the issue identifier")
+        return issue
+
+    def get_ticket(self, ticket_id: str) -> Ticket:
+        ident = self.parse_ref(ticket_id)
+        issue = self._issue(ident)
+        return Ticket(
+            id=issue.get("identifier", ident), title=issue.get("title", ""),
+            status=(issue.get("state") or {}).get("name", ""), url=issue.get("url", ""),
+            labels=[n["name"] for n in (issue.get("labels") or {}).get("nodes", [])],
+            description=issue.get("description") or "",
+            fields={"state_type": (issue.get("state") or {}).get("type", "")},
+        )
+
+    def _read_comments(self, ticket_id: str) -> list[RawComment]:
+        raws, after = [], None
+        while True:  # cursor paging cannot be parallelised; 250 a page keeps it short
+            data = self._gql(COMMENTS_Q, {"id": ticket_id, "after": after}, ticket=ticket_id,
+                             what="read comments")
+            issue = data.get("issue")
+            if not issue:
+                raise TrackerError(f"Linear has no issue {ticket_id}", hint="check the issue identifier")
+            conn = issue["comments"]
+            for c in conn.get("nodes") or []:
+                user = c.get("user") or {}
+                raws.append(RawComment(
+                    Comment(id=c["id"], author=user.get("id", ""),
+                            author_name=user.get("name") or user.get("displayName", ""),
+                            body=c.get("body") or "", created_at=parse_time(c["createdAt"])),
+                    {c["id"]},
+                ))
+            page = conn.get("pageInfo") or {}
+            if not page.get("hasNextPage"):
+                return sort_oldest_first(raws)
+            after = page.get("endCursor")
+
+    def _key_token(self, ticket_id: str, key: str) -> str:
+        digest = hashlib.sha256(f"deploybot:{ticket_id}:{key}".encode()).digest()
+        return str(uuid.UUID(bytes=digest[:16], version=4))  # Linear wants v4-shaped UUIDs
+
+    def _post_comment(self, ticket_id: str, markdown: str, key: str) -> None:
+        issue_id = self._issue(ticket_id)["id"]
+        data = self._gql(CREATE_M, {"input": {"id": key, "issueId": issue_id, "body": markdown}},
+                         ticket=ticket_id, what="add a comment", idempotent=False)
+        if not (data.get("commentCreate") or {}).get("success"):
+            raise TrackerError(f"Linear did not add the comment to {ticket_id}", hint="retry; see Linear's status")
+
+    def transition(self, ticket_id: str, status: str) -> None:
+        ident = self.parse_ref(ticket_id)
+        issue = self._gql(STATES_Q, {"id": ident}, ticket=ident, what="list workflow states").get("issue")
+        if not issue:
+            raise TrackerError(f"Linear has no issue {ident}", hint="check the issue identifier")
+        before = (issue.get("state") or {}).get("name", "")
+        if before.casefold() == status.casefold():
+            return
+        states = ((issue.get("team") or {}).get("states") or {}).get("nodes") or []
+        match = [s for s in states if s["name"].casefold() == status.casefold()]
+        if not match:
+            raise refused_transition(self.name, ident, before, status, [s["name"] for s in states],
+                                     fix="add that state to the team's workflow or use one of those")
+        self._gql(UPDATE_M, {"id": issue["id"], "input": {"stateId": match[0]["id"]}}, ticket=ident,
+                  what=f"move to {status!r}")
+        self._moved_or_fail(ident, status, before, hint="an automation may have moved it back")
+
+    def add_labels(self, ticket_id: str, labels: list[str]) -> None:
+        ident = self.parse_ref(ticket_id)
+        found = self._gql(LABELS_Q, {"names": list(labels)}, what="find labels")["issueLabels"]["nodes"]
+        ids = {n["name"].casefold(): n["id"] for n in found}
+        missing = [name for name in labels if name.casefold() not in ids]
+        if missing:
+            raise TrackerError(f"Linear has no label(s) {missing!r} (issue {ident})",
+                               hint="create them in Linear's settings first")
+        issue_id = self._issue(ident)["id"]
+        self._gql(UPDATE_M, {"id": issue_id, "input": {"addedLabelIds": list(ids.values())}},
+                  ticket=ident, what="add labels")
+
+    def check_credentials(self) -> None:
+        viewer = self._gql("query { viewer { id name } }", {}, what="check the API key").get("viewer")
+        if not viewer:
+            raise TrackerError("Linear did not identify deploybot's user",
+                               hint=f"check the key in environment variable {self.http.token_env}")
+
+
+def build(settings: Mapping[str, Any], environ: Mapping[str, str]) -> Linear:
+    url = base_url(settings, "Linear", default="https://api.linear.app")
+    token = secret(settings, environ, "Linear")
+    # Personal API keys go bare in Authorization; OAuth access tokens as Bearer.
+    auth = token if token.startswith("lin_api_") else f"Bearer {token}"
+    http = Http(tracker="Linear", url=url, headers={"Authorization": auth}, settings=settings,
+                secret_values=(token,), body_rate_limit=_rate_limited)
+    return Linear(http, team=str(settings.get("team", "")),
+                  web_host=str(settings.get("web_host", "linear.app")))
