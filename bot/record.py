@@ -48,6 +48,9 @@ def rollback_plan(deployment: Deployment, steps: list[str], health_url: str | No
         cmd = f"first deployment of {deployment.service}: take it down"
     if steps:
         cmd += "; by hand: " + "; ".join(f"`{s}`" for s in steps)
+    if deployment.status is DeploymentStatus.ROLLED_BACK:
+        cmd = (f"Already done automatically: {target or 'nothing'} runs again. "
+               f"To repeat it: {cmd}")
     verify = (f"check `{health_url}` answers 2xx and reports {target}" if health_url and target
               else f"check `{health_url}` answers 2xx" if health_url
               else f"check `deploybot status` shows {target or 'nothing'} running")

@@ -70,23 +70,22 @@ def wait_healthy(service: Service, backend: DeployBackend, probe: HttpProbe, clo
     """Poll until the backend reports running and the health URL answers 2xx, or time out."""
     deadline = clock.monotonic() + timeout
     attempts = 0
-    last = "no answer yet"
     while True:
         attempts += 1
         state = backend.status()
-        if not state.running:
-            last = f"not running: {state.detail}"
-        elif service.health is None:
-            return CheckStatus.PASSED, f"running ({state.detail}); no health URL configured"
-        else:
-            result = probe.get(str(service.health.url), service.health.timeout)
-            if result.ok:
-                return CheckStatus.PASSED, (
-                    f"{service.health.url} answered {result.status_code} in "
-                    f"{result.elapsed_ms:.0f} ms after {attempts} probe(s)")
-            last = f"{service.health.url} answered {result.status_code or result.error}"
-            if state.detail:
-                last += f" ({state.detail})"
+        answer = probe.get(str(service.health.url), service.health.timeout) if service.health else None
+        if state.running and (answer is None or answer.ok):
+            if answer is None:
+                return CheckStatus.PASSED, f"running ({state.detail}); no health URL configured"
+            return CheckStatus.PASSED, (
+                f"{answer.url} answered {answer.status_code} in {answer.elapsed_ms:.0f} ms "
+                f"after {attempts} probe(s)")
+        problems = []
+        if answer is not None and not answer.ok:
+            problems.append(f"{answer.url} answered {answer.status_code or answer.error}")
+        if not state.running or state.detail.endswith("unhealthy"):
+            problems.append(f"container {state.detail}")
+        last = "; ".join(problems)
         if clock.monotonic() >= deadline:
             return CheckStatus.FAILED, f"{last}, still after {timeout:.0f} s ({attempts} probes)"
         clock.sleep(min(interval, max(0.0, deadline - clock.monotonic())))

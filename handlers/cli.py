@@ -292,7 +292,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="configuration file (default: $DEPLOYBOT_CONFIG or ./deploybot.yaml)")
     p.add_argument("--as", dest="user", metavar="NAME",
                    help="who you are (default: $DEPLOYBOT_USER or your login)")
+    # --as works before or after the command: `deploybot --as bob approve 3` or `approve 3 --as bob`
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--as", dest="user", metavar="NAME", default=argparse.SUPPRESS,
+                        help="who you are (default: $DEPLOYBOT_USER or your login)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    real_add_parser = sub.add_parser
+    sub.add_parser = lambda *a, **kw: real_add_parser(*a, parents=[common], **kw)  # type: ignore
 
     d = sub.add_parser("deploy", help="deploy a ticket")
     d.add_argument("ticket")

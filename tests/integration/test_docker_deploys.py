@@ -20,8 +20,10 @@ class Deploybot:
     def __init__(self, workdir: Path, config: dict):
         self.workdir = workdir
         self.config_path = workdir / "deploybot.yaml"
-        self.config_path.write_text(yaml.safe_dump(config))
-        self.env = {**os.environ, "DEPLOYBOT_CONFIG": str(self.config_path),
+        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        # PYTHONPATH: run this tree's code, whatever `pip install -e` pointed at last
+        self.env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+                    "DEPLOYBOT_CONFIG": str(self.config_path),
                     "DEPLOYBOT_DB": str(workdir / "deploybot.db"), "DEPLOYBOT_USER": "alice"}
 
     def __call__(self, *args: str, check: int | None = 0) -> subprocess.CompletedProcess:
