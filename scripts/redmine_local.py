@@ -183,8 +183,10 @@ def _run(cmd: list[str], app: Path, log: Path) -> str:
     with log.open("a") as fh:
         fh.write(proc.stdout + proc.stderr)
     if proc.returncode != 0:
-        raise RuntimeError(f"{cmd[0]} {cmd[1]} failed ({proc.returncode}), see {log}:\n"
-                           f"{(proc.stdout + proc.stderr)[-3000:]}")
+        out = proc.stdout + proc.stderr
+        # Ruby prints the message first and a long backtrace after it: show both ends.
+        shown = out if len(out) < 4000 else f"{out[:2500]}\n[...]\n{out[-1000:]}"
+        raise RuntimeError(f"{cmd[0]} {cmd[1]} failed ({proc.returncode}), see {log}:\n{shown}")
     return proc.stdout
 
 
@@ -193,8 +195,8 @@ def _build_template(target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     build = Path(tempfile.mkdtemp(prefix="redmine-build-", dir=target.parent))
     try:
-        app = _app_tree(build, None)
         log = build / "build.log"
+        app = _app_tree(build, None)
         # Two processes: in one, load_default_data fails with "unknown attribute 'issues_visibility'".
         _run(["rake", "db:migrate"], app, log)
         _run(["rake", "redmine:load_default_data", "REDMINE_LANG=en"], app, log)
@@ -212,6 +214,9 @@ def _build_template(target: Path) -> None:
         except OSError:
             if not (target / "keys.json").exists():  # someone else won the race: theirs is fine
                 raise
+    except BaseException:
+        shutil.copyfile(log, target.parent / "last-failed-build.log") if log.exists() else None
+        raise
     finally:
         shutil.rmtree(build, ignore_errors=True)
 
@@ -220,7 +225,11 @@ def template() -> Path:
     target = CACHE_ROOT / f"redmine-{package_version()}" / TENANT
     if not (target / "keys.json").exists():
         shutil.rmtree(target, ignore_errors=True)
-        _build_template(target)
+        try:
+            _build_template(target)
+        except RuntimeError:  # seen once under heavy load (sqlite busy): one more try, then give up
+            shutil.rmtree(target, ignore_errors=True)
+            _build_template(target)
     return target
 
 

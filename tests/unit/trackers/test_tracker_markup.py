@@ -1,0 +1,87 @@
+"""Markdown -> ADF / wiki, ADF / wiki -> text, the hidden post-once marker."""
+
+from __future__ import annotations
+
+from backends.trackers import markup
+
+RECORD = """## Deployment Record
+**Ticket:** #7
+**Deployed by:** alice
+
+### Pre-Deployment Checks
+- [x] CQ review confirmed
+- [ ] QA pass confirmed: no QA PASS comment
+
+### Rollback Plan
+1. `docker run shop:1.4.1`
+2. See [runbook](https://wiki.example/runbook)
+- plain bullet
+"""
+
+
+def test_adf_has_headings_tasks_lists_and_marks() -> None:
+    doc = markup.markdown_to_adf(RECORD)
+    assert doc["type"] == "doc" and doc["version"] == 1
+    kinds = [n["type"] for n in doc["content"]]
+    assert kinds == ["heading", "paragraph", "heading", "taskList", "heading", "orderedList", "bulletList"]
+    assert doc["content"][0]["attrs"] == {"level": 2}
+    para = doc["content"][1]["content"]
+    assert para[0] == {"type": "text", "text": "Ticket:", "marks": [{"type": "strong"}]}
+    assert {"type": "hardBreak"} in para  # one line per field, as in the markdown
+    tasks = doc["content"][3]
+    assert tasks["attrs"]["localId"] and [i["attrs"]["state"] for i in tasks["content"]] == ["DONE", "TODO"]
+    step = doc["content"][5]["content"][1]["content"][0]["content"]
+    assert step[1]["marks"] == [{"type": "link", "attrs": {"href": "https://wiki.example/runbook"}}]
+
+
+def test_adf_round_trip_to_text() -> None:
+    text = markup.adf_to_text(markup.markdown_to_adf(RECORD))
+    assert "Deployment Record" in text and "Ticket: #7" in text
+    assert "[x] CQ review confirmed" in text and "[ ] QA pass confirmed" in text
+    assert "1. docker run shop:1.4.1" in text and "- plain bullet" in text
+
+
+def test_adf_text_of_a_real_comment() -> None:
+    body = {"type": "doc", "version": 1, "content": [
+        {"type": "paragraph", "content": [
+            {"type": "text", "text": "QA PASS", "marks": [{"type": "strong"}]},
+            {"type": "text", "text": " cc "},
+            {"type": "mention", "attrs": {"id": "5b10", "text": "@Carol"}},
+            {"type": "hardBreak"},
+            {"type": "emoji", "attrs": {"shortName": ":tada:", "text": "🎉"}},
+            {"type": "inlineCard", "attrs": {"url": "https://ci.example/1"}}]},
+        {"type": "bulletList", "content": [{"type": "listItem", "content": [
+            {"type": "paragraph", "content": [{"type": "text", "text": "smoke ok"}]}]}]},
+        {"type": "codeBlock", "content": [{"type": "text", "text": "make test"}]},
+        {"type": "table", "content": [{"type": "tableRow", "content": [
+            {"type": "tableCell", "content": [{"type": "paragraph", "content": [{"type": "text", "text": "a"}]}]},
+            {"type": "tableCell", "content": [{"type": "paragraph", "content": [{"type": "text", "text": "b"}]}]}]}]},
+    ]}
+    assert markup.adf_to_text(body) == "QA PASS cc @Carol\n🎉https://ci.example/1\n- smoke ok\nmake test\na | b"
+
+
+def test_wiki_markup() -> None:
+    wiki = markup.markdown_to_wiki(RECORD)
+    assert wiki.startswith("h2. Deployment Record\n\n*Ticket:* #7\n*Deployed by:* alice")
+    assert "* (/) CQ review confirmed\n* (x) QA pass confirmed: no QA PASS comment" in wiki
+    assert "# {{docker run shop:1.4.1}}\n# See [runbook|https://wiki.example/runbook]" in wiki
+    text = markup.wiki_to_text(wiki)
+    assert "Ticket: #7" in text and "[x] CQ review confirmed" in text and "h2." not in text
+
+
+def test_wiki_to_text_of_a_person_comment() -> None:
+    assert markup.wiki_to_text("*QA PASS* by [~quinn], see {{build 42}}") == "QA PASS by @quinn, see build 42"
+
+
+def test_marker_hidden_and_found() -> None:
+    posted = markup.with_marker("hello", "deploy-7")
+    assert posted.endswith("<!-- deploybot:deploy-7 -->\n")
+    assert markup.markers(posted) == {"deploy-7"}
+    assert markup.strip_markers(posted) == "hello"
+
+
+def test_unsafe_keys_are_hashed() -> None:
+    for key in ("a--b", "x y", "-->evil", "k" * 200):
+        safe = markup.safe_key(key)
+        assert safe.startswith("h") and len(safe) == 33
+        assert markup.markers(markup.marker(key)) == {safe}

@@ -1,0 +1,143 @@
+"""Behaviour particular to one tracker or to the shared HTTP layer."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from backends.trackers import KINDS
+from backends.trackers.http import parse_wait
+from bot.errors import ConfigError, InputError, TrackerError
+from tracker_cases import case
+
+
+def test_parse_wait_forms() -> None:
+    now = 1_700_000_000.0
+    assert parse_wait("3", now) == 3
+    assert parse_wait(str(now + 5), now) == 5  # epoch seconds (GitHub, GitLab)
+    assert parse_wait(str(int((now + 2) * 1000)), now) == 2  # epoch ms (Linear)
+    assert parse_wait("Tue, 14 Nov 2023 22:13:25 GMT", now) == pytest.approx(5, abs=1)
+    assert parse_wait("", now) is None and parse_wait("soon", now) is None
+
+
+def test_github_403_without_quota_waits_for_reset() -> None:
+    with case("github") as c:
+        c.server.fault(403, headers={"x-ratelimit-remaining": "0", "x-ratelimit-reset": str(int(time.time()) + 2)},
+                       body={"message": "API rate limit exceeded"})
+        started = time.monotonic()
+        assert c.tracker.get_ticket("#7").status == "Ready for Production"
+        assert time.monotonic() - started >= 0.9 and len(c.server.log) == 2
+
+
+def test_github_403_with_quota_is_a_permission_error() -> None:
+    with case("github") as c:
+        c.server.fault(403, headers={"x-ratelimit-remaining": "4000"}, body={"message": "Resource not accessible"})
+        with pytest.raises(TrackerError, match="refused access.*Resource not accessible"):
+            c.tracker.get_ticket("#7")
+
+
+def test_github_references() -> None:
+    with case("github") as c:
+        t = c.build(web_host="github.com")
+        assert t.parse_ref("https://github.com/acme/shop/issues/7") == "acme/shop#7"
+        assert t.parse_ref("other/repo#3") == "other/repo#3"
+        with pytest.raises(InputError):
+            t.parse_ref("https://gitlab.com/acme/shop/issues/7")
+
+
+def test_github_status_labels_replace_each_other() -> None:
+    with case("github") as c:
+        c.tracker.transition("#7", "Deployed")
+        assert "status:Ready for Production" not in c.app.labels and "status:Deployed" in c.app.labels
+        c.tracker.add_labels("#7", ["deployed-prod"])
+        assert "deployed-prod" in c.tracker.get_ticket("#7").labels
+
+
+def test_gitlab_system_notes_are_not_comments() -> None:
+    with case("gitlab") as c:
+        assert len(c.app.notes) == 3 and c.app.notes[-1].system
+        comments = c.tracker.comments("#7")
+        assert [x.author for x in comments] == ["carol", "quinn"]
+        c.tracker.transition("#7", "Deployed")  # writes another system note
+        assert len(c.tracker.comments("#7")) == 2
+
+
+def test_gitlab_references() -> None:
+    with case("gitlab") as c:
+        url = f"{c.server.url}/acme/web/shop/-/issues/7"
+        assert c.tracker.parse_ref(url) == "acme/web/shop#7"
+        assert c.tracker.get_ticket(url).url == url
+
+
+def test_jira_cloud_adf_body_to_text_and_ids() -> None:
+    with case("jira-cloud") as c:
+        first = c.tracker.comments("PROJ-7")[0]
+        assert first.body == "CQ approved: looks good, thanks @Alice Developer 👍"
+        assert first.author == "5b10ac8d82e05b22cc7d4ef5"  # accountId, the stable id
+        assert c.tracker.get_ticket("7").description == "Totals are rounded twice."
+
+
+def test_jira_references() -> None:
+    with case("jira-cloud") as c:
+        t = c.tracker
+        assert t.parse_ref(f"{c.server.url}/browse/PROJ-7") == "PROJ-7"
+        assert t.parse_ref(f"{c.server.url}/jira/software/projects/PROJ/boards/1?selectedIssue=PROJ-9") == "PROJ-9"
+        assert t.parse_ref("#12") == "PROJ-12"
+
+
+def test_jira_dc_uses_names_and_wiki() -> None:
+    with case("jira-dc") as c:
+        first = c.tracker.comments("PROJ-7")[0]
+        assert first.author == "carol" and first.author_name == "Carol Reviewer"
+        assert c.tracker.get_ticket("PROJ-7").description == "Totals are rounded twice."
+
+
+def test_jira_cloud_needs_the_email_too() -> None:
+    with case("jira-cloud") as c:
+        with pytest.raises(ConfigError, match="TRACKER_EMAIL"):
+            KINDS["jira-cloud"](c.settings, {"TRACKER_TOKEN": "x"})
+
+
+def test_jira_labels() -> None:
+    with case("jira-cloud") as c:
+        c.tracker.add_labels("PROJ-7", ["deployed"])
+        assert c.tracker.get_ticket("PROJ-7").labels == ["backend", "deployed"]
+        with pytest.raises(InputError):
+            c.tracker.add_labels("PROJ-7", ["has space"])
+
+
+def test_linear_references_labels_and_missing_issue() -> None:
+    with case("linear") as c:
+        t = c.tracker
+        assert t.parse_ref("https://linear.app/acme/issue/ENG-7/checkout-fix") == "ENG-7"
+        assert t.parse_ref("7") == "ENG-7"
+        t.add_labels("ENG-7", ["deployed"])
+        assert "deployed" in t.get_ticket("ENG-7").labels
+        with pytest.raises(TrackerError, match="no label"):
+            t.add_labels("ENG-7", ["nope"])
+        with pytest.raises(TrackerError, match="Linear has no issue ENG-99"):
+            t.comments("ENG-99")
+
+
+def test_linear_comment_id_is_the_key() -> None:
+    with case("linear") as c:
+        c.tracker.add_comment("ENG-7", "## Deployed", key="k")
+        token = c.tracker._key_token("ENG-7", "k")
+        assert token in c.app.comment_ids.values()
+        assert token != c.tracker._key_token("ENG-8", "k")  # same key, other issue: another id
+
+
+def test_redmine_has_no_labels() -> None:
+    with case("redmine") as c:
+        with pytest.raises(TrackerError, match="no labels"):
+            c.tracker.add_labels("7", ["x"])
+
+
+def test_bad_settings_are_config_errors() -> None:
+    with pytest.raises(ConfigError, match="tracker.url"):
+        KINDS["redmine"]({"url": "ftp://x", "token_env": "T"}, {"T": "x"})
+    with pytest.raises(ConfigError, match="token_env"):
+        KINDS["github"]({"repo": "a/b"}, {})
+    with pytest.raises(ConfigError, match="OWNER/REPO"):
+        KINDS["github"]({"repo": "nope", "token_env": "T"}, {"T": "x"})
