@@ -53,10 +53,12 @@ def backend_factory(config: Config):
 def build_pipeline(config: Config, store: Store, *, reporter: Reporter, approver: Approver,
                    environ: Mapping[str, str] | None = None,
                    tracker: Tracker | None = None) -> Pipeline:
+    from backends.deploy import build_image_builder
     from backends.monitoring.probe import HttpxProbe
 
     environ = os.environ if environ is None else environ
     return Pipeline(config=config, store=store,
                     tracker=tracker or build_tracker(config, store, environ),
                     backend_for=backend_factory(config), reporter=reporter, approver=approver,
-                    probe=HttpxProbe(), environ=environ)
+                    probe=HttpxProbe(), environ=environ,
+                    image_builder=build_image_builder(environ))

@@ -13,5 +13,16 @@ def build_backend(service: str, environment: str, settings: Service) -> DeployBa
         from backends.deploy.docker import DockerBackend
 
         return DockerBackend(service, environment, settings)
+    if kind == "compose":
+        from backends.deploy.compose import ComposeBackend
+
+        return ComposeBackend(service, environment, settings)
     raise ConfigError(f"services.{service}.backend.kind: {kind!r} is not available in this "
-                      "version of deploybot", hint="use kind: docker")
+                      "version of deploybot", hint="use kind: docker or compose")
+
+
+def build_image_builder(environ=None):
+    """The image builder for services with `build:` (docker build, tag, push)."""
+    from backends.deploy.images import DockerImageBuilder
+
+    return DockerImageBuilder(environ=environ)
