@@ -1,0 +1,569 @@
+"""The Slack front end: the Bolt app (commands, mentions, App Home) and `deploybot run`.
+
+Every listener acknowledges at once and hands the work to a worker thread: Slack wants an
+answer within 3 s, a deployment takes minutes. Redeliveries are recognised by their trigger or
+event id and dropped; a deployment is created once per request key (Pipeline.request_deploy)
+and driven by one worker only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from socketserver import ThreadingMixIn
+from typing import Any, Callable, Mapping
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from slack_bolt import App
+from slack_bolt.adapter.wsgi import SlackRequestHandler
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
+
+from bot.config import Config
+from bot.errors import ConfigError, DeploybotError, InputError, NotAllowed, StateError
+from bot.models import Deployment, DeploymentStatus, Gate, GateKind
+from bot.store import Store
+from handlers import actions, blocks
+from handlers.commands import (
+    ROLLBACK_USAGE,
+    CancelRequest,
+    DeployRequest,
+    HelpRequest,
+    HistoryRequest,
+    LockRequest,
+    Request,
+    RollbackRequest,
+    StatusRequest,
+    UnlockRequest,
+    UsageError,
+    parse_deploy,
+    parse_mention,
+    parse_rollback,
+)
+from handlers.slack_reporter import SlackReporter
+from handlers.wiring import build_pipeline
+
+log = logging.getLogger("deploybot.slack")
+
+BOT_TOKEN, APP_TOKEN = "SLACK_BOT_TOKEN", "SLACK_APP_TOKEN"
+SIGNING_SECRET, API_URL = "SLACK_SIGNING_SECRET", "SLACK_API_URL"
+EVENTS_PATH = "/slack/events"
+WEB_API_TIMEOUT = 10.0  # seconds, every Web API call
+GROUP_CACHE_SECONDS = 60.0
+
+
+# -- settings from the environment ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SlackEnv:
+    """Secrets and endpoints, from environment variables only. repr() never shows a secret."""
+
+    bot_token: str
+    app_token: str | None
+    signing_secret: str | None
+    api_url: str | None
+
+    def __repr__(self) -> str:
+        return f"SlackEnv(api_url={self.api_url!r})"
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str], *, http: bool) -> "SlackEnv":
+        bot = environ.get(BOT_TOKEN, "").strip()
+        app = environ.get(APP_TOKEN, "").strip() or None
+        secret = environ.get(SIGNING_SECRET, "").strip() or None
+        mode = "HTTP mode (--http)" if http else "Socket Mode"
+        missing = [BOT_TOKEN] if not bot else []
+        missing += [SIGNING_SECRET] if http and not secret else []
+        missing += [APP_TOKEN] if not http and not app else []
+        if missing:
+            raise ConfigError(f"{', '.join(missing)} not set: {mode} needs "
+                              + ("the bot token and the signing secret" if http
+                                 else "the bot token and an app-level token"),
+                              hint="see docs/slack.md; the values are on the app's settings pages")
+        if not bot.startswith("xoxb-"):
+            raise ConfigError(f"{BOT_TOKEN} is not a bot token (it starts with xoxb-)",
+                              hint="OAuth & Permissions → Bot User OAuth Token")
+        if not http and not app.startswith("xapp-"):
+            raise ConfigError(f"{APP_TOKEN} is not an app-level token (it starts with xapp-)",
+                              hint="Basic Information → App-Level Tokens, scope connections:write")
+        api = environ.get(API_URL, "").strip() or None
+        if api and not api.endswith("/"):
+            api += "/"
+        return cls(bot, app, secret, api)
+
+
+def web_client(token: str, api_url: str | None = None) -> WebClient:
+    client = WebClient(token=token, base_url=api_url or WebClient.BASE_URL,
+                       timeout=int(WEB_API_TIMEOUT))
+    client.retry_handlers.append(RateLimitErrorRetryHandler(max_retry_count=2))
+    return client
+
+
+def check_bot_token(client: WebClient) -> dict:
+    """auth.test: a wrong or revoked token stops the start with a message a person can act on."""
+    try:
+        return client.auth_test().data
+    except SlackApiError as exc:
+        error = exc.response.get("error", "unknown error")
+        raise ConfigError(f"Slack refused {BOT_TOKEN} ({error})",
+                          hint="copy the Bot User OAuth Token again; reinstall the app if it "
+                               "was revoked") from None
+    except Exception as exc:
+        raise ConfigError(f"cannot reach the Slack Web API at {client.base_url}: "
+                          f"{type(exc).__name__}: {exc}",
+                          hint=f"check the network or {API_URL}") from None
+
+
+# -- bookkeeping ---------------------------------------------------------------------------------
+
+class Deliveries:
+    """Ids of requests already taken (trigger ids, event ids): a redelivery is dropped."""
+
+    def __init__(self, keep_seconds: float = 3600.0, limit: int = 20000) -> None:
+        self.keep_seconds, self.limit = keep_seconds, limit
+        self._seen: OrderedDict[str, float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def first(self, key: str) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            while self._seen and (len(self._seen) >= self.limit or
+                                  next(iter(self._seen.values())) < now - self.keep_seconds):
+                self._seen.popitem(last=False)
+            if key in self._seen:
+                return False
+            self._seen[key] = now
+            return True
+
+
+class AppHome:
+    """The Home tab: locks, deployments in progress, the last ones per environment."""
+
+    def __init__(self, front: "SlackFrontEnd") -> None:
+        self.front = front
+        self.users: set[str] = set()
+        self._lock = threading.Lock()
+        self._scheduled = False
+
+    def view(self) -> dict:
+        store, config = self.front.store, self.front.config
+        recent = {env: store.deployments(environment=env, limit=5) for env in config.environments}
+        return blocks.home_view(config, store.locks(), self.front.pipeline.active(), recent)
+
+    def opened(self, user: str) -> None:
+        with self._lock:
+            self.users.add(user)
+        self.front.reporter.call("views_publish", user_id=user, view=self.view())
+
+    def refresh_soon(self) -> None:
+        """Something changed: re-publish for everyone who opened the tab (coalesced)."""
+        if not self.front.config.slack.app_home:
+            return
+        with self._lock:
+            if self._scheduled or not self.users:
+                return
+            self._scheduled = True
+        self.front.submit(self._refresh)
+
+    def _refresh(self) -> None:
+        with self._lock:
+            self._scheduled = False
+            users = sorted(self.users)
+        view = self.view()
+        for user in users:
+            self.front.reporter.call("views_publish", user_id=user, view=view)
+
+
+def explain(exc: DeploybotError) -> str:
+    icon = ":no_entry:" if isinstance(exc, NotAllowed) else ":warning:"
+    if isinstance(exc, UsageError):
+        return exc.text()
+    return f"{icon} {blocks.escape(exc.message)}" + (f"\n_{blocks.escape(exc.hint)}_" if exc.hint
+                                                      else "")
+
+
+def _retry_num(request: Any) -> int:
+    values = (request.headers or {}).get("x-slack-retry-num") or ["0"]
+    try:
+        return int(values[0] if isinstance(values, list) else values)
+    except ValueError:
+        return 0
+
+
+# -- the front end -------------------------------------------------------------------------------
+
+class SlackFrontEnd:
+    """The Bolt app, the pipeline it drives and the workers that drive it."""
+
+    def __init__(self, config: Config, store: Store, client: WebClient, *,
+                 signing_secret: str | None = None, environ: Mapping[str, str] | None = None,
+                 workers: int = 8, tracker=None) -> None:
+        self.config, self.store, self.client = config, store, client
+        self.executor = ThreadPoolExecutor(max_workers=workers,
+                                           thread_name_prefix="deploybot-worker")
+        self.deliveries = Deliveries()
+        self.home = AppHome(self)
+        self.reporter = SlackReporter(client, store, config, on_change=self.home.refresh_soon)
+        self.pipeline = build_pipeline(config, store, reporter=self.reporter,
+                                       approver=self.reporter, environ=environ, tracker=tracker)
+        self._claimed: set[int] = set()
+        self._claim_lock = threading.Lock()
+        self._channel_names: dict[str, str] = {}
+        self._groups: dict[str, tuple[float, frozenset[str]]] = {}
+        self.app = App(
+            client=client,
+            signing_secret=signing_secret or "unused-in-socket-mode",
+            request_verification_enabled=bool(signing_secret),
+            # Listeners only parse, ack and hand over to self.executor: running them before the
+            # response is as fast as it gets and leaves no ack to poll for.
+            process_before_response=True,
+            logger=logging.getLogger("deploybot.slack.bolt"),
+        )
+        self._register()
+        actions.register(self.app, self)
+
+    # -- workers ----------------------------------------------------------------------------------
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        def guarded() -> None:
+            try:
+                fn(*args)
+            except Exception:
+                log.exception("worker task %s failed", getattr(fn, "__name__", fn))
+        try:
+            self.executor.submit(guarded)
+        except RuntimeError:  # shutting down: nothing new starts
+            log.warning("shutting down; dropped %s", getattr(fn, "__name__", fn))
+
+    def close(self) -> None:
+        """Start nothing new; let the deployments that are running finish (they have timeouts)."""
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+    def resume(self) -> None:
+        """After a start: bring the threads of open and recent deployments in line with the store."""
+        seen = set()
+        for d in self.pipeline.active() + self.store.deployments(limit=20):
+            if d.id not in seen and d.thread_ref:
+                seen.add(d.id)
+                self.reporter.rerender(d)
+
+    # -- talking back -----------------------------------------------------------------------------
+
+    def ephemeral(self, channel: str | None, user: str, text: str, *,
+                  thread_ts: str | None = None) -> None:
+        if not channel:
+            channel = self.reporter.default_channel
+        kwargs: dict[str, Any] = {"channel": channel, "user": user, "text": text}
+        if thread_ts:
+            kwargs["thread_ts"] = thread_ts
+        self.reporter.call("chat_postEphemeral", **kwargs)
+
+    def allowed_channel(self, channel_id: str, channel_name: str | None = None) -> bool:
+        allowed = self.config.slack.channels or [self.config.channel]
+        if channel_id in allowed:
+            return True
+        name = channel_name
+        if not name or name in ("privategroup", "directmessage"):
+            name = self.channel_name(channel_id)
+        names = {c.lstrip("#").casefold() for c in allowed}
+        return bool(name) and name.lstrip("#").casefold() in names
+
+    def channel_name(self, channel_id: str) -> str | None:
+        if channel_id not in self._channel_names:
+            answer = self.reporter.call("conversations_info", channel=channel_id)
+            if not answer:
+                return None
+            self._channel_names[channel_id] = answer.get("channel", {}).get("name", "")
+        return self._channel_names[channel_id]
+
+    def channel_hint(self) -> str:
+        allowed = self.config.slack.channels or [self.config.channel]
+        shown = ", ".join(f"<#{c}>" if c[:1] in "CG" and c[1:].isalnum() and c.isupper()
+                          else blocks.escape(c) for c in allowed)
+        return f"deploybot takes requests in {shown} only, so the team sees every deployment."
+
+    # -- who may approve --------------------------------------------------------------------------
+
+    def groups_of(self, user: str, environment: str) -> tuple[str, ...]:
+        """The user's Slack user groups among those that may approve in `environment`."""
+        env = self.config.environments[environment]
+        candidates = list(env.approver_groups) + [a for a in env.approvers if a.startswith("S")]
+        return tuple(g for g in dict.fromkeys(candidates) if user in self._members(g))
+
+    def _members(self, group: str) -> frozenset[str]:
+        cached = self._groups.get(group)
+        if cached and cached[0] > time.monotonic():
+            return cached[1]
+        answer = self.reporter.call("usergroups_users_list", usergroup=group)
+        members = frozenset(answer.get("users", [])) if answer else frozenset()
+        if answer:  # a failed look-up is not cached: the next click asks again
+            self._groups[group] = (time.monotonic() + GROUP_CACHE_SECONDS, members)
+        return members
+
+    def check_approver(self, d: Deployment, gate: Gate, user: str,
+                       groups: tuple[str, ...]) -> None:
+        """Pipeline.authorise plus the approver groups, which it does not consult on its own."""
+        self.pipeline.authorise(d, gate, user, groups)
+        env = self.config.environments[d.environment]
+        if gate.kind is GateKind.APPROVAL and env.approver_groups and not env.approvers \
+                and not set(groups) & set(env.approver_groups):
+            raise NotAllowed(f"{user} may not approve deployments to {d.environment}",
+                             hint="approvers: members of "
+                                  + ", ".join(f"<!subteam^{g}>" for g in env.approver_groups))
+
+    # -- deployments ------------------------------------------------------------------------------
+
+    def start(self, d: Deployment, channel: str, user: str | None = None) -> bool:
+        """Open the thread and drive the deployment, once, whatever the number of requests."""
+        with self._claim_lock:
+            current = self.store.deployment(d.id)
+            fresh = d.id not in self._claimed and current.status is DeploymentStatus.REQUESTED
+            if fresh:
+                self._claimed.add(d.id)
+        if not fresh:
+            if user:
+                self.ephemeral(channel, user, f"Already received: deployment #{d.id} is "
+                                              f"{current.status.value.replace('_', ' ')}.")
+            return False
+        self.reporter.open_thread(d, channel)
+        self.pipeline.run(d.id)
+        return True
+
+    def execute(self, req: Request, user: str, channel: str, key: str | None,
+                thread_ts: str | None = None) -> None:
+        """Carry out one parsed request on a worker; every failure is told to the person."""
+        try:
+            self._execute(req, user, channel, key)
+        except DeploybotError as exc:
+            self.ephemeral(channel, user, explain(exc), thread_ts=thread_ts)
+        except Exception:
+            log.exception("request %r failed", req)
+            self.ephemeral(channel, user, ":warning: deploybot failed on this request; "
+                                          "the details are in its log.", thread_ts=thread_ts)
+
+    def _execute(self, req: Request, user: str, channel: str, key: str | None) -> None:
+        p = self.pipeline
+        request_key = f"slack:{key}" if key else None
+        if isinstance(req, HelpRequest):
+            self.ephemeral(channel, user, req.usage)
+        elif isinstance(req, DeployRequest):
+            d = p.request_deploy(req.ticket, requested_by=user, target=req.target,
+                                 environment=req.environment, dry_run=req.dry_run,
+                                 request_key=request_key)
+            self.start(d, channel, user)
+        elif isinstance(req, RollbackRequest):
+            d = p.request_rollback(requested_by=user, service=req.service, ticket_ref=req.ticket,
+                                   environment=req.environment, to_version=req.to_version,
+                                   request_key=request_key)
+            self.start(d, channel, user)
+        elif isinstance(req, StatusRequest):
+            msg = blocks.status_message(self.config, self.store.locks(), p.active(),
+                                        self._running_now())
+            self.reporter.call("chat_postEphemeral", channel=channel, user=user, **msg.kwargs())
+        elif isinstance(req, HistoryRequest):
+            rows = p.history(req.service, req.environment, limit=15)
+            msg = blocks.history_message(self.config, rows, req.service)
+            self.reporter.call("chat_postEphemeral", channel=channel, user=user, **msg.kwargs())
+        elif isinstance(req, (LockRequest, UnlockRequest)):
+            locking = isinstance(req, LockRequest)
+            lock = (p.lock if locking else p.unlock)(req.environment, user=user,
+                                                     reason=req.reason)
+            who = blocks.person(self.config, user)
+            text = (f":lock: {who} locked *{blocks.escape(lock.scope)}*: "
+                    f"{blocks.escape(req.reason)}" if locking else
+                    f":unlock: {who} unlocked *{blocks.escape(lock.scope)}* (held by "
+                    f"{blocks.person(self.config, lock.holder)}: {blocks.escape(lock.reason)}): "
+                    f"{blocks.escape(req.reason)}")
+            self.reporter.call("chat_postMessage", channel=channel, text=text)
+            self.home.refresh_soon()
+        elif isinstance(req, CancelRequest):
+            d = p.cancel(self._to_cancel(req).id, user=user, reason=req.reason)
+            self.ephemeral(channel, user, f"Cancelled deployment #{d.id} ({blocks.what(d)}).")
+        else:  # pragma: no cover - the parser returns nothing else
+            raise InputError(f"unsupported request {req!r}")
+
+    def _to_cancel(self, req: CancelRequest) -> Deployment:
+        if req.deployment_id is not None:
+            return self.store.deployment(req.deployment_id)
+        ticket = self.pipeline.tracker.parse_ref(req.ticket or "")
+        open_ = [d for d in self.pipeline.active()
+                 if d.ticket_id == ticket and d.status in blocks.CANCELLABLE]
+        if not open_:
+            raise StateError(f"no deployment of {ticket} is waiting to be cancelled",
+                             hint="a deployment that started deploying is rolled back instead")
+        if len(open_) > 1:
+            raise InputError(f"{ticket} has {len(open_)} deployments that can be cancelled: "
+                             + ", ".join(f"#{d.id} ({d.environment})" for d in open_),
+                             hint="say which one: /deploy cancel #ID")
+        return open_[0]
+
+    def _running_now(self) -> list[str]:
+        lines = []
+        for name in self.config.services:
+            for env in self.config.environments:
+                if not self.config.deployable(name, env):
+                    continue
+                try:
+                    state = self.pipeline.backend_for(name, env).status()
+                    lines.append(f"*{env}* {name}: {blocks.escape(state.version or '-')} "
+                                 f"{blocks.escape(state.detail)}")
+                except DeploybotError as exc:
+                    lines.append(f"*{env}* {name}: ? {blocks.escape(exc.message)}")
+        return lines
+
+    # -- listeners --------------------------------------------------------------------------------
+
+    def _fresh(self, key: str | None, request: Any) -> bool:
+        """False for a redelivery: a key seen before, or a retry that cannot be told apart."""
+        if key:
+            return self.deliveries.first(key)
+        return _retry_num(request) == 0
+
+    def _command(self, ack, body: dict, request, parse: Callable[[str], Request]) -> None:
+        trigger = body.get("trigger_id")
+        key = f"cmd:{trigger}" if trigger else None
+        if not self._fresh(key, request):
+            ack()
+            return
+        user, channel = body.get("user_id", ""), body.get("channel_id", "")
+        if not self.allowed_channel(channel, body.get("channel_name")):
+            ack(text=self.channel_hint(), response_type="ephemeral")
+            return
+        try:
+            req = parse(body.get("text", ""))
+        except UsageError as exc:
+            ack(text=exc.text(), response_type="ephemeral")
+            return
+        if isinstance(req, HelpRequest):
+            ack(text=req.usage, response_type="ephemeral")
+            return
+        ack()
+        self.submit(self.execute, req, user, channel, key)
+
+    def _mention(self, event: dict, key: str | None) -> None:
+        user, channel = event.get("user", ""), event.get("channel", "")
+        thread_ts = event.get("thread_ts")
+        if not self.allowed_channel(channel):
+            self.ephemeral(channel, user, self.channel_hint(), thread_ts=thread_ts)
+            return
+        try:
+            req = parse_mention(event.get("text", ""), services=list(self.config.services),
+                                environments=list(self.config.environments))
+        except UsageError as exc:
+            self.ephemeral(channel, user, exc.text(), thread_ts=thread_ts)
+            return
+        self.execute(req, user, channel, key, thread_ts)
+
+    def _register(self) -> None:
+        app, config = self.app, self.config
+        envs, services = list(config.environments), list(config.services)
+
+        @app.command("/deploy")
+        def deploy_command(ack, body, request):
+            self._command(ack, body, request, lambda text: parse_deploy(text, environments=envs))
+
+        @app.command("/rollback")
+        def rollback_command(ack, body, request):
+            def parse(text: str) -> Request:
+                if not text.strip():
+                    raise UsageError("say what to roll back", ROLLBACK_USAGE)
+                return parse_rollback(text, services=services, environments=envs)
+            self._command(ack, body, request, parse)
+
+        @app.event("app_mention")
+        def mention(body, event, request):
+            event_id = body.get("event_id")
+            key = f"event:{event_id}" if event_id else None
+            if self._fresh(key, request):
+                self.submit(self._mention, event, key)
+
+        @app.event("app_home_opened")
+        def home_opened(event):
+            if event.get("tab", "home") == "home" and config.slack.app_home:
+                self.submit(self.home.opened, event["user"])
+
+
+# -- serving -------------------------------------------------------------------------------------
+
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+    request_queue_size = 128  # 50 requests at once must not overflow the listen backlog
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib's signature
+        log.debug("http %s %s", self.address_string(), format % args)
+
+
+def make_http_server(app: App, host: str = "127.0.0.1", port: int = 3000) -> WSGIServer:
+    """Bolt behind the standard library's WSGI server, one thread per request."""
+    return make_server(host, port, SlackRequestHandler(app, path=EVENTS_PATH),
+                       server_class=_ThreadingWSGIServer, handler_class=_QuietHandler)
+
+
+def serve(ctx, args, *, environ: Mapping[str, str] | None = None,
+          stop: threading.Event | None = None, on_ready: Callable[[], None] | None = None) -> int:
+    """`deploybot run [--http --host --port]`: until SIGINT/SIGTERM (or `stop` is set)."""
+    environ = os.environ if environ is None else environ
+    http = bool(getattr(args, "http", False))
+    env = SlackEnv.from_environ(environ, http=http)
+    client = web_client(env.bot_token, env.api_url)
+    identity = check_bot_token(client)
+    front = SlackFrontEnd(ctx.config, ctx.store, client,
+                          signing_secret=env.signing_secret if http else None, environ=environ)
+    stop = stop or threading.Event()
+    restore = _stop_on_signals(stop)
+    server = handler = None
+    try:
+        front.resume()
+        if http:
+            server = make_http_server(front.app, args.host, args.port)
+            threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
+                             name="deploybot-http", daemon=True).start()
+            where = f"http://{args.host}:{server.server_port}{EVENTS_PATH}"
+        else:
+            from slack_bolt.adapter.socket_mode import SocketModeHandler
+
+            handler = SocketModeHandler(front.app, env.app_token)
+            try:
+                handler.connect()
+            except SlackApiError as exc:
+                raise ConfigError(f"Slack refused {APP_TOKEN} ({exc.response.get('error', '?')})",
+                                  hint="create an app-level token with connections:write and "
+                                       "turn Socket Mode on") from None
+            where = "Socket Mode"
+        print(f"deploybot is listening ({where}) as @{identity.get('user', '?')} in "
+              f"{identity.get('team', '?')}; Ctrl-C stops it", flush=True)
+        if on_ready:
+            on_ready()
+        while not stop.wait(0.5):
+            pass
+        return 0
+    finally:
+        if handler is not None:
+            handler.close()
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        front.close()
+        restore()
+
+
+def _stop_on_signals(stop: threading.Event) -> Callable[[], None]:
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, lambda *_: stop.set())
+
+    def restore() -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return restore

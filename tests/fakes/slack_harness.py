@@ -1,0 +1,131 @@
+"""The Slack front end under test: a config of the test's own, the app served over HTTP on
+127.0.0.1 against FakeSlack, and helpers to read the deployment thread."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from bot import config as configuration
+from bot.config import Config
+from bot.store import Store
+from backends.trackers.local import LocalTracker
+from fakes.slack_api import FakeSlack, Message, SlackRequests
+from handlers.slack_app import SlackFrontEnd, make_http_server, web_client
+
+SECRET = "test-signing-secret-0123456789"
+ALICE, BOB, CAROL, DANA = "U0ALICE", "U0BOB", "U0CAROL", "U0DANA"
+PEOPLE = {"alice": {"slack": ALICE}, "bob": {"slack": BOB}, "carol": {"slack": CAROL},
+          "dana": {"slack": DANA}}
+
+
+def slack_config(*, image: str, ports: dict[str, int], prefix: str,
+                 approver_groups: list[str] | None = None, verify_timeout: float = 20) -> Config:
+    """staging (no approval) and production (one approval by bob), each on its own port."""
+    def service_for(env: str) -> dict:
+        port = ports[env]
+        return {
+            "backend": {"kind": "docker", "container_name": f"{prefix}-{env}",
+                        "ports": {"8080": f"127.0.0.1:{port}"}, "stop_timeout": 1,
+                        "pull": "never", "restart_policy": "no"},
+            "health": {"url": f"http://127.0.0.1:{port}/health"},
+            "smoke": [{"url": f"http://127.0.0.1:{port}/api/ping", "contains": "pong"}],
+        }
+
+    first = next(iter(ports))
+    data = {
+        "channel": "#standup",
+        "default_environment": "staging",
+        "environments": {
+            "staging": {"approvals_required": 0},
+            "production": {"production": True, "approvals_required": 1, "approvers": ["bob"],
+                           "approver_groups": approver_groups or []},
+        },
+        "services": {"web": {"image": image, **service_for(first),
+                             "verify": {"timeout": verify_timeout, "interval": 0.3}}},
+        "people": PEOPLE,
+        "overrides": {env: {"web": service_for(env)} for env in ports if env != first},
+    }
+    return configuration.parse(data, "test-slack.yaml")
+
+
+def ready_ticket(store: Store, title: str = "Ship v2", notes: str | None = None) -> str:
+    """A ticket that passes the checklist: CQ by bob, QA by carol, ready for production."""
+    tracker = LocalTracker(store)
+    tid = tracker.create_ticket(title, status="Ready for Production")
+    tracker.add_comment(tid, "CQ approved", author="bob")
+    tracker.add_comment(tid, "QA PASS", author="carol")
+    if notes:
+        tracker.add_comment(tid, f"Deployment notes: {notes}", author="carol")
+    return tid
+
+
+@dataclass
+class BotUnderTest:
+    slack: FakeSlack
+    front: SlackFrontEnd
+    send: SlackRequests
+    store: Store
+    url: str
+
+    def root_of(self, deployment_id: int) -> Message:
+        ref = self.store.deployment(deployment_id).thread_ref
+        assert ref, f"deployment #{deployment_id} has no thread"
+        return self.slack.messages[ref.split(" ")[0].split(":", 1)[1]]
+
+    def thread_of(self, deployment_id: int) -> list[Message]:
+        return self.slack.thread(self.root_of(deployment_id).ts)
+
+    def wait_for_message(self, deployment_id: int, text: str, timeout: float = 30) -> Message:
+        def find():
+            try:
+                return next((m for m in self.thread_of(deployment_id) if text in m.everything),
+                            None)
+            except (AssertionError, KeyError):
+                return None
+        return self.slack.wait_for(find, timeout, f"a thread message with {text!r}")
+
+    def wait_for_deployments(self, count: int, timeout: float = 15):
+        return self.slack.wait_for(
+            lambda: (lambda rows: rows if len(rows) >= count else None)(
+                self.store.deployments(limit=100)),
+            timeout, f"{count} deployment(s) in the store")
+
+    def wait_for_status(self, deployment_id: int, *statuses: str, timeout: float = 60):
+        return self.slack.wait_for(
+            lambda: self.store.deployment(deployment_id).status.value in statuses,
+            timeout, f"deployment #{deployment_id} to become {'/'.join(statuses)}")
+
+
+@contextmanager
+def running_bot(config: Config, db_path: Path, *, usergroups: dict[str, list[str]] | None = None,
+                workers: int = 8) -> Iterator[BotUnderTest]:
+    slack = FakeSlack(usergroups=usergroups).start()
+    store = Store(db_path)
+    front = server = send = None
+    thread = None
+    try:
+        front = SlackFrontEnd(config, store, web_client(slack.bot_token, slack.api_url),
+                              signing_secret=SECRET, environ={}, workers=workers)
+        server = make_http_server(front.app, "127.0.0.1", 0)
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
+                                  daemon=True, name=f"slack-app-{uuid.uuid4().hex[:6]}")
+        thread.start()
+        url = f"http://127.0.0.1:{server.server_port}/slack/events"
+        send = SlackRequests(url, SECRET)
+        yield BotUnderTest(slack, front, send, store, url)
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=5)
+        if send is not None:
+            send.close()
+        if front is not None:
+            front.close()
+        slack.stop()
+        store.close()
