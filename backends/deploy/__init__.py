@@ -17,8 +17,12 @@ def build_backend(service: str, environment: str, settings: Service) -> DeployBa
         from backends.deploy.compose import ComposeBackend
 
         return ComposeBackend(service, environment, settings)
+    if kind == "kubernetes":
+        from backends.deploy.kubernetes import KubernetesBackend
+
+        return KubernetesBackend(service, environment, settings)
     raise ConfigError(f"services.{service}.backend.kind: {kind!r} is not available in this "
-                      "version of deploybot", hint="use kind: docker or compose")
+                      "version of deploybot", hint="use kind: docker, compose or kubernetes")
 
 
 def build_image_builder(environ=None):

@@ -1,0 +1,242 @@
+"""The Kubernetes backend against a real control plane and kubelet: rollouts, undo, scale, errors.
+
+The bot talks to the API server as the user `deploybot`, which holds only the Role of
+deploy/kubernetes/rbac.yaml. Readiness is real: the kubelet probes the demo image's /health, and
+a version built with MODE=unhealthy answers 500 there, so its rollout never becomes available.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from backends.deploy.kubernetes import KubernetesBackend
+from backends.monitoring.probe import HttpxProbe
+from backends.trackers.local import LocalTracker
+from bot import config as configuration
+from bot.errors import BackendError
+from bot.models import DeploymentStatus
+from bot.pipeline import Pipeline
+from bot.store import Store
+from bot.verify import SystemClock
+from tests.fakes.core import RecordingReporter, ScriptedApprover
+from tests.integration.k8s.k8s_objects import demo_deployment, demo_service, grant_bot_role
+
+DEADLINE = 6  # progressDeadlineSeconds of the deploys: a bad rollout fails after a few seconds
+
+
+def settings(cluster, namespace: str, image: str, name: str = "web", **backend):
+    return configuration.parse({
+        "environments": {"staging": {}},
+        "services": {name: {
+            "image": image,
+            "backend": {"kind": "kubernetes", "kubeconfig": cluster.bot_kubeconfig,
+                        "namespace": namespace, "deployment": name,
+                        "progress_deadline": DEADLINE, "rollout_timeout": 60,
+                        "poll_interval": 0.5, "timeout": 10, **backend},
+        }},
+    }).service(name, "staging")
+
+
+def backend_for(cluster, namespace, image, name="web", **opts) -> KubernetesBackend:
+    return KubernetesBackend(name, "staging", settings(cluster, namespace, image, name, **opts))
+
+
+class Steps(list):
+    def __call__(self, message: str) -> None:
+        self.append(message)
+
+
+def test_deploy_v1_to_v2_rolls_out_with_ready_pods_history_and_logs(
+        k8s_cluster, k8s_namespace, make_demo, demo_image):
+    image = demo_image("v1").rsplit(":", 1)[0]
+    demo_image("v2")
+    make_demo("web", image, "v1")
+    backend = backend_for(k8s_cluster, k8s_namespace, image)
+    assert backend.current_version() == "v1"
+    assert backend.status().running
+
+    steps = Steps()
+    backend.prepare("v2", steps)
+    backend.deploy("v2", ticket_id="LOCAL-1", on_step=steps)
+    assert "rollout of v2 complete" in steps
+    assert any("successfully rolled out" in s for s in steps)
+
+    state = backend.status()
+    assert state.running and state.version == "v2", state.detail
+    assert "2/2 pods ready" in state.detail
+    pods = [p for p in backend.pods() if not p.terminating]
+    assert len(pods) == 2 and all(p.ready and p.version == "v2" for p in pods)
+    history = backend.history()
+    assert [(h.revision, h.version) for h in history] == [(1, "v1"), (2, "v2")]
+    assert history[-1].change_cause == f"deploybot LOCAL-1: {image}:v2"
+    from datetime import datetime, timedelta, timezone
+    logs = backend.logs(datetime.now(timezone.utc) - timedelta(minutes=5))
+    assert logs.count("==> pod/web-") >= 2  # read through the API server from the kubelet
+    assert any("ScalingReplicaSet" in e for e in backend.events())
+
+
+def test_bad_version_times_out_is_rolled_back_by_the_pipeline_and_history_shows_it(
+        k8s_cluster, k8s_namespace, make_demo, demo_image, tmp_path):
+    image = demo_image("v1").rsplit(":", 1)[0]
+    demo_image("v2")
+    demo_image("v3", mode="unhealthy")
+    make_demo("web", image, "v1")
+    proxy = (f"{k8s_cluster.server}/api/v1/namespaces/{k8s_namespace}/services/web:8080/proxy")
+    cfg = configuration.parse({
+        "tracker": {"kind": "local", "rules": {
+            "cq_approval": {"pattern": r"(?im)^\s*CQ\s*approved\b", "authors": ["bob"]}}},
+        "environments": {"staging": {}},
+        "services": {"web": {
+            "image": image,
+            "backend": {"kind": "kubernetes", "kubeconfig": k8s_cluster.bot_kubeconfig,
+                        "namespace": k8s_namespace, "progress_deadline": DEADLINE,
+                        "rollout_timeout": 60, "poll_interval": 0.5, "timeout": 10},
+            # Health through the API server's service proxy: the pods' own addresses are not
+            # for tests to reach. detailed_path must be the full proxy path too.
+            "health": {"url": f"{proxy}/health", "timeout": 5,
+                       "detailed_path": f"/api/v1/namespaces/{k8s_namespace}/services/web:8080/proxy/health/detailed"},
+            "smoke": [{"url": f"{proxy}/api/ping", "contains": "pong"}],
+            "verify": {"timeout": 8, "interval": 0.5},
+        }},
+    })
+    store = Store(tmp_path / "deploybot.db")
+    tracker = LocalTracker(store)
+    backend = KubernetesBackend("web", "staging", cfg.service("web", "staging"))
+    # The proxy needs the bot's token and the cluster CA: the probe's client carries both
+    # (the core's HttpProbe has no per-URL auth yet; see the report).
+    probe = HttpxProbe(httpx.Client(verify=ssl.create_default_context(cafile=k8s_cluster.ca), follow_redirects=False, trust_env=False,
+                                    headers={"Authorization": f"Bearer {k8s_cluster.bot_token}"}))
+    reporter = RecordingReporter()
+    pipeline = Pipeline(config=cfg, store=store, tracker=tracker,
+                        backend_for=lambda s, e: backend, reporter=reporter,
+                        approver=ScriptedApprover(), probe=probe, clock=SystemClock())
+
+    def deploy(version: str):
+        tid = tracker.create_ticket(f"Ship {version}", status="Ready for Production")
+        tracker.add_comment(tid, "CQ approved", author="bob")
+        tracker.add_comment(tid, "QA PASS", author="carol")
+        d = pipeline.request_deploy(tid, requested_by="alice", target=f"web@{version}",
+                                    environment="staging")
+        return pipeline.run(d.id)
+
+    good = deploy("v2")
+    assert good.status is DeploymentStatus.SUCCEEDED, good.failure
+    assert good.previous_version == "v1"
+    assert "### Deployment Method\nKubernetes" in good.record
+    assert "rollout undo deployment/web --to-revision=1" in good.record  # its rollback plan
+
+    bad = deploy("v3")
+    assert bad.status is DeploymentStatus.ROLLED_BACK, bad.failure
+    assert "rolled back to v2" in bad.failure
+    assert "exceeded its progress deadline" in bad.failure or "not running" in bad.failure
+    steps = [m for kind, m in reporter.events if kind == "step"]
+    assert any("rollout of v3 FAILED" in s and "exceeded its progress deadline" in s for s in steps)
+    assert any("Readiness probe failed" in s or "not ready" in s for s in steps)
+    assert any("--to-revision=2" in s for s in steps)
+    assert "Rolled back: v2 is running again" in bad.record
+
+    assert backend.current_version() == "v2"
+    state = backend.status()
+    assert state.running, state.detail
+    history = backend.history()
+    assert [h.version for h in history] == ["v1", "v3", "v2"]
+    assert history[-1].revision == 4 and "rollback to" in history[-1].change_cause
+    assert all(p.version == "v2" and p.ready for p in backend.pods() if not p.terminating)
+    assert probe.get(f"{proxy}/version", 5).body == "v2"
+
+
+def test_scale_up_and_down_waits_for_available_pods(k8s_cluster, k8s_namespace, make_demo, demo_image):
+    image = demo_image("v1").rsplit(":", 1)[0]
+    make_demo("web", image, "v1", replicas=1)
+    backend = backend_for(k8s_cluster, k8s_namespace, image)
+    steps = Steps()
+    backend.scale(3, steps)
+    assert "3/3 pods ready" in backend.status().detail
+    assert len([p for p in backend.pods() if p.ready and not p.terminating]) == 3
+    backend.scale(1, steps)
+    assert backend.status().running
+    assert k8s_cluster.apps().read_namespaced_deployment("web", k8s_namespace).spec.replicas == 1
+
+
+def test_api_errors_are_clear_and_the_running_version_keeps_serving(
+        k8s_cluster, k8s_namespace, make_demo, demo_image, tmp_path):
+    image = demo_image("v1").rsplit(":", 1)[0]
+    demo_image("v2")
+    make_demo("web", image, "v1")
+
+    # 404: a Deployment that does not exist
+    missing = backend_for(k8s_cluster, k8s_namespace, image, name="billing")
+    with pytest.raises(BackendError, match=f"Deployment {k8s_namespace}/billing does not exist"):
+        missing.prepare("v2", Steps())
+
+    # 403: the same Deployment seen from a namespace without the Role
+    other = f"{k8s_namespace}-x"
+    k8s_cluster.core().create_namespace({"metadata": {"name": other}})
+    try:
+        k8s_cluster.apps().create_namespaced_deployment(other, demo_deployment("web", image, "v1", replicas=1))
+        forbidden = backend_for(k8s_cluster, other, image)
+        with pytest.raises(BackendError) as err:
+            forbidden.deploy("v2", ticket_id="T", on_step=Steps())
+        assert "forbidden (403)" in str(err.value)
+        assert "deploy/kubernetes/rbac.yaml" in str(err.value)
+        assert forbidden.status().running is False  # cannot even read: says so, does not crash
+    finally:
+        k8s_cluster.core().delete_namespace(other)
+
+    # 422: the API server refuses the change (a progress deadline not above the minReadySeconds
+    # someone set by hand); nothing changed, v1 serves
+    k8s_cluster.apps().patch_namespaced_deployment("web", k8s_namespace, {"spec": {"minReadySeconds": 5}})
+    refused = backend_for(k8s_cluster, k8s_namespace, image, progress_deadline=4)
+    with pytest.raises(BackendError) as err:
+        refused.deploy("v2", ticket_id="T", on_step=Steps())
+    assert "rejected as invalid (422)" in str(err.value)
+    assert "progressDeadlineSeconds" in str(err.value)
+    assert "nothing changed, v1 is still serving" in str(err.value)
+    assert refused.current_version() == "v1"
+    # the hand-set minReadySeconds delays availability (not the bot's doing); then v1 serves
+    assert refused.wait_for_rollout(Steps(), timeout=30).done
+    assert refused.status().running
+
+    # unreachable API server / timeouts: a kubeconfig pointing at a closed loopback port
+    config = yaml.safe_load(Path(k8s_cluster.bot_kubeconfig).read_text())
+    config["clusters"][0]["cluster"]["server"] = "https://127.0.0.1:9"
+    dead = tmp_path / "dead.kubeconfig"
+    dead.write_text(json.dumps(config))
+    gone = backend_for(k8s_cluster, k8s_namespace, image, kubeconfig=str(dead), timeout=2)
+    with pytest.raises(BackendError, match="not reachable"):
+        gone.deploy("v2", ticket_id="T", on_step=Steps())
+    assert "not reachable" in gone.status().detail
+
+    live = backend_for(k8s_cluster, k8s_namespace, image)
+    assert live.current_version() == "v1" and live.status().running
+
+
+def test_manifest_is_applied_create_then_patch_and_a_first_deploy_rolls_back_to_nothing(
+        k8s_cluster, k8s_namespace, demo_image, tmp_path):
+    image = demo_image("v1").rsplit(":", 1)[0]
+    demo_image("v2")
+    manifest = tmp_path / "web.yaml"
+    manifest.write_text(yaml.safe_dump_all([
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "web-settings"},
+         "data": {"GREETING": "hello"}},
+        demo_service("web"),
+        demo_deployment("web", image, "placeholder", replicas=1),
+    ]))
+    backend = backend_for(k8s_cluster, k8s_namespace, image, manifest=str(manifest))
+    assert backend.current_version() is None
+    steps = Steps()
+    backend.prepare("v1", steps)
+    backend.deploy("v1", ticket_id="T-1", on_step=steps)
+    assert f"applied Service {k8s_namespace}/web" in steps
+    assert backend.status().running and backend.current_version() == "v1"
+    backend.deploy("v2", ticket_id="T-2", on_step=steps)
+    assert backend.current_version() == "v2" and backend.status().running
+    assert [h.version for h in backend.history()] == ["v1", "v2"]
+    backend.rollback(None, steps)
+    assert backend.current_version() is None
