@@ -185,16 +185,18 @@ def test_lock_blocks_a_second_deployment_until_unlocked(service):
 def test_production_gate_survives_a_restart_and_resumes_from_the_store(service, http_get):
     bot, web = service, service.name
     t = bot.ready_ticket("to production")
-    proc = bot("deploy", t, f"{web}@v2", "--env", "production", check=3)
+    proc = bot("deploy", t, f"{web}@v2", "--env", "production", "--as", "dana", check=3)
     assert "waiting for 1 gate" in proc.stderr and "deploybot approve 1" in proc.stderr
-    # a new process: alice may not approve her own production deployment
-    refused = bot("approve", "1", "--as", "alice", check=4)
-    assert "cannot approve" in refused.stderr
-    done = bot("approve", "1", "--as", "dana")
+    # new processes: dana may not approve her own production deployment, mallory no one's
+    refused = bot("approve", "1", "--as", "dana", check=4)
+    assert "requested this deployment and cannot approve it" in refused.stderr
+    refused = bot("approve", "1", "--as", "mallory", check=4)
+    assert "may not approve deployments to production" in refused.stderr
+    done = bot("approve", "1", "--as", "bob")
     assert "deployment #1: succeeded" in done.stdout
     assert http_get(f"{bot.prod_base}/version").text.strip() == "v2"
-    again = bot("approve", "1", "--as", "bob", check=1)
-    assert "approved by dana" in again.stderr
+    again = bot("approve", "1", "--as", "dana", check=1)
+    assert "approved by bob" in again.stderr
     # a production deploy moves the ticket on
     assert "status: Deployed" in bot.comments(t)
 
