@@ -112,11 +112,13 @@ class Pipeline:
         env = self.environment(environment)
         if target:
             service, version = parse_target(target)
-        else:
-            try:
-                ticket, comments = self._ticket_and_comments(ticket_id)
-            except TrackerError as exc:
-                raise InputError(f"cannot read {ticket_id} to find what to deploy: {exc}") from None
+            self.service_name(service, env)
+        try:
+            # A ticket that does not exist (or a tracker that refuses us) changes nothing.
+            ticket, comments = self._ticket_and_comments(ticket_id)
+        except TrackerError as exc:
+            raise InputError(f"cannot read {ticket_id}: {exc.message}", hint=exc.hint) from None
+        if not target:
             found = checklist.version_from_ticket(ticket, comments, self.config.tracker.rules)
             if not found:
                 raise InputError(
@@ -374,10 +376,13 @@ class Pipeline:
         if gate.kind is GateKind.NOTES_ACK:
             return
         env = self.config.environments[d.environment]
-        if env.approvers and not any(self.config.same_person(user, a) or a in groups
-                                     for a in env.approvers):
-            raise NotAllowed(f"{user} may not approve deployments to {d.environment}",
-                             hint=f"approvers: {', '.join(env.approvers)}")
+        if env.approvers or env.approver_groups:
+            allowed = any(self.config.same_person(user, a) or a in groups for a in env.approvers)
+            allowed = allowed or any(g in groups for g in env.approver_groups)
+            if not allowed:
+                who = ", ".join(env.approvers + env.approver_groups)
+                raise NotAllowed(f"{user} may not approve deployments to {d.environment}",
+                                 hint=f"approvers: {who}")
         if self.config.same_person(user, d.requested_by) and not env.allow_self_approval:
             raise NotAllowed(f"{user} requested this deployment and cannot approve it",
                              hint="another approver has to")

@@ -155,7 +155,8 @@ class Store:
 
     @property
     def schema_version(self) -> int:
-        row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        with self._lock:
+            row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         return int(row[0])
 
     def close(self) -> None:
@@ -208,7 +209,8 @@ class Store:
 
     def deployment(self, deployment_id: int) -> Deployment:
         try:
-            return self._deployment(self.db["deployments"].get(deployment_id))
+            with self._lock:  # every use of the shared connection, reads too, holds the lock
+                return self._deployment(self.db["deployments"].get(deployment_id))
         except sqlite_utils.db.NotFoundError:
             raise StateError(f"no deployment #{deployment_id}") from None
 
@@ -353,7 +355,8 @@ class Store:
 
     def gate(self, gate_id: int) -> Gate:
         try:
-            return self._gate(self.db["gates"].get(gate_id))
+            with self._lock:
+                return self._gate(self.db["gates"].get(gate_id))
         except sqlite_utils.db.NotFoundError:
             raise StateError(f"no gate #{gate_id}") from None
 
@@ -400,7 +403,8 @@ class Store:
             return True, self.lock(scope)
 
     def lock(self, scope: str) -> Lock | None:
-        rows = list(self.db.query("SELECT * FROM locks WHERE scope = ?", [scope]))
+        with self._lock:
+            rows = list(self.db.query("SELECT * FROM locks WHERE scope = ?", [scope]))
         return self._lock_row(rows[0]) if rows else None
 
     def locks(self) -> list[Lock]:

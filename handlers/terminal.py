@@ -61,8 +61,9 @@ class TerminalReporter:
         self._print(f"!! {message}")
 
     def finished(self, d: Deployment, record: str) -> None:
-        self._print(f"deployment #{d.id}: {d.status.value}"
-                    + (f" — {d.failure}" if d.failure else ""))
+        # a blocked deployment's reasons were just listed item by item
+        why = d.failure if d.failure and d.status.value != "blocked" else ""
+        self._print(f"deployment #{d.id}: {d.status.value}" + (f" — {why}" if why else ""))
         if record and self.show_record:
             self._print()
             self._print(record.rstrip())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 from datetime import datetime
 from typing import Any, Callable
@@ -20,14 +21,22 @@ KEPT_SUFFIX = "--previous"
 LABEL = "io.deploybot"
 
 
-def _explain(exc: Exception) -> str:
+def explain(exc: Exception) -> str:
+    """A Docker SDK error as a sentence a person can act on (shared by the Docker adapters)."""
+    text = str(exc)
+    where = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    unreachable = (f"the Docker engine at {where} is not reachable "
+                   "(is it running? is DOCKER_HOST right?)")
+    if isinstance(exc, docker.errors.DockerException) and "fetching server API version" in text:
+        # docker.from_env() asks the engine its API version first and wraps the socket error
+        return unreachable
     if isinstance(exc, docker.errors.APIError):
         return str(exc.explanation or exc)
     if isinstance(exc, (requests.exceptions.ConnectionError, FileNotFoundError)):
-        return "the Docker engine is not reachable (is it running? is DOCKER_HOST right?)"
+        return unreachable
     if isinstance(exc, requests.exceptions.Timeout):
         return "the Docker engine did not answer in time"
-    return str(exc)
+    return text
 
 
 def _port_bindings(ports: dict[str, str]) -> dict[str, Any]:
@@ -65,8 +74,7 @@ class DockerBackend:
                 self._client.ping()
             except Exception as exc:
                 self._client = None
-                raise BackendError(f"Docker: {_explain(exc)}",
-                                   hint="start the engine or set DOCKER_HOST") from None
+                raise BackendError(f"Docker: {explain(exc)}") from None
         return self._client
 
     def _container(self, name: str):
@@ -75,7 +83,7 @@ class DockerBackend:
         except docker.errors.NotFound:
             return None
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise BackendError(f"Docker: cannot inspect {name}: {_explain(exc)}") from None
+            raise BackendError(f"Docker: cannot inspect {name}: {explain(exc)}") from None
 
     def _ref(self, version: str) -> str:
         return f"{self.image}:{version}"
@@ -114,7 +122,7 @@ class DockerBackend:
         except BackendError:
             raise
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise BackendError(f"cannot pull {ref}: {_explain(exc)}") from None
+            raise BackendError(f"cannot pull {ref}: {explain(exc)}") from None
 
     def _run_kwargs(self, version: str, ticket_id: str) -> dict[str, Any]:
         policy: dict[str, Any] = {"Name": self.opts.restart_policy}
@@ -151,12 +159,12 @@ class DockerBackend:
         try:
             container = self.client.containers.create(ref, **self._run_kwargs(version, ticket_id))
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise BackendError(f"cannot create {self.name} from {ref}: {_explain(exc)}") from None
+            raise BackendError(f"cannot create {self.name} from {ref}: {explain(exc)}") from None
         try:
             container.start()
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             self._remove(container)
-            raise BackendError(f"cannot start {self.name} from {ref}: {_explain(exc)}") from None
+            raise BackendError(f"cannot start {self.name} from {ref}: {explain(exc)}") from None
         on_step(f"{self.name} started ({container.short_id})")
 
     def _remove(self, container) -> None:
@@ -165,7 +173,7 @@ class DockerBackend:
         except docker.errors.NotFound:
             pass
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise BackendError(f"cannot remove {container.name}: {_explain(exc)}") from None
+            raise BackendError(f"cannot remove {container.name}: {explain(exc)}") from None
 
     def deploy(self, version: str, *, ticket_id: str, on_step: StepCallback) -> None:
         stale = self._container(self.kept_name)
@@ -181,7 +189,7 @@ class DockerBackend:
                 old.rename(self.kept_name)
             except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
                 self._restore(old, on_step)
-                raise BackendError(f"cannot stop {self.name}: {_explain(exc)}; "
+                raise BackendError(f"cannot stop {self.name}: {explain(exc)}; "
                                    f"{old_version} restarted") from None
         try:
             self._start_new(version, ticket_id, on_step)
@@ -203,7 +211,7 @@ class DockerBackend:
             old.start()
             on_step(f"{self.name} ({self._version_of(old)}) running again")
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise BackendError(f"cannot restart the previous {self.name}: {_explain(exc)}") from None
+            raise BackendError(f"cannot restart the previous {self.name}: {explain(exc)}") from None
 
     def rollback(self, to_version: str | None, on_step: StepCallback) -> None:
         kept = self._container(self.kept_name)
@@ -259,7 +267,7 @@ class DockerBackend:
         try:
             return c.logs(since=since, timestamps=True).decode("utf-8", "replace")
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise BackendError(f"cannot read logs of {self.name}: {_explain(exc)}") from None
+            raise BackendError(f"cannot read logs of {self.name}: {explain(exc)}") from None
 
     def _run_command(self, version: str) -> str:
         args = ["docker", "run", "-d", "--name", self.name, "--restart", self.opts.restart_policy]

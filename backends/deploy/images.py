@@ -17,6 +17,7 @@ import docker.errors
 import docker.utils
 import requests.exceptions
 
+from backends.deploy.docker import explain
 from bot.config import ImageBuild
 from bot.errors import BackendError
 from bot.ports import StepCallback
@@ -24,21 +25,6 @@ from bot.ports import StepCallback
 UNREACHABLE = ("connection refused", "no such host", "i/o timeout", "dial tcp",
                "connection reset", "server gave http response to https client",
                "network is unreachable", "timeout exceeded", "unexpected eof")
-
-
-def _engine_error(exc: Exception) -> str:
-    text = str(exc)
-    if isinstance(exc, docker.errors.DockerException) and "fetching server API version" in text:
-        # docker.APIClient() asks the engine its API version first and wraps the socket error
-        return ("the Docker engine is not reachable (is it running? is DOCKER_HOST right?): "
-                + text.split(": ", 1)[-1][:200])
-    if isinstance(exc, docker.errors.APIError):
-        return str(exc.explanation or exc)
-    if isinstance(exc, (requests.exceptions.ConnectionError, FileNotFoundError)):
-        return "the Docker engine is not reachable (is it running? is DOCKER_HOST right?)"
-    if isinstance(exc, requests.exceptions.Timeout):
-        return "the Docker engine did not answer in time"
-    return str(exc)
 
 
 def split_image(image: str) -> tuple[str | None, str]:
@@ -67,7 +53,7 @@ class DockerImageBuilder:
             client.ping()
             return client
         except Exception as exc:
-            raise BackendError(f"Docker: {_engine_error(exc)}",
+            raise BackendError(f"Docker: {explain(exc)}",
                                hint="start the engine or set DOCKER_HOST") from None
 
     def _credentials(self, settings: ImageBuild) -> dict[str, str] | None:
@@ -99,7 +85,7 @@ class DockerImageBuilder:
                 client.tag(image_id, image, version)
                 client.tag(image_id, image, "latest")
             except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-                raise BackendError(f"cannot tag {ref}: {_engine_error(exc)}") from None
+                raise BackendError(f"cannot tag {ref}: {explain(exc)}") from None
             if not settings.push:
                 on_step(f"built {ref} ({image_id[:19]}); not pushed (build.push: false)")
                 return image_id
@@ -147,14 +133,14 @@ class DockerImageBuilder:
         except BackendError:
             raise
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise BackendError(f"building {ref} failed: {_engine_error(exc)}") from None
+            raise BackendError(f"building {ref} failed: {explain(exc)}") from None
         if pending.strip():
             on_step(f"build: {pending.strip()}")
         if image_id is None:
             try:
                 image_id = client.inspect_image(ref)["Id"]
             except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-                raise BackendError(f"built {ref} but cannot find it: {_engine_error(exc)}") from None
+                raise BackendError(f"built {ref} but cannot find it: {explain(exc)}") from None
         on_step(f"built {ref} ({image_id[:19]})")
         return image_id
 
@@ -197,7 +183,7 @@ class DockerImageBuilder:
         except BackendError:
             raise
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise self._push_error(ref, where, _engine_error(exc), secret) from None
+            raise self._push_error(ref, where, explain(exc), secret) from None
         if digest is None:
             digest = self._repo_digest(client, image, ref)
         return digest
@@ -225,7 +211,7 @@ class DockerImageBuilder:
         try:
             digests = client.inspect_image(ref).get("RepoDigests") or []
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise BackendError(f"pushed {ref} but cannot read its digest: {_engine_error(exc)}") from None
+            raise BackendError(f"pushed {ref} but cannot read its digest: {explain(exc)}") from None
         for entry in digests:
             repo, _, digest = entry.partition("@")
             if repo == image and re.match(r"^sha256:[0-9a-f]{64}$", digest):

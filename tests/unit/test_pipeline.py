@@ -310,3 +310,45 @@ def test_every_transition_is_in_the_audit_trail(world):
                      "verifying", "succeeded", "lock.acquired", "lock.released"):
         assert expected in kinds
     assert GateStatus.APPROVED is world.store.gate(gate.id).status
+
+
+def test_approver_groups_allow_their_members_only(tmp_path):
+    w = World(tmp_path, overrides={"environments": {
+        "staging": {}, "production": {"approvals_required": 1, "approver_groups": ["S0SRE"]}}})
+    d = w.deploy(w.ticket(), env="production")
+    gate = w.pipeline.pending_gates(d.id)[0]
+    with pytest.raises(NotAllowed):
+        w.pipeline.decide_gate(gate.id, decided_by="U0MALLORY", approved=True, groups=("S0DEV",))
+    out = w.pipeline.decide_gate(gate.id, decided_by="U0ERIN", approved=True, groups=("S0SRE",))
+    assert out.deployment.status is DeploymentStatus.SUCCEEDED
+
+
+def test_store_survives_readers_and_writers_on_many_threads(tmp_path):
+    import threading
+    store = Store(tmp_path / "db.sqlite")
+    errors = []
+    d, _ = store.create_deployment(ticket_id="A-1", service="web", version="v1",
+                                   environment="staging", requested_by="x")
+
+    def writer(n):
+        try:
+            for i in range(30):
+                store.record_event(d.id, f"w{n}", "step", str(i))
+        except Exception as exc:
+            errors.append(exc)
+
+    def reader():
+        try:
+            for _ in range(60):
+                store.deployment(d.id)
+                store.lock("env:staging")
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    threads += [threading.Thread(target=reader) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
