@@ -13,6 +13,7 @@ from bot.errors import ConfigError, DeploybotError, InputError, NotAllowed
 from bot.models import Deployment, DeploymentStatus, GateKind
 from bot.pipeline import Pipeline
 from bot.store import Store
+from handlers import commands
 from handlers.terminal import TerminalApprover, TerminalReporter
 from handlers.wiring import build_pipeline, open_store
 
@@ -88,21 +89,36 @@ def _outcome(d: Deployment, pipeline: Pipeline) -> int:
 # -- commands ------------------------------------------------------------------------------------
 
 def cmd_deploy(ctx: Context, args: argparse.Namespace) -> int:
+    # The same grammar as `/deploy` in Slack: `deploy DEMO-1 web@v2 to production --dry-run`.
+    words = [args.ticket, *args.words]
+    if args.env:
+        words += ["to", args.env]
+    if args.dry_run:
+        words.append("--dry-run")
+    req = commands.parse_deploy(" ".join(words), environments=list(ctx.config.environments))
+    if not isinstance(req, commands.DeployRequest):
+        raise InputError(f"{args.ticket!r} is not a ticket",
+                         hint="status, history, lock and unlock are commands of their own here")
     pipeline = ctx.pipeline(args.approve_as)
-    d = pipeline.request_deploy(args.ticket, requested_by=_user(args), target=args.target,
-                                environment=args.env, dry_run=args.dry_run)
+    d = pipeline.request_deploy(req.ticket, requested_by=_user(args), target=req.target,
+                                environment=req.environment, dry_run=req.dry_run)
     d = pipeline.run(d.id)
     return _outcome(d, pipeline)
 
 
 def cmd_rollback(ctx: Context, args: argparse.Namespace) -> int:
+    # The same grammar as `/rollback` in Slack: `rollback web to v1 in staging`.
+    words = [args.what, *args.words]
+    if args.to:
+        words += ["to", args.to]
+    if args.env:
+        words += ["in", args.env]
+    req = commands.parse_rollback(" ".join(words), services=list(ctx.config.services),
+                                  environments=list(ctx.config.environments))
     pipeline = ctx.pipeline()
-    what = args.what
-    is_ticket = "-" in what and what.split("-", 1)[0].isupper()
-    d = pipeline.request_rollback(requested_by=_user(args), environment=args.env,
-                                  to_version=args.to,
-                                  service=None if is_ticket else what,
-                                  ticket_ref=what if is_ticket else None)
+    d = pipeline.request_rollback(requested_by=_user(args), environment=req.environment,
+                                  to_version=req.to_version, service=req.service,
+                                  ticket_ref=req.ticket)
     d = pipeline.run(d.id)
     return EXIT_OK if d.status is DeploymentStatus.SUCCEEDED else EXIT_FAILED
 
@@ -302,8 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("deploy", help="deploy a ticket")
     d.add_argument("ticket")
-    d.add_argument("target", nargs="?", metavar="SERVICE@VERSION",
-                   help="default: from the ticket")
+    d.add_argument("words", nargs="*", metavar="SERVICE@VERSION | to ENV",
+                   help="as in Slack; service@version defaults to what the ticket says")
     d.add_argument("--env", help="environment (default: the config's default)")
     d.add_argument("--dry-run", action="store_true", help="run the checklist, change nothing")
     d.add_argument("--approve-as", metavar="NAME", help="decide every gate as NAME (scripts)")
@@ -311,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("rollback", help="roll a service (or a ticket's deployment) back")
     r.add_argument("what", metavar="SERVICE|TICKET")
+    r.add_argument("words", nargs="*", metavar="to VERSION | in ENV", help="as in Slack")
     r.add_argument("--to", metavar="VERSION", help="default: the version before the current one")
     r.add_argument("--env")
     r.set_defaults(func=cmd_rollback)
@@ -384,6 +401,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ctx = Context(args)
     try:
         return args.func(ctx, args)
+    except commands.UsageError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        print(f"  hint: deploybot {args.command} --help", file=sys.stderr)
+        return EXIT_USAGE
     except (InputError, ConfigError) as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         if exc.hint:

@@ -63,7 +63,10 @@ class TerminalReporter:
     def finished(self, d: Deployment, record: str) -> None:
         # a blocked deployment's reasons were just listed item by item
         why = d.failure if d.failure and d.status.value != "blocked" else ""
-        self._print(f"deployment #{d.id}: {d.status.value}" + (f" — {why}" if why else ""))
+        status = d.status.value
+        if d.dry_run and status == "succeeded":
+            status = "dry run passed, nothing changed"
+        self._print(f"deployment #{d.id}: {status}" + (f" — {why}" if why else ""))
         if record and self.show_record:
             self._print()
             self._print(record.rstrip())
