@@ -21,11 +21,11 @@ KEPT_SUFFIX = "--previous"
 LABEL = "io.deploybot"
 
 
-def explain(exc: Exception) -> str:
+def explain(exc: Exception, docker_host: str | None = None) -> str:
     """A Docker SDK error as a sentence a person can act on (shared by the Docker adapters)."""
     text = str(exc)
-    where = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
-    unreachable = (f"the Docker engine at {where} is not reachable "
+    where = docker_host or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    unreachable = (f"the Docker engine is not reachable at {where} "
                    "(is it running? is DOCKER_HOST right?)")
     if isinstance(exc, docker.errors.DockerException) and "fetching server API version" in text:
         # docker.from_env() asks the engine its API version first and wraps the socket error

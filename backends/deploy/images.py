@@ -53,8 +53,8 @@ class DockerImageBuilder:
             client.ping()
             return client
         except Exception as exc:
-            raise BackendError(f"Docker: {explain(exc)}",
-                               hint="start the engine or set DOCKER_HOST") from None
+            raise BackendError(
+                f"Docker: {explain(exc, self.environ.get('DOCKER_HOST'))}") from None
 
     def _credentials(self, settings: ImageBuild) -> dict[str, str] | None:
         if not settings.username_env and not settings.password_env:

@@ -53,8 +53,9 @@ class Deploybot:
 @pytest.fixture
 def service(docker_client, demo_image, free_port, container_cleanup, tmp_path):
     """A demo service `web` with v1, v2 (healthy), v3 (unhealthy) on a port of its own."""
-    for tag, mode in (("v1", "healthy"), ("v2", "healthy"), ("v3", "unhealthy"),
-                      ("v4", "smoke-broken")):
+    # versions of their own: the demo repository is shared by the whole test session
+    for tag, mode in (("v1", "healthy"), ("v2", "healthy"), ("v3-unhealthy", "unhealthy"),
+                      ("v4-smoke-broken", "smoke-broken")):
         demo_image(tag, mode)
     port, prod_port = free_port(), free_port()
     name = f"dbt-web-{uuid.uuid4().hex[:6]}"
@@ -115,7 +116,7 @@ def test_unhealthy_v3_is_rolled_back_to_v2_and_the_ticket_says_why(service, http
     bot("deploy", bot.ready_ticket("v1"), f"{web}@v1")
     bot("deploy", bot.ready_ticket("v2"), f"{web}@v2")
     t3 = bot.ready_ticket("v3 with the new cache")
-    proc = bot("deploy", t3, f"{web}@v3", check=1)
+    proc = bot("deploy", t3, f"{web}@v3-unhealthy", check=1)
     assert "rolled_back" in proc.stdout
     assert http_get(f"{bot.base}/version").text.strip() == "v2"
     shown = bot.comments(t3)
@@ -131,7 +132,7 @@ def test_unhealthy_v3_is_rolled_back_to_v2_and_the_ticket_says_why(service, http
 def test_broken_smoke_test_rolls_back(service, http_get):
     bot, web = service, service.name
     bot("deploy", bot.ready_ticket("v2"), f"{web}@v2")
-    proc = bot("deploy", bot.ready_ticket("v4"), f"{web}@v4", check=1)
+    proc = bot("deploy", bot.ready_ticket("v4"), f"{web}@v4-smoke-broken", check=1)
     assert "api/ping answered 500" in proc.stdout
     assert http_get(f"{bot.base}/version").text.strip() == "v2"
 
