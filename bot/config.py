@@ -20,6 +20,7 @@ from pydantic import (
 )
 
 from bot.errors import ConfigError
+from bot.freeze import FreezeWindow, zone
 
 DEFAULT_PATH = "deploybot.yaml"
 
@@ -92,6 +93,10 @@ class Environment(Strict):
     allow_self_approval: bool = False
     lock_scope: Literal["environment", "service"] = "environment"
     production: bool = False
+    # Scheduling (bot/scheduler.py, bot/freeze.py): no deploys in these windows without break-glass;
+    # a deployment's lock expires this many seconds after its last heartbeat.
+    freeze: list[FreezeWindow] = Field(default_factory=list)
+    lock_ttl: float = Field(default=900.0, gt=0, le=86400)
 
 
 class Health(Strict):
@@ -206,8 +211,17 @@ class Person(Strict):
     tracker: str | None = None  # login or account id on the tracker
 
 
+class HealthSummary(Strict):
+    """Post every service's state per environment to the channel every so often."""
+
+    every_minutes: float = Field(default=60.0, ge=1, le=10080)
+
+
 class Config(Strict):
     channel: str = "#standup"
+    timezone: str = "UTC"  # what "22:00" and freeze windows mean
+    schedule_grace_minutes: float = Field(default=15.0, ge=0, le=1440)  # run missed jobs this late
+    health_summary: HealthSummary | None = None
     default_environment: str | None = None  # None: the first environment in the file
     tracker: TrackerSettings = TrackerSettings()
     environments: dict[str, Environment]
@@ -225,6 +239,12 @@ class Config(Strict):
                 raise ValueError(f"{name!r} is not a valid name (lower case letters, digits, - and _)")
         if not v:
             raise ValueError("at least one is needed")
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        zone(v)
         return v
 
     @model_validator(mode="after")

@@ -93,6 +93,8 @@ class CheckStatus(str, enum.Enum):
 class GateKind(str, enum.Enum):
     NOTES_ACK = "notes_ack"  # a person confirms they read the deployment notes
     APPROVAL = "approval"  # a person authorised for the environment approves
+    # Deploying inside a freeze window: two distinct authorised people approve, with a reason.
+    BREAK_GLASS = "break_glass"
 
 
 class GateStatus(str, enum.Enum):
@@ -157,6 +159,8 @@ class Lock:
     holder: str
     reason: str
     acquired_at: datetime
+    expires_at: datetime | None = None  # None: held until released (manual locks)
+    heartbeat_at: datetime | None = None  # the holding deployment's last sign of life
 
 
 @dataclass
@@ -180,6 +184,10 @@ class Deployment:
     record_commented: bool = False
     image_digest: str = ""  # what was built and pushed, when the service is built from source
     thread_ref: str = ""  # the front end's handle on its thread (Slack channel:ts), opaque here
+    # Scheduling (bot/scheduler.py): a deployment stays `requested` until these let it start.
+    scheduled_for: datetime | None = None  # not before this time (UTC)
+    queued: bool = False  # waits for its lock instead of being blocked by it
+    break_glass: str = ""  # the reason given for deploying inside a freeze window
     created_at: datetime | None = None
     updated_at: datetime | None = None
     finished_at: datetime | None = None

@@ -7,9 +7,11 @@ import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Callable, Mapping
 
 from bot import checks as checklist
+from bot import freeze as freezing
 from bot import record as records
 from bot.config import Config
 from bot.errors import BackendError, DeploybotError, InputError, NotAllowed, StateError, TrackerError
@@ -106,13 +108,22 @@ class Pipeline:
 
     def request_deploy(self, ticket_ref: str, *, requested_by: str, target: str | None = None,
                        environment: str | None = None, dry_run: bool = False,
-                       request_key: str | None = None) -> Deployment:
-        """Validate a deploy request and store it. InputError changes nothing."""
+                       request_key: str | None = None, at: str | None = None,
+                       queue: bool = False, break_glass: str = "") -> Deployment:
+        """Validate a deploy request and store it. InputError changes nothing.
+
+        `at`: not before this time (bot/scheduler.py starts it); `queue`: wait for a held lock
+        instead of being blocked; `break_glass`: the reason for deploying inside a freeze window.
+        """
         ticket_id = self.tracker.parse_ref(ticket_ref)
         env = self.environment(environment)
         if target:
             service, version = parse_target(target)
             self.service_name(service, env)
+        scheduled_for = (freezing.parse_when(at, now=self.clock.now(), tz=self.config.timezone)
+                         if at else None)
+        if not dry_run:
+            self._refuse_if_frozen(env, scheduled_for or self.clock.now(), break_glass)
         try:
             # A ticket that does not exist (or a tracker that refuses us) changes nothing.
             ticket, comments = self._ticket_and_comments(ticket_id)
@@ -135,8 +146,52 @@ class Pipeline:
         deployment, _ = self.store.create_deployment(
             ticket_id=ticket_id, service=service, version=version, environment=env,
             requested_by=requested_by, dry_run=dry_run, method=backend.method,
-            lock_scope=self.config.lock_scope(service, env), request_key=request_key)
+            lock_scope=self.config.lock_scope(service, env), request_key=request_key,
+            scheduled_for=scheduled_for, queued=queue and not dry_run,
+            break_glass=break_glass.strip())
         return deployment
+
+    def _refuse_if_frozen(self, env: str, at: datetime, break_glass: str) -> None:
+        why = freezing.frozen(self.config.environments[env].freeze, at, self.config.timezone)
+        if why is None:
+            return
+        when = freezing.local(at, self.config.timezone)
+        if not break_glass.strip():
+            raise NotAllowed(f"{env} is frozen at {when}: {why}",
+                             hint="deploy after the window, or break glass with a reason "
+                                  "(--break-glass REASON); two approvers must then approve")
+        env_cfg = self.config.environments[env]
+        if len(env_cfg.approvers) < 2 and not env_cfg.approver_groups:
+            raise NotAllowed(f"{env} is frozen at {when}: {why}; break-glass needs two "
+                             f"authorised approvers but {env} names "
+                             f"{len(env_cfg.approvers)}", hint=f"add approvers to "
+                             f"environments.{env}.approvers")
+
+    def _may_start(self, d: Deployment) -> bool:
+        """A scheduled deployment waits for its time; a queued one for its lock and its turn."""
+        if d.scheduled_for and self.clock.now() < d.scheduled_for:
+            return False
+        if not d.queued or d.kind is not DeploymentKind.DEPLOY:
+            return True
+        for _, text in self.store.expire_locks(d.lock_scope):
+            self._tell("step", d, text)
+        lock = self.store.lock(d.lock_scope)
+        ahead = [q for q in self.store.queue(d.lock_scope) if q.id < d.id
+                 and not (q.scheduled_for and q.scheduled_for > self.clock.now())]
+        if (lock is None or lock.deployment_id == d.id) and not ahead:
+            return True
+        why = self.describe_lock(lock) if lock else f"#{ahead[0].id} is first in the queue"
+        message = f"queued for {d.lock_scope}, position {len(ahead) + 1}: {why}"
+        self.store.record_event(d.id, "deploybot", "queued", message)
+        self._tell("step", d, message)
+        return False
+
+    def queue_position(self, d: Deployment) -> int | None:
+        """1 for the next deployment to take the lock; None when it is not queued."""
+        if not d.queued or d.status is not DeploymentStatus.REQUESTED:
+            return None
+        waiting = [q.id for q in self.store.queue(d.lock_scope)]
+        return waiting.index(d.id) + 1 if d.id in waiting else None
 
     def request_rollback(self, *, requested_by: str, service: str | None = None,
                          ticket_ref: str | None = None, environment: str | None = None,
@@ -188,6 +243,8 @@ class Pipeline:
         d = self.store.deployment(deployment_id)
         try:
             if d.status is DeploymentStatus.REQUESTED:
+                if not self._may_start(d):
+                    return d
                 if d.kind is DeploymentKind.ROLLBACK:
                     return self._check_rollback(d)
                 return self._check(d)
@@ -283,6 +340,14 @@ class Pipeline:
         lock_row.status, lock_row.reason = self._lock_outcome(d, take=not failed and not d.dry_run)
         self._save_check(d, lock_row)
         failed = [r for r in rows.values() if r.status is CheckStatus.FAILED]
+        env = self.config.environments[d.environment]
+        frozen = freezing.frozen(env.freeze, self.clock.now(), self.config.timezone)
+        if frozen and not d.dry_run and not d.break_glass:
+            row = CheckResult(d.id, "freeze", "Freeze window", len(rows) + 1, CheckStatus.FAILED,
+                              f"{d.environment} is in a {frozen}; break-glass needs a reason "
+                              "and two approvers")
+            self._save_check(d, row)
+            failed.append(row)
 
         if failed:
             return self._block(d, failed)
@@ -293,7 +358,13 @@ class Pipeline:
                                for c in notes)
             self.store.create_gate(d.id, GateKind.NOTES_ACK,
                                    f"Deployment notes on {d.ticket_id}:\n\n{text}")
-        env = self.config.environments[d.environment]
+        if frozen and d.break_glass:
+            for n in (1, 2):
+                self.store.create_gate(
+                    d.id, GateKind.BREAK_GLASS,
+                    f"Break glass ({n} of 2, two different approvers): deploy {d.service} "
+                    f"{d.version} to {d.environment} inside the {frozen}. "
+                    f"Reason given: {d.break_glass}")
         for n in range(env.approvals_required):
             self.store.create_gate(
                 d.id, GateKind.APPROVAL,
@@ -303,14 +374,17 @@ class Pipeline:
         if self.store.gates(d.id):
             d = self.store.transition(d.id, DeploymentStatus.AWAITING_APPROVAL)
             return self._ask_gates(d)
-        return self._deploy(d)
+        return self._deploy_alive(d)
 
     def _lock_outcome(self, d: Deployment, *, take: bool) -> tuple[CheckStatus, str]:
         scope = d.lock_scope
+        for _, text in self.store.expire_locks(scope):
+            self._tell("step", d, text)
         if take:
             ok, lock = self.store.acquire_lock(
                 scope, holder=d.requested_by, deployment_id=d.id,
-                reason=f"deploying {d.service} {d.version} ({d.ticket_id})")
+                reason=f"deploying {d.service} {d.version} ({d.ticket_id})",
+                ttl=self.config.environments[d.environment].lock_ttl)
             if ok:
                 return CheckStatus.PASSED, f"{scope} locked for this deployment"
             return CheckStatus.FAILED, self.describe_lock(lock)
@@ -383,10 +457,11 @@ class Pipeline:
                 who = ", ".join(env.approvers + env.approver_groups)
                 raise NotAllowed(f"{user} may not approve deployments to {d.environment}",
                                  hint=f"approvers: {who}")
-        if self.config.same_person(user, d.requested_by) and not env.allow_self_approval:
+        if self.config.same_person(user, d.requested_by) and (
+                not env.allow_self_approval or gate.kind is GateKind.BREAK_GLASS):
             raise NotAllowed(f"{user} requested this deployment and cannot approve it",
                              hint="another approver has to")
-        for other in self.store.gates(d.id, kind=GateKind.APPROVAL):
+        for other in self.store.gates(d.id, kind=gate.kind):
             if other.id != gate.id and other.status is GateStatus.APPROVED and \
                     other.decided_by and self.config.same_person(other.decided_by, user):
                 raise NotAllowed(f"{user} already approved this deployment",
@@ -444,7 +519,14 @@ class Pipeline:
                 any(g.status is not GateStatus.APPROVED for g in gates):
             return d
         self.store.adopt(d.id)
-        return self._deploy(d)
+        return self._deploy_alive(d)
+
+    def _deploy_alive(self, d: Deployment) -> Deployment:
+        """Deploy while a heartbeat keeps the lock from expiring (steps heartbeat as well)."""
+        from bot.scheduler import Heartbeat
+
+        with Heartbeat(self.store, d.id, self.config.environments[d.environment].lock_ttl):
+            return self._deploy(d)
 
     def pending_gates(self, deployment_id: int) -> list[Gate]:
         return [g for g in self.store.gates(deployment_id) if g.status is GateStatus.PENDING]
@@ -452,7 +534,10 @@ class Pipeline:
     # -- execution --------------------------------------------------------------------------------
 
     def _step(self, d: Deployment) -> Callable[[str], None]:
+        ttl = self.config.environments[d.environment].lock_ttl
+
         def step(message: str) -> None:
+            self.store.heartbeat(d.id, ttl)
             self.store.record_event(d.id, "deploybot", "step", message)
             self._tell("step", d, message)
         return step
@@ -559,7 +644,7 @@ class Pipeline:
         self._save_check(d, row)
         if row.status is CheckStatus.FAILED:
             return self._block(d, [row])
-        return self._deploy(d)
+        return self._deploy_alive(d)
 
     # -- the record -------------------------------------------------------------------------------
 

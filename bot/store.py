@@ -7,7 +7,7 @@ import sqlite3
 import threading
 from contextlib import contextmanager
 from dataclasses import fields
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -89,7 +89,17 @@ def _m2_image_digest(db: sqlite_utils.Database) -> None:
     db["deployments"].add_column("image_digest", str)
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_initial, _m2_image_digest]
+def _m3_schedules(db: sqlite_utils.Database) -> None:
+    """Scheduled and queued deployments, break-glass reasons, lock TTLs with heartbeats."""
+    db["deployments"].add_column("scheduled_for", str)
+    db["deployments"].add_column("queued", int, not_null_default=0)
+    db["deployments"].add_column("break_glass", str, not_null_default="")
+    db["locks"].add_column("expires_at", str)  # NULL: never expires (manual locks)
+    db["locks"].add_column("heartbeat_at", str)
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
+    _m1_initial, _m2_image_digest, _m3_schedules]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -170,19 +180,21 @@ class Store:
         data = {k: v for k, v in row.items() if k in names}
         data["status"] = DeploymentStatus(data["status"])
         data["kind"] = DeploymentKind(data["kind"] or "deploy")
-        for key in ("dry_run", "record_posted", "record_commented"):
+        for key in ("dry_run", "record_posted", "record_commented", "queued"):
             data[key] = bool(data[key])
-        for key in ("created_at", "updated_at", "finished_at"):
+        for key in ("created_at", "updated_at", "finished_at", "scheduled_for"):
             data[key] = _dt(data[key])
         for key in ("failure", "verification", "record", "thread_ref", "method", "lock_scope",
-                    "image_digest"):
+                    "image_digest", "break_glass"):
             data[key] = data[key] or ""
         return Deployment(**data)
 
     def create_deployment(self, *, ticket_id: str, service: str, version: str, environment: str,
                           requested_by: str, kind: DeploymentKind = DeploymentKind.DEPLOY,
                           dry_run: bool = False, lock_scope: str = "", method: str = "",
-                          request_key: str | None = None) -> tuple[Deployment, bool]:
+                          request_key: str | None = None, scheduled_for: datetime | None = None,
+                          queued: bool = False,
+                          break_glass: str = "") -> tuple[Deployment, bool]:
         """Returns (deployment, created). A repeated request_key returns the first deployment."""
         now = _ts(self.now())
         with self.transaction() as db:
@@ -199,12 +211,16 @@ class Store:
                 "status": DeploymentStatus.REQUESTED.value, "kind": kind.value,
                 "dry_run": int(dry_run), "lock_scope": lock_scope, "method": method,
                 "request_key": request_key, "owner_pid": os.getpid(),
-                "created_at": now, "updated_at": now,
+                "created_at": now, "updated_at": now, "scheduled_for": _ts(scheduled_for),
+                "queued": int(queued), "break_glass": break_glass,
             })
             dep_id = table.last_pk
             self._event(dep_id, requested_by, "requested",
                         f"{kind.value} {service}@{version} to {environment} for {ticket_id}"
-                        + (" (dry run)" if dry_run else ""))
+                        + (" (dry run)" if dry_run else "")
+                        + (f" at {_ts(scheduled_for)}" if scheduled_for else "")
+                        + (" (queued)" if queued else "")
+                        + (f" (break-glass: {break_glass})" if break_glass else ""))
             return self.deployment(dep_id), True
 
     def deployment(self, deployment_id: int) -> Deployment:
@@ -293,6 +309,8 @@ class Store:
         out = []
         with self.transaction() as db:
             for dep in self.deployments(statuses=active, limit=1000):
+                if dep.status is DeploymentStatus.REQUESTED and (dep.scheduled_for or dep.queued):
+                    continue  # waits for a time or a lock, not for its process
                 pid = db["deployments"].get(dep.id)["owner_pid"]
                 if pid and (pid == os.getpid() or is_alive(pid)):
                     continue
@@ -304,6 +322,23 @@ class Store:
                 ))
                 self.release_locks_of(dep.id)
         return out
+
+    def scheduled(self) -> list[Deployment]:
+        """Deployments waiting for their time, earliest first."""
+        with self._lock:
+            return [self._deployment(r) for r in self.db.query(
+                "SELECT * FROM deployments WHERE status = 'requested' AND scheduled_for IS NOT NULL "
+                "ORDER BY scheduled_for, id")]
+
+    def queue(self, scope: str | None = None) -> list[Deployment]:
+        """Deployments waiting for a lock, first come first served (by scope when given)."""
+        sql = "SELECT * FROM deployments WHERE status = 'requested' AND queued = 1"
+        args: list[Any] = []
+        if scope is not None:
+            sql += " AND lock_scope = ?"
+            args.append(scope)
+        with self._lock:
+            return [self._deployment(r) for r in self.db.query(sql + " ORDER BY id", args)]
 
     def adopt(self, deployment_id: int) -> None:
         """This process now drives the deployment (used when a gate decision resumes it)."""
@@ -387,20 +422,67 @@ class Store:
     @staticmethod
     def _lock_row(row: dict[str, Any]) -> Lock:
         return Lock(scope=row["scope"], deployment_id=row["deployment_id"], holder=row["holder"],
-                    reason=row["reason"] or "", acquired_at=_dt(row["acquired_at"]))
+                    reason=row["reason"] or "", acquired_at=_dt(row["acquired_at"]),
+                    expires_at=_dt(row.get("expires_at")),
+                    heartbeat_at=_dt(row.get("heartbeat_at")))
 
     def acquire_lock(self, scope: str, *, holder: str, reason: str,
-                     deployment_id: int | None = None) -> tuple[bool, Lock]:
-        """Atomic: (True, lock) when taken now or already ours; (False, holder's lock) otherwise."""
+                     deployment_id: int | None = None,
+                     ttl: float | None = None) -> tuple[bool, Lock]:
+        """Atomic: (True, lock) when taken now or already ours; (False, holder's lock) otherwise.
+
+        `ttl` (seconds): the lock expires unless its deployment heartbeats; an expired lock is
+        released here (and said so in the audit trail) and counts as free.
+        """
         with self.transaction() as db:
+            self._expire_locks(scope)
             lock = self.lock(scope)
             if lock:
                 mine = deployment_id is not None and lock.deployment_id == deployment_id
                 return mine, lock
+            now = self.now()
             db["locks"].insert({"scope": scope, "deployment_id": deployment_id, "holder": holder,
-                                "reason": reason, "acquired_at": _ts(self.now())})
+                                "reason": reason, "acquired_at": _ts(now),
+                                "heartbeat_at": _ts(now) if ttl else None,
+                                "expires_at": _ts(now + timedelta(seconds=ttl)) if ttl else None})
             self._event(deployment_id, holder, "lock.acquired", f"{scope}: {reason}")
             return True, self.lock(scope)
+
+    def heartbeat(self, deployment_id: int, ttl: float) -> int:
+        """The running deployment is alive: push its locks' expiry `ttl` seconds ahead."""
+        now = self.now()
+        with self.transaction() as db:
+            cur = db.execute(
+                "UPDATE locks SET heartbeat_at = ?, expires_at = ? "
+                "WHERE deployment_id = ? AND expires_at IS NOT NULL",
+                [_ts(now), _ts(now + timedelta(seconds=ttl)), deployment_id])
+            return cur.rowcount
+
+    def expire_locks(self, scope: str | None = None) -> list[tuple[Lock, str]]:
+        """Release every expired lock (or `scope`'s); returns each with what happened, in words."""
+        with self.transaction():
+            return self._expire_locks(scope)
+
+    def _expire_locks(self, scope: str | None) -> list[tuple[Lock, str]]:
+        # A deployment waiting for a person does not heartbeat: its lock waits with it.
+        sql = ("SELECT l.* FROM locks l LEFT JOIN deployments d ON d.id = l.deployment_id "
+               "WHERE l.expires_at IS NOT NULL AND l.expires_at < ? "
+               "AND (d.status IS NULL OR d.status != 'awaiting_approval')")
+        args: list[Any] = [_ts(self.now())]
+        if scope is not None:
+            sql += " AND l.scope = ?"
+            args.append(scope)
+        said = []
+        for row in list(self.db.query(sql, args)):
+            lock = self._lock_row(row)
+            self.db["locks"].delete(lock.scope)
+            who = f"#{lock.deployment_id}" if lock.deployment_id else lock.holder
+            text = (f"lock of {who} on {lock.scope} expired at "
+                    f"{lock.expires_at:%Y-%m-%d %H:%M:%S UTC} (no heartbeat since "
+                    f"{(lock.heartbeat_at or lock.acquired_at):%Y-%m-%d %H:%M:%S UTC}), released")
+            self._event(lock.deployment_id, "deploybot", "lock.expired", text)
+            said.append((lock, text))
+        return said
 
     def lock(self, scope: str) -> Lock | None:
         with self._lock:

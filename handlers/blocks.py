@@ -191,7 +191,8 @@ def checklist_message(config: Config, d: Deployment, checks: list[CheckResult]) 
 
 def gate_message(config: Config, d: Deployment, gate: Gate) -> Message:
     """A gate with its buttons while it is open; afterwards, who decided and how."""
-    kind = "Deployment notes" if gate.kind is GateKind.NOTES_ACK else "Approval"
+    kind = {GateKind.NOTES_ACK: "Deployment notes",
+            GateKind.BREAK_GLASS: "Break-glass approval"}.get(gate.kind, "Approval")
     blocks = [_section(f"*{kind}* (gate #{gate.id})")]
     blocks += [_section(chunk) for chunk in _chunks(escape(gate.prompt))][:20]
     if gate.status is GateStatus.PENDING and d.status is DeploymentStatus.AWAITING_APPROVAL:
@@ -204,7 +205,8 @@ def gate_message(config: Config, d: Deployment, gate: Gate) -> Message:
             if env.approver_groups:
                 who += " or " + ", ".join(f"<!subteam^{g}>" for g in env.approver_groups)
             blocks.append(_context(f"Who may approve: {who}"
-                                   + ("" if env.allow_self_approval else
+                                   + ("" if env.allow_self_approval
+                                      and gate.kind is not GateKind.BREAK_GLASS else
                                       f" — not {person(config, d.requested_by)}, who requested it")))
             blocks.append(_actions(
                 f"gate-{gate.id}",
@@ -217,7 +219,7 @@ def gate_message(config: Config, d: Deployment, gate: Gate) -> Message:
                                f"{STATUS_LINE[d.status][1]}"))
         text = f"{kind}: no longer needed"
     else:
-        verb = {GateKind.NOTES_ACK: "acknowledged", GateKind.APPROVAL: "approved"}[gate.kind] \
+        verb = ("acknowledged" if gate.kind is GateKind.NOTES_ACK else "approved") \
             if gate.status is GateStatus.APPROVED else "rejected"
         emoji = ":white_check_mark:" if gate.status is GateStatus.APPROVED else ":no_entry_sign:"
         line = f"{emoji} {verb} by {person(config, gate.decided_by)}"

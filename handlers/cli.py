@@ -5,13 +5,17 @@ from __future__ import annotations
 import argparse
 import getpass
 import os
+import signal
 import sys
+import threading
 from typing import Sequence
 
 from bot import config as configuration
 from bot.errors import ConfigError, DeploybotError, InputError, NotAllowed
 from bot.models import Deployment, DeploymentStatus, GateKind
+from bot import freeze as freezing
 from bot.pipeline import Pipeline
+from bot.scheduler import DeployScheduler, precheck, waiting_note
 from bot.store import Store
 from handlers import commands
 from handlers.terminal import TerminalApprover, TerminalReporter
@@ -23,6 +27,10 @@ EPILOG = """examples:
   deploybot deploy DEMO-1                       service@version from the ticket
   deploybot deploy DEMO-1 web@v2 --env production --approve-as bob
   deploybot deploy DEMO-1 --dry-run
+  deploybot deploy DEMO-1 --at 22:00            schedule it (checked now and again at 22:00)
+  deploybot deploy DEMO-1 --queue               wait in line when the lock is held
+  deploybot deploy DEMO-1 --env production --break-glass "payments down"   inside a freeze
+  deploybot scheduler                           run scheduled and queued deployments (foreground)
   deploybot approve 7 --as bob                  decide a pending gate, resume the deployment
   deploybot rollback web --to v1 --env staging
   deploybot status | deploybot history web
@@ -95,15 +103,39 @@ def cmd_deploy(ctx: Context, args: argparse.Namespace) -> int:
         words += ["to", args.env]
     if args.dry_run:
         words.append("--dry-run")
+    if args.at:
+        words += ["--at", args.at]
+    if args.queue:
+        words.append("--queue")
     req = commands.parse_deploy(" ".join(words), environments=list(ctx.config.environments))
     if not isinstance(req, commands.DeployRequest):
         raise InputError(f"{args.ticket!r} is not a ticket",
                          hint="status, history, lock and unlock are commands of their own here")
     pipeline = ctx.pipeline(args.approve_as)
     d = pipeline.request_deploy(req.ticket, requested_by=_user(args), target=req.target,
-                                environment=req.environment, dry_run=req.dry_run)
+                                environment=req.environment, dry_run=req.dry_run, at=req.at,
+                                queue=req.queue, break_glass=args.break_glass or req.break_glass)
+    if d.scheduled_for:
+        return _scheduled(ctx, pipeline, d)
     d = pipeline.run(d.id)
+    if d.status is DeploymentStatus.REQUESTED and d.queued:
+        print(f"deployment #{d.id} is {waiting_note(pipeline, d)}; `deploybot scheduler` (or "
+              "`deploybot run`) starts it when the lock frees", file=sys.stderr)
+        return EXIT_PENDING
     return _outcome(d, pipeline)
+
+
+def _scheduled(ctx: Context, pipeline: Pipeline, d: Deployment) -> int:
+    """The checklist now, as a dry run; the deployment itself waits for the scheduler."""
+    print(f"deployment #{d.id} scheduled for "
+          f"{freezing.local(d.scheduled_for, ctx.config.timezone)}; checking it now (dry run):")
+    dry = precheck(pipeline, d)
+    verdict = ("passes now" if dry.status is DeploymentStatus.SUCCEEDED
+               else "does not pass now; it is checked again at its time")
+    print(f"deployment #{d.id}: the checklist {verdict} (dry run #{dry.id}); "
+          "`deploybot scheduler` (or `deploybot run`) must be running then; "
+          f"`deploybot cancel {d.id}` cancels it")
+    return EXIT_OK
 
 
 def cmd_rollback(ctx: Context, args: argparse.Namespace) -> int:
@@ -181,7 +213,8 @@ def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
     active = pipeline.active()
     print("In progress:" if active else "In progress: none")
     for d in active:
-        print(f"  {_line(d)}")
+        note = waiting_note(pipeline, d)
+        print(f"  {_line(d)}" + (f"\n       waiting: {note}" if note else ""))
     print("Running now:")
     for name in ctx.config.services:
         for env in ctx.config.environments:
@@ -290,6 +323,27 @@ def cmd_ticket(ctx: Context, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_scheduler(ctx: Context, args: argparse.Namespace,
+                  stop: threading.Event | None = None) -> int:
+    """Terminal-only teams: scheduled and queued deployments start here, in the foreground."""
+    pipeline = ctx.pipeline(interactive=False)
+    scheduler = DeployScheduler(pipeline, tick_seconds=args.tick)
+    stop = stop or threading.Event()
+    previous = signal.getsignal(signal.SIGTERM) if threading.current_thread() is \
+        threading.main_thread() else None
+    if previous is not None:
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    print(f"deploybot scheduler: every {args.tick:g} s; Ctrl-C stops it", flush=True)
+    try:
+        scheduler.run_forever(stop, on_line=lambda line: print(line, flush=True))
+    except KeyboardInterrupt:
+        scheduler.shutdown()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    return EXIT_OK
+
+
 def cmd_run(ctx: Context, args: argparse.Namespace) -> int:
     try:
         from handlers.slack_app import serve
@@ -323,6 +377,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--env", help="environment (default: the config's default)")
     d.add_argument("--dry-run", action="store_true", help="run the checklist, change nothing")
     d.add_argument("--approve-as", metavar="NAME", help="decide every gate as NAME (scripts)")
+    d.add_argument("--at", metavar="WHEN", help="schedule it: 22:00 (the next one, in the "
+                   "config's timezone) or 2026-11-27T22:00")
+    d.add_argument("--queue", action="store_true",
+                   help="when the lock is held, wait in line instead of being blocked")
+    d.add_argument("--break-glass", metavar="REASON",
+                   help="deploy inside a freeze window; two approvers must approve")
     d.set_defaults(func=cmd_deploy)
 
     r = sub.add_parser("rollback", help="roll a service (or a ticket's deployment) back")
@@ -386,6 +446,11 @@ def build_parser() -> argparse.ArgumentParser:
     tw = tsub.add_parser("show")
     tw.add_argument("ticket")
     t.set_defaults(func=cmd_ticket)
+
+    sc = sub.add_parser("scheduler", help="run scheduled and queued deployments (foreground)")
+    sc.add_argument("--tick", type=float, default=5.0, metavar="SECONDS",
+                    help="how often the store is read for due and queued deployments")
+    sc.set_defaults(func=cmd_scheduler)
 
     rn = sub.add_parser("run", help="start the Slack front end")
     rn.add_argument("--http", action="store_true", help="serve HTTP instead of Socket Mode")

@@ -17,6 +17,8 @@ from bot.pipeline import parse_target, validate_version
 DEPLOY_USAGE = """\
 *Usage*
 • `/deploy TICKET-123 [service@version] [to ENV] [--dry-run]`  deploy a ticket
+• `/deploy TICKET-123 … at 22:00` (or `at 2026-11-27T22:00`)  schedule it; `--queue` waits for a held lock
+• `/deploy TICKET-123 … --break-glass REASON`  inside a freeze window: two approvers must approve
 • `/deploy status`  locks and deployments in progress
 • `/deploy history [service]`  the last deployments
 • `/deploy lock [ENV] reason`  ·  `/deploy unlock [ENV] reason`
@@ -37,6 +39,10 @@ SLACK_LINK_RE = re.compile(r"<([^<>|]+)(?:\|[^<>]*)?>")
 MENTION_RE = re.compile(r"^\s*(<@[A-Z0-9]+(\|[^>]*)?>\s*)+")
 # Phones and Slack turn "--" into dashes: accept every spelling of the flag.
 DRY_RUN_FLAGS = {"--dry-run", "—dry-run", "–dry-run", "-dry-run", "dry-run", "--dryrun", "—dryrun"}
+AT_WORDS = {"at", "--at", "—at", "–at"}
+QUEUE_FLAGS = {"--queue", "—queue", "–queue", "queue"}
+BREAK_GLASS_FLAGS = {"--break-glass", "—break-glass", "–break-glass", "break-glass"}
+DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
 class UsageError(InputError):
@@ -56,6 +62,9 @@ class DeployRequest:
     target: str | None = None  # service@version; None: the ticket says
     environment: str | None = None  # None: the config's default
     dry_run: bool = False
+    at: str | None = None  # "22:00" or "2026-11-27T22:00": schedule it (bot/scheduler.py)
+    queue: bool = False  # wait for a held lock instead of being blocked
+    break_glass: str = ""  # the reason for deploying inside a freeze window
 
 
 @dataclass(frozen=True)
@@ -136,13 +145,30 @@ def parse_deploy(text: str, *, environments: Collection[str] = ()) -> Request:
     ticket, rest = args[0], args[1:]
     if ticket.startswith("-") or ticket.startswith("—") or "@" in ticket:
         raise UsageError(f"{ticket!r} is not a ticket; the ticket comes first")
-    target = environment = None
-    dry_run = False
+    target = environment = at = None
+    dry_run = queue = False
+    break_glass = ""
     i = 0
     while i < len(rest):
         word, low = rest[i], rest[i].lower()
         if low in DRY_RUN_FLAGS:
             dry_run = True
+        elif low in QUEUE_FLAGS:
+            queue = True
+        elif low in BREAK_GLASS_FLAGS:
+            break_glass = " ".join(rest[i + 1:]).strip().strip('"\'“”')
+            if not break_glass:
+                raise UsageError("break-glass needs a reason after it")
+            break
+        elif low in AT_WORDS:
+            if i + 1 >= len(rest):
+                raise UsageError(f"'{word}' needs a time after it, like 22:00")
+            if at:
+                raise UsageError("give the time once")
+            at = rest[i + 1]
+            i += 1
+            if DATE_RE.match(at) and i + 1 < len(rest) and ":" in rest[i + 1]:
+                at, i = f"{at}T{rest[i + 1]}", i + 1  # "at 2026-11-27 22:00"
         elif low in ("to", "in", "--env", "—env"):
             if i + 1 >= len(rest):
                 raise UsageError(f"'{word}' needs an environment after it")
@@ -161,7 +187,10 @@ def parse_deploy(text: str, *, environments: Collection[str] = ()) -> Request:
         else:
             raise UsageError(f"I do not understand {word!r}")
         i += 1
-    return DeployRequest(ticket=ticket, target=target, environment=environment, dry_run=dry_run)
+    if at and dry_run:
+        raise UsageError("a dry run runs now; schedule the deployment itself")
+    return DeployRequest(ticket=ticket, target=target, environment=environment, dry_run=dry_run,
+                         at=at, queue=queue, break_glass=break_glass)
 
 
 def _split_env(args: list[str], environments: Collection[str]) -> tuple[str | None, str]:

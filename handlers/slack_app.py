@@ -47,6 +47,8 @@ from handlers.commands import (
     parse_mention,
     parse_rollback,
 )
+from bot import freeze as freezing
+from bot.scheduler import DeployScheduler, precheck, waiting_note
 from handlers.slack_reporter import SlackReporter
 from handlers.wiring import build_pipeline
 
@@ -213,6 +215,8 @@ class SlackFrontEnd:
         self.reporter = SlackReporter(client, store, config, on_change=self.home.refresh_soon)
         self.pipeline = build_pipeline(config, store, reporter=self.reporter,
                                        approver=self.reporter, environ=environ, tracker=tracker)
+        # Scheduled and queued deployments; started by serve() (it posts health summaries too).
+        self.scheduler = DeployScheduler(self.pipeline, summary=self.reporter.summary)
         self._claimed: set[int] = set()
         self._claim_lock = threading.Lock()
         self._channel_names: dict[str, str] = {}
@@ -244,6 +248,7 @@ class SlackFrontEnd:
 
     def close(self) -> None:
         """Start nothing new; let the deployments that are running finish (they have timeouts)."""
+        self.scheduler.shutdown()
         self.executor.shutdown(wait=True, cancel_futures=True)
 
     def resume(self) -> None:
@@ -356,8 +361,12 @@ class SlackFrontEnd:
         elif isinstance(req, DeployRequest):
             d = p.request_deploy(req.ticket, requested_by=user, target=req.target,
                                  environment=req.environment, dry_run=req.dry_run,
-                                 request_key=request_key)
-            self.start(d, channel, user)
+                                 request_key=request_key, at=req.at, queue=req.queue,
+                                 break_glass=req.break_glass)
+            if d.scheduled_for:
+                self._schedule(d, channel, user)
+            else:
+                self.start(d, channel, user)
         elif isinstance(req, RollbackRequest):
             d = p.request_rollback(requested_by=user, service=req.service, ticket_ref=req.ticket,
                                    environment=req.environment, to_version=req.to_version,
@@ -366,6 +375,11 @@ class SlackFrontEnd:
         elif isinstance(req, StatusRequest):
             msg = blocks.status_message(self.config, self.store.locks(), p.active(),
                                         self._running_now())
+            waiting = [f"#{d.id} {blocks.what(d)}: {waiting_note(p, d)}" for d in p.active()
+                       if waiting_note(p, d)]
+            if waiting:
+                msg.blocks.insert(2, {"type": "section", "text": {
+                    "type": "mrkdwn", "text": "*Waiting*\n" + blocks.escape("\n".join(waiting))}})
             self.reporter.call("chat_postEphemeral", channel=channel, user=user, **msg.kwargs())
         elif isinstance(req, HistoryRequest):
             rows = p.history(req.service, req.environment, limit=15)
@@ -388,6 +402,25 @@ class SlackFrontEnd:
             self.ephemeral(channel, user, f"Cancelled deployment #{d.id} ({blocks.what(d)}).")
         else:  # pragma: no cover - the parser returns nothing else
             raise InputError(f"unsupported request {req!r}")
+
+    def _schedule(self, d: Deployment, channel: str, user: str) -> None:
+        """A scheduled deployment: its thread now, the checklist now as a dry run, a job."""
+        with self._claim_lock:
+            if d.id in self._claimed:
+                self.ephemeral(channel, user, f"Already received: deployment #{d.id}.")
+                return
+            self._claimed.add(d.id)
+        self.reporter.open_thread(d, channel)
+        self.scheduler.add(d)
+        when = freezing.local(d.scheduled_for, self.config.timezone)
+        self.reporter.step(d, f"Scheduled for {when}: the checklist runs now as a dry run and "
+                              "again at that time.")
+        dry = precheck(self.pipeline, d, run=lambda dry: self.start(dry, channel))
+        verdict = ("passes now" if dry.status is DeploymentStatus.SUCCEEDED
+                   else f"does not pass now ({dry.failure}); it runs again at {when}")
+        self.reporter.step(d, f"Checklist now (dry run #{dry.id}): {verdict}.")
+        self.ephemeral(channel, user, f"Scheduled deployment #{d.id} ({blocks.what(d)}) for "
+                                      f"{when}. `/deploy cancel #{d.id}` cancels it.")
 
     def _to_cancel(self, req: CancelRequest) -> Deployment:
         if req.deployment_id is not None:
@@ -523,6 +556,8 @@ def serve(ctx, args, *, environ: Mapping[str, str] | None = None,
     server = handler = None
     try:
         front.resume()
+        for line in front.scheduler.start():
+            log.info("scheduler: %s", line)
         if http:
             server = make_http_server(front.app, args.host, args.port)
             threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},

@@ -215,3 +215,8 @@ class SlackReporter:
         self._post_in_thread(d, "final", blocks.final_message(self.config, d, record))
         self.refresh_root(d)
         self.on_change()
+
+    def summary(self, text: str) -> None:
+        """Not about one deployment (the periodic health summary): a message in the channel."""
+        self.call("chat_postMessage", channel=self.default_channel, unfurl_links=False,
+                  text=f"```{blocks.escape(text)}```")

@@ -71,6 +71,10 @@ class TerminalReporter:
             self._print()
             self._print(record.rstrip())
 
+    def summary(self, text: str) -> None:
+        """Not about one deployment (the periodic health summary)."""
+        self._print(text)
+
 
 class TerminalApprover:
     """Decides gates at the terminal: --approve-as NAME for scripts, a prompt for people.

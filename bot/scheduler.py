@@ -1,0 +1,289 @@
+"""Time-driven work: scheduled deployments, the lock queue, lock heartbeats, health summaries.
+
+The store is the truth: a scheduled deployment is a `requested` row with `scheduled_for`, a
+queued one a `requested` row with `queued`. APScheduler (3.x, in memory) only wakes us up: at
+start every stored schedule gets its job back, and a periodic tick re-reads the store, so rows
+written by another process (`deploybot deploy … --at`) are found too.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import datetime, timedelta, timezone
+from typing import Callable
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.date import DateTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from bot import freeze as freezing
+from bot.errors import DeploybotError, StateError
+from bot.models import Deployment, DeploymentStatus
+from bot.store import Store
+
+log = logging.getLogger("deploybot.scheduler")
+
+
+class Heartbeat:
+    """While a deployment runs, push its lock's expiry ahead every ttl/3 seconds."""
+
+    def __init__(self, store: Store, deployment_id: int, ttl: float) -> None:
+        self.store, self.deployment_id, self.ttl = store, deployment_id, ttl
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _beat(self) -> None:
+        try:
+            self.store.heartbeat(self.deployment_id, self.ttl)
+        except Exception:  # a missed beat only shortens the lock's life; never stop a deploy
+            log.exception("heartbeat of #%s failed", self.deployment_id)
+
+    def __enter__(self) -> "Heartbeat":
+        self._beat()
+        interval = max(1.0, self.ttl / 3)
+
+        def loop() -> None:
+            while not self._stop.wait(interval):
+                self._beat()
+        self._thread = threading.Thread(target=loop, daemon=True,
+                                        name=f"deploybot-heartbeat-{self.deployment_id}")
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+def precheck(pipeline, d: Deployment,
+             run: Callable[[Deployment], object] | None = None) -> Deployment:
+    """The checklist at request time for a scheduled deployment: a dry run of the same request.
+
+    The dry run is a deployment row of its own (so its checklist is kept and shown); the
+    scheduled row's audit trail says how it went. `run` lets a front end open its thread first.
+    """
+    dry, _ = pipeline.store.create_deployment(
+        ticket_id=d.ticket_id, service=d.service, version=d.version, environment=d.environment,
+        requested_by=d.requested_by, dry_run=True, method=d.method, lock_scope=d.lock_scope,
+        request_key=f"precheck:{d.id}")
+    if run is not None:
+        run(dry)
+    else:
+        pipeline.run(dry.id)
+    dry = pipeline.store.deployment(dry.id)
+    when = freezing.local(d.scheduled_for, pipeline.config.timezone) if d.scheduled_for else "now"
+    outcome = ("passed" if dry.status is DeploymentStatus.SUCCEEDED
+               else f"{dry.status.value}: {dry.failure}")
+    pipeline.store.record_event(d.id, "deploybot", "precheck",
+                                f"checklist now (dry run #{dry.id}) {outcome}; "
+                                f"it runs again at {when}")
+    return dry
+
+
+class DeployScheduler:
+    """Starts due deployments, drains lock queues, releases expired locks, posts health."""
+
+    def __init__(self, pipeline, *, start: Callable[[Deployment], object] | None = None,
+                 tick_seconds: float = 5.0,
+                 summary: Callable[[str], None] | None = None) -> None:
+        self.pipeline = pipeline
+        self.store: Store = pipeline.store
+        self.config = pipeline.config
+        self.clock = pipeline.clock
+        self.start_deployment = start or (lambda d: pipeline.run(d.id))
+        self.summary = summary
+        self.tick_seconds = tick_seconds
+        self.grace = timedelta(minutes=self.config.schedule_grace_minutes)
+        self.aps = BackgroundScheduler(timezone=timezone.utc, job_defaults={
+            "coalesce": True, "max_instances": 1,
+            "misfire_grace_time": int(self.grace.total_seconds()) or 1})
+        self._busy: set[int] = set()
+        self._busy_lock = threading.Lock()
+
+    # -- life -----------------------------------------------------------------------------------
+
+    def start(self) -> list[str]:
+        """Re-register every stored schedule (missed ones run within the grace or are marked
+        missed), then start the periodic jobs. Returns what happened, for the log."""
+        said = self.reregister()
+        self.aps.add_job(self.tick, IntervalTrigger(seconds=self.tick_seconds), id="tick",
+                         replace_existing=True)
+        if self.config.health_summary:
+            self.aps.add_job(self.post_health_summary,
+                             IntervalTrigger(minutes=self.config.health_summary.every_minutes),
+                             id="health-summary", replace_existing=True)
+        self.aps.start()
+        return said
+
+    def shutdown(self) -> None:
+        if self.aps.running:
+            self.aps.shutdown(wait=True)
+
+    def jobs(self) -> list[str]:
+        return sorted(j.id for j in self.aps.get_jobs())
+
+    # -- scheduled deployments ------------------------------------------------------------------
+
+    def add(self, d: Deployment) -> None:
+        """A job that starts `d` at its time (the tick would find it too, a little later)."""
+        if d.scheduled_for is None:
+            return
+        self.aps.add_job(self.execute, DateTrigger(run_date=d.scheduled_for), args=[d.id],
+                         id=f"deploy-{d.id}", replace_existing=True)
+
+    def reregister(self) -> list[str]:
+        said = []
+        now = self.clock.now()
+        for d in self.store.scheduled():
+            if d.scheduled_for > now:
+                self.add(d)
+                said.append(f"deployment #{d.id} scheduled for "
+                            f"{freezing.local(d.scheduled_for, self.config.timezone)}")
+        said += self.run_due()
+        return said
+
+    def run_due(self) -> list[str]:
+        """Start every scheduled deployment whose time has come; mark missed ones."""
+        said = []
+        now = self.clock.now()
+        for d in self.store.scheduled():
+            if d.scheduled_for > now or d.queued:
+                continue  # a queued one waits for its lock: drain_queue starts it
+            if now - d.scheduled_for > self.grace:
+                said.append(self._missed(d, now))
+                continue
+            self.execute(d.id)
+            said.append(f"deployment #{d.id} started (scheduled for "
+                        f"{freezing.local(d.scheduled_for, self.config.timezone)})")
+        return said
+
+    def _missed(self, d: Deployment, now: datetime) -> str:
+        tz = self.config.timezone
+        text = (f"missed: scheduled for {freezing.local(d.scheduled_for, tz)} but deploybot was "
+                f"not running until {freezing.local(now, tz)} (more than "
+                f"{self.grace.total_seconds() / 60:.0f} min late); nothing was deployed, "
+                "request it again")
+        try:
+            d = self.store.transition(d.id, DeploymentStatus.FAILED, failure=text, detail=text)
+        except StateError:
+            return f"deployment #{d.id}: {self.store.deployment(d.id).status.value}"
+        self.pipeline._tell("alert", d, f"deployment #{d.id} {text}")
+        self.pipeline._tell("finished", d, "")
+        return f"deployment #{d.id} {text}"
+
+    def execute(self, deployment_id: int) -> None:
+        """Run one waiting deployment, once, however many jobs and ticks ask for it."""
+        with self._busy_lock:
+            if deployment_id in self._busy:
+                return
+            self._busy.add(deployment_id)
+        try:
+            d = self.store.deployment(deployment_id)
+            if d.status is not DeploymentStatus.REQUESTED:
+                return
+            if d.scheduled_for and d.scheduled_for > self.clock.now():
+                return  # an early wake-up (clock skew); the tick tries again
+            self.store.adopt(d.id)  # this process drives it now
+            self.start_deployment(d)
+        except Exception:
+            log.exception("scheduled start of #%s failed", deployment_id)
+        finally:
+            with self._busy_lock:
+                self._busy.discard(deployment_id)
+
+    # -- the lock queue ---------------------------------------------------------------------------
+
+    def release_expired_locks(self) -> list[str]:
+        said = []
+        for lock, text in self.store.expire_locks():
+            said.append(text)
+            if lock.deployment_id:
+                holder = self.store.deployment(lock.deployment_id)
+                self.pipeline._tell("alert", holder, text)
+            else:
+                log.warning("%s", text)
+        return said
+
+    def drain_queue(self) -> list[str]:
+        """Start the first waiting deployment of every scope whose lock is free."""
+        said = []
+        now = self.clock.now()
+        first: dict[str, Deployment] = {}
+        for d in self.store.queue():
+            if d.scheduled_for and d.scheduled_for > now:
+                continue
+            first.setdefault(d.lock_scope, d)
+        for scope, d in first.items():
+            if self.store.lock(scope) is None:
+                self.execute(d.id)
+                said.append(f"deployment #{d.id} left the queue for {scope}")
+        return said
+
+    def tick(self) -> list[str]:
+        """The periodic job: expired locks, due schedules, queues. Never raises."""
+        said: list[str] = []
+        for step in (self.release_expired_locks, self.run_due, self.drain_queue):
+            try:
+                said += step()
+            except Exception:
+                log.exception("scheduler step %s failed", step.__name__)
+        return said
+
+    # -- health summary ---------------------------------------------------------------------------
+
+    def health_summary(self) -> str:
+        lines = [f"Health summary ({freezing.local(self.clock.now(), self.config.timezone)})"]
+        for env in self.config.environments:
+            lines.append(f"{env}:")
+            for name in self.config.services:
+                if not self.config.deployable(name, env):
+                    continue
+                try:
+                    state = self.pipeline.backend_for(name, env).status()
+                    mark = "ok" if state.running else "DOWN"
+                    lines.append(f"  {name}: {mark} {state.version or '-'} {state.detail}".rstrip())
+                except DeploybotError as exc:
+                    lines.append(f"  {name}: ? {exc.message}")
+            lock = next((lk for lk in self.store.locks() if lk.scope.startswith(f"env:{env}")
+                         or lk.scope.startswith(f"service:{env}:")), None)
+            if lock:
+                lines.append(f"  locked: {self.pipeline.describe_lock(lock)}")
+        return "\n".join(lines)
+
+    def post_health_summary(self) -> str:
+        text = self.health_summary()
+        post = self.summary or getattr(self.pipeline.reporter, "summary", None)
+        if post is None:
+            log.info("%s", text)
+        else:
+            try:
+                post(text)
+            except Exception:
+                log.exception("posting the health summary failed")
+        return text
+
+    # -- foreground (`deploybot scheduler`) ---------------------------------------------------------
+
+    def run_forever(self, stop: threading.Event, on_line: Callable[[str], None] = print) -> None:
+        for line in self.start():
+            on_line(line)
+        try:
+            while not stop.wait(0.5):
+                pass
+        finally:
+            self.shutdown()
+
+
+def waiting_note(pipeline, d: Deployment) -> str:
+    """What a waiting deployment waits for, for `status` lines: its time or its queue turn."""
+    if d.status is not DeploymentStatus.REQUESTED:
+        return ""
+    notes = []
+    if d.scheduled_for and d.scheduled_for > pipeline.clock.now():
+        notes.append(f"scheduled for {freezing.local(d.scheduled_for, pipeline.config.timezone)}")
+    position = pipeline.queue_position(d)
+    if position is not None:
+        notes.append(f"queued for {d.lock_scope}, position {position}")
+    return "; ".join(notes)

@@ -1,0 +1,70 @@
+"""Issue 6 (schedules) through the `deploybot` command: --at, --queue and `deploybot scheduler`
+against a real Docker engine."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+
+from bot.models import DeploymentStatus
+from tests.integration.test_docker_deploys import service  # noqa: F401 - the fixture
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def status_of(bot, deployment_id: int) -> DeploymentStatus:
+    store = bot.store()
+    try:
+        return store.deployment(deployment_id).status
+    finally:
+        store.close()
+
+
+def test_scheduled_and_queued_deploys_run_from_the_foreground_scheduler(service, http_get):  # noqa: F811
+    bot, web = service, service.name
+    assert "in the past" in bot("deploy", bot.ready_ticket("old"), f"{web}@v1", "--at",
+                                "2020-01-01T00:00", check=2).stderr
+    tid = bot.ready_ticket("v1 tonight")
+    at = (datetime.now(timezone.utc) + timedelta(seconds=6)).isoformat(timespec="seconds")
+    out = bot("deploy", tid, f"{web}@v1", "--at", at).stdout
+    assert "deployment #1 scheduled for" in out  # the refused one was never stored
+    assert "the checklist passes now (dry run #2)" in out
+    assert "waiting: scheduled for" in bot("status").stdout
+    assert status_of(bot, 1) is DeploymentStatus.REQUESTED
+
+    scheduler = subprocess.Popen([sys.executable, "-m", "handlers.cli", "scheduler", "--tick",
+                                  "0.5"], cwd=bot.workdir, env=bot.env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: status_of(bot, 1).terminal, 90, "the scheduled deployment to finish")
+        assert status_of(bot, 1) is DeploymentStatus.SUCCEEDED
+        assert http_get(f"{bot.base}/version").text.strip() == "v1"
+
+        bot("lock", "staging", "--reason", "database migration", "--as", "ops-erin")
+        proc = bot("deploy", bot.ready_ticket("v2 when free"), f"{web}@v2", "--queue", check=3)
+        assert "queued for env:staging, position 1" in proc.stderr
+        assert "waiting: queued for env:staging, position 1" in bot("status").stdout
+        bot("unlock", "staging", "--reason", "migration done")
+        wait_for(lambda: status_of(bot, 3).terminal, 90, "the queued deployment to finish")
+        assert status_of(bot, 3) is DeploymentStatus.SUCCEEDED
+        assert http_get(f"{bot.base}/version").text.strip() == "v2"
+    finally:
+        scheduler.send_signal(signal.SIGTERM)
+        try:
+            output, _ = scheduler.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            scheduler.kill()
+            output, _ = scheduler.communicate(timeout=10)
+    assert scheduler.returncode == 0, output
+    assert "deploybot scheduler: every 0.5 s" in output
