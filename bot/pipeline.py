@@ -283,7 +283,10 @@ class Pipeline:
         self._tell("checklist_updated", d, self.store.checks(d.id))
 
     def _check(self, d: Deployment) -> Deployment:
-        d = self.store.transition(d.id, DeploymentStatus.CHECKING)
+        try:
+            d = self.store.transition(d.id, DeploymentStatus.CHECKING)
+        except StateError:  # another process (a second scheduler) started it first
+            return self.store.deployment(d.id)
         self._tell("deployment_started", d)
         items = [(i.name, i.title) for i in checklist.CHECKLIST]
         items += [checklist.NOTES_ITEM, checklist.LOCK_ITEM]
@@ -637,7 +640,10 @@ class Pipeline:
     # -- manual rollback --------------------------------------------------------------------------
 
     def _check_rollback(self, d: Deployment) -> Deployment:
-        d = self.store.transition(d.id, DeploymentStatus.CHECKING)
+        try:
+            d = self.store.transition(d.id, DeploymentStatus.CHECKING)
+        except StateError:  # another process (a second scheduler) started it first
+            return self.store.deployment(d.id)
         self._tell("deployment_started", d)
         row = CheckResult(d.id, checklist.LOCK_ITEM[0], checklist.LOCK_ITEM[1], 1)
         row.status, row.reason = self._lock_outcome(d, take=True)

@@ -169,6 +169,12 @@ def _decide(ctx: Context, args: argparse.Namespace, approved: bool) -> int:
         return EXIT_FAILED
     user = _user(args)
     for gate in pending:
+        if gate.kind is GateKind.BREAK_GLASS and any(
+                g.kind is GateKind.BREAK_GLASS and g.decided_by
+                and ctx.config.same_person(g.decided_by, user) for g in ctx.store.gates(d.id)):
+            print(f"gate #{gate.id}: {user} gave one break-glass approval already; the other "
+                  "must come from someone else", file=sys.stderr)
+            continue
         outcome = pipeline.decide_gate(gate.id, decided_by=user, approved=approved,
                                        reason=args.reason or "")
         if not outcome.decided_now:
@@ -209,7 +215,9 @@ def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
     locks = ctx.store.locks()
     print("Locks:" if locks else "Locks: none")
     for lock in locks:
-        print(f"  {pipeline.describe_lock(lock)}")
+        ttl = (f"; expires {lock.expires_at:%H:%M:%S UTC} without a heartbeat"
+               if lock.expires_at else "")
+        print(f"  {pipeline.describe_lock(lock)}{ttl}")
     active = pipeline.active()
     print("In progress:" if active else "In progress: none")
     for d in active:

@@ -9,6 +9,8 @@ import sys
 import time
 from datetime import datetime, timedelta, timezone
 
+import yaml
+
 from bot.models import DeploymentStatus
 from tests.integration.test_docker_deploys import service  # noqa: F401 - the fixture
 
@@ -68,3 +70,26 @@ def test_scheduled_and_queued_deploys_run_from_the_foreground_scheduler(service,
             output, _ = scheduler.communicate(timeout=10)
     assert scheduler.returncode == 0, output
     assert "deploybot scheduler: every 0.5 s" in output
+
+
+def test_a_freeze_refuses_production_until_two_people_break_the_glass(service, http_get):  # noqa: F811
+    bot, web = service, service.name
+    config = yaml.safe_load(bot.config_path.read_text())
+    today = datetime.now(timezone.utc).date().isoformat()
+    config["environments"]["production"]["freeze"] = [{"date": today, "reason": "release day"}]
+    bot.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+    tid = bot.ready_ticket("hotfix")
+    refused = bot("deploy", tid, f"{web}@v2", "--env", "production", check=4).stderr
+    assert "refused: production is frozen" in refused and "release day" in refused
+    assert "--break-glass" in refused
+
+    waiting = bot("deploy", tid, f"{web}@v2", "--env", "production", "--break-glass",
+                  "payments are down", check=3).stderr
+    assert waiting.count("approve") >= 3  # two break-glass gates and the usual approval
+    still = bot("approve", "1", "--as", "bob", check=3).stderr
+    assert "bob gave one break-glass approval already" in still
+    bot("approve", "1", "--as", "dana")
+    assert http_get(f"{bot.prod_base}/version").text.strip() == "v2"
+    shown = bot("show", "1").stdout
+    assert "break_glass: approved by bob" in shown and "break_glass: approved by dana" in shown

@@ -46,3 +46,30 @@ def test_deploy_at_22_schedules_it_checks_it_now_and_shows_it_waiting(bot):
 
     bot.send.command("cancel #1 not tonight", user=ALICE)
     bot.wait_for_status(1, "cancelled", timeout=15)
+
+
+def test_queued_deploy_waits_with_its_position_in_the_thread_and_in_status(bot):
+    bot.send.command("lock staging database migration", user=ALICE)
+    bot.slack.wait_for(lambda: bot.store.lock("env:staging"), 15, "the lock")
+    ticket = ready_ticket(bot.store)
+    bot.send.command(f"{ticket} web@v2 --queue", user=ALICE)
+    bot.wait_for_deployments(1)
+    bot.wait_for_message(1, "queued for env:staging, position 1")
+    assert bot.store.deployment(1).status is DeploymentStatus.REQUESTED
+
+    bot.send.command("status", user=ALICE)
+    status = bot.slack.wait_for(
+        lambda: [str(c.params) for c in bot.slack.calls_to("chat.postEphemeral")
+                 if "Waiting" in str(c.params)], 15, "the status")[0]
+    assert "queued for env:staging, position 1" in status
+    bot.send.command("cancel #1", user=ALICE)
+    bot.wait_for_status(1, "cancelled", timeout=15)
+
+
+def test_health_summary_is_posted_to_the_channel(bot):
+    text = bot.front.scheduler.post_health_summary()
+    assert text.startswith("Health summary") and "staging:\n  web:" in text
+    posted = bot.slack.wait_for(
+        lambda: [c for c in bot.slack.calls_to("chat.postMessage")
+                 if "Health summary" in str(c.params)], 10, "the summary")
+    assert posted

@@ -169,3 +169,22 @@ def test_health_summary_lists_every_service_per_environment(world):
     assert "staging:\n  web: ok v1 running" in text
     assert "production:\n  web: ok v1 running" in text
     assert START.strftime("%Y-%m-%d") in text
+
+
+def test_two_schedulers_start_a_due_deployment_once(tmp_path):
+    """`deploybot run` and `deploybot scheduler` may both be up: one wins, the other steps back."""
+    clock = ManualClock()
+    one = ScheduleWorld(tmp_path / "deploybot.db", clock)
+    two = ScheduleWorld(tmp_path / "deploybot.db", clock)
+    two.backend = one.backend
+    try:
+        d = one.request(one.ticket(), at="20:00")
+        clock.advance(hours=7, minutes=1)
+        stale = one.store.deployment(d.id)  # `one` read it as requested ...
+        two.scheduler.tick()  # ... and `two` started (and finished) it meanwhile
+        assert one.pipeline._check(stale).status is DeploymentStatus.SUCCEEDED
+        assert one.store.deployment(d.id).failure == ""
+        assert one.backend.calls.count("deploy v2") == 1
+    finally:
+        one.close()
+        two.close()
