@@ -36,7 +36,10 @@ def free_port() -> int:
 
 
 def run(args: list[str], **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(args, check=True, capture_output=True, text=True, timeout=300, **kw)
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=300, **kw)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
 
 
 def wait_health(url: str, timeout: float = 30) -> None:
@@ -98,12 +101,16 @@ def main() -> int:
             tag = "v2" if i % 2 == 0 else "v1"
             seed_default.append(seed_deploy(seed_name, f"{repo}:{tag}", port_seed, None))
             seed_t1.append(seed_deploy(seed_name, f"{repo}:{tag}", port_seed, 1))
-        tid = bot("ticket", "create", "bench", "--status", "Ready for Production").stdout.strip()
-        bot("ticket", "comment", tid, "--by", "cq", "CQ approved")
-        bot("ticket", "comment", tid, "--by", "qa", "QA PASS")
-        bot("deploy", tid, "web@v1")
+        def ticket() -> str:  # a deploy moves its ticket to Deployed: one ready ticket each
+            tid = bot("ticket", "create", "bench", "--status", "Ready for Production").stdout.strip()
+            bot("ticket", "comment", tid, "--by", "cq", "CQ approved")
+            bot("ticket", "comment", tid, "--by", "qa", "QA PASS")
+            return tid
+
+        bot("deploy", ticket(), "web@v1")
         for i in range(args.rounds):
             tag = "v2" if i % 2 == 0 else "v1"
+            tid = ticket()
             start = time.perf_counter()
             bot("deploy", tid, f"web@{tag}")
             ours.append(time.perf_counter() - start)
