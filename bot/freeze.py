@@ -57,6 +57,8 @@ class FreezeWindow(BaseModel):
             raise ValueError("give either start/end (weekly) or date (one day), not both")
         if weekly and (self.start is None or self.end is None):
             raise ValueError("a weekly window needs both start and end")
+        if weekly and _weekly(self.start) == _weekly(self.end):
+            raise ValueError("start and end are the same time: the window would never end")
         if not weekly and self.date is None:
             raise ValueError("give start and end (like 'fri 16:00'), or a date")
         return self

@@ -215,8 +215,11 @@ class DeployScheduler:
             if d.scheduled_for and d.scheduled_for > now:
                 continue
             first.setdefault(d.lock_scope, d)
+        # A deployment still running its checks takes the lock at their end: wait for it.
+        checking = {c.lock_scope for c in self.store.deployments(
+            statuses={DeploymentStatus.CHECKING}, limit=1000)}
         for scope, d in first.items():
-            if self.store.lock(scope) is None:
+            if self.store.lock(scope) is None and scope not in checking:
                 self.execute(d.id)
                 said.append(f"deployment #{d.id} left the queue for {scope}")
         return said
@@ -246,10 +249,9 @@ class DeployScheduler:
                     lines.append(f"  {name}: {mark} {state.version or '-'} {state.detail}".rstrip())
                 except DeploybotError as exc:
                     lines.append(f"  {name}: ? {exc.message}")
-            lock = next((lk for lk in self.store.locks() if lk.scope.startswith(f"env:{env}")
-                         or lk.scope.startswith(f"service:{env}:")), None)
-            if lock:
-                lines.append(f"  locked: {self.pipeline.describe_lock(lock)}")
+            for lock in self.store.locks():
+                if lock.scope == f"env:{env}" or lock.scope.startswith(f"service:{env}:"):
+                    lines.append(f"  locked: {self.pipeline.describe_lock(lock)}")
         return "\n".join(lines)
 
     def post_health_summary(self) -> str:

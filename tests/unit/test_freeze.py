@@ -51,7 +51,8 @@ def test_the_reason_says_which_window_and_when_it_ends():
 def test_bad_freeze_settings_are_refused_with_their_path():
     data = {**CONFIG, "environments": {"production": {"freeze": [
         {"start": "fri 16:00"}, {"start": "friday 25:00", "end": "mon 08:00"},
-        {"date": "2026-12-25", "start": "fri 16:00", "end": "mon 08:00"}, {"when": "xmas"}]}}}
+        {"date": "2026-12-25", "start": "fri 16:00", "end": "mon 08:00"}, {"when": "xmas"},
+        {"start": "fri 16:00", "end": "friday 16:00"}]}}}
     with pytest.raises(ConfigError) as err:
         configuration.parse(data)
     text = str(err.value)
@@ -59,6 +60,7 @@ def test_bad_freeze_settings_are_refused_with_their_path():
     assert "environments.production.freeze.1.start: 'friday 25:00': no such time of day" in text
     assert "environments.production.freeze.2: give either start/end" in text
     assert "environments.production.freeze.3.when: unknown setting" in text
+    assert "environments.production.freeze.4: start and end are the same time" in text
 
 
 def test_a_deploy_inside_a_freeze_is_refused_and_nothing_is_stored(world):

@@ -140,3 +140,11 @@ def test_queued_deployments_survive_a_restart(tmp_path):
         assert second.store.deployment(queued.id).status is DeploymentStatus.SUCCEEDED
     finally:
         second.close()
+
+
+def test_the_queue_waits_for_a_deployment_that_is_still_running_its_checks(world):
+    queued = world.request(world.ticket(), queue=True)
+    checking = world.request(world.ticket(), target="web@v3")
+    world.store.transition(checking.id, DeploymentStatus.CHECKING)  # checks run, lock not yet
+    assert world.scheduler.drain_queue() == []
+    assert world.store.deployment(queued.id).status is DeploymentStatus.REQUESTED

@@ -162,12 +162,14 @@ def test_apscheduler_fires_a_scheduled_deploy_in_real_time(tmp_path):
 
 
 def test_health_summary_lists_every_service_per_environment(world):
+    world.pipeline.lock("production", user="bob", reason="db migration")
     posted = []
     world.scheduler.summary = posted.append
     text = world.scheduler.post_health_summary()
     assert posted == [text]
     assert "staging:\n  web: ok v1 running" in text
-    assert "production:\n  web: ok v1 running" in text
+    assert "production:\n  web: ok v1 running\n  locked: env:production is held by bob" in text
+    assert "staging:\n  web: ok v1 running\nproduction" in text
     assert START.strftime("%Y-%m-%d") in text
 
 
