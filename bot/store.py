@@ -246,6 +246,9 @@ class Store:
                 update["finished_at"] = now
             db["deployments"].update(deployment_id, update)
             self._event(deployment_id, actor, status.value, detail)
+            if status.terminal:
+                # In the same transaction: nobody ever sees a finished deployment holding a lock.
+                self.release_locks_of(deployment_id)
             return self.deployment(deployment_id)
 
     def update_deployment(self, deployment_id: int, **values: Any) -> Deployment:
