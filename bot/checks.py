@@ -10,6 +10,7 @@ from typing import Callable, Mapping
 
 from bot.config import CommentRule, Config, Environment, Service, TrackerRules
 from bot.models import CheckStatus, Comment, Deployment, Ticket
+from bot.monitoring_setup import monitoring_setup
 from bot.ports import DeployBackend, HttpProbe
 
 
@@ -187,6 +188,11 @@ def check_infrastructure(ctx: CheckContext) -> Outcome:
             checked.append(f"{name} healthy ({result.status_code} in {result.elapsed_ms:.0f} ms)")
         else:
             checked.append(f"{name} running (no health URL configured)")
+        if name == ctx.deployment.service and svc.metrics_url:
+            # the monitoring setup check: what the watch window will read must be there
+            failures, warnings, _ = monitoring_setup(svc, ctx.probe)
+            problems += [f"{name}: {f}" for f in failures if f.startswith("metrics")]
+            checked += [f"{name}: warning: {w}" for w in warnings]
     if problems:
         return Outcome.failed("; ".join(problems))
     return Outcome.passed("; ".join(checked) or "no services in this environment")

@@ -121,6 +121,52 @@ class Verification(Strict):
     interval: float = Field(default=1.0, gt=0, le=60)
 
 
+class WatchRules(Strict):
+    """When the watch window rolls a deployment back; None switches a rule off."""
+
+    health_failures: int | None = Field(default=3, ge=1, le=100)  # consecutive failed probes
+    smoke: bool = True  # any smoke test answering wrong
+    error_rate_points: float | None = Field(default=5.0, ge=0, le=100)  # over baseline, in % pts
+    error_rate_min_probes: int = Field(default=10, ge=1, le=100_000)  # fewer: too noisy to judge
+    latency_factor: float | None = Field(default=3.0, ge=1, le=1000)  # p95 over baseline p95 ×
+    latency_floor_ms: float = Field(default=50.0, ge=0, le=60_000)  # p95 below this never trips
+    new_log_errors: int | None = Field(default=0, ge=0, le=100_000)  # new patterns allowed
+    log_error_pattern: str = r"(?i)\b(error|fatal|panic|exception|traceback)\b"
+    cpu_percent: float | None = Field(default=None, gt=0, le=100_000)
+    memory_mb: float | None = Field(default=None, gt=0, le=10_000_000)
+
+    @field_validator("log_error_pattern")
+    @classmethod
+    def _valid_pattern(cls, v: str) -> str:
+        return _check_regex(v)
+
+
+class Watch(Strict):
+    """Baseline before the deploy and the watch window after it (seconds)."""
+
+    # 0 by default: existing services keep the one-shot verification; set e.g. 180 to watch.
+    window: float = Field(default=0.0, ge=0, le=3600)
+    interval: float = Field(default=1.0, gt=0, le=60)
+    baseline_window: float = Field(default=0.0, ge=0, le=600)  # 0: one round of samples
+    inconclusive_fails: bool = False  # an unreachable source: reported; roll back only if True
+    rules: WatchRules = WatchRules()
+
+
+class PrometheusQueries(Strict):
+    """PromQL returning one number each; any may be left out."""
+
+    error_rate: str | None = None  # a ratio 0..1
+    latency_p95: str | None = None  # seconds
+    cpu: str | None = None  # percent of one core
+    memory: str | None = None  # bytes
+
+
+class PrometheusSettings(Strict):
+    url: AnyHttpUrl
+    queries: PrometheusQueries = PrometheusQueries()
+    timeout: float = Field(default=5.0, gt=0, le=60)
+
+
 class DockerBackendSettings(Strict):
     kind: Literal["docker"] = "docker"
     container_name: str | None = None
@@ -172,6 +218,12 @@ class Service(Strict):
     migration_timeout: float = Field(default=120.0, gt=0, le=3600)
     lock_scope: Literal["environment", "service"] | None = None  # overrides the environment's
     verify: Verification = Verification()
+    watch: Watch = Watch()
+    prometheus: PrometheusSettings | None = None
+    metrics_url: AnyHttpUrl | None = None  # the service's own Prometheus text endpoint
+    metrics_required: bool = False  # setup check: a missing metrics endpoint fails, not warns
+    integrity_check: list[str] | None = None  # argument list; non-zero exit rolls back
+    integrity_timeout: float = Field(default=30.0, gt=0, le=600)
 
     @model_validator(mode="before")
     @classmethod
@@ -190,7 +242,7 @@ class Service(Strict):
             raise ValueError("give the image without a tag; the version is the tag")
         return v
 
-    @field_validator("migration_check")
+    @field_validator("migration_check", "integrity_check")
     @classmethod
     def _argv(cls, v: list[str] | None) -> list[str] | None:
         if v is not None and not v:

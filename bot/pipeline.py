@@ -13,6 +13,7 @@ from typing import Callable, Mapping
 from bot import checks as checklist
 from bot import freeze as freezing
 from bot import record as records
+from bot import watch as watching
 from bot.config import Config
 from bot.errors import BackendError, DeploybotError, InputError, NotAllowed, StateError, TrackerError
 from bot.models import (
@@ -29,7 +30,8 @@ from bot.models import (
     Ticket,
     VerificationResult,
 )
-from bot.ports import Approver, DeployBackend, HttpProbe, ImageBuilder, Reporter, Tracker
+from bot.ports import (Approver, DeployBackend, HttpProbe, ImageBuilder, MetricsSource, Reporter,
+                       Tracker)
 from bot.store import Store
 from bot.verify import SystemClock, verify, wait_healthy
 
@@ -572,6 +574,7 @@ class Pipeline:
         except BackendError as exc:
             return self._failed(d, f"could not prepare {d.version}: {exc}; "
                                    f"{previous or 'nothing'} is still running, nothing changed")
+        baseline = self._baseline(d, backend, step)
         try:
             backend.deploy(d.version, ticket_id=d.ticket_id, on_step=step)
         except BackendError as exc:
@@ -579,6 +582,8 @@ class Pipeline:
         d = self.store.transition(d.id, DeploymentStatus.VERIFYING)
         svc = self.config.service(d.service, d.environment)
         result = verify(svc, backend, self.probe, self.clock, step)
+        if baseline is not None and not result.failed:
+            self._watch(d, backend, baseline, result, step)
         summary = "; ".join(f"{k}: {v}" for k, v in (("health", result.health_reason),
                                                      ("smoke", result.smoke_reason)))
         if not result.failed:
@@ -599,6 +604,31 @@ class Pipeline:
                                    f"{d.version} failed verification: {reasons}")
             return self._finish(d, result)
         return self._roll_back(d, backend, result, summary, reasons)
+
+    # The watch window (bot/watch.py): wiring sets these; None keeps the sources off.
+    metrics_for: Callable[[str, str], MetricsSource | None] | None = None
+    run_command: watching.CommandRunner = staticmethod(watching.run_command)
+
+    def _watcher(self, d: Deployment, backend: DeployBackend) -> watching.Watcher:
+        svc = self.config.service(d.service, d.environment)
+        metrics = self.metrics_for(d.service, d.environment) if self.metrics_for else None
+        return watching.Watcher(svc, backend, self.probe, self.clock, metrics, self.run_command)
+
+    def _baseline(self, d: Deployment, backend: DeployBackend,
+                  step: Callable[[str], None]) -> watching.Baseline | None:
+        """Sample what runs now, before the deploy, when the service has a watch configured."""
+        if d.kind is not DeploymentKind.DEPLOY or \
+                not watching.watch_enabled(self.config.service(d.service, d.environment)):
+            return None
+        return self._watcher(d, backend).baseline(step)
+
+    def _watch(self, d: Deployment, backend: DeployBackend,
+               baseline: watching.Baseline, result: VerificationResult,
+               step: Callable[[str], None]) -> None:
+        """Measure the new version for the window; a tripped rule fails `result` at once."""
+        svc = self.config.service(d.service, d.environment)
+        report = self._watcher(d, backend).watch(baseline, step)
+        watching.apply(result, baseline, report, svc)
 
     def _roll_back(self, d: Deployment, backend: DeployBackend, result: VerificationResult,
                    summary: str, reasons: str) -> Deployment:

@@ -153,3 +153,32 @@ class Clock(Protocol):
     def now(self) -> datetime: ...
 
     def sleep(self, seconds: float) -> None: ...
+
+
+class MetricsUnavailable(Exception):
+    """A metrics source could not be asked (unreachable, bad answer): the signal is inconclusive."""
+
+
+@runtime_checkable
+class MetricsSource(Protocol):
+    """A time-series database answering instant queries (Prometheus's HTTP API)."""
+
+    def query(self, expression: str) -> float | None:
+        """The single value of an instant query; None when the result is empty.
+
+        Raises MetricsUnavailable when the source cannot be asked.
+        """
+        ...
+
+
+@dataclass
+class Usage:
+    cpu_percent: float  # of one core
+    memory_bytes: float
+
+
+@runtime_checkable
+class ResourceUsage(Protocol):
+    """An optional backend capability: what the running version uses now (e.g. `docker stats`)."""
+
+    def usage(self) -> Usage | None: ...

@@ -57,8 +57,27 @@ def build_pipeline(config: Config, store: Store, *, reporter: Reporter, approver
     from backends.monitoring.probe import HttpxProbe
 
     environ = os.environ if environ is None else environ
-    return Pipeline(config=config, store=store,
-                    tracker=tracker or build_tracker(config, store, environ),
-                    backend_for=backend_factory(config), reporter=reporter, approver=approver,
-                    probe=HttpxProbe(), environ=environ,
-                    image_builder=build_image_builder(environ))
+    pipeline = Pipeline(config=config, store=store,
+                        tracker=tracker or build_tracker(config, store, environ),
+                        backend_for=backend_factory(config), reporter=reporter, approver=approver,
+                        probe=HttpxProbe(), environ=environ,
+                        image_builder=build_image_builder(environ))
+    pipeline.metrics_for = metrics_factory(config)
+    return pipeline
+
+
+def metrics_factory(config: Config):
+    """service, environment -> the service's Prometheus (None when it has none configured)."""
+    from backends.monitoring.prometheus import PrometheusSource
+
+    cache: dict[tuple[str, str], PrometheusSource] = {}
+
+    def metrics_for(service: str, environment: str):
+        settings = config.service(service, environment).prometheus
+        if settings is None:
+            return None
+        if (service, environment) not in cache:
+            cache[(service, environment)] = PrometheusSource(str(settings.url), settings.timeout)
+        return cache[(service, environment)]
+
+    return metrics_for

@@ -15,7 +15,7 @@ from bot.checks import read_env_file
 from bot.config import DockerBackendSettings, Service
 from bot.errors import BackendError
 from bot.models import BackendStatus
-from bot.ports import StepCallback
+from bot.ports import StepCallback, Usage
 
 KEPT_SUFFIX = "--previous"
 LABEL = "io.deploybot"
@@ -269,6 +269,17 @@ class DockerBackend:
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise BackendError(f"cannot read logs of {self.name}: {explain(exc)}") from None
 
+    def usage(self) -> Usage | None:
+        """ResourceUsage: CPU (% of one core) and memory of the running container, `docker stats`."""
+        c = self._container(self.name)
+        if c is None:
+            return None
+        try:
+            stats = c.stats(stream=False)  # about 1 s: the engine samples CPU twice
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise BackendError(f"cannot read stats of {self.name}: {explain(exc)}") from None
+        return usage_from_stats(stats)
+
     def _run_command(self, version: str) -> str:
         args = ["docker", "run", "-d", "--name", self.name, "--restart", self.opts.restart_policy]
         for container_port, host in self.opts.ports.items():
@@ -295,3 +306,17 @@ class DockerBackend:
         if to_version is None:
             return [f"docker rm -f {self.name}"]
         return [f"docker rm -f {self.name}", self._run_command(to_version)]
+
+
+def usage_from_stats(stats: dict) -> Usage:
+    """`docker stats`' arithmetic: CPU delta over system delta × CPUs; memory minus page cache."""
+    cpu, pre = stats.get("cpu_stats") or {}, stats.get("precpu_stats") or {}
+    cpu_delta = (cpu.get("cpu_usage", {}).get("total_usage", 0)
+                 - pre.get("cpu_usage", {}).get("total_usage", 0))
+    system_delta = cpu.get("system_cpu_usage", 0) - pre.get("system_cpu_usage", 0)
+    cpus = cpu.get("online_cpus") or len(cpu.get("cpu_usage", {}).get("percpu_usage") or []) or 1
+    percent = cpu_delta / system_delta * cpus * 100.0 if cpu_delta > 0 and system_delta > 0 else 0.0
+    mem = stats.get("memory_stats") or {}
+    detail = mem.get("stats") or {}
+    cache = detail.get("inactive_file", detail.get("total_inactive_file", 0))
+    return Usage(cpu_percent=percent, memory_bytes=max(0.0, float(mem.get("usage", 0) - cache)))

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the demo service image: examples/demo/build.sh VERSION [MODE] [TAG] -> demo-web:TAG
-# MODE: healthy (default) | unhealthy | degraded | smoke-broken; TAG defaults to VERSION.
+# MODE: healthy (default) | unhealthy | degraded | smoke-broken | slow | log-errors |
+# integrity-broken; TAG defaults to VERSION.
 set -euo pipefail
 if [ $# -lt 1 ] || [ $# -gt 3 ]; then
   echo "usage: $0 VERSION [MODE] [TAG]" >&2

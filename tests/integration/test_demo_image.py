@@ -118,3 +118,37 @@ def test_docker_healthcheck_reports_the_mode(mode, health, docker_client, demo_i
             break
         time.sleep(0.5)
     assert state == health
+
+
+def test_watch_modes_are_slow_log_new_errors_or_fail_their_integrity_check(
+        docker_client, demo_image, run_demo, http_get):
+    container_id, healthy = run_demo(demo_image("v8-healthy", mode="healthy"))
+    _, slow = run_demo(demo_image("v8-slow", mode="slow"))
+    logs_id, logging = run_demo(demo_image("v8-log-errors", mode="log-errors"))
+    _, corrupt = run_demo(demo_image("v8-integrity-broken", mode="integrity-broken"))
+
+    fast = min(http_get(f"{healthy}/api/ping").elapsed.total_seconds() for _ in range(3))
+    took = min(http_get(f"{slow}/api/ping").elapsed.total_seconds() for _ in range(3))
+    assert took >= 0.25 and took >= 5 * fast
+
+    assert http_get(f"{logging}/api/ping").text == "pong"
+    assert "ERROR payment provider rejected order" in docker_client.api.logs(logs_id).decode()
+    assert "ERROR" not in docker_client.api.logs(container_id).decode()
+
+    assert http_get(f"{healthy}/api/integrity").text == "ok"
+    assert http_get(f"{corrupt}/api/integrity").text == "corrupt: 3 orders without a customer"
+
+
+def test_every_mode_serves_its_request_counts_in_prometheus_text_format(demo_image, run_demo,
+                                                                        http_get):
+    from bot.monitoring_setup import exposition_problem
+
+    _, url = run_demo(demo_image("v8-smoke-broken", mode="smoke-broken"))
+    for _ in range(3):
+        http_get(f"{url}/api/ping")
+    http_get(f"{url}/health")
+    response = http_get(f"{url}/metrics")
+    assert response.status_code == 200 and exposition_problem(response.text) is None
+    assert 'http_requests_total{code="500"} 3' in response.text
+    # /version (waited on at start) and /health answered 200; the scrape itself is not counted
+    assert 'http_requests_total{code="200"} 2' in response.text
