@@ -83,6 +83,10 @@ class Tracker(Protocol):
 
     def transition(self, ticket_id: str, status: str) -> None: ...
 
+    def add_labels(self, ticket_id: str, labels: list[str]) -> None:
+        """Add labels (trackers without labels raise TrackerError saying so)."""
+        ...
+
     def check_credentials(self) -> None: ...
 
 

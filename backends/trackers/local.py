@@ -93,6 +93,12 @@ class LocalTracker:
             self._row(ticket_id)
             db["tickets"].update(ticket_id, {"status": canonical})
 
+    def add_labels(self, ticket_id: str, labels: list[str]) -> None:
+        with self.store.transaction() as db:
+            current = json.loads(self._row(ticket_id)["labels"] or "[]")
+            merged = current + [label for label in labels if label not in current]
+            db["tickets"].update(ticket_id, {"labels": json.dumps(merged)})
+
     def check_credentials(self) -> None:
         return None
 

@@ -352,3 +352,10 @@ def test_store_survives_readers_and_writers_on_many_threads(tmp_path):
     for t in threads:
         t.join()
     assert errors == []
+
+
+def test_local_tracker_adds_labels_once(world):
+    tid = world.ticket()
+    world.tracker.add_labels(tid, ["deployed", "web"])
+    world.tracker.add_labels(tid, ["web", "staging"])
+    assert world.tracker.get_ticket(tid).labels == ["deployed", "web", "staging"]
