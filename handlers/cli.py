@@ -286,11 +286,53 @@ def cmd_check_config(ctx: Context, args: argparse.Namespace) -> int:
                 build_backend(name, env, cfg.service(name, env))
     tracker = build_tracker(cfg, Store(":memory:") if cfg.tracker.kind != "local" else ctx.store,
                             os.environ)
+    failures = 0
     if args.live:
         tracker.check_credentials()
+        failures = _check_monitoring_setup(cfg)
+    if failures:
+        print(f"{cfg.source_path}: valid, but {failures} monitoring setup problem(s) above")
+        return EXIT_FAILED
     print(f"{cfg.source_path}: ok — {len(cfg.environments)} environment(s), "
           f"{len(cfg.services)} service(s), tracker {cfg.tracker.kind}")
     return EXIT_OK
+
+
+def _check_monitoring_setup(cfg) -> int:
+    """The monitoring setup check of every running service: health 200, metrics in text format."""
+    from backends.monitoring.probe import HttpxProbe
+    from backends.monitoring.prometheus import PrometheusSource
+    from bot.monitoring_setup import monitoring_setup
+    from bot.ports import MetricsUnavailable
+
+    probe, count = HttpxProbe(), 0
+    try:
+        for name in cfg.services:
+            for env in cfg.environments:
+                svc = cfg.service(name, env)
+                if not cfg.deployable(name, env) or not (svc.health or svc.metrics_url):
+                    continue
+                failures, warnings, fine = monitoring_setup(svc, probe)
+                # a health URL not answering may be a service not deployed there yet: a warning
+                warnings += [f for f in failures if f.startswith("health")]
+                failures = [f for f in failures if not f.startswith("health")]
+                if svc.prometheus:
+                    source = PrometheusSource(str(svc.prometheus.url), svc.prometheus.timeout)
+                    try:
+                        source.query("vector(1)")
+                        fine.append(f"Prometheus {svc.prometheus.url} answers queries")
+                    except MetricsUnavailable as exc:
+                        warnings.append(f"Prometheus: {exc} (the watch will be inconclusive)")
+                for text in fine:
+                    print(f"[ok] {name} in {env}: {text}")
+                for text in warnings:
+                    print(f"[warning] {name} in {env}: {text}")
+                for text in failures:
+                    print(f"[FAILED] {name} in {env}: {text}")
+                count += len(failures)
+    finally:
+        probe.close()
+    return count
 
 
 def _local_tracker(ctx: Context):
@@ -432,7 +474,9 @@ def build_parser() -> argparse.ArgumentParser:
         lk.set_defaults(func=func)
 
     cc = sub.add_parser("check-config", help="validate the configuration file")
-    cc.add_argument("--live", action="store_true", help="also check the tracker credentials")
+    cc.add_argument("--live", action="store_true",
+                    help="also check the tracker credentials and each running service's "
+                         "monitoring setup (health 200, metrics endpoint, Prometheus)")
     cc.set_defaults(func=cmd_check_config)
 
     t = sub.add_parser("ticket", help="the embedded tracker: create, comment, status, show")

@@ -51,4 +51,3 @@ class PrometheusSource:
 
     def close(self) -> None:
         self.client.close()
-

@@ -11,6 +11,7 @@ import sys
 import uuid
 
 import pytest
+import yaml
 
 from tests.integration.test_docker_deploys import Deploybot
 
@@ -42,6 +43,7 @@ def watched(docker_client, demo_image, free_port, container_cleanup, tmp_path):
                         "stop_timeout": 1, "pull": "never", "restart_policy": "no"},
             "health": {"url": f"{base}/health"},
             "smoke": [{"url": f"{base}/api/ping", "contains": "pong"}],
+            "metrics_url": f"{base}/metrics",
             "integrity_check": [sys.executable, "-c", INTEGRITY, f"{base}/api/integrity"],
             "integrity_timeout": 10,
             "verify": {"timeout": 8, "interval": 0.2},
@@ -103,11 +105,21 @@ def test_a_version_whose_integrity_check_fails_is_rolled_back(watched, http_get)
 
 def test_memory_beyond_its_limit_per_docker_stats_is_rolled_back(watched, http_get):
     bot = watched
-    svc = bot.config_path.read_text()
-    import yaml
-
-    config = yaml.safe_load(svc)
+    config = yaml.safe_load(bot.config_path.read_text())
     config["services"][bot.name]["watch"]["rules"] = {"memory_mb": 0.01}
     bot.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     record = deploy_bad(bot, "v2", http_get)
     assert "rule 'memory' tripped: memory " in record and "(limit 0.01 MiB)" in record
+
+
+def test_check_config_live_checks_the_monitoring_setup_of_the_running_service(watched):
+    bot = watched
+    out = bot("check-config", "--live").stdout
+    assert f"[ok] {bot.name} in staging: health {bot.base}/health answers 200" in out
+    assert f"[ok] {bot.name} in staging: metrics {bot.base}/metrics in Prometheus text format" in out
+    config = yaml.safe_load(bot.config_path.read_text())
+    config["services"][bot.name].update(metrics_url=f"{bot.base}/version", metrics_required=True)
+    bot.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    out = bot("check-config", "--live", check=1).stdout
+    assert f"[FAILED] {bot.name} in staging: metrics {bot.base}/version: line 1 is not a metric " \
+           "sample: 'v1'" in out
