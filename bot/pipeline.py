@@ -268,7 +268,6 @@ class Pipeline:
         if d.status in (DeploymentStatus.DEPLOYING, DeploymentStatus.VERIFYING):
             message += "; check the service by hand"
         d = self.store.transition(d.id, target, failure=message, detail=message)
-        self.store.release_locks_of(d.id)
         self._tell("alert", d, f"deployment #{d.id} stopped: {message}")
         return self._finish(d, None, post_record=d.status is not DeploymentStatus.FAILED
                             or bool(d.previous_version))
@@ -408,7 +407,6 @@ class Pipeline:
     def _block(self, d: Deployment, failed: list[CheckResult]) -> Deployment:
         summary = "; ".join(f"{c.title}: {c.reason}" for c in failed)
         d = self.store.transition(d.id, DeploymentStatus.BLOCKED, failure=summary, detail=summary)
-        self.store.release_locks_of(d.id)
         self._tell("blocked", d, failed)
         if not d.dry_run:
             self._comment_once(d, "blocked", records.render_blockers(d, failed))
@@ -501,7 +499,6 @@ class Pipeline:
                                           failure=text, detail=text)
             except StateError:
                 return GateOutcome(gate, self.store.deployment(d.id), decided_now=True)
-            self.store.release_locks_of(d.id)
             self._comment_once(d, "rejected", f"**Deployment rejected:** {d.service} {d.version} "
                                               f"to {d.environment}: {text}\n")
             self._tell("finished", d, "")
@@ -592,14 +589,12 @@ class Pipeline:
             except BackendError as exc:
                 result.notes.append(f"could not clean up after the deploy: {exc}")
             d = self.store.transition(d.id, DeploymentStatus.SUCCEEDED, verification=summary)
-            self.store.release_locks_of(d.id)
             return self._finish(d, result)
         reasons = "; ".join(result.failure_reasons)
         if d.kind is DeploymentKind.ROLLBACK:
             # A manual rollback that fails verification is not rolled back again: people decide.
             d = self.store.transition(d.id, DeploymentStatus.FAILED, verification=summary,
                                       failure=f"rollback to {d.version} failed verification: {reasons}")
-            self.store.release_locks_of(d.id)
             self._tell("alert", d, f"manual rollback of {d.service} in {d.environment} to "
                                    f"{d.version} failed verification: {reasons}")
             return self._finish(d, result)
@@ -652,19 +647,16 @@ class Pipeline:
                 d.id, DeploymentStatus.ROLLBACK_FAILED,
                 failure=f"verification failed ({reasons}); the rollback to "
                         f"{previous or 'nothing'} failed too: {exc}")
-            self.store.release_locks_of(d.id)
             self._tell("alert", d, f"ROLLBACK FAILED for {d.service} in {d.environment}: {exc}. "
                                    "The service needs a person now.")
             return self._finish(d, result)
         d = self.store.transition(
             d.id, DeploymentStatus.ROLLED_BACK,
             failure=f"verification failed ({reasons}); rolled back to {previous or 'nothing'}")
-        self.store.release_locks_of(d.id)
         return self._finish(d, result)
 
     def _failed(self, d: Deployment, message: str) -> Deployment:
         d = self.store.transition(d.id, DeploymentStatus.FAILED, failure=message, detail=message)
-        self.store.release_locks_of(d.id)
         return self._finish(d, None)
 
     # -- manual rollback --------------------------------------------------------------------------
@@ -749,7 +741,6 @@ class Pipeline:
         text = f"cancelled by {user}" + (f": {reason}" if reason else "")
         d = self.store.transition(d.id, DeploymentStatus.CANCELLED, actor=user, failure=text,
                                   detail=text)
-        self.store.release_locks_of(d.id)
         self._tell("finished", d, "")
         return d
 

@@ -323,7 +323,6 @@ class Store:
                     failure=f"interrupted while {dep.status.value}: the deploybot process ended; "
                             "check the service by hand",
                 ))
-                self.release_locks_of(dep.id)
         return out
 
     def scheduled(self) -> list[Deployment]:
