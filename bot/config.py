@@ -99,8 +99,24 @@ class Environment(Strict):
     lock_ttl: float = Field(default=900.0, gt=0, le=86400)
 
 
+class HttpAuth(Strict):
+    """How to reach a service's health/smoke/metrics URLs when they need credentials,
+    e.g. through the Kubernetes API server's service proxy."""
+
+    bearer_token_env: str | None = None  # NAME of the env var holding the token
+    bearer_token_file: str | None = None  # a file holding it (a service account token)
+    ca_file: str | None = None  # CA bundle for an https URL with a private CA
+
+    @model_validator(mode="after")
+    def _one_token_source(self) -> "HttpAuth":
+        if self.bearer_token_env and self.bearer_token_file:
+            raise ValueError("give bearer_token_env or bearer_token_file, not both")
+        return self
+
+
 class Health(Strict):
     url: AnyHttpUrl
+    # "/health/detailed" replaces the URL's path; "detailed" (no leading /) is appended to it.
     detailed_path: str | None = "/health/detailed"
     timeout: float = Field(default=5.0, gt=0, le=60)
 
@@ -211,6 +227,7 @@ class Service(Strict):
     ] = Field(default_factory=DockerBackendSettings)
     environments: list[str] | None = None  # where it may be deployed; None = all
     health: Health | None = None
+    http_auth: HttpAuth | None = None  # applied to this service's health, smoke and metrics URLs
     smoke: list[SmokeTest] = Field(default_factory=list)
     required_env: list[str] = Field(default_factory=list)
     dependencies: list[Dependency] = Field(default_factory=list)

@@ -29,6 +29,8 @@ class SystemClock:
 
 def detailed_url(health_url: str, path: str) -> str:
     parts = urlsplit(health_url)
+    if not path.startswith("/"):  # relative: below the health URL (proxy paths stay intact)
+        path = parts.path.rstrip("/") + "/" + path
     return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
 
 

@@ -305,7 +305,7 @@ def _check_monitoring_setup(cfg) -> int:
     from bot.monitoring_setup import monitoring_setup
     from bot.ports import MetricsUnavailable
 
-    probe, count = HttpxProbe(), 0
+    probe, count = HttpxProbe.for_config(cfg, os.environ), 0
     try:
         for name in cfg.services:
             for env in cfg.environments:

@@ -60,7 +60,7 @@ def build_pipeline(config: Config, store: Store, *, reporter: Reporter, approver
     pipeline = Pipeline(config=config, store=store,
                         tracker=tracker or build_tracker(config, store, environ),
                         backend_for=backend_factory(config), reporter=reporter, approver=approver,
-                        probe=HttpxProbe(), environ=environ,
+                        probe=HttpxProbe.for_config(config, environ), environ=environ,
                         image_builder=build_image_builder(environ))
     pipeline.metrics_for = metrics_factory(config)
     return pipeline

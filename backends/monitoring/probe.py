@@ -3,23 +3,86 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+from urllib.parse import urlsplit
 
 import httpx
 
+from bot.config import Config, HttpAuth
 from bot.ports import ProbeResult
 
 MAX_BODY = 64 * 1024  # a health answer bigger than this is cut; we only need its start
 
 
+def origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+@dataclass
+class _Route:
+    auth: HttpAuth
+    client: httpx.Client
+
+
 class HttpxProbe:
-    def __init__(self, client: httpx.Client | None = None) -> None:
+    """GETs with a timeout; URLs on an origin with `http_auth` carry its bearer token."""
+
+    def __init__(self, client: httpx.Client | None = None,
+                 auth_by_origin: Mapping[str, HttpAuth] | None = None,
+                 environ: Mapping[str, str] | None = None) -> None:
         # No redirects: a health URL that redirects (to a login page, say) is not healthy.
         self.client = client or httpx.Client(follow_redirects=False, trust_env=False)
+        self.environ = dict(environ or {})
+        self.routes = {
+            o: _Route(a, httpx.Client(follow_redirects=False, trust_env=False,
+                                      verify=a.ca_file if a.ca_file else True))
+            for o, a in (auth_by_origin or {}).items()}
+
+    @classmethod
+    def for_config(cls, config: Config, environ: Mapping[str, str]) -> "HttpxProbe":
+        auth: dict[str, HttpAuth] = {}
+        for name in config.services:
+            for env in config.environments:
+                svc = config.service(name, env)
+                if not svc.http_auth:
+                    continue
+                urls = [str(t.url) for t in svc.smoke]
+                if svc.health:
+                    urls.append(str(svc.health.url))
+                metrics = getattr(svc, "metrics_url", None)
+                if metrics:
+                    urls.append(str(metrics))
+                for url in urls:
+                    auth[origin(url)] = svc.http_auth
+        return cls(auth_by_origin=auth, environ=environ)
+
+    def _token(self, auth: HttpAuth) -> str | None:
+        # Read at every call: service-account token files are rotated under us.
+        if auth.bearer_token_env:
+            return self.environ.get(auth.bearer_token_env) or None
+        if auth.bearer_token_file:
+            try:
+                return Path(auth.bearer_token_file).read_text().strip() or None
+            except OSError:
+                return None
+        return None
 
     def get(self, url: str, timeout: float) -> ProbeResult:
         start = time.perf_counter()
+        client, headers = self.client, {}
+        route = self.routes.get(origin(url))
+        if route:
+            client = route.client
+            token = self._token(route.auth)
+            if token is None:
+                return ProbeResult(url, None, "", 0.0,
+                                   "no bearer token (check http_auth's env var or file)")
+            headers["Authorization"] = f"Bearer {token}"
         try:
-            response = self.client.get(url, timeout=timeout)
+            response = client.get(url, timeout=timeout, headers=headers)
         except httpx.TimeoutException:
             return ProbeResult(url, None, "", (time.perf_counter() - start) * 1000,
                                f"no answer within {timeout:g} s")
@@ -33,3 +96,5 @@ class HttpxProbe:
 
     def close(self) -> None:
         self.client.close()
+        for route in self.routes.values():
+            route.client.close()

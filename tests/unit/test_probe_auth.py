@@ -1,0 +1,88 @@
+"""Health URLs behind the Kubernetes API server's proxy need a bearer token; others get none."""
+
+from __future__ import annotations
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from backends.monitoring.probe import HttpxProbe
+from bot import config as configuration
+from bot.verify import detailed_url
+
+
+@pytest.fixture
+def server():
+    seen: list[str | None] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.headers.get("Authorization"))
+            ok = self.headers.get("Authorization") == "Bearer s3cret"
+            self.send_response(200 if ok else 401)
+            self.end_headers()
+            self.wfile.write(b"ok" if ok else b"Unauthorized")
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", seen
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def config_for(base: str, auth: dict | None):
+    svc = {"image": "web", "health": {"url": f"{base}/api/v1/namespaces/shop/services/web:8080/proxy/health",
+                                      "detailed_path": "detailed"}}
+    if auth:
+        svc["http_auth"] = auth
+    return configuration.parse({"environments": {"prod": {}}, "services": {"web": svc}})
+
+
+def test_health_behind_the_proxy_carries_the_token_from_the_environment(server):
+    base, seen = server
+    cfg = config_for(base, {"bearer_token_env": "KUBE_TOKEN"})
+    probe = HttpxProbe.for_config(cfg, {"KUBE_TOKEN": "s3cret"})
+    result = probe.get(str(cfg.service("web", "prod").health.url), 5)
+    assert result.status_code == 200 and seen == ["Bearer s3cret"]
+
+
+def test_token_file_is_read_at_each_probe(server, tmp_path):
+    base, _ = server
+    token = tmp_path / "token"
+    token.write_text("old\n")
+    cfg = config_for(base, {"bearer_token_file": str(token)})
+    probe = HttpxProbe.for_config(cfg, {})
+    url = str(cfg.service("web", "prod").health.url)
+    assert probe.get(url, 5).status_code == 401
+    token.write_text("s3cret\n")
+    assert probe.get(url, 5).status_code == 200
+
+
+def test_missing_token_is_said_and_not_sent(server):
+    base, seen = server
+    cfg = config_for(base, {"bearer_token_env": "KUBE_TOKEN"})
+    result = HttpxProbe.for_config(cfg, {}).get(str(cfg.service("web", "prod").health.url), 5)
+    assert result.status_code is None and "no bearer token" in result.error and seen == []
+
+
+def test_services_without_auth_send_no_token(server):
+    base, seen = server
+    cfg = config_for(base, None)
+    assert HttpxProbe.for_config(cfg, {"KUBE_TOKEN": "s3cret"}).get(f"{base}/health", 5).status_code == 401
+    assert seen == [None]
+
+
+def test_relative_detailed_path_stays_below_the_proxy_path():
+    url = "https://127.0.0.1:6443/api/v1/namespaces/shop/services/web:8080/proxy/health"
+    assert detailed_url(url, "detailed") == url + "/detailed"
+    assert detailed_url(url, "/health/detailed") == "https://127.0.0.1:6443/health/detailed"
+
+
+def test_one_token_source_only():
+    with pytest.raises(configuration.ConfigError, match="not both"):
+        config_for("http://127.0.0.1:1", {"bearer_token_env": "A", "bearer_token_file": "/x"})
