@@ -8,10 +8,8 @@ a version built with MODE=unhealthy answers 500 there, so its rollout never beco
 from __future__ import annotations
 
 import json
-import ssl
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
 
@@ -98,9 +96,10 @@ def test_bad_version_times_out_is_rolled_back_by_the_pipeline_and_history_shows_
                         "namespace": k8s_namespace, "progress_deadline": DEADLINE,
                         "rollout_timeout": 60, "poll_interval": 0.5, "timeout": 10},
             # Health through the API server's service proxy: the pods' own addresses are not
-            # for tests to reach. detailed_path must be the full proxy path too.
-            "health": {"url": f"{proxy}/health", "timeout": 5,
-                       "detailed_path": f"/api/v1/namespaces/{k8s_namespace}/services/web:8080/proxy/health/detailed"},
+            # for tests to reach. The proxy wants the bot's token and the cluster's CA.
+            "health": {"url": f"{proxy}/health", "timeout": 5, "detailed_path": "detailed"},
+            "http_auth": {"bearer_token_env": "DEPLOYBOT_TEST_KUBE_TOKEN",
+                          "ca_file": k8s_cluster.ca},
             "smoke": [{"url": f"{proxy}/api/ping", "contains": "pong"}],
             "verify": {"timeout": 8, "interval": 0.5},
         }},
@@ -108,10 +107,7 @@ def test_bad_version_times_out_is_rolled_back_by_the_pipeline_and_history_shows_
     store = Store(tmp_path / "deploybot.db")
     tracker = LocalTracker(store)
     backend = KubernetesBackend("web", "staging", cfg.service("web", "staging"))
-    # The proxy needs the bot's token and the cluster CA: the probe's client carries both
-    # (the core's HttpProbe has no per-URL auth yet; see the report).
-    probe = HttpxProbe(httpx.Client(verify=ssl.create_default_context(cafile=k8s_cluster.ca), follow_redirects=False, trust_env=False,
-                                    headers={"Authorization": f"Bearer {k8s_cluster.bot_token}"}))
+    probe = HttpxProbe.for_config(cfg, {"DEPLOYBOT_TEST_KUBE_TOKEN": k8s_cluster.bot_token})
     reporter = RecordingReporter()
     pipeline = Pipeline(config=cfg, store=store, tracker=tracker,
                         backend_for=lambda s, e: backend, reporter=reporter,
