@@ -58,7 +58,7 @@ class Message:
 class FakeSlack:
     """`with FakeSlack() as slack:` -> slack.api_url for WebClient(base_url=...)."""
 
-    def __init__(self, *, bot_token: str = "xoxb-test-token", app_token: str = "xapp-test-token",
+    def __init__(self, *, bot_token: str = "xoxb-test", app_token: str = "xapp-test-token",
                  channels: dict[str, str] | None = None,
                  usergroups: dict[str, list[str]] | None = None,
                  socket_url: str | None = None) -> None:

@@ -22,7 +22,7 @@ from fakes.slack_harness import ALICE, ready_ticket, slack_config
 from handlers import cli
 from handlers.slack_app import serve
 
-BOT, APP = "xoxb-test-token", "xapp-test-token"
+BOT, APP = "xoxb-test", "xapp-test-token"
 
 
 def run_args(http: bool = False, port: int = 0) -> argparse.Namespace:
@@ -183,7 +183,7 @@ def test_wrong_token_exits_non_zero_without_showing_it(tmp_path, free_port, monk
         "environments": {"staging": {}},
         "services": {"web": {"image": "demo-web-never-deployed",
                              "backend": {"container_name": "dbt-slack-never"}}}}))
-    wrong = {"SLACK_BOT_TOKEN": "xoxb-wrong-secret-value", "SLACK_APP_TOKEN": "xapp-wrong-value"}
+    wrong = {"SLACK_BOT_TOKEN": "xoxb-wrongval", "SLACK_APP_TOKEN": "xapp-wrong-value"}
     with FakeSlack(socket_url="ws://127.0.0.1:9/none") as slack:
         monkeypatch.setenv("DEPLOYBOT_DB", str(tmp_path / "deploybot.db"))
         monkeypatch.setenv("SLACK_API_URL", slack.api_url)
