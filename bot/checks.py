@@ -133,20 +133,17 @@ def version_from_ticket(ticket: Ticket, comments: list[Comment],
 
 # -- the items ----------------------------------------------------------------------------------
 
-def check_cq_approval(ctx: CheckContext) -> Outcome:
-    if ctx.ticket is None:
-        return Outcome.failed(ctx.ticket_error)
-    rules = ctx.config.tracker.rules
-    return find_approval(ctx.comments, rules.cq_approval, rules, ctx.deployment.requested_by,
-                         "CQ approval", ctx.config.same_person)
+def approval_check(rule: str, what: str) -> Callable[[CheckContext], Outcome]:
+    """The CQ and QA items: the same search, each with its own rule from the config."""
 
+    def check(ctx: CheckContext) -> Outcome:
+        if ctx.ticket is None:
+            return Outcome.failed(ctx.ticket_error)
+        rules = ctx.config.tracker.rules
+        return find_approval(ctx.comments, getattr(rules, rule), rules,
+                             ctx.deployment.requested_by, what, ctx.config.same_person)
 
-def check_qa_pass(ctx: CheckContext) -> Outcome:
-    if ctx.ticket is None:
-        return Outcome.failed(ctx.ticket_error)
-    rules = ctx.config.tracker.rules
-    return find_approval(ctx.comments, rules.qa_pass, rules, ctx.deployment.requested_by,
-                         "QA PASS", ctx.config.same_person)
+    return check
 
 
 def check_ticket_status(ctx: CheckContext) -> Outcome:
@@ -287,8 +284,8 @@ class ChecklistItem:
 
 # In the process's order. Notes and lock are driven by the pipeline (a gate and the lock table).
 CHECKLIST: list[ChecklistItem] = [
-    ChecklistItem("cq_approval", "CQ approval", check_cq_approval),
-    ChecklistItem("qa_pass", "QA PASS", check_qa_pass),
+    ChecklistItem("cq_approval", "CQ approval", approval_check("cq_approval", "CQ approval")),
+    ChecklistItem("qa_pass", "QA PASS", approval_check("qa_pass", "QA PASS")),
     ChecklistItem("ticket_status", "Ready for production", check_ticket_status),
     ChecklistItem("infrastructure", "Infrastructure health", check_infrastructure),
     ChecklistItem("dependencies", "Dependencies in place", check_dependencies),
