@@ -96,9 +96,10 @@ class DeployScheduler:
         self.summary = summary
         self.tick_seconds = tick_seconds
         self.grace = timedelta(minutes=self.config.schedule_grace_minutes)
+        # APScheduler is only an alarm clock: it never decides whether a job is late (no misfire
+        # grace of its own); execute() judges that with the injected clock.
         self.aps = BackgroundScheduler(timezone=timezone.utc, job_defaults={
-            "coalesce": True, "max_instances": 1,
-            "misfire_grace_time": int(self.grace.total_seconds()) or 1})
+            "coalesce": True, "max_instances": 1, "misfire_grace_time": None})
         self._busy: set[int] = set()
         self._busy_lock = threading.Lock()
 
@@ -127,10 +128,16 @@ class DeployScheduler:
     # -- scheduled deployments ------------------------------------------------------------------
 
     def add(self, d: Deployment) -> None:
-        """A job that starts `d` at its time (the tick would find it too, a little later)."""
+        """A job that starts `d` at its time (the tick would find it too, a little later).
+
+        "When" comes from the injected clock; APScheduler, which reads the system clock, is
+        only told how long to wait from now, so the two cannot disagree about the date.
+        """
         if d.scheduled_for is None:
             return
-        self.aps.add_job(self.execute, DateTrigger(run_date=d.scheduled_for), args=[d.id],
+        delay = max(0.0, (d.scheduled_for - self.clock.now()).total_seconds())
+        wake = datetime.now(timezone.utc) + timedelta(seconds=delay)
+        self.aps.add_job(self.execute, DateTrigger(run_date=wake), args=[d.id],
                          id=f"deploy-{d.id}", replace_existing=True)
 
     def reregister(self) -> list[str]:
@@ -183,8 +190,12 @@ class DeployScheduler:
             d = self.store.deployment(deployment_id)
             if d.status is not DeploymentStatus.REQUESTED:
                 return
-            if d.scheduled_for and d.scheduled_for > self.clock.now():
+            now = self.clock.now()
+            if d.scheduled_for and d.scheduled_for > now:
                 return  # an early wake-up (clock skew); the tick tries again
+            if d.scheduled_for and not d.queued and now - d.scheduled_for > self.grace:
+                self._missed(d, now)  # a late wake-up (the machine slept): too late to run
+                return
             self.store.adopt(d.id)  # this process drives it now
             self.start_deployment(d)
         except Exception:

@@ -190,3 +190,31 @@ def test_two_schedulers_start_a_due_deployment_once(tmp_path):
     finally:
         one.close()
         two.close()
+
+
+@pytest.mark.parametrize("start", [datetime(2019, 3, 1, 12, tzinfo=timezone.utc),
+                                   datetime(2041, 7, 4, 12, tzinfo=timezone.utc)])
+def test_the_alarm_is_set_from_the_injected_clock_whatever_todays_date(tmp_path, start):
+    """APScheduler reads the system clock; it is only told how long to wait, never "when"."""
+    clock = ManualClock(start)
+    world = ScheduleWorld(tmp_path / "deploybot.db", clock)
+    try:
+        d = world.request(world.ticket(), at=(start + timedelta(hours=3)).isoformat())
+        before = datetime.now(timezone.utc)
+        world.scheduler.start()
+        job = world.scheduler.aps.get_job(f"deploy-{d.id}")
+        assert job is not None
+        wait = (job.next_run_time - before).total_seconds()
+        assert 3 * 3600 - 60 < wait < 3 * 3600 + 60
+        assert world.store.deployment(d.id).status is DeploymentStatus.REQUESTED
+    finally:
+        world.close()
+
+
+def test_an_alarm_that_rings_after_the_grace_period_marks_the_deployment_missed(world):
+    d = world.request(world.ticket(), at="20:00")
+    world.clock.advance(hours=9)  # the machine slept through it: 21:00 UTC, an hour late
+    world.scheduler.execute(d.id)
+    d = world.store.deployment(d.id)
+    assert d.status is DeploymentStatus.FAILED and d.failure.startswith("missed:")
+    assert world.backend.running == "v1"
