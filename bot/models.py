@@ -119,13 +119,28 @@ class Ticket:
     fields: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Account:
+    """A person's account on the tracker.
+
+    `id` is what comments are matched on: the tracker's stable identity, which its owner cannot
+    edit (Redmine user id, Jira Cloud accountId, Jira DC user key, GitHub/GitLab numeric user
+    id, Linear user id, the local tracker's login). `name` is the display name: shown, never
+    matched, because anyone can rename themselves.
+    """
+
+    id: str
+    login: str = ""  # what people type (Redmine/GitHub/GitLab login, Jira DC name, Linear handle)
+    name: str = ""  # display name, for people to read only
+
+
 @dataclass
 class Comment:
     id: str
-    author: str  # the tracker's stable user id or login
+    author: str  # the author's Account.id: stable, never a display name
     body: str  # plain text (trackers with rich formats convert before handing it over)
     created_at: datetime
-    author_name: str = ""
+    author_name: str = ""  # display name, for people to read only; never decides anything
 
 
 @dataclass

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Callable, Protocol, runtime_checkable
 
 from bot.config import ImageBuild
-from bot.models import BackendStatus, CheckResult, Comment, Deployment, Gate, Ticket
+from bot.models import Account, BackendStatus, CheckResult, Comment, Deployment, Gate, Ticket
 
 # Backends report progress as plain sentences ("pulling demo-web:v2", "container started").
 StepCallback = Callable[[str], None]
@@ -74,7 +74,9 @@ class Tracker(Protocol):
     def get_ticket(self, ticket_id: str) -> Ticket: ...
 
     def comments(self, ticket_id: str) -> list[Comment]:
-        """Every comment (all pages), oldest first, bodies as plain text."""
+        """Every comment (all pages), bodies as plain text, oldest first in the tracker's own
+        order (journal/comment ids, sequence): never by timestamps alone, which can tie (Redmine
+        keeps whole seconds). The core relies on this order for staleness."""
         ...
 
     def add_comment(self, ticket_id: str, markdown: str, *, key: str) -> None:
@@ -87,7 +89,20 @@ class Tracker(Protocol):
         """Add labels (trackers without labels raise TrackerError saying so)."""
         ...
 
-    def check_credentials(self) -> None: ...
+    def check_credentials(self) -> None:
+        """current_account() plus access to the configured project/repository."""
+        ...
+
+    def current_account(self) -> Account:
+        """Whose credentials deploybot uses. TrackerError explaining the 401/403 when they are
+        wrong, even where the tracker would answer anonymous reads (a public Redmine project)."""
+        ...
+
+    def resolve_account(self, ref: str) -> Account:
+        """The account `ref` names, as written in `people:` (a login, a numeric id, an
+        accountId, a handle). TrackerError when the tracker knows no such account or cannot
+        say: callers fail closed."""
+        ...
 
 
 @dataclass
