@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
+from bot import approvals
 from bot.config import CommentRule, Config, Environment, Service, TrackerRules
-from bot.models import CheckStatus, Comment, Deployment, Ticket
+from bot.errors import InputError, TrackerError
+from bot.identity import TrackerIdentities
+from bot.models import Account, CheckStatus, Comment, Deployment, Ticket
 from bot.monitoring_setup import monitoring_setup
 from bot.ports import DeployBackend, HttpProbe
 
@@ -18,10 +22,11 @@ from bot.ports import DeployBackend, HttpProbe
 class Outcome:
     status: CheckStatus
     reason: str
+    evidence: str = ""  # what the item relied on (a comment id + digest), re-checked at rollout
 
     @classmethod
-    def passed(cls, reason: str) -> "Outcome":
-        return cls(CheckStatus.PASSED, reason)
+    def passed(cls, reason: str, evidence: str = "") -> "Outcome":
+        return cls(CheckStatus.PASSED, reason, evidence)
 
     @classmethod
     def failed(cls, reason: str) -> "Outcome":
@@ -39,71 +44,178 @@ class CheckContext:
     service: Service
     environment: Environment
     ticket: Ticket | None
-    comments: list[Comment]
+    comments: list[Comment]  # in the tracker's own order, oldest first
     ticket_error: str  # why the ticket could not be read, when it could not
     backend_for: Callable[[str], DeployBackend]  # service name -> backend in this environment
     probe: HttpProbe
+    identities: TrackerIdentities
+    bot_account: Account | None = None  # deploybot's own comments never count
     environ: Mapping[str, str] = field(default_factory=dict)
     previous_version: str | None = None  # filled by the rollback plan item
     rollback_steps: list[str] = field(default_factory=list)
 
 
-SamePerson = Callable[[str, str], bool]
+def comment_digest(comment: Comment) -> str:
+    """Identifies a comment as it was read: its id and its text (an edit changes it)."""
+    return f"{comment.id}:{hashlib.sha256(comment.body.encode()).hexdigest()[:16]}"
 
 
-def plain_same_person(a: str, b: str) -> bool:
-    return a.strip().lstrip("@").casefold() == b.strip().lstrip("@").casefold()
+def _shown(text: str, limit: int = 80) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
-def _is(comment: Comment, who: str, same: SamePerson) -> bool:
-    return same(comment.author, who) or bool(comment.author_name and same(comment.author_name, who))
+@dataclass
+class _Said:
+    """One line of one comment that the rule's pattern matched, with who wrote it."""
+
+    position: tuple[int, int]  # (comment index in tracker order, line index)
+    comment: Comment
+    verdict: approvals.LineVerdict
+    standing: str  # ok | requester | not-allowed | cannot-tell
+    who: str  # the person (or account) for messages
+    why_unknown: str = ""  # for cannot-tell: what to fix
 
 
-def _author_allowed(comment: Comment, rule: CommentRule, same: SamePerson) -> bool:
-    return not rule.authors or any(_is(comment, a, same) for a in rule.authors)
+class ApprovalReader:
+    """Reads a rule's comments the way the design says: by account, line by line, in order."""
 
+    def __init__(self, ctx: CheckContext, rule: CommentRule, what: str) -> None:
+        self.ctx, self.rule, self.what = ctx, rule, what
+        self.config = ctx.config
+        self.identities = ctx.identities
+        self.tracker_name = ctx.identities.tracker.name
+        requester = ctx.deployment.requested_by
+        self.requester = self.config.canonical(requester)
+        self.requester_person = self.config.person_named(requester)
+        self.requester_account: Account | None = None
+        self.requester_problem = ""
+        if self.requester_person is None:
+            self.requester_problem = (
+                f"the requester {requester} is not in people:, so deploybot cannot tell whether "
+                f"a {what} comment is their own; add them to people: with their "
+                f"{self.tracker_name} account (tracker: LOGIN_OR_ID)")
+        else:
+            try:
+                self.requester_account = self.identities.of_person(self.requester_person)
+            except TrackerError as exc:
+                self.requester_problem = (
+                    f"cannot tell whether a {what} comment is the requester's own: {exc.message}"
+                    + (f"; {exc.hint}" if exc.hint else ""))
+        self.allowed: list[tuple[str, Account]] = []
+        self.unresolved: list[str] = []
+        for entry in rule.authors:
+            try:
+                self.allowed.append(self.identities.of_rule_entry(entry))
+            except TrackerError as exc:
+                self.unresolved.append(f"{entry}: {exc.message}")
 
-def find_approval(comments: list[Comment], rule: CommentRule, rules: TrackerRules,
-                  requester: str, what: str, same: SamePerson = plain_same_person) -> Outcome:
-    """The newest comment matching `rule` by an allowed author other than the requester.
+    def _standing(self, c: Comment) -> tuple[str, str, str]:
+        """(standing, who, what to fix) of a comment's author for this rule."""
+        if self.requester_account is not None and c.author == self.requester_account.id:
+            return "requester", self.requester, ""
+        if self.rule.authors:
+            named = next((name for name, acc in self.allowed if acc.id == c.author), None)
+            if named is None:
+                if self.unresolved:
+                    return ("cannot-tell", self._unknown(c),
+                            f"cannot tell whether {self._unknown(c)} may give it: "
+                            + "; ".join(self.unresolved))
+                return "not-allowed", self._unknown(c), ""
+            if self.requester_account is None:
+                person = self.config.person_named(named)
+                if person is not None and person == self.requester_person:
+                    return "requester", named, ""
+                if person is None:
+                    return "cannot-tell", named, self.requester_problem
+            return "ok", named, ""
+        person = self.identities.person_of(c)
+        if self.requester_account is not None:
+            return "ok", person or self._unknown(c), ""
+        if person is not None and person != self.requester_person:
+            return "ok", person, ""
+        if person is not None:
+            return "requester", person, ""
+        return "cannot-tell", self._unknown(c), self.requester_problem
 
-    An approval older than the last "new build" announcement is stale: the build it approved
-    is not the one being deployed.
-    """
-    pattern = re.compile(rule.pattern)
-    matching = [c for c in comments if pattern.search(c.body)]
-    if not matching:
-        return Outcome.failed(f"no {what} comment on the ticket")
-    valid = [c for c in matching
-             if _author_allowed(c, rule, same) and not _is(c, requester, same)]
-    if not valid:
-        own = [c for c in matching if _is(c, requester, same)]
-        if own and len(own) == len(matching):
+    def _unknown(self, c: Comment) -> str:
+        person = self.identities.person_of(c) if self.config.people else None
+        if person:
+            return person
+        shown = f"{c.author_name!r}, " if c.author_name else ""
+        return f"{self.tracker_name} account {shown}id {c.author}".replace("account '", "user '")
+
+    def read(self) -> Outcome:
+        bot_id = self.ctx.bot_account.id if self.ctx.bot_account else None
+        said: list[_Said] = []
+        builds: list[tuple[tuple[int, int], Comment]] = []
+        rules = self.config.tracker.rules
+        for ci, c in enumerate(self.ctx.comments):
+            if bot_id is not None and c.author == bot_id:
+                continue  # deploybot's own records and blockers
+            verdicts = approvals.read(self.rule, c.body)
+            if verdicts:
+                standing, who, fix = self._standing(c)
+                said += [_Said((ci, v.line), c, v, standing, who, fix) for v in verdicts]
+            builds += [((ci, li), c) for li in approvals.new_build_lines(rules, c.body)]
+        what = self.what
+        if not said:
+            return Outcome.failed(f"no {what} comment on the ticket")
+        ok = [s for s in said if s.standing == "ok"]
+        if not ok:
+            unknown = [s for s in said if s.standing == "cannot-tell" and s.verdict.approves]
+            if unknown:
+                return Outcome.failed(unknown[-1].why_unknown)
+            approving = [s for s in said if s.verdict.approves]
+            if approving and all(s.standing == "requester" for s in approving):
+                return Outcome.failed(
+                    f"the only {what} comment is by the requester ({self.requester}); "
+                    "someone else has to give it")
+            others = [s for s in approving if s.standing == "not-allowed"]
+            if others:
+                allowed = ", ".join(self.rule.authors) or "anyone but the requester"
+                authors = ", ".join(dict.fromkeys(s.who for s in others))
+                return Outcome.failed(f"{what} comment by {authors}, who may not give it "
+                                      f"(allowed: {allowed})")
+            return self._denied(said[-1])
+        newest = max(ok, key=lambda s: s.position)
+        if not newest.verdict.approves:
+            return self._denied(newest)
+        later = [b for b in builds if b[0] > newest.position]
+        if later:
+            position, nb = max(later, key=lambda b: b[0])
+            by = self.identities.person_of(nb) or nb.author_name or nb.author
             return Outcome.failed(
-                f"the only {what} comment is by the requester ({requester}); "
-                "someone else has to give it")
-        allowed = ", ".join(rule.authors) or "anyone but the requester"
-        authors = ", ".join(sorted({c.author_name or c.author for c in matching}))
-        return Outcome.failed(f"{what} comment by {authors}, who may not give it (allowed: {allowed})")
-    latest = max(valid, key=lambda c: c.created_at)
-    if rules.new_build:
-        build_re = re.compile(rules.new_build)
-        newer_builds = [c for c in comments
-                        if build_re.search(c.body) and c.created_at > latest.created_at]
-        if newer_builds:
-            nb = max(newer_builds, key=lambda c: c.created_at)
-            return Outcome.failed(
-                f"{what} by {latest.author_name or latest.author} is stale: a new build was "
-                f"announced after it by {nb.author_name or nb.author} "
-                f"({nb.created_at:%Y-%m-%d %H:%M}); it must be given again")
-    return Outcome.passed(
-        f"by {latest.author_name or latest.author} on {latest.created_at:%Y-%m-%d %H:%M %Z}".strip())
+                f"{what} by {newest.who} is stale: a new build was announced after it by {by} "
+                f"({nb.created_at:%Y-%m-%d %H:%M}: {_shown(nb.body.splitlines()[position[1]])!r});"
+                " it must be given again")
+        c = newest.comment
+        return Outcome.passed(f"by {newest.who} on {c.created_at:%Y-%m-%d %H:%M %Z}".strip(),
+                              evidence=comment_digest(c))
+
+    def _denied(self, s: _Said) -> Outcome:
+        return Outcome.failed(
+            f"the newest {self.what} comment, by {s.who}, does not give it: "
+            f"{_shown(s.verdict.text)!r} (says {s.verdict.denied_by!r})")
 
 
-def deployment_notes(comments: list[Comment], rules: TrackerRules,
-                     same: SamePerson = plain_same_person) -> list[Comment]:
+def deployment_notes(ctx: CheckContext) -> list[Comment]:
+    """Comments with deployment notes (by allowed authors when the rule names them)."""
+    rules = ctx.config.tracker.rules
+    bot_id = ctx.bot_account.id if ctx.bot_account else None
+    allowed: set[str] | None = None
+    if rules.notes.authors:
+        allowed = set()
+        for entry in rules.notes.authors:
+            try:
+                allowed.add(ctx.identities.of_rule_entry(entry)[1].id)
+            except TrackerError:
+                allowed = None  # cannot tell who may write notes: show them all (more to read)
+                break
     pattern = re.compile(rules.notes.pattern)
-    return [c for c in comments if pattern.search(c.body) and _author_allowed(c, rules.notes, same)]
+    return [c for c in ctx.comments
+            if c.author != bot_id and pattern.search(c.body)
+            and (allowed is None or c.author in allowed)]
 
 
 def version_from_ticket(ticket: Ticket, comments: list[Comment],
@@ -119,7 +231,17 @@ def version_from_ticket(ticket: Ticket, comments: list[Comment],
         texts_are_field = False
         texts.extend([ticket.description] + [c.body for c in comments])
     for text in texts:
-        for m in pattern.finditer(text or ""):
+        text = text or ""
+        for m in pattern.finditer(text):
+            following = text[m.end():m.end() + 1]
+            if following and not following.isspace() and following not in ",)":
+                # "deploy: web@v2;reboot" is not v2: refuse what was not fully understood
+                token = text[m.start("version"):].split(None, 1)[0]
+                raise InputError(
+                    f"the ticket says {text[m.start():m.end()]}{text[m.end():].split(None, 1)[0]!s}"
+                    f" and {token!r} is not a version",
+                    hint="a version is an image tag: letters, digits, '_', '.', '-'; fix the "
+                         "comment or give SERVICE@VERSION with the command")
             pair = (m.group("service"), m.group("version"))
             if pair not in found:
                 found.append(pair)
@@ -134,14 +256,12 @@ def version_from_ticket(ticket: Ticket, comments: list[Comment],
 # -- the items ----------------------------------------------------------------------------------
 
 def approval_check(rule: str, what: str) -> Callable[[CheckContext], Outcome]:
-    """The CQ and QA items: the same search, each with its own rule from the config."""
+    """The CQ and QA items: the same reading, each with its own rule from the config."""
 
     def check(ctx: CheckContext) -> Outcome:
         if ctx.ticket is None:
             return Outcome.failed(ctx.ticket_error)
-        rules = ctx.config.tracker.rules
-        return find_approval(ctx.comments, getattr(rules, rule), rules,
-                             ctx.deployment.requested_by, what, ctx.config.same_person)
+        return ApprovalReader(ctx, getattr(ctx.config.tracker.rules, rule), what).read()
 
     return check
 
@@ -151,7 +271,7 @@ def check_ticket_status(ctx: CheckContext) -> Outcome:
         return Outcome.failed(ctx.ticket_error)
     wanted = ctx.config.tracker.rules.ready_status
     if ctx.ticket.status.casefold() == wanted.casefold():
-        return Outcome.passed(f"status is {ctx.ticket.status!r}")
+        return Outcome.passed(f"status is {ctx.ticket.status!r}", evidence=ctx.ticket.status)
     return Outcome.failed(f"status is {ctx.ticket.status!r}, not {wanted!r}")
 
 

@@ -86,8 +86,31 @@ class TrackerSettings(BaseModel):
         return self
 
 
+# Tags that name whatever was pushed last: deploying one is not deploying a known build.
+DEFAULT_MUTABLE_TAGS = ["latest", "main", "master", "develop", "dev", "stable", "edge", "nightly",
+                        "head", "trunk", "current", "release", "prod", "production", "staging",
+                        "test", "canary", "snapshot"]
+
+
+class VersionPolicy(Strict):
+    """Which versions an environment accepts. Production refuses mutable tags by default."""
+
+    allow_mutable: bool | None = None  # None: refused where `production: true`, allowed elsewhere
+    mutable_tags: list[str] = Field(default_factory=lambda: list(DEFAULT_MUTABLE_TAGS))
+    # Also mutable: tags matching this (e.g. '-SNAPSHOT$' or '^pr-'); matched case-insensitively.
+    mutable_pattern: str | None = r"(?i)(^|[-_.])(snapshot|latest)$"
+
+    @field_validator("mutable_pattern")
+    @classmethod
+    def _valid_pattern(cls, v: str | None) -> str | None:
+        return v if v is None else _check_regex(v)
+
+
 class Environment(Strict):
     approvers: list[str] = Field(default_factory=list)  # people (names or Slack ids) who may approve
+    # Who may request deployments and rollbacks here; empty: anyone (see the README's table).
+    deployers: list[str] = Field(default_factory=list)
+    versions: VersionPolicy = VersionPolicy()
     approver_groups: list[str] = Field(default_factory=list)  # Slack user-group ids (S…)
     approvals_required: int = Field(default=0, ge=0, le=5)
     allow_self_approval: bool = False
@@ -274,10 +297,29 @@ class SlackSettings(Strict):
 
 
 class Person(Strict):
-    """One person's names: in Slack, on the tracker, at the terminal (the key)."""
+    """One person: the key is their name in deploybot; these are their accounts elsewhere."""
 
-    slack: str | None = None  # Slack user id, like U012AB3CD
-    tracker: str | None = None  # login or account id on the tracker
+    slack: str | None = None  # Slack user id, like U012AB3CD (never a display name)
+    # Account on the configured tracker, as the tracker identifies it: Redmine login or numeric
+    # id, Jira Cloud accountId, Jira DC username, GitHub/GitLab login, Linear id or handle.
+    tracker: str | None = None
+    os: str | None = None  # OS login for the terminal; default: the person's key
+
+    @field_validator("slack")
+    @classmethod
+    def _slack_id(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[UW][A-Z0-9]{2,}", v):
+            raise ValueError("not a Slack user id (like U012AB3CD; a display name can be "
+                             "changed by its owner and is never used)")
+        return v
+
+
+class Terminal(Strict):
+    """Who the terminal says you are."""
+
+    # --as / DEPLOYBOT_USER / --approve-as may name someone other than the OS login's person
+    # only on a shared operations box where this is set; the audit trail keeps both names.
+    trust_as: bool = False
 
 
 class HealthSummary(Strict):
@@ -296,6 +338,8 @@ class Config(Strict):
     environments: dict[str, Environment]
     services: dict[str, Service]
     people: dict[str, Person] = Field(default_factory=dict)
+    admins: list[str] = Field(default_factory=list)  # people who may cancel, unlock, break locks
+    terminal: Terminal = Terminal()
     slack: SlackSettings = SlackSettings()
     # Per environment overrides of service settings, deep-merged before validation.
     source_path: str | None = None
@@ -324,6 +368,22 @@ class Config(Strict):
                     raise ValueError(f"services.{name}.environments: unknown environment {env!r}")
         if self.default_environment and self.default_environment not in self.environments:
             raise ValueError(f"default_environment: unknown environment {self.default_environment!r}")
+        for name in self.people:
+            if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,62}", name):
+                raise ValueError(f"people: {name!r} is not a valid name (lower case letters, "
+                                 "digits, '.', '-' and '_')")
+        seen: dict[tuple[str, str], str] = {}
+        for name, person in self.people.items():
+            for kind, value in (("slack", person.slack), ("tracker", person.tracker),
+                                ("os", person.os or name)):
+                if value and (kind, value.casefold()) in seen:
+                    raise ValueError(f"people.{name}.{kind}: {value!r} is also "
+                                     f"{seen[(kind, value.casefold())]}'s; one account, one person")
+                if value:
+                    seen[(kind, value.casefold())] = name
+        for who in self.admins:
+            if self.person_named(who) is None:
+                raise ValueError(f"admins: {who!r} is not in people:")
         return self
 
     @property
@@ -333,18 +393,36 @@ class Config(Strict):
     def service(self, name: str, environment: str) -> Service:
         return self._resolved[(name, environment)]
 
-    def aliases(self, who: str) -> set[str]:
-        """Every name the same person goes by (case-folded), so "U012AB3CD" matches "alice"."""
-        key = who.strip().lstrip("@").casefold()
-        names = {key}
-        for name, person in self.people.items():
-            known = {n.casefold() for n in (name, person.slack, person.tracker) if n}
-            if key in known:
-                names |= known
-        return names
+    # -- people ----------------------------------------------------------------------------------
 
-    def same_person(self, a: str, b: str) -> bool:
-        return bool(self.aliases(a) & self.aliases(b))
+    def person_named(self, who: str | None) -> str | None:
+        """The people: key for a name or a Slack user id; None when nobody is known by it.
+
+        Only deploybot's own names and Slack ids (which their owners cannot change) are
+        recognised here: tracker accounts go through the tracker, OS logins through person_by_os.
+        """
+        if not who:
+            return None
+        key = who.strip().lstrip("@")
+        for name, person in self.people.items():
+            if key.casefold() == name.casefold() or (person.slack and key == person.slack):
+                return name
+        return None
+
+    def person_by_os(self, login: str) -> str | None:
+        for name, person in self.people.items():
+            if (person.os or name) == login:
+                return name
+        return None
+
+    def canonical(self, who: str) -> str:
+        """How a stored identity reads: the person's name when known, else what was stored."""
+        return self.person_named(who) or who
+
+    def same_person(self, a: str | None, b: str | None) -> bool:
+        if not a or not b:
+            return False
+        return self.canonical(a).casefold() == self.canonical(b).casefold()
 
     def lock_scope(self, service: str, environment: str) -> str:
         svc = self.services[service]

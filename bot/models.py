@@ -82,6 +82,11 @@ TRANSITIONS: dict[DeploymentStatus, frozenset[DeploymentStatus]] = {
 }
 
 
+# A deployment can be cancelled until its rollout starts; after that it is rolled back.
+CANCELLABLE = frozenset({DeploymentStatus.REQUESTED, DeploymentStatus.CHECKING,
+                         DeploymentStatus.AWAITING_APPROVAL})
+
+
 class CheckStatus(str, enum.Enum):
     PENDING = "pending"
     RUNNING = "running"
@@ -152,6 +157,7 @@ class CheckResult:
     status: CheckStatus = CheckStatus.PENDING
     reason: str = ""
     updated_at: datetime | None = None
+    evidence: str = ""  # what a passed item relied on (comment id + digest, status): re-checked
 
 
 @dataclass

@@ -12,11 +12,14 @@ from typing import Callable, Mapping
 
 from bot import checks as checklist
 from bot import freeze as freezing
+from bot.authorization import Action, Authorization
+from bot.identity import Actor, TrackerIdentities
 from bot import record as records
 from bot import watch as watching
 from bot.config import Config
 from bot.errors import BackendError, DeploybotError, InputError, NotAllowed, StateError, TrackerError
 from bot.models import (
+    CANCELLABLE,
     CheckResult,
     CheckStatus,
     Comment,
@@ -82,6 +85,12 @@ class Pipeline:
         self.probe = probe
         self.clock = clock or SystemClock()
         self.environ = os.environ if environ is None else environ
+        self.identities = TrackerIdentities(config, tracker)
+        self.auth = Authorization(config)
+
+    def actor(self, who: Actor | str) -> Actor:
+        """Front ends pass an Actor they established; a plain name is trusted (tests, core)."""
+        return Actor.named(self.config, who)
 
     # -- input validation -----------------------------------------------------------------------
 
@@ -101,14 +110,32 @@ class Pipeline:
         return name
 
     def _ticket_and_comments(self, ticket_id: str) -> tuple[Ticket, list[Comment]]:
+        """The ticket and its comments, in the tracker's own order (never re-sorted here)."""
         with ThreadPoolExecutor(max_workers=2) as pool:
             ticket = pool.submit(self.tracker.get_ticket, ticket_id)
             comments = pool.submit(self.tracker.comments, ticket_id)
-            return ticket.result(), sorted(comments.result(), key=lambda c: c.created_at)
+            return ticket.result(), comments.result()
+
+    def check_version_allowed(self, version: str, environment: str) -> None:
+        """Production refuses tags that name whatever was pushed last (`latest`, `main`, …)."""
+        env = self.config.environments[environment]
+        policy = env.versions
+        allow = policy.allow_mutable if policy.allow_mutable is not None else not env.production
+        if allow:
+            return
+        mutable = version.casefold() in {t.casefold() for t in policy.mutable_tags} or bool(
+            policy.mutable_pattern and re.search(policy.mutable_pattern, version))
+        if mutable:
+            raise InputError(
+                f"{version!r} is a mutable tag: it names whatever was pushed last, so "
+                f"{environment} would not get a known build",
+                hint=f"deploy an immutable version (v1.4.2, a commit sha); or set "
+                     f"environments.{environment}.versions.allow_mutable: true")
 
     # -- requests -------------------------------------------------------------------------------
 
-    def request_deploy(self, ticket_ref: str, *, requested_by: str, target: str | None = None,
+    def request_deploy(self, ticket_ref: str, *, requested_by: Actor | str,
+                       target: str | None = None,
                        environment: str | None = None, dry_run: bool = False,
                        request_key: str | None = None, at: str | None = None,
                        queue: bool = False, break_glass: str = "") -> Deployment:
@@ -117,8 +144,11 @@ class Pipeline:
         `at`: not before this time (bot/scheduler.py starts it); `queue`: wait for a held lock
         instead of being blocked; `break_glass`: the reason for deploying inside a freeze window.
         """
+        actor = self.actor(requested_by)
         ticket_id = self.tracker.parse_ref(ticket_ref)
         env = self.environment(environment)
+        if not dry_run:
+            self.auth.require(Action.DEPLOY, actor, env)
         if target:
             service, version = parse_target(target)
             self.service_name(service, env)
@@ -144,13 +174,14 @@ class Pipeline:
             service, version = found[0]
             validate_version(version)
         self.service_name(service, env)
+        self.check_version_allowed(version, env)
         backend = self.backend_for(service, env)
         deployment, _ = self.store.create_deployment(
             ticket_id=ticket_id, service=service, version=version, environment=env,
-            requested_by=requested_by, dry_run=dry_run, method=backend.method,
+            requested_by=actor.name, dry_run=dry_run, method=backend.method,
             lock_scope=self.config.lock_scope(service, env), request_key=request_key,
             scheduled_for=scheduled_for, queued=queue and not dry_run,
-            break_glass=break_glass.strip())
+            break_glass=break_glass.strip(), one_at_a_time=not dry_run, via=actor.audit())
         return deployment
 
     def _refuse_if_frozen(self, env: str, at: datetime, break_glass: str) -> None:
@@ -195,11 +226,12 @@ class Pipeline:
         waiting = [q.id for q in self.store.queue(d.lock_scope)]
         return waiting.index(d.id) + 1 if d.id in waiting else None
 
-    def request_rollback(self, *, requested_by: str, service: str | None = None,
+    def request_rollback(self, *, requested_by: Actor | str, service: str | None = None,
                          ticket_ref: str | None = None, environment: str | None = None,
                          to_version: str | None = None,
                          request_key: str | None = None) -> Deployment:
         """A manual rollback: back to `to_version` or to what ran before the current version."""
+        actor = self.actor(requested_by)
         env = self.environment(environment) if environment or not ticket_ref else None
         if ticket_ref:
             ticket_id = self.tracker.parse_ref(ticket_ref)
@@ -215,6 +247,7 @@ class Pipeline:
         if not service:
             raise InputError("say which service (or ticket) to roll back")
         self.service_name(service, env)
+        self.auth.require(Action.ROLLBACK, actor, env)
         backend = self.backend_for(service, env)
         current = backend.current_version()
         if to_version:
@@ -232,9 +265,9 @@ class Pipeline:
         related = self.store.last_succeeded(service, env)
         deployment, _ = self.store.create_deployment(
             ticket_id=related.ticket_id if related else "none", service=service, version=target,
-            environment=env, requested_by=requested_by, kind=DeploymentKind.ROLLBACK,
+            environment=env, requested_by=actor.name, kind=DeploymentKind.ROLLBACK,
             method=backend.method, lock_scope=self.config.lock_scope(service, env),
-            request_key=request_key)
+            request_key=request_key, via=actor.audit())
         self.store.update_deployment(deployment.id, previous_version=current)
         return self.store.deployment(deployment.id)
 
@@ -297,18 +330,7 @@ class Pipeline:
             self.store.save_check(row)
         self._tell("checklist_updated", d, self.store.checks(d.id))
 
-        ticket, comments, ticket_error = None, [], ""
-        try:
-            ticket, comments = self._ticket_and_comments(d.ticket_id)
-        except DeploybotError as exc:
-            ticket_error = f"cannot read {d.ticket_id}: {exc}"
-        ctx = checklist.CheckContext(
-            deployment=d, config=self.config,
-            service=self.config.service(d.service, d.environment),
-            environment=self.config.environments[d.environment], ticket=ticket,
-            comments=comments, ticket_error=ticket_error,
-            backend_for=lambda name: self.backend_for(name, d.environment),
-            probe=self.probe, environ=self.environ)
+        ctx = self._gate_context(d)
 
         for item in checklist.CHECKLIST:
             row = rows[item.name]
@@ -319,15 +341,14 @@ class Pipeline:
             except Exception as exc:
                 log.exception("check %s crashed", item.name)
                 outcome = checklist.Outcome.failed(f"could not be checked: {exc}")
-            row.status, row.reason = outcome.status, outcome.reason
+            row.status, row.reason, row.evidence = outcome.status, outcome.reason, outcome.evidence
             self._save_check(d, row)
         if ctx.previous_version != d.previous_version:
             d = self.store.update_deployment(d.id, previous_version=ctx.previous_version)
         failed = [r for r in rows.values() if r.status is CheckStatus.FAILED]
 
         notes_row = rows[checklist.NOTES_ITEM[0]]
-        notes = (checklist.deployment_notes(comments, self.config.tracker.rules,
-                                             self.config.same_person) if ticket else [])
+        notes = checklist.deployment_notes(ctx) if ctx.ticket else []
         if failed:
             notes_row.status, notes_row.reason = CheckStatus.SKIPPED, "not reached: blocked"
         elif not notes:
@@ -358,8 +379,9 @@ class Pipeline:
         if d.dry_run:
             return self._finish_dry_run(d, ctx.rollback_steps)
         if notes:
-            text = "\n\n".join(f"*{c.author_name or c.author}* ({c.created_at:%Y-%m-%d %H:%M}):\n{c.body}"
-                               for c in notes)
+            text = "\n\n".join(
+                f"*{self.identities.person_of(c) or c.author_name or c.author}* "
+                f"({c.created_at:%Y-%m-%d %H:%M}):\n{c.body}" for c in notes)
             self.store.create_gate(d.id, GateKind.NOTES_ACK,
                                    f"Deployment notes on {d.ticket_id}:\n\n{text}")
         if frozen and d.break_glass:
@@ -379,6 +401,27 @@ class Pipeline:
             d = self.store.transition(d.id, DeploymentStatus.AWAITING_APPROVAL)
             return self._ask_gates(d)
         return self._deploy_alive(d)
+
+    def _gate_context(self, d: Deployment) -> checklist.CheckContext:
+        """Read what the gates are decided on: deploybot's own account (which also proves its
+        credentials: a wrong key fails here even where anonymous reads would work), the ticket
+        and its comments."""
+        ticket, comments, ticket_error, bot = None, [], "", None
+        try:
+            bot = self.tracker.current_account()
+            ticket, comments = self._ticket_and_comments(d.ticket_id)
+        except DeploybotError as exc:
+            ticket, comments = None, []
+            ticket_error = (f"cannot read {d.ticket_id} on {self.tracker.name}: {exc.message}"
+                            + (f" ({exc.hint})" if exc.hint else ""))
+        return checklist.CheckContext(
+            deployment=d, config=self.config,
+            service=self.config.service(d.service, d.environment),
+            environment=self.config.environments[d.environment], ticket=ticket,
+            comments=comments, ticket_error=ticket_error,
+            backend_for=lambda name: self.backend_for(name, d.environment),
+            probe=self.probe, identities=self.identities, bot_account=bot,
+            environ=self.environ)
 
     def _lock_outcome(self, d: Deployment, *, take: bool) -> tuple[CheckStatus, str]:
         scope = d.lock_scope
@@ -409,7 +452,8 @@ class Pipeline:
         d = self.store.transition(d.id, DeploymentStatus.BLOCKED, failure=summary, detail=summary)
         self._tell("blocked", d, failed)
         if not d.dry_run:
-            self._comment_once(d, "blocked", records.render_blockers(d, failed))
+            self._comment_once(d, "blocked", records.render_blockers(
+                d, failed, requested_by=self.config.canonical(d.requested_by)))
         self._tell("finished", d, "")
         return d
 
@@ -449,44 +493,48 @@ class Pipeline:
                 return self.store.deployment(d.id)
         return self._resume_if_approved(d.id)
 
-    def authorise(self, d: Deployment, gate: Gate, user: str, groups: tuple[str, ...] = ()) -> None:
-        if gate.kind is GateKind.NOTES_ACK:
-            return
-        env = self.config.environments[d.environment]
-        if env.approvers or env.approver_groups:
-            allowed = any(self.config.same_person(user, a) or a in groups for a in env.approvers)
-            allowed = allowed or any(g in groups for g in env.approver_groups)
-            if not allowed:
-                who = ", ".join(env.approvers + env.approver_groups)
-                raise NotAllowed(f"{user} may not approve deployments to {d.environment}",
-                                 hint=f"approvers: {who}")
-        if self.config.same_person(user, d.requested_by) and (
-                not env.allow_self_approval or gate.kind is GateKind.BREAK_GLASS):
-            raise NotAllowed(f"{user} requested this deployment and cannot approve it",
-                             hint="another approver has to")
-        for other in self.store.gates(d.id, kind=gate.kind):
-            if other.id != gate.id and other.status is GateStatus.APPROVED and \
-                    other.decided_by and self.config.same_person(other.decided_by, user):
-                raise NotAllowed(f"{user} already approved this deployment",
-                                 hint="a second approval must come from someone else")
+    def authorise(self, d: Deployment, gate: Gate, who: Actor | str, *,
+                  approved: bool = True) -> None:
+        """NotAllowed unless `who` may decide `gate` this way (the README's table)."""
+        actor = self.actor(who)
+        subject = f"deployment #{d.id} ({d.service} {d.version} to {d.environment})"
+        if not approved:
+            action = Action.REJECT
+        elif gate.kind is GateKind.NOTES_ACK:
+            action = Action.ACK_NOTES
+        elif gate.kind is GateKind.BREAK_GLASS:
+            action = Action.BREAK_GLASS
+        else:
+            action = Action.APPROVE
+        self.auth.require(action, actor, d.environment, requester=d.requested_by,
+                          subject=subject)
+        if approved and gate.kind is not GateKind.NOTES_ACK:
+            for other in self.store.gates(d.id, kind=gate.kind):
+                if other.id != gate.id and other.status is GateStatus.APPROVED and \
+                        self.config.same_person(other.decided_by, actor.name):
+                    raise NotAllowed(f"{actor.name} already approved deployment #{d.id}.",
+                                     hint="Each approval must come from a different person.")
 
-    def decide_gate(self, gate_id: int, *, decided_by: str, approved: bool, reason: str = "",
-                    groups: tuple[str, ...] = (), resume: bool = True) -> GateOutcome:
+    def decide_gate(self, gate_id: int, *, decided_by: Actor | str, approved: bool,
+                    reason: str = "", resume: bool = True) -> GateOutcome:
         """A person decided a gate. Authorised once; repeated clicks change nothing."""
+        actor = self.actor(decided_by)
         gate = self.store.gate(gate_id)
         d = self.store.deployment(gate.deployment_id)
         if gate.status is not GateStatus.PENDING:
             return GateOutcome(gate, d, decided_now=False)
         if d.status is not DeploymentStatus.AWAITING_APPROVAL:
             raise StateError(f"deployment #{d.id} is {d.status.value}; there is nothing to decide")
-        self.authorise(d, gate, decided_by, groups)
+        self.authorise(d, gate, actor, approved=approved)
         if not approved and not reason.strip():
             raise InputError("a rejection needs a reason")
         gate, decided_now = self.store.decide_gate(gate_id, approved=approved,
-                                                   decided_by=decided_by, reason=reason)
+                                                   decided_by=actor.name, reason=reason,
+                                                   via=actor.audit())
         if not decided_now:
             return GateOutcome(gate, self.store.deployment(d.id), decided_now=False)
         self._tell("gate_decided", d, gate)
+        decided_by = actor.name
         if gate.kind is GateKind.NOTES_ACK and approved:
             for row in self.store.checks(d.id):
                 if row.name == checklist.NOTES_ITEM[0]:
@@ -496,7 +544,7 @@ class Pipeline:
             text = f"{gate.kind.value.replace('_', ' ')} rejected by {decided_by}: {reason}"
             try:
                 d = self.store.transition(d.id, DeploymentStatus.REJECTED, actor=decided_by,
-                                          failure=text, detail=text)
+                                          failure=text, detail=text, via=actor.audit())
             except StateError:
                 return GateOutcome(gate, self.store.deployment(d.id), decided_now=True)
             self._comment_once(d, "rejected", f"**Deployment rejected:** {d.service} {d.version} "
@@ -524,11 +572,79 @@ class Pipeline:
         return self._deploy_alive(d)
 
     def _deploy_alive(self, d: Deployment) -> Deployment:
-        """Deploy while a heartbeat keeps the lock from expiring (steps heartbeat as well)."""
+        """Re-check, then deploy while a heartbeat keeps the lock from expiring."""
         from bot.scheduler import Heartbeat
 
+        changed = self._recheck(d)
+        if changed is not None:
+            return self._block(d, [changed])
         with Heartbeat(self.store, d.id, self.config.environments[d.environment].lock_ttl):
             return self._deploy(d)
+
+    RECHECK_ITEM = ("rollout_recheck", "Still true when the rollout starts")
+    RECHECKED = ("cq_approval", "qa_pass", "ticket_status")
+
+    def _recheck(self, d: Deployment) -> CheckResult | None:
+        """Right before the backend touches anything: re-read the ticket, re-evaluate CQ, QA and
+        status, re-check the freeze and that this deployment still holds its lock. Gates,
+        notes, schedules and queues let time pass; whatever changed meanwhile blocks, saying
+        what changed. Returns the failed row, or None when everything still holds."""
+        rows = {c.name: c for c in self.store.checks(d.id)}
+        row = CheckResult(d.id, *self.RECHECK_ITEM, position=len(rows) + 1,
+                          status=CheckStatus.RUNNING)
+        self._save_check(d, row)
+        changes, held = [], []
+        if d.kind is DeploymentKind.DEPLOY:
+            ctx = self._gate_context(d)
+            items = {i.name: i for i in checklist.CHECKLIST}
+            for name in self.RECHECKED:
+                before = rows.get(name)
+                try:
+                    now = items[name].run(ctx)
+                except Exception as exc:  # a crash here must block, not deploy
+                    log.exception("re-check %s crashed", name)
+                    now = checklist.Outcome.failed(f"could not be checked: {exc}")
+                title = items[name].title
+                if now.status is not CheckStatus.PASSED:
+                    changes.append(f"{title}: {now.reason}")
+                elif before is not None and before.evidence and \
+                        not self._evidence_holds(name, before.evidence, now, ctx):
+                    changes.append(f"{title}: what the checklist relied on changed "
+                                   f"({self._evidence_change(name, before, now)})")
+                else:
+                    held.append(title)
+            env = self.config.environments[d.environment]
+            frozen = freezing.frozen(env.freeze, self.clock.now(), self.config.timezone)
+            if frozen and not d.break_glass:
+                changes.append(f"Freeze window: {d.environment} is now in a {frozen}")
+        status, reason = self._lock_outcome(d, take=True)
+        if status is CheckStatus.FAILED:
+            changes.append(f"Lock: {reason}")
+        else:
+            held.append("lock held")
+        if changes:
+            row.status = CheckStatus.FAILED
+            row.reason = "changed since the checklist: " + "; ".join(changes)
+        else:
+            row.status = CheckStatus.PASSED
+            row.reason = ("re-read just now: " + ", ".join(held)) if held else "lock held"
+        self._save_check(d, row)
+        return row if changes else None
+
+    @staticmethod
+    def _evidence_holds(name: str, evidence: str, now: checklist.Outcome,
+                        ctx: checklist.CheckContext) -> bool:
+        if name == "ticket_status":
+            return now.evidence.casefold() == evidence.casefold()
+        # the approval the checklist counted is still there, unedited (a newer one may exist too)
+        return any(checklist.comment_digest(c) == evidence for c in ctx.comments)
+
+    @staticmethod
+    def _evidence_change(name: str, before: CheckResult, now: checklist.Outcome) -> str:
+        if name == "ticket_status":
+            return f"status was {before.evidence!r}, is {now.evidence!r}"
+        comment_id = before.evidence.split(":", 1)[0]
+        return f"the comment it counted (#{comment_id}) was edited or deleted; now {now.reason}"
 
     def pending_gates(self, deployment_id: int) -> list[Gate]:
         return [g for g in self.store.gates(deployment_id) if g.status is GateStatus.PENDING]
@@ -706,9 +822,14 @@ class Pipeline:
         if d.status is DeploymentStatus.ROLLED_BACK:
             notes.append(f"Rolled back: {d.previous_version or 'nothing'} is running again; "
                          f"{d.version} did not pass verification.")
+        approved = [f"{self.config.canonical(g.decided_by)} at {g.decided_at:%Y-%m-%d %H:%M UTC}"
+                    for g in self.store.gates(d.id)
+                    if g.status is GateStatus.APPROVED and g.kind is not GateKind.NOTES_ACK
+                    and g.decided_by and g.decided_at]
         text = records.render(d, ticket=ticket, checks=self.store.checks(d.id),
                               verification=result, rollback_lines=lines, notes=notes,
-                              now=self.clock.now())
+                              now=self.clock.now(), approved_by=approved,
+                              deployed_by=self.config.canonical(d.requested_by))
         if not d.record:
             d = self.store.update_deployment(d.id, record=text)
         if self.store.claim(d.id, "record_posted"):
@@ -730,49 +851,65 @@ class Pipeline:
 
     # -- people's other requests --------------------------------------------------------------------
 
-    def cancel(self, deployment_id: int, *, user: str, reason: str = "") -> Deployment:
+    def cancel(self, deployment_id: int, *, user: Actor | str, reason: str = "") -> Deployment:
+        actor = self.actor(user)
         d = self.store.deployment(deployment_id)
-        if d.status not in (DeploymentStatus.REQUESTED, DeploymentStatus.CHECKING,
-                            DeploymentStatus.AWAITING_APPROVAL):
+        if d.status not in CANCELLABLE:
             raise StateError(f"deployment #{d.id} is {d.status.value} and cannot be cancelled",
                              hint="roll it back instead" if d.status in
                              (DeploymentStatus.DEPLOYING, DeploymentStatus.VERIFYING,
                               DeploymentStatus.SUCCEEDED) else "")
-        text = f"cancelled by {user}" + (f": {reason}" if reason else "")
-        d = self.store.transition(d.id, DeploymentStatus.CANCELLED, actor=user, failure=text,
-                                  detail=text)
+        self.auth.require(Action.CANCEL, actor, d.environment, requester=d.requested_by,
+                          subject=f"deployment #{d.id} ({d.service} {d.version} to "
+                                  f"{d.environment}, requested by "
+                                  f"{self.config.canonical(d.requested_by)})")
+        text = f"cancelled by {actor.name}" + (f": {reason}" if reason else "")
+        d = self.store.transition(d.id, DeploymentStatus.CANCELLED, actor=actor.name,
+                                  failure=text, detail=text, via=actor.audit())
         self._tell("finished", d, "")
         return d
 
-    def lock(self, environment: str, *, user: str, reason: str,
-             service: str | None = None) -> Lock:
+    def _scope(self, environment: str, service: str | None) -> tuple[str, str]:
         env = self.environment(environment)
+        scope = f"env:{env}" if not service else f"service:{env}:{self.service_name(service, env)}"
+        return env, scope
+
+    def lock(self, environment: str, *, user: Actor | str, reason: str,
+             service: str | None = None) -> Lock:
+        actor = self.actor(user)
+        env, scope = self._scope(environment, service)
         if not reason.strip():
             raise InputError("a lock needs a reason")
-        scope = f"env:{env}" if not service else f"service:{env}:{self.service_name(service, env)}"
-        ok, lock = self.store.acquire_lock(scope, holder=user, reason=reason)
+        self.auth.require(Action.LOCK, actor, env, subject=scope)
+        ok, lock = self.store.acquire_lock(scope, holder=actor.name, reason=reason,
+                                           via=actor.audit())
         if not ok:
             raise StateError(self.describe_lock(lock))
         return lock
 
-    def unlock(self, environment: str, *, user: str, reason: str,
+    def unlock(self, environment: str, *, user: Actor | str, reason: str,
                service: str | None = None) -> Lock:
-        env = self.environment(environment)
+        """Lift a manual lock (its owner, approvers, admins) or break a deployment's lock
+        (approvers, admins). A deployment whose lock was broken re-takes it before its rollout,
+        or is blocked if someone else holds it by then."""
+        actor = self.actor(user)
+        env, scope = self._scope(environment, service)
         if not reason.strip():
             raise InputError("unlocking needs a reason (it is kept in the audit trail)")
-        scope = f"env:{env}" if not service else f"service:{env}:{self.service_name(service, env)}"
         lock = self.store.lock(scope)
         if lock is None:
             raise StateError(f"{scope} is not locked")
-        if lock.deployment_id:
-            d = self.store.deployment(lock.deployment_id)
-            env_cfg = self.config.environments[env]
-            if d.status in ACTIVE and env_cfg.approvers and not any(
-                    self.config.same_person(user, a) for a in env_cfg.approvers):
-                raise NotAllowed(f"{scope} is held by running deployment #{d.id}; only an "
-                                 f"approver of {env} may break it")
-        released = self.store.release_lock(scope, actor=user, reason=reason)
-        assert released is not None
+        holder = self.store.deployment(lock.deployment_id) if lock.deployment_id else None
+        if holder is not None and holder.status in ACTIVE:
+            self.auth.require(Action.BREAK_LOCK, actor, env,
+                              subject=f"the lock of running deployment #{holder.id} on {scope}")
+        elif holder is None:
+            self.auth.require(Action.UNLOCK, actor, env, requester=lock.holder,
+                              subject=f"the manual lock on {scope} ({lock.reason})")
+        released = self.store.release_lock(scope, actor=actor.name, reason=reason,
+                                           via=actor.audit(), expect=lock)
+        if released is None:
+            raise StateError(f"{scope} changed hands meanwhile; look again (deploybot status)")
         return released
 
     def active(self) -> list[Deployment]:

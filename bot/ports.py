@@ -108,7 +108,7 @@ class Tracker(Protocol):
 @dataclass
 class GateDecision:
     approved: bool
-    decided_by: str
+    decided_by: object  # an identity.Actor established by the front end (or a trusted name)
     reason: str = ""
 
 

@@ -59,8 +59,14 @@ def rollback_plan(deployment: Deployment, steps: list[str], health_url: str | No
 
 def render(deployment: Deployment, *, ticket: Ticket | None, checks: list[CheckResult],
            verification: VerificationResult | None, rollback_lines: list[str],
-           notes: list[str], now: datetime | None = None) -> str:
+           notes: list[str], now: datetime | None = None, deployed_by: str | None = None,
+           approved_by: list[str] | None = None) -> str:
+    """`deployed_by`: the requester by their people: name; `approved_by`: who approved the
+    gates ("bob at 2026-11-26 12:00 UTC"), named on the Deployed by line."""
     now = now or datetime.now(timezone.utc)
+    who = deployed_by or deployment.requested_by
+    if approved_by:
+        who += "; approved by " + ", ".join(approved_by)
     by_name = {c.name: c for c in checks}
 
     def check_box(name: str, label: str) -> str:
@@ -91,7 +97,7 @@ def render(deployment: Deployment, *, ticket: Ticket | None, checks: list[CheckR
     lines = [
         "## Deployment Record",
         f"**Ticket:** #{deployment.ticket_id}",
-        f"**Deployed by:** {deployment.requested_by}",
+        f"**Deployed by:** {who}",
         f"**Timestamp:** {now.astimezone(timezone.utc).isoformat(timespec='seconds')}",
         f"**Environment:** {deployment.environment}",
         f"**Version:** {deployment.version}",
@@ -123,11 +129,13 @@ def render(deployment: Deployment, *, ticket: Ticket | None, checks: list[CheckR
     return "\n".join(lines) + "\n"
 
 
-def render_blockers(deployment: Deployment, blockers: list[CheckResult]) -> str:
+def render_blockers(deployment: Deployment, blockers: list[CheckResult],
+                    requested_by: str | None = None) -> str:
     """The comment left on the ticket when the checklist stops a deployment."""
     lines = [
         f"**Deployment blocked:** {deployment.service} {deployment.version} to "
-        f"{deployment.environment} (requested by {deployment.requested_by}) was not deployed.",
+        f"{deployment.environment} (requested by {requested_by or deployment.requested_by}) "
+        "was not deployed.",
         "",
     ]
     lines += [f"- [ ] {c.title}: {c.reason}" for c in blockers]

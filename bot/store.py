@@ -98,8 +98,14 @@ def _m3_schedules(db: sqlite_utils.Database) -> None:
     db["locks"].add_column("heartbeat_at", str)
 
 
+def _m4_evidence_and_via(db: sqlite_utils.Database) -> None:
+    """What each check relied on (re-checked at rollout) and where each event came from."""
+    db["checks"].add_column("evidence", str, not_null_default="")
+    db["events"].add_column("via", str, not_null_default="")
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
-    _m1_initial, _m2_image_digest, _m3_schedules]
+    _m1_initial, _m2_image_digest, _m3_schedules, _m4_evidence_and_via]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -193,9 +199,14 @@ class Store:
                           requested_by: str, kind: DeploymentKind = DeploymentKind.DEPLOY,
                           dry_run: bool = False, lock_scope: str = "", method: str = "",
                           request_key: str | None = None, scheduled_for: datetime | None = None,
-                          queued: bool = False,
-                          break_glass: str = "") -> tuple[Deployment, bool]:
-        """Returns (deployment, created). A repeated request_key returns the first deployment."""
+                          queued: bool = False, break_glass: str = "",
+                          one_at_a_time: bool = False, via: str = "") -> tuple[Deployment, bool]:
+        """Returns (deployment, created). A repeated request_key returns the first deployment.
+
+        `one_at_a_time`: refuse (StateError) while the same ticket, service and environment has
+        a deployment that is not finished — in the same transaction, so of two simultaneous
+        requests exactly one is stored.
+        """
         now = _ts(self.now())
         with self.transaction() as db:
             if request_key:
@@ -204,6 +215,18 @@ class Store:
                 ).fetchone()
                 if row:
                     return self.deployment(row[0]), False
+            if one_at_a_time:
+                active = [s.value for s in TRANSITIONS]  # the statuses that can still move
+                row = db.execute(
+                    "SELECT id, status FROM deployments WHERE ticket_id = ? AND service = ? AND "
+                    "environment = ? AND dry_run = 0 AND kind = ? AND status IN "
+                    f"({','.join('?' * len(active))}) ORDER BY id LIMIT 1",
+                    [ticket_id, service, environment, kind.value, *active]).fetchone()
+                if row:
+                    raise StateError(
+                        f"{ticket_id} is already being deployed: {service} to {environment} is "
+                        f"deployment #{row[0]} ({row[1].replace('_', ' ')})",
+                        hint=f"follow #{row[0]} (deploybot show {row[0]}), or cancel it first")
             table = db["deployments"]
             table.insert({
                 "ticket_id": ticket_id, "service": service, "version": version,
@@ -215,7 +238,7 @@ class Store:
                 "queued": int(queued), "break_glass": break_glass,
             })
             dep_id = table.last_pk
-            self._event(dep_id, requested_by, "requested",
+            self._event(dep_id, requested_by, "requested", via=via, detail=
                         f"{kind.value} {service}@{version} to {environment} for {ticket_id}"
                         + (" (dry run)" if dry_run else "")
                         + (f" at {_ts(scheduled_for)}" if scheduled_for else "")
@@ -231,7 +254,7 @@ class Store:
             raise StateError(f"no deployment #{deployment_id}") from None
 
     def transition(self, deployment_id: int, status: DeploymentStatus, *, actor: str = "deploybot",
-                   detail: str = "", **values: Any) -> Deployment:
+                   detail: str = "", via: str = "", **values: Any) -> Deployment:
         """Move a deployment along the state machine; refuses any move the design does not allow."""
         with self.transaction() as db:
             current = self.deployment(deployment_id)
@@ -245,7 +268,7 @@ class Store:
             if status.terminal:
                 update["finished_at"] = now
             db["deployments"].update(deployment_id, update)
-            self._event(deployment_id, actor, status.value, detail)
+            self._event(deployment_id, actor, status.value, detail, via=via)
             if status.terminal:
                 # In the same transaction: nobody ever sees a finished deployment holding a lock.
                 self.release_locks_of(deployment_id)
@@ -355,7 +378,7 @@ class Store:
             db["checks"].upsert({
                 "deployment_id": check.deployment_id, "name": check.name, "title": check.title,
                 "position": check.position, "status": check.status.value, "reason": check.reason,
-                "updated_at": _ts(check.updated_at),
+                "updated_at": _ts(check.updated_at), "evidence": check.evidence,
             }, pk=("deployment_id", "name"))
             if check.status in (CheckStatus.PASSED, CheckStatus.FAILED, CheckStatus.SKIPPED):
                 self._event(check.deployment_id, "deploybot", f"check.{check.status.value}",
@@ -369,7 +392,8 @@ class Store:
             )
             return [CheckResult(deployment_id=r["deployment_id"], name=r["name"], title=r["title"],
                                 position=r["position"], status=CheckStatus(r["status"]),
-                                reason=r["reason"] or "", updated_at=_dt(r["updated_at"]))
+                                reason=r["reason"] or "", updated_at=_dt(r["updated_at"]),
+                                evidence=r.get("evidence") or "")
                     for r in rows]
 
     # -- gates ----------------------------------------------------------------------------------
@@ -406,7 +430,7 @@ class Store:
             return [self._gate(r) for r in self.db.query(sql + " ORDER BY id", args)]
 
     def decide_gate(self, gate_id: int, *, approved: bool, decided_by: str,
-                    reason: str = "") -> tuple[Gate, bool]:
+                    reason: str = "", via: str = "") -> tuple[Gate, bool]:
         """Returns (gate, decided_now). A gate is decided once; later clicks change nothing."""
         with self.transaction() as db:
             gate = self.gate(gate_id)
@@ -416,7 +440,7 @@ class Store:
             db["gates"].update(gate_id, {"status": status.value, "decided_by": decided_by,
                                          "decided_at": _ts(self.now()), "reason": reason})
             self._event(gate.deployment_id, decided_by, f"gate.{status.value}",
-                        f"{gate.kind.value}{': ' + reason if reason else ''}")
+                        f"{gate.kind.value}{': ' + reason if reason else ''}", via=via)
             return self.gate(gate_id), True
 
     # -- locks ----------------------------------------------------------------------------------
@@ -429,8 +453,8 @@ class Store:
                     heartbeat_at=_dt(row.get("heartbeat_at")))
 
     def acquire_lock(self, scope: str, *, holder: str, reason: str,
-                     deployment_id: int | None = None,
-                     ttl: float | None = None) -> tuple[bool, Lock]:
+                     deployment_id: int | None = None, ttl: float | None = None,
+                     via: str = "") -> tuple[bool, Lock]:
         """Atomic: (True, lock) when taken now or already ours; (False, holder's lock) otherwise.
 
         `ttl` (seconds): the lock expires unless its deployment heartbeats; an expired lock is
@@ -447,7 +471,7 @@ class Store:
                                 "reason": reason, "acquired_at": _ts(now),
                                 "heartbeat_at": _ts(now) if ttl else None,
                                 "expires_at": _ts(now + timedelta(seconds=ttl)) if ttl else None})
-            self._event(deployment_id, holder, "lock.acquired", f"{scope}: {reason}")
+            self._event(deployment_id, holder, "lock.acquired", f"{scope}: {reason}", via=via)
             return True, self.lock(scope)
 
     def heartbeat(self, deployment_id: int, ttl: float) -> int:
@@ -495,13 +519,18 @@ class Store:
         with self._lock:
             return [self._lock_row(r) for r in self.db.query("SELECT * FROM locks ORDER BY scope")]
 
-    def release_lock(self, scope: str, *, actor: str, reason: str) -> Lock | None:
+    def release_lock(self, scope: str, *, actor: str, reason: str, via: str = "",
+                     expect: Lock | None = None) -> Lock | None:
+        """Release `scope`; with `expect`, only if it is still that lock (else None)."""
         with self.transaction() as db:
             lock = self.lock(scope)
             if lock is None:
                 return None
+            if expect is not None and (lock.deployment_id, lock.holder, lock.acquired_at) != \
+                    (expect.deployment_id, expect.holder, expect.acquired_at):
+                return None
             db["locks"].delete(scope)
-            self._event(lock.deployment_id, actor, "lock.released", f"{scope}: {reason}")
+            self._event(lock.deployment_id, actor, "lock.released", f"{scope}: {reason}", via=via)
             return lock
 
     def release_locks_of(self, deployment_id: int) -> None:
@@ -513,14 +542,15 @@ class Store:
 
     # -- audit trail ------------------------------------------------------------------------------
 
-    def _event(self, deployment_id: int | None, actor: str, kind: str, detail: str = "") -> None:
+    def _event(self, deployment_id: int | None, actor: str, kind: str, detail: str = "",
+               via: str = "") -> None:
         self.db["events"].insert({"at": _ts(self.now()), "deployment_id": deployment_id,
-                                  "actor": actor, "kind": kind, "detail": detail})
+                                  "actor": actor, "kind": kind, "detail": detail, "via": via})
 
     def record_event(self, deployment_id: int | None, actor: str, kind: str,
-                     detail: str = "") -> None:
+                     detail: str = "", via: str = "") -> None:
         with self.transaction():
-            self._event(deployment_id, actor, kind, detail)
+            self._event(deployment_id, actor, kind, detail, via=via)
 
     def events(self, deployment_id: int | None = None, limit: int = 200) -> list[dict[str, Any]]:
         with self._lock:

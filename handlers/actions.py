@@ -66,10 +66,9 @@ def decide(front: "SlackFrontEnd", click: Click, *, approved: bool, reason: str 
         if gate.status is not GateStatus.PENDING:
             tell(_already(front, gate))
             return
-        groups = front.groups_of(click.user, d.environment)
-        front.check_approver(d, gate, click.user, groups)
-        outcome = front.pipeline.decide_gate(gate.id, decided_by=click.user, approved=approved,
-                                             reason=reason, groups=groups)
+        actor = front.actor(click.user, d.environment)
+        outcome = front.pipeline.decide_gate(gate.id, decided_by=actor, approved=approved,
+                                             reason=reason)
     except NotAllowed as exc:
         tell(f":no_entry: Refused: {blocks.escape(exc.message)}"
              + (f". {blocks.escape(exc.hint)}" if exc.hint else "") + " Nothing changed.")
@@ -91,7 +90,7 @@ def open_reject(front: "SlackFrontEnd", click: Click) -> None:
             front.ephemeral(click.channel, click.user, _already(front, gate),
                             thread_ts=click.thread_ts)
             return
-        front.check_approver(d, gate, click.user, front.groups_of(click.user, d.environment))
+        front.pipeline.authorise(d, gate, front.actor(click.user, d.environment), approved=False)
     except NotAllowed as exc:
         front.ephemeral(click.channel, click.user,
                         f":no_entry: Refused: {blocks.escape(exc.message)}. Nothing changed.",
@@ -107,7 +106,8 @@ def open_reject(front: "SlackFrontEnd", click: Click) -> None:
 
 def cancel(front: "SlackFrontEnd", click: Click) -> None:
     try:
-        front.pipeline.cancel(int(click.value), user=click.user,
+        d = front.store.deployment(int(click.value))
+        front.pipeline.cancel(d.id, user=front.actor(click.user, d.environment),
                               reason="with the Cancel button in Slack")
     except (DeploybotError, ValueError) as exc:
         front.ephemeral(click.channel, click.user,
@@ -124,7 +124,8 @@ def roll_back(front: "SlackFrontEnd", click: Click) -> None:
             raise NotAllowed(f"deployment #{d.id} ({d.status.value}) has nothing to roll back to",
                              hint="use /rollback SERVICE to VERSION")
         new = front.pipeline.request_rollback(
-            requested_by=click.user, service=d.service, environment=d.environment,
+            requested_by=front.actor(click.user, d.environment), service=d.service,
+            environment=d.environment,
             to_version=blocks.rollback_target(d),
             request_key=f"slack:rollback:{d.id}:{click.message_ts}")
     except (DeploybotError, ValueError) as exc:

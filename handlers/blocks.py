@@ -14,6 +14,7 @@ from typing import Iterable
 
 from bot.config import Config
 from bot.models import (
+    CANCELLABLE,
     CheckResult,
     CheckStatus,
     Deployment,
@@ -63,8 +64,6 @@ STATUS_LINE = {
     DeploymentStatus.INTERRUPTED: (":warning:", "interrupted"),
 }
 
-CANCELLABLE = {DeploymentStatus.REQUESTED, DeploymentStatus.CHECKING,
-               DeploymentStatus.AWAITING_APPROVAL}
 SLACK_USER_RE = re.compile(r"^[UW][A-Z0-9]{2,}$")
 
 

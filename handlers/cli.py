@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import getpass
 import os
 import signal
 import sys
@@ -18,7 +17,8 @@ from bot.pipeline import Pipeline
 from bot.scheduler import DeployScheduler, precheck, waiting_note
 from bot.store import Store
 from handlers import commands
-from handlers.terminal import TerminalApprover, TerminalReporter
+from bot.identity import Actor
+from handlers.terminal import TerminalApprover, TerminalReporter, terminal_actor
 from handlers.wiring import build_pipeline, open_store
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PENDING, EXIT_REFUSED = 0, 1, 2, 3, 4
@@ -39,8 +39,14 @@ EPILOG = """examples:
 """
 
 
-def _user(args: argparse.Namespace) -> str:
-    return args.user or os.environ.get("DEPLOYBOT_USER") or getpass.getuser()
+def _claimed(args: argparse.Namespace) -> str | None:
+    return getattr(args, "user", None) or os.environ.get("DEPLOYBOT_USER") or None
+
+
+def _actor(ctx: "Context", args: argparse.Namespace) -> Actor:
+    """The person at the terminal (see handlers.terminal.terminal_actor)."""
+    flag = "--as" if getattr(args, "user", None) else "DEPLOYBOT_USER"
+    return terminal_actor(ctx.config, _claimed(args), flag=flag)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -77,8 +83,12 @@ class Context:
         return self._store
 
     def pipeline(self, approve_as: str | None = None, interactive: bool | None = None) -> Pipeline:
+        me = _actor(self, self.args)
+        approver = (terminal_actor(self.config, approve_as, flag="--approve-as")
+                    if approve_as else None)
         return build_pipeline(self.config, self.store, reporter=TerminalReporter(),
-                              approver=TerminalApprover(approve_as, interactive=interactive))
+                              approver=TerminalApprover(approver, interactive=interactive,
+                                                        me=me, config=self.config))
 
 
 def _outcome(d: Deployment, pipeline: Pipeline) -> int:
@@ -112,7 +122,7 @@ def cmd_deploy(ctx: Context, args: argparse.Namespace) -> int:
         raise InputError(f"{args.ticket!r} is not a ticket",
                          hint="status, history, lock and unlock are commands of their own here")
     pipeline = ctx.pipeline(args.approve_as)
-    d = pipeline.request_deploy(req.ticket, requested_by=_user(args), target=req.target,
+    d = pipeline.request_deploy(req.ticket, requested_by=_actor(ctx, args), target=req.target,
                                 environment=req.environment, dry_run=req.dry_run, at=req.at,
                                 queue=req.queue, break_glass=args.break_glass or req.break_glass)
     if d.scheduled_for:
@@ -148,7 +158,7 @@ def cmd_rollback(ctx: Context, args: argparse.Namespace) -> int:
     req = commands.parse_rollback(" ".join(words), services=list(ctx.config.services),
                                   environments=list(ctx.config.environments))
     pipeline = ctx.pipeline()
-    d = pipeline.request_rollback(requested_by=_user(args), environment=req.environment,
+    d = pipeline.request_rollback(requested_by=_actor(ctx, args), environment=req.environment,
                                   to_version=req.to_version, service=req.service,
                                   ticket_ref=req.ticket)
     d = pipeline.run(d.id)
@@ -167,13 +177,14 @@ def _decide(ctx: Context, args: argparse.Namespace, approved: bool) -> int:
         print(f"deployment #{d.id} ({d.status.value}) has no pending gate"
               + (f": {decided}" if decided else ""), file=sys.stderr)
         return EXIT_FAILED
-    user = _user(args)
+    user = _actor(ctx, args)
     for gate in pending:
         if gate.kind is GateKind.BREAK_GLASS and any(
                 g.kind is GateKind.BREAK_GLASS and g.decided_by
-                and ctx.config.same_person(g.decided_by, user) for g in ctx.store.gates(d.id)):
-            print(f"gate #{gate.id}: {user} gave one break-glass approval already; the other "
-                  "must come from someone else", file=sys.stderr)
+                and ctx.config.same_person(g.decided_by, user.name)
+                for g in ctx.store.gates(d.id)):
+            print(f"gate #{gate.id}: {user.name} gave one break-glass approval already; the "
+                  "other must come from someone else", file=sys.stderr)
             continue
         outcome = pipeline.decide_gate(gate.id, decided_by=user, approved=approved,
                                        reason=args.reason or "")
@@ -196,7 +207,7 @@ def cmd_reject(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(ctx: Context, args: argparse.Namespace) -> int:
-    d = ctx.pipeline().cancel(args.deployment, user=_user(args), reason=args.reason or "")
+    d = ctx.pipeline().cancel(args.deployment, user=_actor(ctx, args), reason=args.reason or "")
     return EXIT_OK if d.status is DeploymentStatus.CANCELLED else EXIT_FAILED
 
 
@@ -255,7 +266,8 @@ def cmd_show(ctx: Context, args: argparse.Namespace) -> int:
               + (f" by {g.decided_by}" if g.decided_by else ""))
     print("Audit trail:")
     for e in ctx.store.events(d.id):
-        print(f"  {e['at'][:19]}  {e['actor']:<12} {e['kind']:<18} {e['detail'] or ''}")
+        via = f" [{e['via']}]" if e.get("via") else ""
+        print(f"  {e['at'][:19]}  {e['actor']:<12} {e['kind']:<18} {e['detail'] or ''}{via}")
     if d.record:
         print()
         print(d.record.rstrip())
@@ -263,13 +275,14 @@ def cmd_show(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def cmd_lock(ctx: Context, args: argparse.Namespace) -> int:
-    lock = ctx.pipeline().lock(args.env, user=_user(args), reason=args.reason, service=args.service)
+    lock = ctx.pipeline().lock(args.env, user=_actor(ctx, args), reason=args.reason,
+                               service=args.service)
     print(f"locked {lock.scope}: {lock.reason}")
     return EXIT_OK
 
 
 def cmd_unlock(ctx: Context, args: argparse.Namespace) -> int:
-    lock = ctx.pipeline().unlock(args.env, user=_user(args), reason=args.reason,
+    lock = ctx.pipeline().unlock(args.env, user=_actor(ctx, args), reason=args.reason,
                                  service=args.service)
     print(f"unlocked {lock.scope} (was held by {lock.holder}: {lock.reason})")
     return EXIT_OK
@@ -289,13 +302,58 @@ def cmd_check_config(ctx: Context, args: argparse.Namespace) -> int:
     failures = 0
     if args.live:
         tracker.check_credentials()
-        failures = _check_monitoring_setup(cfg)
+        people = _check_people(cfg, tracker)
+        failures = people + _check_monitoring_setup(cfg)
     if failures:
-        print(f"{cfg.source_path}: valid, but {failures} monitoring setup problem(s) above")
+        print(f"{cfg.source_path}: valid, but {failures} problem(s) above")
         return EXIT_FAILED
     print(f"{cfg.source_path}: ok — {len(cfg.environments)} environment(s), "
           f"{len(cfg.services)} service(s), tracker {cfg.tracker.kind}")
     return EXIT_OK
+
+
+def _check_people(cfg, tracker) -> int:
+    """Who every person, approver, author and deployer is, on the tracker and in Slack."""
+    from bot.identity import check_people
+
+    lines = check_people(cfg, tracker)
+    lines += _check_slack_people(cfg)
+    for level, text in lines:
+        print(f"[{level}] {text}")
+    return sum(1 for level, _ in lines if level == "FAILED")
+
+
+def _check_slack_people(cfg) -> list[tuple[str, str]]:
+    token = os.environ.get("SLACK_BOT_TOKEN", "").strip()
+    ids = [(name, p.slack) for name, p in cfg.people.items() if p.slack]
+    if not ids:
+        return []
+    if not token:
+        return [("warning", "Slack: SLACK_BOT_TOKEN is not set, so the people's Slack ids "
+                            "were not checked")]
+    from slack_sdk.errors import SlackApiError
+
+    from handlers.slack_app import web_client
+
+    client = web_client(token, os.environ.get("SLACK_API_URL") or None)
+    out = []
+    for name, uid in ids:
+        try:
+            user = client.users_info(user=uid).data.get("user") or {}
+        except SlackApiError as exc:
+            out.append(("FAILED", f"people.{name}.slack: Slack does not know {uid} "
+                                  f"({exc.response.get('error', '?')})"))
+            continue
+        except Exception as exc:
+            out.append(("FAILED", f"people.{name}.slack: cannot ask Slack about {uid}: "
+                                  f"{type(exc).__name__}"))
+            continue
+        if user.get("deleted"):
+            out.append(("FAILED", f"people.{name}.slack: {uid} is a deactivated Slack account"))
+        else:
+            shown = (user.get("profile") or {}).get("real_name") or user.get("name") or uid
+            out.append(("ok", f"people.{name}: Slack {uid} ({shown})"))
+    return out
 
 
 def _check_monitoring_setup(cfg) -> int:
@@ -356,8 +414,13 @@ def cmd_ticket(ctx: Context, args: argparse.Namespace) -> int:
         print(tid)
     elif args.ticket_cmd == "comment":
         tid = tracker.parse_ref(args.ticket)
-        tracker.add_comment(tid, args.text, author=args.author)
-        print(f"{tid}: comment by {args.author} added")
+        # Comments are what the gates read: their author is who runs this, like any other
+        # command (--by someone else only where terminal.trust_as allows it).
+        who = terminal_actor(ctx.config, args.author, flag="--by")
+        entry = ctx.config.people.get(who.person) if who.person else None
+        author = (entry.tracker if entry and entry.tracker else who.name)
+        tracker.add_comment(tid, args.text, author=author)
+        print(f"{tid}: comment by {author} added")
     elif args.ticket_cmd == "status":
         tid = tracker.parse_ref(args.ticket)
         tracker.transition(tid, args.status)
@@ -491,7 +554,8 @@ def build_parser() -> argparse.ArgumentParser:
     tm = tsub.add_parser("comment")
     tm.add_argument("ticket")
     tm.add_argument("text")
-    tm.add_argument("--author", "--by", required=True)
+    tm.add_argument("--author", "--by", metavar="NAME",
+                    help="who writes it (default: you; someone else needs terminal.trust_as)")
     ts = tsub.add_parser("status")
     ts.add_argument("ticket")
     ts.add_argument("status")

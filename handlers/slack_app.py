@@ -28,7 +28,8 @@ from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
 from bot.config import Config
 from bot.errors import ConfigError, DeploybotError, InputError, NotAllowed, StateError
-from bot.models import Deployment, DeploymentStatus, Gate, GateKind
+from bot.models import CANCELLABLE, Deployment, DeploymentStatus, Gate, GateKind
+from bot.identity import Actor, slack_actor
 from bot.store import Store
 from handlers import actions, blocks
 from handlers.commands import (
@@ -206,7 +207,8 @@ class SlackFrontEnd:
 
     def __init__(self, config: Config, store: Store, client: WebClient, *,
                  signing_secret: str | None = None, environ: Mapping[str, str] | None = None,
-                 workers: int = 8, tracker=None) -> None:
+                 workers: int = 8, tracker=None, backend_for=None, probe=None,
+                 clock=None) -> None:
         self.config, self.store, self.client = config, store, client
         self.executor = ThreadPoolExecutor(max_workers=workers,
                                            thread_name_prefix="deploybot-worker")
@@ -214,7 +216,8 @@ class SlackFrontEnd:
         self.home = AppHome(self)
         self.reporter = SlackReporter(client, store, config, on_change=self.home.refresh_soon)
         self.pipeline = build_pipeline(config, store, reporter=self.reporter,
-                                       approver=self.reporter, environ=environ, tracker=tracker)
+                                       approver=self.reporter, environ=environ, tracker=tracker,
+                                       backend_for=backend_for, probe=probe, clock=clock)
         # Scheduled and queued deployments; started by serve() (it posts health summaries too).
         self.scheduler = DeployScheduler(self.pipeline, summary=self.reporter.summary)
         self._claimed: set[int] = set()
@@ -312,16 +315,10 @@ class SlackFrontEnd:
             self._groups[group] = (time.monotonic() + GROUP_CACHE_SECONDS, members)
         return members
 
-    def check_approver(self, d: Deployment, gate: Gate, user: str,
-                       groups: tuple[str, ...]) -> None:
-        """Pipeline.authorise plus the approver groups, which it does not consult on its own."""
-        self.pipeline.authorise(d, gate, user, groups)
-        env = self.config.environments[d.environment]
-        if gate.kind is GateKind.APPROVAL and env.approver_groups and not env.approvers \
-                and not set(groups) & set(env.approver_groups):
-            raise NotAllowed(f"{user} may not approve deployments to {d.environment}",
-                             hint="approvers: members of "
-                                  + ", ".join(f"<!subteam^{g}>" for g in env.approver_groups))
+    def actor(self, user: str, environment: str | None = None) -> Actor:
+        """The person behind a Slack user id (people: slack), with their approver groups."""
+        groups = self.groups_of(user, environment) if environment and user else ()
+        return slack_actor(self.config, user, groups)
 
     # -- deployments ------------------------------------------------------------------------------
 
@@ -356,10 +353,13 @@ class SlackFrontEnd:
     def _execute(self, req: Request, user: str, channel: str, key: str | None) -> None:
         p = self.pipeline
         request_key = f"slack:{key}" if key else None
+        environment = getattr(req, "environment", None)
+        actor = self.actor(user, environment if environment in self.config.environments
+                           else None)
         if isinstance(req, HelpRequest):
             self.ephemeral(channel, user, req.usage)
         elif isinstance(req, DeployRequest):
-            d = p.request_deploy(req.ticket, requested_by=user, target=req.target,
+            d = p.request_deploy(req.ticket, requested_by=actor, target=req.target,
                                  environment=req.environment, dry_run=req.dry_run,
                                  request_key=request_key, at=req.at, queue=req.queue,
                                  break_glass=req.break_glass)
@@ -368,7 +368,7 @@ class SlackFrontEnd:
             else:
                 self.start(d, channel, user)
         elif isinstance(req, RollbackRequest):
-            d = p.request_rollback(requested_by=user, service=req.service, ticket_ref=req.ticket,
+            d = p.request_rollback(requested_by=actor, service=req.service, ticket_ref=req.ticket,
                                    environment=req.environment, to_version=req.to_version,
                                    request_key=request_key)
             self.start(d, channel, user)
@@ -387,7 +387,7 @@ class SlackFrontEnd:
             self.reporter.call("chat_postEphemeral", channel=channel, user=user, **msg.kwargs())
         elif isinstance(req, (LockRequest, UnlockRequest)):
             locking = isinstance(req, LockRequest)
-            lock = (p.lock if locking else p.unlock)(req.environment, user=user,
+            lock = (p.lock if locking else p.unlock)(req.environment, user=actor,
                                                      reason=req.reason)
             who = blocks.person(self.config, user)
             text = (f":lock: {who} locked *{blocks.escape(lock.scope)}*: "
@@ -398,7 +398,8 @@ class SlackFrontEnd:
             self.reporter.call("chat_postMessage", channel=channel, text=text)
             self.home.refresh_soon()
         elif isinstance(req, CancelRequest):
-            d = p.cancel(self._to_cancel(req).id, user=user, reason=req.reason)
+            target = self._to_cancel(req)
+            d = p.cancel(target.id, user=self.actor(user, target.environment), reason=req.reason)
             self.ephemeral(channel, user, f"Cancelled deployment #{d.id} ({blocks.what(d)}).")
         else:  # pragma: no cover - the parser returns nothing else
             raise InputError(f"unsupported request {req!r}")
@@ -427,7 +428,7 @@ class SlackFrontEnd:
             return self.store.deployment(req.deployment_id)
         ticket = self.pipeline.tracker.parse_ref(req.ticket or "")
         open_ = [d for d in self.pipeline.active()
-                 if d.ticket_id == ticket and d.status in blocks.CANCELLABLE]
+                 if d.ticket_id == ticket and d.status in CANCELLABLE]
         if not open_:
             raise StateError(f"no deployment of {ticket} is waiting to be cancelled",
                              hint="a deployment that started deploying is rolled back instead")
@@ -535,9 +536,26 @@ class _QuietHandler(WSGIRequestHandler):
         log.debug("http %s %s", self.address_string(), format % args)
 
 
+def refuse_malformed_signatures(wsgi_app: Callable) -> Callable:
+    """401 for a request whose X-Slack-Request-Timestamp is not a number.
+
+    Bolt's verifier turns it into an int and answers 500 on a ValueError; a forged or broken
+    request is unauthorised, not a server error, and must reach nothing else.
+    """
+    def guarded(environ: dict, start_response: Callable) -> Any:
+        stamp = environ.get("HTTP_X_SLACK_REQUEST_TIMESTAMP")
+        if environ.get("REQUEST_METHOD") == "POST" and stamp is not None and \
+                not stamp.strip().isdigit():
+            start_response("401 Unauthorized", [("Content-Type", "text/plain")])
+            return [b"invalid request"]
+        return wsgi_app(environ, start_response)
+    return guarded
+
+
 def make_http_server(app: App, host: str = "127.0.0.1", port: int = 3000) -> WSGIServer:
     """Bolt behind the standard library's WSGI server, one thread per request."""
-    return make_server(host, port, SlackRequestHandler(app, path=EVENTS_PATH),
+    return make_server(host, port,
+                       refuse_malformed_signatures(SlackRequestHandler(app, path=EVENTS_PATH)),
                        server_class=_ThreadingWSGIServer, handler_class=_QuietHandler)
 
 

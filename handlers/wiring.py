@@ -51,17 +51,19 @@ def backend_factory(config: Config):
 
 
 def build_pipeline(config: Config, store: Store, *, reporter: Reporter, approver: Approver,
-                   environ: Mapping[str, str] | None = None,
-                   tracker: Tracker | None = None) -> Pipeline:
+                   environ: Mapping[str, str] | None = None, tracker: Tracker | None = None,
+                   backend_for=None, probe=None, clock=None) -> Pipeline:
+    """The configured pipeline; `tracker`, `backend_for`, `probe` and `clock` replace the
+    configured ones (tests and embedders swap the edges, never the core)."""
     from backends.deploy import build_image_builder
     from backends.monitoring.probe import HttpxProbe
 
     environ = os.environ if environ is None else environ
     pipeline = Pipeline(config=config, store=store,
                         tracker=tracker or build_tracker(config, store, environ),
-                        backend_for=backend_factory(config), reporter=reporter, approver=approver,
-                        probe=HttpxProbe.for_config(config, environ), environ=environ,
-                        image_builder=build_image_builder(environ))
+                        backend_for=backend_for or backend_factory(config), reporter=reporter,
+                        approver=approver, probe=probe or HttpxProbe.for_config(config, environ),
+                        environ=environ, image_builder=build_image_builder(environ), clock=clock)
     pipeline.metrics_for = metrics_factory(config)
     return pipeline
 
