@@ -87,9 +87,10 @@ def find_approval(comments: list[Comment], rule: CommentRule, rules: TrackerRule
         return Outcome.failed(f"{what} comment by {authors}, who may not give it (allowed: {allowed})")
     latest = max(valid, key=lambda c: c.created_at)
     if rules.new_build:
-        build_re = re.compile(rules.new_build)
+        build_res = [re.compile(p, re.IGNORECASE | re.MULTILINE) for p in rules.new_build]
         newer_builds = [c for c in comments
-                        if build_re.search(c.body) and c.created_at > latest.created_at]
+                        if any(b.search(c.body) for b in build_res)
+                        and c.created_at > latest.created_at]
         if newer_builds:
             nb = max(newer_builds, key=lambda c: c.created_at)
             return Outcome.failed(
