@@ -40,30 +40,107 @@ def _check_regex(value: str) -> str:
 
 
 class CommentRule(Strict):
-    """Which comment counts: a regular expression and, optionally, who may write it."""
+    """Which comment counts: a regular expression and, optionally, who may write it.
+
+    The pattern is matched line by line (bot/approvals.py); a line it matches is an approval only
+    when none of the `deny` regexes matches the same line.
+    """
 
     pattern: str
     authors: list[str] = Field(default_factory=list)  # empty: anyone but the requester
+    # Regexes (matched case-insensitively, anywhere in the line) that make a matching line NOT an
+    # approval: "QA PASS criteria not met", "CQ: approved?". None: bot.approvals.DEFAULT_DENY
+    # (negations, failures, questions, conditionals, pending, partial, revoked, ...). A list
+    # replaces the defaults entirely; [] denies nothing, so any matching line approves: dangerous.
+    deny: list[str] | None = None
 
     @field_validator("pattern")
     @classmethod
     def _valid_pattern(cls, v: str) -> str:
         return _check_regex(v)
 
+    @field_validator("deny")
+    @classmethod
+    def _valid_deny(cls, v: list[str] | None) -> list[str] | None:
+        for i, item in enumerate(v or []):
+            try:
+                _check_regex(item)
+            except ValueError as exc:
+                raise ValueError(f"item {i} ({item!r}): {exc}") from None
+            if re.search(item, "", re.IGNORECASE) is not None:
+                raise ValueError(f"item {i} ({item!r}) matches an empty line: "
+                                 "it would deny every line")
+        return v
+
 
 class TrackerRules(Strict):
     ready_status: str = "Ready for Production"
     deployed_status: str | None = "Deployed"
-    cq_approval: CommentRule = CommentRule(pattern=r"(?im)^\s*CQ\s*(approved|pass(ed)?|ok)\b")
-    qa_pass: CommentRule = CommentRule(pattern=r"(?im)^\s*QA\s*PASS(ED)?\b")
+    # Approvals are read line by line (bot/approvals.py). The default wording must start the line,
+    # after optional bullets, emphasis, emoji or punctuation ("**QA PASS**", "✅ QA passed",
+    # "- CQ: approved", "1. QA: OK"), but never after a word ("Carol said QA PASS"), a quote mark
+    # or a task box ("- [x] QA pass confirmed" is deploybot's own record). Plain "LGTM" does not
+    # count: on a ticket it does not say which gate it passes; "CQ: LGTM" does. (?m) only matters
+    # to code that still searches whole bodies; bot/approvals.py matches each line on its own.
+    cq_approval: CommentRule = CommentRule(pattern=(
+        r"(?im)^(?:[^\w\[\]>|]|_)*(?:(?::[a-z0-9_+-]+:|\d{1,2}[.)])(?:[^\w\[\]>|]|_)*)*"
+        r"(?:CQ|code[\s-]*(?:review|quality))(?:\s+(?:review|status|result|verdict))?"
+        r"[\s:=*_\-–—]*"
+        r"(?:approved|pass(?:ed|es)?|ok(?:ay)?|lgtm|signed[\s-]*off|[✅✔✓☑]\ufe0f?"
+        r"|:(?:white_check_mark|heavy_check_mark|ballot_box_with_check):)(?![^\W_])"))
+    qa_pass: CommentRule = CommentRule(pattern=(
+        r"(?im)^(?:[^\w\[\]>|]|_)*(?:(?::[a-z0-9_+-]+:|\d{1,2}[.)])(?:[^\w\[\]>|]|_)*)*"
+        r"QA(?:\s+(?:sign[\s-]?off|status|result|verdict))?[\s:=*_\-–—]*"
+        r"(?:pass(?:ed|es)?|ok(?:ay)?|approved|signed[\s-]*off|[✅✔✓☑]\ufe0f?"
+        r"|:(?:white_check_mark|heavy_check_mark|ballot_box_with_check):)(?![^\W_])"))
     notes: CommentRule = CommentRule(pattern=r"(?im)^\s*deploy(ment)?\s+notes?\s*:")
-    # A comment announcing a new build makes earlier approvals stale.
-    new_build: str | None = r"(?im)^\s*(new\s+build|rebuilt|new\s+version)\b"
+    # A line announcing a new build makes earlier approvals stale. Any of these regexes, anywhere
+    # in a line, case-insensitively; a single string (older files) is read as a one-item list,
+    # null as none. They must not match deploybot's own comments (the record says "Version:",
+    # "Previous Version:", "taking the new version down"; a blocker says "a new build was
+    # announced after it").
+    new_build: list[str] = Field(default_factory=lambda: [
+        # "new build 1.4.3 is on staging", "FYI: new version deployed", "new image pushed"
+        r"\b(?:new|fresh|updated|another)\s+(?:builds?|versions?|images?|releases?"
+        r"|release\s+candidate|rc|artifacts?|packages?|tags?|commits?)\b"
+        r"(?!\s+(?:was\s+announced\s+after\b|down\b))",
+        r"\bre-?built\b|\bre-?build\s+(?:is\s+)?(?:done|finished|complete|ready|up)\b",
+        # "build 42 is up", "v1.4.3 is now on staging", "rc2 has been deployed"
+        r"\b(?:build|version|release|image|rc)\s*#?\s*v?\d[\w.+-]{0,40}\s+(?:is|has\s+been|was)\s+"
+        r"(?:now\s+)?(?:up|out|ready|available|live|deployed|pushed|released|on\s+\w)",
+        r"\bv?\d+\.\d+[\w.+-]{0,40}\s+(?:is|has\s+been|was)\s+(?:now\s+)?(?:up|out|live|deployed"
+        r"|released|available|on\s+(?:staging|qa|test|uat|dev|preprod|pre-prod)\b)",
+        r"\b(?:force[\s-]?)?pushed\b",  # "pushed a fix", "pushed 2 commits"
+        r"\bre-?deploy(?:ed|ing)?\b",  # "re-deployed to staging"
+        r"\b(?:hot)?fix(?:es)?\s+(?:is\s+|are\s+|was\s+|has\s+been\s+|got\s+)?"
+        r"(?:merged|landed|deployed)\b",
+        r"\b(?:hot)?fix(?:es)?\s+(?:is|are|has\s+been)\s+(?:in|up|out|live)\b",
+        r"\bdeployed\s+(?:v(?:ersion)?\s*)?\d[\w.+-]{0,40}\s+(?:to|on)\b",  # "deployed 1.4.3 to QA"
+        r"\bbump(?:ed)?\s+(?:the\s+)?(?:version|build|image|tag)\b|\bbumped\s+(?:it\s+)?to\s+v?\d",
+    ])
     # Where service@version comes from when the command does not say.
     version_field: str | None = None
     version_pattern: str = r"(?i)\bdeploy:\s*(?P<service>[a-z0-9][a-z0-9_-]*)@(?P<version>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})"
 
-    @field_validator("new_build", "version_pattern")
+    @field_validator("new_build", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [] if v is None else [v] if isinstance(v, str) else v
+
+    @field_validator("new_build")
+    @classmethod
+    def _valid_new_build(cls, v: list[str]) -> list[str]:
+        for i, item in enumerate(v):
+            try:
+                _check_regex(item)
+            except ValueError as exc:
+                raise ValueError(f"item {i} ({item!r}): {exc}") from None
+            if re.search(item, "", re.IGNORECASE) is not None:
+                raise ValueError(f"item {i} ({item!r}) matches an empty line: every line would "
+                                 "announce a new build")
+        return v
+
+    @field_validator("version_pattern")
     @classmethod
     def _valid_regexes(cls, v: str | None) -> str | None:
         return v if v is None else _check_regex(v)
