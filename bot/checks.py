@@ -187,8 +187,7 @@ class ApprovalReader:
             by = self.identities.person_of(nb) or nb.author_name or nb.author
             return Outcome.failed(
                 f"{what} by {newest.who} is stale: a new build was announced after it by {by} "
-                f"({nb.created_at:%Y-%m-%d %H:%M}: {_shown(nb.body.splitlines()[position[1]])!r});"
-                " it must be given again")
+                f"(comment #{nb.id}, {nb.created_at:%Y-%m-%d %H:%M}); it must be given again")
         c = newest.comment
         return Outcome.passed(f"by {newest.who} on {c.created_at:%Y-%m-%d %H:%M %Z}".strip(),
                               evidence=comment_digest(c))

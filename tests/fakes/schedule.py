@@ -57,6 +57,8 @@ CONFIG = {
     "services": {"web": {"image": "demo-web",
                          "health": {"url": "http://127.0.0.1:9/health"},
                          "verify": {"timeout": 2, "interval": 1}}},
+    # each person's account on the (local) tracker is their login
+    "people": {n: {"tracker": n} for n in ("alice", "bob", "carol", "dana", "erin")},
 }
 
 

@@ -13,6 +13,8 @@ from bot import config as configuration
 from bot.config import CommentRule, TrackerRules
 from bot.errors import ConfigError
 from bot.models import CheckResult, CheckStatus, Comment, Deployment, DeploymentStatus, Ticket
+from bot.config import parse
+from tests.fakes.tracker import MemoryTracker, read_approval
 
 RULES = TrackerRules()
 MINIMAL = {"environments": {"staging": {}}, "services": {"web": {"image": "web"}}}
@@ -244,9 +246,15 @@ def test_no_as_an_answer_is_denied_but_no_as_a_finding_is_not():
 
 def test_deploybot_own_comments_approve_nothing_and_announce_no_build():
     when = datetime(2026, 3, 3, 10, tzinfo=timezone.utc)
-    comments = [Comment("1", "bob", "CQ approved", when),
-                Comment("2", "dave", "new build 1.4.4 is up", when + timedelta(hours=1))]
-    stale = checks.find_approval(comments, RULES.cq_approval, RULES, "alice", "CQ approval")
+    tracker = MemoryTracker()
+    for login, uid in (("alice", "1"), ("bob", "2"), ("dave", "4")):
+        tracker.user(login, uid)
+    tid = tracker.ticket()
+    tracker.say(tid, "bob", "CQ approved")
+    tracker.say(tid, "dave", "new build 1.4.4 is up")
+    config = parse({"environments": {"staging": {}}, "services": {"web": {"image": "web"}},
+                    "people": {"alice": {"tracker": "alice"}}})
+    stale = read_approval(config, tracker, tid, requester="alice")
     assert "a new build was announced after it" in stale.reason
     d = Deployment(id=7, ticket_id="DEMO-3", service="web", version="v2", environment="staging",
                    requested_by="alice", status=DeploymentStatus.SUCCEEDED, previous_version="v1",

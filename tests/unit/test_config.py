@@ -82,11 +82,24 @@ def test_missing_file_says_how_to_fix_it(tmp_path):
     assert "DEPLOYBOT_CONFIG" in info.value.hint
 
 
-def test_people_make_slack_ids_and_tracker_logins_one_person():
-    cfg = configuration.parse({**GOOD, "people": {"alice": {"slack": "U01", "tracker": "asmith"}}})
-    assert cfg.same_person("U01", "asmith")
+def test_people_are_known_by_name_and_slack_id_never_by_tracker_login_or_display_name():
+    cfg = configuration.parse({**GOOD, "people": {"alice": {"slack": "U01", "tracker": "asmith"},
+                                                  "bob": {"slack": "U02", "os": "rjones"}}})
     assert cfg.same_person("@alice", "U01")
-    assert not cfg.same_person("U02", "asmith")
+    assert cfg.person_named("U02") == "bob" and cfg.person_named("bob") == "bob"
+    # a tracker login is resolved through the tracker, not here: "asmith" is nobody here
+    assert cfg.person_named("asmith") is None and not cfg.same_person("U01", "asmith")
+    assert cfg.person_by_os("rjones") == "bob" and cfg.person_by_os("alice") == "alice"
+    assert cfg.person_by_os("bob") is None  # bob logs in as rjones
+
+
+def test_one_account_belongs_to_one_person():
+    text = errors_of({**GOOD, "people": {"alice": {"tracker": "17"}, "mallory": {"tracker": "17"}}})
+    assert "people.mallory.tracker: '17' is also alice's" in text
+    text = errors_of({**GOOD, "people": {"alice": {}, "mallory": {"os": "alice"}}})
+    assert "people.mallory.os: 'alice' is also alice's" in text
+    assert "not a Slack user id" in errors_of({**GOOD, "people": {"bob": {"slack": "Bob B."}}})
+    assert "admins: 'erin' is not in people:" in errors_of({**GOOD, "admins": ["erin"]})
 
 
 def test_example_configuration_is_valid():

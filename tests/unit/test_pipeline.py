@@ -7,6 +7,7 @@ import pytest
 from backends.trackers.local import LocalTracker
 from bot import config as configuration
 from bot.errors import InputError, NotAllowed, StateError
+from bot.identity import slack_actor
 from bot.models import CheckStatus, DeploymentStatus, GateKind, GateStatus
 from bot.pipeline import Pipeline
 from bot.ports import GateDecision
@@ -25,7 +26,8 @@ CONFIG = {
     "services": {"web": {"image": "demo-web",
                          "health": {"url": "http://127.0.0.1:9/health"},
                          "smoke": [{"url": "http://127.0.0.1:9/api/ping", "contains": "pong"}]}},
-    "people": {"alice": {"slack": "U0ALICE", "tracker": "alice"}},
+    "people": {"alice": {"slack": "U0ALICE", "tracker": "alice"},
+               **{n: {"tracker": n} for n in ("bob", "carol", "dana", "erin")}},
 }
 
 
@@ -318,8 +320,10 @@ def test_approver_groups_allow_their_members_only(tmp_path):
     d = w.deploy(w.ticket(), env="production")
     gate = w.pipeline.pending_gates(d.id)[0]
     with pytest.raises(NotAllowed):
-        w.pipeline.decide_gate(gate.id, decided_by="U0MALLORY", approved=True, groups=("S0DEV",))
-    out = w.pipeline.decide_gate(gate.id, decided_by="U0ERIN", approved=True, groups=("S0SRE",))
+        w.pipeline.decide_gate(gate.id, decided_by=slack_actor(w.config, "U0MALLORY", ("S0DEV",)),
+                               approved=True)
+    out = w.pipeline.decide_gate(gate.id, decided_by=slack_actor(w.config, "U0ERIN", ("S0SRE",)),
+                                 approved=True)
     assert out.deployment.status is DeploymentStatus.SUCCEEDED
 
 

@@ -8,7 +8,7 @@ import sqlite_utils
 
 from bot import store as store_module
 from bot.models import DeploymentStatus
-from bot.store import Store
+from bot.store import SCHEMA_VERSION, Store
 
 
 def test_a_version_2_database_is_migrated_forward_and_keeps_its_rows(tmp_path):
@@ -27,7 +27,7 @@ def test_a_version_2_database_is_migrated_forward_and_keeps_its_rows(tmp_path):
 
     store = Store(path)
     try:
-        assert store.schema_version == 3
+        assert store.schema_version == SCHEMA_VERSION
         d = store.deployment(1)
         assert d.status is DeploymentStatus.REQUESTED
         assert (d.scheduled_for, d.queued, d.break_glass) == (None, False, "")
