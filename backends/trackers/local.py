@@ -1,4 +1,8 @@
-"""The embedded tracker: tickets, comments and statuses in deploybot's own SQLite file."""
+"""The embedded tracker: tickets, comments and statuses in deploybot's own SQLite file.
+
+There is no user registry: a comment's author is the login as typed (`--author`), and that
+login is both the account id and the name. Comments come in rowid order (creation order).
+"""
 
 from __future__ import annotations
 
@@ -8,12 +12,14 @@ from datetime import datetime, timezone
 from typing import Mapping
 
 from bot.errors import InputError, TrackerError
-from bot.models import Comment, Ticket
+from bot.models import Account, Comment, Ticket
 from bot.store import Store
 
 TICKET_RE = re.compile(r"^(?P<project>[A-Z][A-Z0-9_]{0,19})-(?P<number>[1-9][0-9]{0,8})$")
 PROJECT_RE = re.compile(r"^[A-Z][A-Z0-9_]{0,19}$")
 SCHEMA_KEY = "local_tracker_schema"
+LOGIN_RE = re.compile(r"[A-Za-z0-9._@-]+")
+BOT = Account("deploybot", "deploybot", "deploybot")  # who the local tracker's own comments are by
 STATUSES = ["Open", "In Progress", "In Review", "QA", "Ready for Production", "Deployed", "Closed"]
 
 
@@ -100,7 +106,17 @@ class LocalTracker:
             db["tickets"].update(ticket_id, {"labels": json.dumps(merged)})
 
     def check_credentials(self) -> None:
-        return None
+        return None  # no credentials: the tracker is deploybot's own database
+
+    def current_account(self) -> Account:
+        return BOT
+
+    def resolve_account(self, ref: str) -> Account:
+        login = (ref or "").strip()
+        if not LOGIN_RE.fullmatch(login):
+            raise TrackerError(f"local tracker: {ref!r} in people: is not a login",
+                               hint="use letters, digits and . _ @ - only, as typed with --author")
+        return Account(login, login, login)
 
     def create_ticket(self, title: str, *, project: str = "DEMO", status: str = "Open",
                       description: str = "", fields: Mapping[str, str] | None = None,
