@@ -5,15 +5,16 @@
     python scripts/redmine_local.py down PID WORKDIR
 
 Migrating and seeding a fresh database takes ~15 s, so a prepared instance (sqlite database with
-users, API keys, statuses, workflow and a sample issue) is cached under
-~/.cache/deploybot/redmine-<package version>/ and copied for every run; a run then only pays for
-the web server start. The cache is rebuilt when the package version changes and is never shared
-between two running servers (each run gets its own copy).
+users, API keys, statuses, workflow and sample issues) is cached under
+~/.cache/deploybot/redmine-<package version>-<seed hash>/ and copied for every run; a run then
+only pays for the web server start. The cache is rebuilt when the package version or the seed
+(SEED_RUBY) changes and is never shared between two running servers (each run gets its own copy).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -34,8 +35,9 @@ CACHE_ROOT = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "d
 STEP_TIMEOUT = 180  # seconds for one rake/runner step (a cold 2-core machine needs ~15 s)
 START_TIMEOUT = 60  # seconds for the web server to answer
 
-# Seeds what has no REST API: settings, statuses, workflow, users with API keys, a project and
-# one issue with CQ/QA notes. Prints the API keys as JSON on the last line.
+# Seeds what has no REST API: settings, statuses, workflow, users with API keys, a project, one
+# issue with CQ/QA notes and one whose journals tie on created_on (and one stamped earlier than
+# its id says). Prints the API keys as JSON on the last line.
 SEED_RUBY = r"""
 require 'json'
 Setting.rest_api_enabled = '1'
@@ -91,13 +93,16 @@ bot = user('deploybot', 'Deploy', 'Bot')
 alice = user('alice', 'Alice', 'Developer')
 carol = user('carol', 'Carol', 'Reviewer')
 quinn = user('quinn', 'Quinn', 'Tester')
+dora = user('dora', 'Dora', 'Renamer')  # renames herself in the tests
+bob = user('bob', 'Bob', 'Builder')  # the real login bob, whom a renamed dora must never become
 
 project = Project.find_by(identifier: 'webshop') || Project.new(name: 'Webshop', identifier: 'webshop')
 project.is_public = true
 project.trackers = Tracker.all.to_a
 project.enabled_module_names = ['issue_tracking']
 project.save!
-[[bot, deployer], [alice, developer], [carol, developer], [quinn, developer]].each do |u, role|
+[[bot, deployer], [alice, developer], [carol, developer], [quinn, developer], [dora, developer],
+ [bob, developer]].each do |u, role|
   next if Member.find_by(user_id: u.id, project_id: project.id)
   Member.create!(user: u, project: project, roles: [role])
 end
@@ -110,11 +115,27 @@ issue.save!
   Journal.create!(journalized: issue, user: u, notes: note)
 end
 
+# Journals in one second (Redmine keeps whole seconds), and a later one stamped a minute earlier
+# (a skewed clock): the API orders them by created_on, then id; their ids are the true order.
+ties = Issue.new(project: project, tracker: project.trackers.first, author: alice,
+                 subject: 'Checkout: journals in one second', status: rfp,
+                 priority: IssuePriority.default || IssuePriority.first)
+ties.save!
+stamp = Time.utc(2024, 3, 1, 9, 0, 0)
+tie_journals = [[carol, 'CQ approved: first in that second', stamp],
+                [carol, 'CQ withdrawn: same second, later id', stamp],
+                [quinn, 'QA PASS: latest id, stamped a minute earlier', stamp - 60]].map do |u, note, at|
+  j = Journal.create!(journalized: ties, user: u, notes: note)
+  j.update_column(:created_on, at)
+  j.id
+end
+
 puts JSON.generate({
   'admin' => api_key(admin), 'deploybot' => api_key(bot), 'alice' => api_key(alice),
-  'carol' => api_key(carol), 'quinn' => api_key(quinn),
-  'user_ids' => {'deploybot' => bot.id, 'alice' => alice.id, 'carol' => carol.id, 'quinn' => quinn.id},
-  'issue' => issue.id, 'project' => 'webshop'
+  'carol' => api_key(carol), 'quinn' => api_key(quinn), 'dora' => api_key(dora), 'bob' => api_key(bob),
+  'user_ids' => {'deploybot' => bot.id, 'alice' => alice.id, 'carol' => carol.id, 'quinn' => quinn.id,
+                 'dora' => dora.id, 'bob' => bob.id, 'admin' => admin.id},
+  'issue' => issue.id, 'tie_issue' => ties.id, 'tie_journals' => tie_journals, 'project' => 'webshop'
 })
 """
 
@@ -221,8 +242,13 @@ def _build_template(target: Path) -> None:
         shutil.rmtree(build, ignore_errors=True)
 
 
+def seed_hash() -> str:
+    """Part of the cache key: a changed seed must not reuse a template seeded the old way."""
+    return hashlib.sha256(SEED_RUBY.encode()).hexdigest()[:12]
+
+
 def template() -> Path:
-    target = CACHE_ROOT / f"redmine-{package_version()}" / TENANT
+    target = CACHE_ROOT / f"redmine-{package_version()}-{seed_hash()}" / TENANT
     if not (target / "keys.json").exists():
         shutil.rmtree(target, ignore_errors=True)
         try:

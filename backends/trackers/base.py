@@ -1,14 +1,17 @@
-"""What every HTTP tracker adapter does the same way: post-once comments and gate-data fetches."""
+"""What every HTTP tracker adapter does the same way: post-once comments, gate-data fetches,
+identities (whose token, which account a `people:` entry names) and the comment order."""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
+from typing import Any
 
 from bot.errors import TrackerError
-from bot.models import Comment, Ticket
+from bot.models import Account, Comment, Ticket
 
 from backends.trackers import markup
-from backends.trackers.http import AmbiguousWrite, Http
+from backends.trackers.http import AmbiguousWrite, Http, error_detail
 
 
 @dataclass
@@ -21,12 +24,16 @@ class RawComment:
 
 class HttpTracker:
     """Base of the adapters. Subclasses implement parse_ref, get_ticket, _read_comments,
-    _post_comment, transition and check_credentials."""
+    _post_comment, transition, current_account, _resolve and _check_access."""
 
     name = "tracker"
+    # What a person must fix when the tracker refuses to say whose the credentials are (403).
+    forbidden_whoami = "the account may be locked or deactivated, or the token lacks the scope to read its own profile"
 
     def __init__(self, http: Http) -> None:
         self.http = http
+        self._accounts: dict[str, Account] = {}  # ref -> account: each ref is resolved once
+        self._accounts_lock = threading.Lock()
 
     # -- Tracker protocol --------------------------------------------------------------------
 
@@ -59,6 +66,35 @@ class HttpTracker:
     def close(self) -> None:
         self.http.close()
 
+    def check_credentials(self) -> None:
+        """Whose the credentials are (TrackerError when they are wrong), then the project access."""
+        self.current_account()
+        self._check_access()
+
+    def current_account(self) -> Account:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def resolve_account(self, ref: str) -> Account:
+        """The account a `people:` entry names; cached per adapter instance (successes only, so a
+        passing network failure is retried on the next call). TrackerError when unknown."""
+        key = (ref or "").strip()
+        if not key:
+            raise TrackerError(f"{self.name}: an empty name in people: names no account",
+                               hint="write the person's tracker login or user id")
+        with self._accounts_lock:
+            known = self._accounts.get(key)
+        if known is not None:
+            return known
+        account = self._resolve(key)
+        if not account.id:  # never hand out an account that cannot be matched
+            raise self.unknown_account(key)
+        self._remember(key, account)
+        return account
+
+    def _remember(self, ref: str, account: Account) -> None:
+        with self._accounts_lock:
+            self._accounts[ref] = account
+
     # -- for subclasses ----------------------------------------------------------------------
 
     def _key_token(self, ticket_id: str, key: str) -> str:
@@ -77,6 +113,45 @@ class HttpTracker:
     def _post_comment(self, ticket_id: str, markdown: str, key: str) -> None:  # pragma: no cover
         raise NotImplementedError
 
+    def _resolve(self, ref: str) -> Account:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _check_access(self) -> None:
+        """Read the configured project/repository (nothing configured: nothing to check)."""
+
+    def unknown_account(self, ref: str, fix: str = "") -> TrackerError:
+        return TrackerError(f"{self.name} knows no account {ref!r} (from people:)",
+                            hint=fix or "check the spelling in people:, and that deploybot's token may see that user")
+
+    def _whoami(self, method: str, path: str, **kwargs: Any) -> Any:
+        """GET the token's own profile; 401/403 become errors saying which variable to fix."""
+        resp = self.http.request(method, path, what="identify deploybot's own account",
+                                 accept=(401, 403), **kwargs)
+        if resp.status_code in (401, 403):
+            raise self.credentials_error(resp.status_code, self.http.scrub(error_detail(resp)))
+        try:
+            return resp.json()
+        except ValueError:
+            raise TrackerError(
+                f"{self.name} answered {path} with something that is not JSON",
+                hint=f"check tracker.url ({self.http.url}) points at the {self.name} API",
+            ) from None
+
+    def credentials_error(self, status: int | None, detail: str = "") -> TrackerError:
+        env = self.http.token_env or "(tracker.token_env)"
+        if status == 403:
+            return TrackerError(
+                f"{self.name} refused to say whose credentials deploybot uses (HTTP 403)"
+                + (f": {detail}" if detail else ""),
+                hint=f"{self.forbidden_whoami}; fix the account or the token in environment variable {env}",
+            )
+        code = f" (HTTP {status})" if status else ""
+        return TrackerError(
+            f"{self.name} rejected deploybot's credentials{code}: the token does not belong to any account",
+            hint=f"the token in environment variable {env} is wrong, expired or revoked: "
+                 f"put a valid one in {env} and restart deploybot",
+        )
+
     def _moved_or_fail(self, ticket_id: str, status: str, before: str, hint: str) -> None:
         """Re-read after a transition: trackers may accept a move and not make it (Redmine)."""
         after = self.get_ticket(ticket_id).status
@@ -88,8 +163,24 @@ class HttpTracker:
             )
 
 
-def sort_oldest_first(raws: list[RawComment]) -> list[RawComment]:
-    return sorted(raws, key=lambda r: r.comment.created_at)
+def sort_oldest_first(raws: list[RawComment], *, numeric_ids: bool = True) -> list[RawComment]:
+    """Oldest first in the tracker's own order.
+
+    numeric_ids (Redmine journals, Jira comments, GitHub comments, GitLab notes): the ids are
+    assigned in creation order, so the id alone is the order; timestamps can tie (Redmine keeps
+    whole seconds) or skew. Otherwise (Linear's UUIDs): by creation time, and among equal times
+    the order the API returned them in (the sort is stable)."""
+    if not numeric_ids:
+        return sorted(raws, key=lambda r: r.comment.created_at)
+
+    def key(raw: RawComment) -> int:
+        try:
+            return int(raw.comment.id)
+        except ValueError:
+            raise TrackerError(f"comment id {raw.comment.id!r} is not numeric: cannot order the comments",
+                               hint="the tracker answered something unexpected; report it") from None
+
+    return sorted(raws, key=key)
 
 
 def refused_transition(tracker: str, ticket_id: str, current: str, status: str,

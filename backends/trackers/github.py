@@ -1,6 +1,10 @@
 """GitHub Issues (REST v3). The status is a label with a prefix (default "status:"), so
 "ready for production" is the label `status:Ready for Production`; comments are paginated by
 the `Link` header; the post-once key is an HTML comment, which GitHub does not render.
+
+Identities: a comment's author is the user's numeric id (logins can be renamed, and a freed login
+taken by someone else); the login is shown. A `people:` entry is a login (GET /users/{login})
+or a numeric id (GET /user/{id}): all digits always mean an id.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from typing import Any, Mapping
 from urllib.parse import parse_qs, quote, urlsplit
 
 from bot.errors import ConfigError, InputError, TrackerError
-from bot.models import Comment, Ticket
+from bot.models import Account, Comment, Ticket
 
 from backends.trackers import markup
 from backends.trackers.base import HttpTracker, RawComment, refused_transition, sort_oldest_first
@@ -18,6 +22,7 @@ from backends.trackers.http import Http, base_url, parse_time, secret
 
 _REPO = r"[\w.-]+/[\w.-]+"
 PAGE = 100  # GitHub's maximum per_page
+_LOGIN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})(?:\[bot\])?")
 
 
 class GitHub(HttpTracker):
@@ -99,7 +104,7 @@ class GitHub(HttpTracker):
                 user = c.get("user") or {}
                 body = c.get("body") or ""
                 raws.append(RawComment(
-                    Comment(id=str(c["id"]), author=user.get("login", ""), author_name=user.get("login", ""),
+                    Comment(id=str(c["id"]), author=str(user.get("id", "")), author_name=user.get("login", ""),
                             body=markup.strip_markers(body), created_at=parse_time(c["created_at"])),
                     markup.markers(body),
                 ))
@@ -131,8 +136,42 @@ class GitHub(HttpTracker):
         self.http.request("POST", f"{self._path(tid)}/labels", ticket=tid, what="add labels",
                           json={"labels": list(labels)})
 
-    def check_credentials(self) -> None:
-        self.http.json("GET", "/user", what="check the token")
+    # -- identities --------------------------------------------------------------------------
+
+    forbidden_whoami = "the token may lack access to its own user, or the account may be suspended"
+
+    @staticmethod
+    def _account(user: dict) -> Account:
+        login = str(user.get("login") or "")
+        return Account(id=str(user.get("id") or ""), login=login, name=login)
+
+    def current_account(self) -> Account:
+        me = self._whoami("GET", "/user") or {}
+        if not me.get("id"):
+            raise self.credentials_error(None)
+        return self._account(me)
+
+    def _resolve(self, ref: str) -> Account:
+        hint = "write the person's GitHub login, or their numeric user id, in people:"
+        want = ref.removeprefix("@")
+        by_id = bool(re.fullmatch(r"[0-9]+", want))
+        if by_id:
+            path = f"/user/{want}"
+        elif _LOGIN.fullmatch(want):
+            path = f"/users/{quote(want, safe='')}"
+        else:
+            raise TrackerError(f"{ref!r} in people: is not a GitHub login or user id "
+                               "(display names are never matched)", hint=hint)
+        resp = self.http.request("GET", path, accept=(404,), what=f"look up GitHub user {want!r}")
+        user = None if resp.status_code == 404 else resp.json()
+        if not user or not user.get("id"):
+            raise self.unknown_account(ref, fix=hint)
+        same = (str(user["id"]) == want) if by_id else (str(user.get("login", "")).casefold() == want.casefold())
+        if not same:  # a proxy or a redirect answered for someone else: never guess
+            raise self.unknown_account(ref, fix=hint)
+        return self._account(user)
+
+    def _check_access(self) -> None:
         if self.repo:
             try:
                 self.http.json("GET", f"/repos/{self.repo}", what=f"read repository {self.repo}")

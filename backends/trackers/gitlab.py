@@ -1,6 +1,10 @@
 """GitLab Issues (REST v4). The status is a scoped label (default prefix "status::", e.g.
 `status::Ready for Production`); notes are the comments, system notes ("changed the label...")
 are skipped; pages come from `X-Total-Pages` (or `Link` when GitLab omits the total).
+
+Identities: a note's author is the user's numeric id (usernames can be changed); the name, a
+display name anyone can edit, is shown. A `people:` entry is a username
+(GET /api/v4/users?username=, exact) or a numeric id (GET /api/v4/users/{id}).
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from typing import Any, Mapping
 from urllib.parse import quote, urlsplit
 
 from bot.errors import InputError, TrackerError
-from bot.models import Comment, Ticket
+from bot.models import Account, Comment, Ticket
 
 from backends.trackers import markup
 from backends.trackers.base import HttpTracker, RawComment, refused_transition, sort_oldest_first
@@ -18,6 +22,7 @@ from backends.trackers.http import Http, base_url, parse_time, secret
 
 _PROJECT = r"[\w.-]+(?:/[\w.-]+)+"
 PAGE = 100  # GitLab's maximum per_page
+_USERNAME = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]{0,254}")
 
 
 class GitLab(HttpTracker):
@@ -95,7 +100,7 @@ class GitLab(HttpTracker):
                 author = note.get("author") or {}
                 body = note.get("body") or ""
                 raws.append(RawComment(
-                    Comment(id=str(note["id"]), author=author.get("username", ""),
+                    Comment(id=str(note["id"]), author=str(author.get("id", "")),
                             author_name=author.get("name", ""), body=markup.strip_markers(body),
                             created_at=parse_time(note["created_at"])),
                     markup.markers(body),
@@ -126,8 +131,43 @@ class GitLab(HttpTracker):
         self.http.request("PUT", self._path(tid), ticket=tid, what="add labels",
                           json={"add_labels": ",".join(labels)})
 
-    def check_credentials(self) -> None:
-        self.http.json("GET", "/api/v4/user", what="check the token")
+    # -- identities --------------------------------------------------------------------------
+
+    forbidden_whoami = ("the account may be blocked, or the token lacks the read_user (or api) "
+                        "scope")
+
+    @staticmethod
+    def _account(user: dict) -> Account:
+        login = str(user.get("username") or "")
+        return Account(id=str(user.get("id") or ""), login=login, name=str(user.get("name") or login))
+
+    def current_account(self) -> Account:
+        me = self._whoami("GET", "/api/v4/user") or {}
+        if not me.get("id"):
+            raise self.credentials_error(None)
+        return self._account(me)
+
+    def _resolve(self, ref: str) -> Account:
+        hint = "write the person's GitLab username, or their numeric user id, in people:"
+        if re.fullmatch(r"[0-9]+", ref):
+            resp = self.http.request("GET", f"/api/v4/users/{ref}", accept=(404,),
+                                     what=f"look up GitLab user {ref}")
+            user = None if resp.status_code == 404 else resp.json()
+            if not user or str(user.get("id")) != ref:
+                raise self.unknown_account(ref, fix=hint)
+            return self._account(user)
+        name = ref.removeprefix("@")
+        if not _USERNAME.fullmatch(name):
+            raise TrackerError(f"{ref!r} in people: is not a GitLab username or user id "
+                               "(display names are never matched)", hint=hint)
+        users = self.http.json("GET", "/api/v4/users", params={"username": name},
+                               what=f"look up GitLab user {name!r}") or []
+        match = [u for u in users if str(u.get("username", "")).casefold() == name.casefold()]
+        if len(match) != 1 or not match[0].get("id"):
+            raise self.unknown_account(ref, fix=hint)
+        return self._account(match[0])
+
+    def _check_access(self) -> None:
         if self.project:
             try:
                 self.http.json("GET", f"/api/v4/projects/{quote(self.project, safe='')}",

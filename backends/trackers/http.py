@@ -223,7 +223,7 @@ class Http:
     def error(self, resp: httpx.Response, ticket: str = "", what: str = "") -> TrackerError:
         """A TrackerError for a non-2xx answer: which tracker, which ticket, what to fix."""
         code = resp.status_code
-        detail = self.scrub(_detail(resp))
+        detail = self.scrub(error_detail(resp))
         on = f" for ticket {ticket}" if ticket else ""
         action = f" while trying to {what}" if what else ""
         if code == 401:
@@ -248,7 +248,7 @@ class Http:
         )
 
 
-def _detail(resp: httpx.Response) -> str:
+def error_detail(resp: httpx.Response) -> str:
     """The tracker's own error message, short: Jira errorMessages, GitHub/GitLab message, ..."""
     try:
         data = resp.json()

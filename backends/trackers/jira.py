@@ -4,6 +4,11 @@ how users are identified (accountId vs name).
 
 The post-once key is stored as a comment property ("deploybot" -> {"key": ...}): invisible to
 people, returned by `expand=properties`, and available on both flavours.
+
+Identities: Cloud's stable id is the accountId (a `people:` entry is an accountId, looked up
+with GET /rest/api/3/user?accountId=). Data Center's is the user key, which stays when a user is
+renamed (the username does not); a `people:` entry is a username or a key
+(GET /rest/api/2/user?username=, then ?key=). Display names are only shown.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from typing import Any, Mapping
 from urllib.parse import parse_qs, urlsplit
 
 from bot.errors import InputError, TrackerError
-from bot.models import Comment, Ticket
+from bot.models import Account, Comment, Ticket
 
 from backends.trackers import markup
 from backends.trackers.base import HttpTracker, RawComment, refused_transition, sort_oldest_first
@@ -24,6 +29,8 @@ from backends.trackers.http import Http, base_url, parse_time, secret
 _KEY = re.compile(r"([A-Za-z][A-Za-z0-9_]*)-(\d+)")
 PROPERTY = "deploybot"
 PAGE = 100  # Jira caps comment pages (Cloud serves up to 100 per page in practice)
+_ACCOUNT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9:_-]{0,127}")  # 5b10a2844c20165700ede21g, 557058:f5...
+_DC_USER = re.compile(r"[^\s/?#&]{1,255}")  # usernames may hold @ . - _ and more; never spaces
 
 
 class Jira(HttpTracker):
@@ -107,8 +114,7 @@ class Jira(HttpTracker):
         keys = {str((p.get("value") or {}).get("key")) for p in c.get("properties") or []
                 if p.get("key") == PROPERTY}
         return RawComment(
-            Comment(id=str(c["id"]),
-                    author=str(author.get("accountId") or author.get("name") or author.get("key") or ""),
+            Comment(id=str(c["id"]), author=self._stable_id(author),
                     author_name=author.get("displayName", ""),
                     body=markup.strip_markers(text),
                     created_at=parse_time(c["created"])),
@@ -155,13 +161,59 @@ class Jira(HttpTracker):
         self.http.request("PUT", f"{self.api}/issue/{key}", ticket=key, what="add labels",
                           json={"update": {"labels": [{"add": label} for label in labels]}})
 
-    def check_credentials(self) -> None:
-        me = self.http.json("GET", f"{self.api}/myself", what="check the credentials")
-        if not (me or {}).get("accountId" if self.cloud else "name"):
-            raise TrackerError(f"{self.name} did not identify deploybot's user",
-                               hint=f"check the token in environment variable {self.http.token_env}")
+    # -- identities --------------------------------------------------------------------------
+
+    forbidden_whoami = ("the account may be deactivated, or Jira asks for a CAPTCHA after failed "
+                        "logins (log in once in a browser)")
+
+    def _stable_id(self, user: dict) -> str:
+        """Cloud: accountId. Data Center: the user key (kept across renames), the username only
+        when an old Jira sends no key."""
+        if self.cloud:
+            return str(user.get("accountId") or "")
+        return str(user.get("key") or user.get("name") or "")
+
+    def _account(self, user: dict) -> Account:
+        uid = self._stable_id(user)
+        login = uid if self.cloud else str(user.get("name") or uid)
+        return Account(id=uid, login=login, name=str(user.get("displayName") or login))
+
+    def current_account(self) -> Account:
+        me = self._whoami("GET", f"{self.api}/myself") or {}
+        if not self._stable_id(me):
+            raise self.credentials_error(None)
+        return self._account(me)
+
+    def _check_access(self) -> None:
         if self.project:
             self.http.json("GET", f"{self.api}/project/{self.project}", what=f"read project {self.project}")
+
+    def _user(self, **params: str) -> dict | None:
+        resp = self.http.request("GET", f"{self.api}/user", params=params, accept=(400, 404),
+                                 what="look up a user")
+        return None if resp.status_code in (400, 404) else (resp.json() or None)
+
+    def _resolve(self, ref: str) -> Account:
+        if self.cloud:
+            hint = ("Jira Cloud names people by accountId: write the id from the person's profile "
+                    "URL (…/jira/people/ACCOUNTID)")
+            if not _ACCOUNT_ID.fullmatch(ref):
+                raise TrackerError(f"{ref!r} in people: is not a Jira Cloud accountId", hint=hint)
+            user = self._user(accountId=ref)
+            if user is None or user.get("accountId") != ref:
+                raise self.unknown_account(ref, fix=hint)
+            return self._account(user)
+        hint = "write the person's Jira username (or user key) in people:"
+        if not _DC_USER.fullmatch(ref):
+            raise TrackerError(f"{ref!r} in people: is not a Jira username or user key", hint=hint)
+        user = self._user(username=ref)
+        if user is None or str(user.get("name", "")).casefold() != ref.casefold():
+            user = self._user(key=ref)
+            if user is not None and str(user.get("key", "")) != ref:
+                user = None
+        if user is None or not self._stable_id(user):
+            raise self.unknown_account(ref, fix=hint)
+        return self._account(user)
 
 
 def _build(settings: Mapping[str, Any], environ: Mapping[str, str], cloud: bool) -> Jira:

@@ -4,6 +4,12 @@ states, comments are cursor-paged (250 per page). Rate limits arrive as an error
 
 Linear lets a client choose a new comment's id, so the post-once key is the comment id itself
 (a UUID derived from ticket + key): invisible, and a second post with it cannot succeed.
+
+Identities: a comment's author is the user's id (a UUID); the display name is shown. A `people:`
+entry is a user id (user(id:)) or the user's display name, Linear's handle, unique within the
+workspace (users(filter: {displayName: {eq:}}), exactly one match). Handles can be changed and
+a freed one taken, so ids are the safer choice. Comment ids are UUIDs, so comments keep Linear's
+createdAt order, with the API's own order among equal times.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from bot.errors import InputError, TrackerError
-from bot.models import Comment, Ticket
+from bot.models import Account, Comment, Ticket
 
 from backends.trackers.base import HttpTracker, RawComment, refused_transition, sort_oldest_first
 from backends.trackers.http import Http, base_url, parse_time, parse_wait, secret
@@ -42,6 +48,16 @@ LABELS_Q = """query Labels($names: [String!]) {
 
 CREATE_M = """mutation Comment($input: CommentCreateInput!) {
   commentCreate(input: $input) { success comment { id } } }"""
+
+VIEWER_Q = "query Viewer { viewer { id name displayName } }"
+
+USER_Q = """query User($id: String!) { user(id: $id) { id name displayName } }"""
+
+USERS_Q = """query Users($handle: String!) {
+  users(first: 2, filter: { displayName: { eq: $handle } }) { nodes { id name displayName } } }"""
+
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_HANDLE = re.compile(r"[^\s@]\S{0,99}")
 
 UPDATE_M = """mutation Update($id: String!, $input: IssueUpdateInput!) {
   issueUpdate(id: $id, input: $input) { success } }"""
@@ -87,12 +103,16 @@ class Linear(HttpTracker):
                          hint=f"use TEAM-NUMBER, e.g. {self.team or 'ENG'}-42")
 
     def _gql(self, query: str, variables: dict, *, ticket: str = "", what: str = "",
-             idempotent: bool = True) -> dict:
+             idempotent: bool = True, missing_ok: bool = False) -> dict:
+        """The `data` of a GraphQL answer; TrackerError for its errors (missing_ok: a "not found"
+        error gives an empty dict instead)."""
         resp = self.http.request("POST", "/graphql", json={"query": query, "variables": variables},
                                  ticket=ticket, what=what, idempotent=idempotent, accept=(400,))
         body = resp.json()
         errors = body.get("errors") or []
         if errors:
+            if missing_ok and all(_not_found(e) for e in errors):
+                return {}
             raise self._graphql_error(errors, ticket, what)
         return body.get("data") or {}
 
@@ -102,8 +122,7 @@ class Linear(HttpTracker):
         message = self.http.scrub(ext.get("userPresentableMessage") or first.get("message", "error"))
         text = f"{first.get('message', '')} {message}".lower()
         if ext.get("code") == "AUTHENTICATION_ERROR" or "authenticat" in text:
-            return TrackerError("Linear rejected deploybot's API key",
-                                hint=f"check the key in environment variable {self.http.token_env}")
+            return self.credentials_error(None)
         if ticket and ("not found" in text or "could not find" in text):
             return TrackerError(f"Linear has no issue {ticket}", hint="check the issue identifier")
         return TrackerError(f"Linear refused to {what or 'answer'}"
@@ -140,13 +159,13 @@ class Linear(HttpTracker):
                 user = c.get("user") or {}
                 raws.append(RawComment(
                     Comment(id=c["id"], author=user.get("id", ""),
-                            author_name=user.get("name") or user.get("displayName", ""),
+                            author_name=user.get("displayName") or user.get("name", ""),
                             body=c.get("body") or "", created_at=parse_time(c["createdAt"])),
                     {c["id"]},
                 ))
             page = conn.get("pageInfo") or {}
             if not page.get("hasNextPage"):
-                return sort_oldest_first(raws)
+                return sort_oldest_first(raws, numeric_ids=False)
             after = page.get("endCursor")
 
     def _key_token(self, ticket_id: str, key: str) -> str:
@@ -189,11 +208,43 @@ class Linear(HttpTracker):
         self._gql(UPDATE_M, {"id": issue_id, "input": {"addedLabelIds": list(ids.values())}},
                   ticket=ident, what="add labels")
 
-    def check_credentials(self) -> None:
-        viewer = self._gql("query { viewer { id name } }", {}, what="check the API key").get("viewer")
-        if not viewer:
-            raise TrackerError("Linear did not identify deploybot's user",
-                               hint=f"check the key in environment variable {self.http.token_env}")
+    # -- identities --------------------------------------------------------------------------
+
+    @staticmethod
+    def _account(user: dict) -> Account:
+        handle = str(user.get("displayName") or "")
+        return Account(id=str(user.get("id") or ""), login=handle, name=handle or str(user.get("name") or ""))
+
+    def current_account(self) -> Account:
+        viewer = self._gql(VIEWER_Q, {}, what="identify deploybot's own account").get("viewer")
+        if not viewer or not viewer.get("id"):
+            raise self.credentials_error(None)
+        return self._account(viewer)
+
+    def _resolve(self, ref: str) -> Account:
+        hint = ("write the person's Linear user id (safest: handles can be changed) or their "
+                "display name (handle) in people:")
+        if _UUID.fullmatch(ref):
+            user = self._gql(USER_Q, {"id": ref}, what=f"look up Linear user {ref}", missing_ok=True).get("user")
+            if not user or user.get("id") != ref:
+                raise self.unknown_account(ref, fix=hint)
+            return self._account(user)
+        handle = ref.removeprefix("@")
+        if not _HANDLE.fullmatch(handle):
+            raise TrackerError(f"{ref!r} in people: is not a Linear user id or handle "
+                               "(full names are never matched)", hint=hint)
+        nodes = (self._gql(USERS_Q, {"handle": handle}, what=f"look up Linear user {handle!r}")
+                 .get("users") or {}).get("nodes") or []
+        match = [u for u in nodes if u.get("displayName") == handle]
+        if len(match) != 1 or len(nodes) != 1:  # none, or not unique: never guess
+            raise self.unknown_account(ref, fix=hint)
+        return self._account(match[0])
+
+
+def _not_found(error: dict) -> bool:
+    ext = error.get("extensions") or {}
+    text = f"{error.get('message', '')} {ext.get('userPresentableMessage', '')}".lower()
+    return "not found" in text or "could not find" in text
 
 
 def build(settings: Mapping[str, Any], environ: Mapping[str, str]) -> Linear:

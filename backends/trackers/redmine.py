@@ -4,6 +4,13 @@ Redmine quirks handled here: journals come in one response (no paging); a transi
 forbids is answered 204 and silently ignored, so every transition is re-read; an invalid API key
 on a public project reads as anonymous, so credentials are checked with /users/current.json.
 The record is posted as markdown: the instance must use the common_mark text formatting.
+
+Identities: a comment's author is the journal's user id (Redmine's stable identity; the name is
+first/last name, which every user may edit). A `people:` entry is a numeric user id
+(GET /users/ID.json) or a login: GET /users.json?name= when deploybot's key is an
+administrator's (the filter is a substring match over login, names and mail, so only the exact
+login is taken), else the project's members are read one by one (/users/ID.json shows the login
+to anyone who may see that user).
 """
 
 from __future__ import annotations
@@ -13,13 +20,17 @@ from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 from bot.errors import InputError, TrackerError
-from bot.models import Comment, Ticket
+from bot.models import Account, Comment, Ticket
 
 from backends.trackers import markup
 from backends.trackers.base import HttpTracker, RawComment, sort_oldest_first
 from backends.trackers.http import Http, base_url, parse_time, secret
 
 _REF = re.compile(r"#?(\d+)")
+_LOGIN = re.compile(r"[A-Za-z0-9_\-@.]{1,60}")  # Redmine's own login format (User model)
+PAGE = 100  # Redmine's maximum `limit`
+RESOLVE_HINT = ("in people:, give the numeric Redmine user id (shown in the profile URL "
+                "/users/ID) or the exact login")
 
 
 class Redmine(HttpTracker):
@@ -30,6 +41,8 @@ class Redmine(HttpTracker):
         self.url = url
         self.project = project
         self._statuses: dict[str, tuple[int, str]] | None = None
+        self._members: dict[str, Account] = {}  # user id -> account, from the membership sweep
+        self._not_admin = False  # GET /users.json answered 403 once: do not ask again
 
     def parse_ref(self, text: str) -> str:
         value = (text or "").strip()
@@ -124,13 +137,118 @@ class Redmine(HttpTracker):
         raise TrackerError(f"Redmine has no labels (ticket #{self.parse_ref(ticket_id)})",
                            hint="remove tracker labels from the configuration for Redmine")
 
-    def check_credentials(self) -> None:
-        data = self.http.json("GET", "/users/current.json", what="check the API key")
-        if not (data or {}).get("user", {}).get("id"):
-            raise TrackerError("Redmine did not recognise deploybot's API key",
-                               hint=f"check the key in environment variable {self.http.token_env}")
+    # -- identities --------------------------------------------------------------------------
+
+    forbidden_whoami = ("the REST API may be disabled (Administration » Settings » API) or the "
+                        "account locked")
+
+    def current_account(self) -> Account:
+        # An invalid key on a public project reads as anonymous everywhere else; here it is a 401.
+        user = (self._whoami("GET", "/users/current.json") or {}).get("user") or {}
+        if not user.get("id"):
+            raise self.credentials_error(None)
+        return _account(user)
+
+    def _check_access(self) -> None:
         if self.project:
             self.http.json("GET", f"/projects/{self.project}.json", what=f"read project {self.project!r}")
+
+    def _user(self, uid: str) -> dict | None:
+        """GET /users/ID.json; None when Redmine has no such user or deploybot may not see it."""
+        resp = self.http.request("GET", f"/users/{uid}.json", accept=(404,), what=f"read Redmine user {uid}")
+        return None if resp.status_code == 404 else (resp.json().get("user") or None)
+
+    def _resolve(self, ref: str) -> Account:
+        if re.fullmatch(r"[0-9]+", ref):
+            user = self._user(ref)
+            if user is None:
+                raise self.unknown_account(ref, fix="Redmine has no user with that id (or deploybot's "
+                                                    f"key may not see it); {RESOLVE_HINT}")
+            return _account(user)
+        if not _LOGIN.fullmatch(ref):
+            raise TrackerError(f"{ref!r} in people: is not a Redmine login or user id "
+                               "(display names are never matched)", hint=RESOLVE_HINT)
+        found = self._login_as_admin(ref)
+        if found is not None:
+            return found
+        if not self.project:
+            raise TrackerError(
+                f"Redmine: cannot look up login {ref!r}: deploybot's API key is not an "
+                "administrator's (GET /users.json answered 403) and no tracker.project is set "
+                "whose members could be searched", hint=RESOLVE_HINT)
+        found = self._login_among_members(ref)
+        if found is None:
+            raise TrackerError(f"Redmine has no user with login {ref!r} among the members of "
+                               f"project {self.project!r}", hint=RESOLVE_HINT)
+        return found
+
+    def _login_as_admin(self, login: str) -> Account | None:
+        """Exact login match from GET /users.json?name= (admin only). None on 403 (not admin);
+        TrackerError when Redmine answered and no user has exactly that login."""
+        want = login.casefold()  # Redmine logins are unique case-insensitively
+        if self._not_admin:
+            return None
+
+        def page(offset: int):
+            return self.http.request("GET", "/users.json", accept=(403,), what=f"look up login {login!r}",
+                                     params={"name": login, "limit": PAGE, "offset": offset})
+
+        first = page(0)
+        if first.status_code == 403:
+            self._not_admin = True
+            return None
+        pages = [first.json()]
+        total, size = int(pages[0].get("total_count") or 0), int(pages[0].get("limit") or PAGE) or PAGE
+        if total > size:
+            pages += [r.json() for r in self.http.parallel(
+                *[lambda o=o: page(o) for o in range(size, total, size)])]
+        for data in pages:
+            for user in data.get("users") or []:
+                if str(user.get("login", "")).casefold() == want:  # never a first/last name or mail hit
+                    return _account(user)
+        raise TrackerError(f"Redmine has no active user with login {login!r}", hint=RESOLVE_HINT)
+
+    def _login_among_members(self, login: str) -> Account | None:
+        """Read the project's user members (all pages, groups skipped), then each member's
+        /users/ID.json until the login matches exactly; every member read is remembered."""
+        want = login.casefold()
+        for account in self._members.values():
+            if account.login.casefold() == want:
+                return account
+
+        def page(offset: int) -> dict:
+            return self.http.json("GET", f"/projects/{self.project}/memberships.json",
+                                  params={"limit": PAGE, "offset": offset},
+                                  what=f"list the members of project {self.project!r}")
+
+        first = page(0)
+        pages = [first]
+        total, size = int(first.get("total_count") or 0), int(first.get("limit") or PAGE) or PAGE
+        if total > size:
+            pages += self.http.parallel(*[lambda o=o: page(o) for o in range(size, total, size)])
+        ids: list[str] = []
+        for data in pages:
+            for membership in data.get("memberships") or []:
+                user = membership.get("user")  # a group membership has "group" instead
+                if user and user.get("id") is not None and str(user["id"]) not in ids:
+                    ids.append(str(user["id"]))
+        todo = [uid for uid in ids if uid not in self._members]
+        for start in range(0, len(todo), 8):  # a few at a time, stopping once found
+            batch = todo[start:start + 8]
+            users = self.http.parallel(*[lambda uid=uid: self._user(uid) for uid in batch])
+            for user in users:
+                if user is not None:
+                    account = _account(user)
+                    self._members[account.id] = account
+            for account in self._members.values():
+                if account.login.casefold() == want:
+                    return account
+        return None
+
+
+def _account(user: dict) -> Account:
+    name = " ".join(str(user[k]) for k in ("firstname", "lastname") if user.get(k))
+    return Account(id=str(user["id"]), login=str(user.get("login") or ""), name=name or str(user.get("name") or ""))
 
 
 def build(settings: Mapping[str, Any], environ: Mapping[str, str]) -> Redmine:

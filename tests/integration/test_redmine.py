@@ -154,3 +154,91 @@ def test_gate_data_is_one_request(redmine) -> None:
     ticket, comments = tracker.gate_data(str(redmine.keys["issue"]))
     assert tracker.http.requests - before == 1
     assert ticket.status and len(comments) >= 2
+
+
+# -- identities and order -----------------------------------------------------------------------
+
+
+def test_current_account_is_deploybot(redmine) -> None:
+    me = _tracker(redmine).current_account()
+    assert me.id == str(redmine.keys["user_ids"]["deploybot"])
+    assert (me.login, me.name) == ("deploybot", "Deploy Bot")
+
+
+def test_a_renamed_user_keeps_her_id_and_never_resolves_as_her_new_name(redmine) -> None:
+    """dora renames herself "bob" with her own key: her note stays hers (id), only the shown
+    name changes, and `bob` in people: still means the user whose login is bob."""
+    ids = redmine.keys["user_ids"]
+    number = _new_issue(redmine, "Checkout: a renamed reviewer")
+    with _api(redmine, "dora") as dora:
+        assert dora.put(f"/issues/{number}.json", json={"issue": {"notes": "CQ approved"}}).status_code == 204
+        try:
+            resp = dora.put("/my/account.json", json={"user": {"firstname": "bob"}})
+            assert resp.status_code == 204, resp.text
+            assert dora.get("/users/current.json").json()["user"]["firstname"] == "bob"
+            with _api(redmine, "admin") as admin:  # the filter is a substring match over names too
+                found = admin.get("/users.json", params={"name": "bob"}).json()["users"]
+                assert {u["login"] for u in found} == {"bob", "dora"}
+            for user in ("deploybot", "admin"):  # member sweep, then users.json?name=
+                tracker = _tracker(redmine, user=user)
+                note = tracker.comments(number)[-1]
+                assert (note.author, note.author_name) == (str(ids["dora"]), "bob Renamer")
+                assert note.body == "CQ approved"
+                assert tracker.resolve_account("bob").id == str(ids["bob"]) != note.author
+                assert tracker.resolve_account("dora").id == note.author  # her login did not change
+                with pytest.raises(TrackerError):
+                    tracker.resolve_account("bob Renamer")
+            # A first name that is nobody's login resolves to nobody, with or without admin rights.
+            assert dora.put("/my/account.json", json={"user": {"firstname": "zed"}}).status_code == 204
+            for user in ("deploybot", "admin"):
+                with pytest.raises(TrackerError) as err:
+                    _tracker(redmine, user=user).resolve_account("zed")
+                assert "'zed'" in str(err.value) and "/users/ID" in str(err.value)
+        finally:
+            dora.put("/my/account.json", json={"user": {"firstname": "Dora"}})
+
+
+def test_journals_in_one_second_come_in_id_order(redmine) -> None:
+    number = str(redmine.keys["tie_issue"])
+    journals = redmine.keys["tie_journals"]
+    raw = httpx.get(f"{redmine.url}/issues/{number}.json", params={"include": "journals"}, timeout=10,
+                    headers={"X-Redmine-API-Key": redmine.keys["deploybot"]}).json()["issue"]["journals"]
+    stamps = {j["id"]: j["created_on"] for j in raw}
+    assert stamps[journals[0]] == stamps[journals[1]] > stamps[journals[2]]  # a tie, and a skew
+    assert [j["id"] for j in raw] != journals  # Redmine itself orders by created_on first
+    comments = _tracker(redmine).comments(number)
+    assert [c.id for c in comments] == [str(j) for j in journals]
+    assert [c.body.split(":")[0] for c in comments] == ["CQ approved", "CQ withdrawn", "QA PASS"]
+    assert comments[0].created_at == comments[1].created_at
+
+
+def test_wrong_key_on_the_public_project_reads_anonymously_but_is_no_account(redmine) -> None:
+    bad = KINDS["redmine"]({"url": redmine.url, "token_env": "REDMINE_KEY", "project": "webshop"},
+                           {"REDMINE_KEY": "f" * 40})
+    ticket = bad.get_ticket(str(redmine.keys["issue"]))  # the public project answers anonymously
+    assert ticket.status == "Ready for Production"
+    for call in (bad.current_account, bad.check_credentials):
+        with pytest.raises(TrackerError) as err:
+            call()
+        text = str(err.value)
+        assert "401" in text and "REDMINE_KEY" in text and "f" * 40 not in text
+
+
+def test_resolve_by_login_and_id_with_and_without_admin_rights(redmine) -> None:
+    ids = redmine.keys["user_ids"]
+    with _api(redmine, "deploybot") as client:  # deploybot is no administrator
+        assert client.get("/users.json", params={"name": "carol"}).status_code == 403
+    plain, admin = _tracker(redmine), _tracker(redmine, user="admin")
+    for tracker in (plain, admin):
+        for login in ("carol", "quinn", "Carol"):
+            account = tracker.resolve_account(login)
+            assert account.id == str(ids[login.lower()]) and account.login == login.lower()
+        by_id = tracker.resolve_account(str(ids["carol"]))
+        assert (by_id.id, by_id.login, by_id.name) == (str(ids["carol"]), "carol", "Carol Reviewer")
+        assert tracker.comments(str(redmine.keys["issue"]))[0].author == by_id.id
+        for unknown in ("nobody", "987654", "Carol Reviewer"):
+            with pytest.raises(TrackerError):
+                tracker.resolve_account(unknown)
+    before = plain.http.requests
+    plain.resolve_account("quinn")
+    assert plain.http.requests == before  # resolved once per process

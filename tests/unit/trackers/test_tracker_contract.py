@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import time
-from datetime import timezone
+from datetime import timedelta, timezone
 
 import pytest
 
 from bot.errors import ConfigError, InputError, TrackerError
+from bot.models import Account
 from bot.ports import Tracker
 from tracker_cases import SPECS, case
-from tracker_fakes import TOKEN, linear_rate_limited
+from tracker_fakes import BASE_TIME, TOKEN, linear_rate_limited
 
 KINDS = list(SPECS)
 RECORD = """## Deployment Record
@@ -59,8 +60,9 @@ def test_get_ticket(kind: str) -> None:
 def test_comments_authors_times_plain_text(kind: str) -> None:
     with case(kind) as c:
         comments = c.tracker.comments(c.ref)
-        names = ["carol", "quinn"] if kind == "github" else ["Carol Reviewer", "Quinn Tester"]
-        assert [x.author_name for x in comments] == names  # GitHub comments carry only the login
+        # GitHub comments carry only the login; Linear shows the handle (displayName)
+        names = ["carol", "quinn"] if kind in ("github", "linear") else ["Carol Reviewer", "Quinn Tester"]
+        assert [x.author_name for x in comments] == names
         assert comments[0].body.startswith("CQ approved")
         assert comments[1].body == "QA PASS on staging"
         assert all(x.created_at.tzinfo is not None for x in comments)
@@ -231,3 +233,123 @@ def test_times_are_utc_aware(kind: str) -> None:
     with case(kind) as c:
         created = c.tracker.comments(c.ref)[0].created_at
         assert created.utcoffset() == timezone.utc.utcoffset(None)
+
+
+# -- identities ---------------------------------------------------------------------------------
+
+# A stable id of the right form that no account has, per tracker.
+UNKNOWN_IDS = {"jira-cloud": "5b10ffffffffffffffffffff", "jira-dc": "JIRAUSER99999", "github": "999999",
+               "gitlab": "999999", "linear": "2f0b6a1e-0000-4000-8000-00000000dead", "redmine": "999"}
+
+
+def test_authors_are_stable_ids(kind: str) -> None:
+    with case(kind) as c:
+        comments = c.tracker.comments(c.ref)
+        assert [x.author for x in comments] == [c.app.account_id("carol"), c.app.account_id("quinn")]
+        assert all(x.author != x.author_name for x in comments)
+
+
+def test_a_renamed_user_keeps_her_id_and_her_new_name_resolves_to_nobody_else(kind: str) -> None:
+    """alice renames herself to bob's display name: her comment stays hers, only the shown name
+    changes, and nothing a person can rename is ever taken as a `people:` entry."""
+    with case(kind) as c:
+        c.app.add_note("alice", "CQ approved", BASE_TIME + timedelta(minutes=30))
+        alice = c.app.account_id("alice")
+        before = c.tracker.comments(c.ref)[-1]
+        c.app.rename("alice", "Bob Builder")  # bob's own display name
+        after = c.tracker.comments(c.ref)[-1]
+        assert before.author == after.author == alice
+        if kind in ("github", "linear"):  # they show the login / handle, which did not change
+            assert after.author_name == before.author_name == "alice"
+        else:
+            assert (before.author_name, after.author_name) == ("Alice Developer", "Bob Builder")
+        bob = c.tracker.resolve_account(c.app.login_ref("bob"))
+        assert bob.id == c.app.account_id("bob") != alice
+        shown = () if kind in ("github", "linear") else (after.author_name,)  # there: her login
+        for display in ("Bob Builder", "bob builder", *shown):
+            with pytest.raises(TrackerError):
+                c.tracker.resolve_account(display)
+        c.app.rename("alice", "bob")  # a one-word name that is also a login
+        try:
+            assert c.tracker.resolve_account("bob").id != alice
+        except TrackerError:
+            assert kind == "jira-cloud"  # "bob" is no accountId: refused, which is fine too
+
+
+def test_resolve_by_login_and_by_id_gives_the_id_comments_carry(kind: str) -> None:
+    with case(kind) as c:
+        comments = c.tracker.comments(c.ref)
+        for login, comment in zip(("carol", "quinn"), comments):
+            by_login = c.tracker.resolve_account(c.app.login_ref(login))
+            by_id = c.tracker.resolve_account(c.app.id_ref(login))
+            assert isinstance(by_login, Account)
+            assert by_login.id == by_id.id == comment.author
+            assert by_login.name == comment.author_name
+
+
+def test_resolutions_are_cached(kind: str) -> None:
+    with case(kind) as c:
+        first = c.tracker.resolve_account(c.app.login_ref("carol"))
+        sent = len(c.server.log)
+        assert c.tracker.resolve_account(c.app.login_ref("carol")) == first
+        assert c.tracker.resolve_account(f"  {c.app.login_ref('carol')} ") == first
+        assert len(c.server.log) == sent
+
+
+def test_unknown_ref_is_a_tracker_error_naming_it(kind: str) -> None:
+    with case(kind) as c:
+        for ref in ("nobody", UNKNOWN_IDS[kind], "Carol Reviewer", "carol; DROP TABLE"):
+            with pytest.raises(TrackerError) as err:
+                c.tracker.resolve_account(ref)
+            assert repr(ref) in str(err.value) and err.value.hint, (ref, str(err.value))
+        with pytest.raises(TrackerError):
+            c.tracker.resolve_account("  ")
+
+
+def test_current_account_is_the_author_of_deploybots_comments(kind: str) -> None:
+    with case(kind) as c:
+        me = c.tracker.current_account()
+        assert me.id == c.app.account_id("deploybot") and me.name
+        c.tracker.add_comment(c.ref, RECORD, key="who")
+        assert c.tracker.comments(c.ref)[-1].author == me.id
+
+
+def test_current_account_with_a_wrong_token_says_which_variable(kind: str) -> None:
+    with case(kind) as c:
+        bad = c.build_with_token("wrong-token")
+        try:
+            with pytest.raises(TrackerError) as err:
+                bad.current_account()
+            text = str(err.value)
+            assert "TRACKER_TOKEN" in text and "wrong-token" not in text and TOKEN not in text
+            assert "credentials" in text
+        finally:
+            bad.close()
+
+
+# -- order --------------------------------------------------------------------------------------
+
+
+def test_equal_timestamps_keep_the_trackers_order(kind: str) -> None:
+    with case(kind) as c:
+        c.app.tie_break = -1  # where the API leaves it open (Jira, GitLab), the fake answers newest first
+        when = BASE_TIME + timedelta(hours=1)
+        first = c.app.add_note("carol", "approved for CQ", when)
+        second = c.app.add_note("carol", "approval withdrawn: wrong build", when)
+        if kind == "linear":  # UUIDs: their lexical order means nothing, Linear's order does
+            c.app.comment_ids[first.id] = "ffffffff-ffff-4fff-bfff-ffffffffffff"
+            c.app.comment_ids[second.id] = "00000000-0000-4000-8000-000000000001"
+        comments = c.tracker.comments(c.ref)
+        assert [x.body for x in comments[-2:]] == ["approved for CQ", "approval withdrawn: wrong build"]
+        assert comments[-1].created_at == comments[-2].created_at
+
+
+@pytest.mark.parametrize("numeric", [k for k in KINDS if k != "linear"])
+def test_skewed_timestamps_do_not_reorder_numeric_ids(numeric: str) -> None:
+    """A later comment (higher id) stamped earlier, e.g. a skewed clock: the id decides."""
+    with case(numeric) as c:
+        c.app.add_note("quinn", "QA FAIL", BASE_TIME + timedelta(hours=2))
+        c.app.add_note("quinn", "QA PASS after the fix", BASE_TIME + timedelta(hours=1))
+        comments = c.tracker.comments(c.ref)
+        assert [x.body for x in comments[-2:]] == ["QA FAIL", "QA PASS after the fix"]
+        assert [int(x.id) for x in comments] == sorted(int(x.id) for x in comments)

@@ -58,7 +58,7 @@ def test_gitlab_system_notes_are_not_comments() -> None:
     with case("gitlab") as c:
         assert len(c.app.notes) == 3 and c.app.notes[-1].system
         comments = c.tracker.comments("#7")
-        assert [x.author for x in comments] == ["carol", "quinn"]
+        assert [x.author for x in comments] == [c.app.account_id("carol"), c.app.account_id("quinn")]
         c.tracker.transition("#7", "Deployed")  # writes another system note
         assert len(c.tracker.comments("#7")) == 2
 
@@ -86,10 +86,10 @@ def test_jira_references() -> None:
         assert t.parse_ref("#12") == "PROJ-12"
 
 
-def test_jira_dc_uses_names_and_wiki() -> None:
+def test_jira_dc_uses_user_keys_and_wiki() -> None:
     with case("jira-dc") as c:
         first = c.tracker.comments("PROJ-7")[0]
-        assert first.author == "carol" and first.author_name == "Carol Reviewer"
+        assert first.author == "JIRAUSER10000" and first.author_name == "Carol Reviewer"  # the key
         assert c.tracker.get_ticket("PROJ-7").description == "Totals are rounded twice."
 
 

@@ -3,6 +3,10 @@
 Payload shapes follow each API's documentation: Jira's /rest/api/{2,3}/issue/{key}/comment page
 (startAt/maxResults/total), ADF bodies; GitHub issue comments with a `Link` header; GitLab notes
 with `system: true` and X-Total-Pages; Linear GraphQL with RATELIMITED errors; Redmine journals.
+Every fake also answers its user endpoints (who the token is, a user by login/id) from one
+registry of people whose display names a test may change (`app.rename`) while ids and logins
+stay; `app.tie_break = -1` makes fakes whose API leaves the order of equal timestamps open
+(Jira, GitLab) answer those newest first.
 Faults (5xx, 429 + Retry-After, slow answers, a write that lands but answers 502) are scripted
 per test with `server.fault(...)`. Used by the unit tests and by benchmarks/tracker_gate_check.py.
 """
@@ -14,6 +18,7 @@ import json
 import re
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,12 +28,35 @@ from urllib.parse import parse_qs, unquote, urlsplit
 TOKEN = "s3cret-token-value"  # what the fakes accept; tests assert it never shows in messages
 BASE_TIME = datetime(2024, 3, 1, 9, 0, tzinfo=timezone.utc)
 
-PEOPLE = {  # login -> (stable id, display name)
+PEOPLE = {  # login -> (Jira Cloud accountId, display name); the order gives the numeric ids
     "carol": ("5b10ac8d82e05b22cc7d4ef5", "Carol Reviewer"),
     "quinn": ("5b10a2844c20165700ede21g", "Quinn Tester"),
     "alice": ("5b109f2e9729b51b54dc274d", "Alice Developer"),
     "deploybot": ("5c10a2844c20165700ede999", "Deploy Bot"),
+    "bob": ("5d2e0f1a7c3b4a0012ab34cd", "Bob Builder"),  # whom a renamed alice must never become
 }
+
+
+@dataclass
+class Person:
+    """One account. `name` is what the person may edit; everything else stays."""
+
+    login: str
+    num: int  # position: the per-tracker numeric ids derive from it
+    account_id: str  # Jira Cloud
+    name: str
+
+    @property
+    def uuid(self) -> str:  # Linear user id
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"https://linear.example/user/{self.login}"))
+
+    @property
+    def first(self) -> str:  # Redmine splits the name in two
+        return self.name.split(" ", 1)[0]
+
+    @property
+    def last(self) -> str:
+        return self.name.split(" ", 1)[1] if " " in self.name else ""
 
 
 @dataclass
@@ -184,8 +212,11 @@ class FakeApp:
     workflow = {"New": ["In Progress"], "In Progress": ["Ready for Production"],
                 "Ready for Production": ["Deployed", "In Progress"], "Deployed": [], "Closed": []}
 
+    tie_break = 1  # -1: equal timestamps newest first, where the API leaves that order open
+
     def __init__(self, n_comments: int = 2, title: str = "Checkout: fix rounding of totals") -> None:
         self.title = title
+        self.people = {login: Person(login, i, uid, name) for i, (login, (uid, name)) in enumerate(PEOPLE.items())}
         self.status = "Ready for Production"
         self.labels: list[str] = ["backend"]
         self.notes: list[Note] = []
@@ -195,6 +226,31 @@ class FakeApp:
             login, text = base[n] if n < len(base) else ("alice", f"progress note {n}")
             self.add_note(login, text, BASE_TIME + timedelta(minutes=n))
         self.lock = threading.Lock()
+
+    def rename(self, login: str, name: str) -> None:
+        """The person edits their display name; id and login stay."""
+        self.people[login].name = name
+
+    def add_person(self, login: str, name: str) -> Person:
+        person = Person(login, len(self.people), f"70{len(self.people):022x}", name)
+        self.people[login] = person
+        return person
+
+    def by_created(self, notes: list[Note] | None = None, reverse: bool = False) -> list[Note]:
+        """Order by creation time; equal times by id (tie_break 1) or newest first (-1)."""
+        return sorted(self.notes if notes is None else notes,
+                      key=lambda n: (n.created, self.tie_break * n.id), reverse=reverse)
+
+    # What a person writes in people: (login_ref), the numeric/stable-id form (id_ref), and the
+    # stable id the tracker's comments carry (account_id). Subclasses say what they are.
+    def account_id(self, login: str) -> str:  # pragma: no cover - per tracker
+        raise NotImplementedError
+
+    def login_ref(self, login: str) -> str:
+        return login
+
+    def id_ref(self, login: str) -> str:
+        return self.account_id(login)
 
     def add_note(self, login: str, text: str, created: datetime | None = None, **kw: Any) -> Note:
         self._next += 1
@@ -237,13 +293,32 @@ class JiraApp(FakeApp):
         self.key = key
         super().__init__(n_comments)
 
+    def account_id(self, login: str) -> str:
+        p = self.people[login]
+        return p.account_id if self.cloud else f"JIRAUSER{10000 + p.num}"  # DC: the user key
+
+    def login_ref(self, login: str) -> str:
+        return self.people[login].account_id if self.cloud else login
+
     def _user(self, login: str) -> dict:
-        uid, name = PEOPLE[login]
+        p = self.people[login]
         if self.cloud:
-            return {"self": f"https://x.atlassian.net/rest/api/3/user?accountId={uid}", "accountId": uid,
-                    "displayName": name, "active": True, "accountType": "atlassian", "timeZone": "UTC"}
+            return {"self": f"https://x.atlassian.net/rest/api/3/user?accountId={p.account_id}",
+                    "accountId": p.account_id, "displayName": p.name, "active": True,
+                    "accountType": "atlassian", "timeZone": "UTC"}
         return {"self": f"https://jira.example/rest/api/2/user?username={login}", "name": login,
-                "key": f"JIRAUSER{10000 + list(PEOPLE).index(login)}", "displayName": name, "active": True}
+                "key": self.account_id(login), "displayName": p.name, "active": True}
+
+    def _find_user(self, query: dict) -> str | None:
+        for login in self.people:
+            u = self._user(login)
+            if self.cloud and query.get("accountId") and u["accountId"] == query["accountId"]:
+                return login
+            if not self.cloud and query.get("username") and login == query["username"].lower():
+                return login  # Jira DC usernames are case-insensitive
+            if not self.cloud and query.get("key") and u["key"] == query["key"]:
+                return login
+        return None
 
     def _comment(self, n: Note, base: str, expand: str) -> dict:
         if n.raw is not None:
@@ -280,6 +355,14 @@ class JiraApp(FakeApp):
         if p == f"{self.api}/myself":
             u = self._user("deploybot")
             return 200, {}, u
+        if p == f"{self.api}/user" and req.method == "GET":
+            login = self._find_user(req.query)
+            if login is None:
+                return 404, {}, {"errorMessages": ["Specified user does not exist or you do not have required "
+                                                   "permissions" if self.cloud else "The user named "
+                                                   f"'{req.query.get('username') or req.query.get('key')}' "
+                                                   "does not exist"], "errors": {}}
+            return 200, {}, self._user(login)
         if p == f"{self.api}/project/PROJ":
             return 200, {}, {"id": "10000", "key": "PROJ", "name": "Project"}
         m = re.fullmatch(rf"{self.api}/issue/([^/]+)(/comment|/transitions)?", p)
@@ -303,7 +386,7 @@ class JiraApp(FakeApp):
         if sub == "/comment" and req.method == "GET":
             start = int(req.query.get("startAt", 0))
             size = min(int(req.query.get("maxResults", 5000)), self.page_cap)
-            notes = sorted(self.notes, key=lambda n: n.created)
+            notes = self.by_created()  # orderBy=created: equal times in no promised order
             page = notes[start:start + size]
             return 200, {}, {"startAt": start, "maxResults": size, "total": len(notes),
                              "comments": [self._comment(n, base, req.query.get("expand", "")) for n in page]}
@@ -353,11 +436,24 @@ class GitHubApp(FakeApp):
                 "user": {"login": "alice", "id": 3}, "comments": len(self.notes),
                 "created_at": iso_z(BASE_TIME)}
 
+    def account_id(self, login: str) -> str:
+        return str(100 + self.people[login].num)
+
+    def _simple_user(self, login: str) -> dict:
+        uid = int(self.account_id(login))
+        return {"login": login, "id": uid, "node_id": f"U_{uid}", "avatar_url": "", "url": "",
+                "html_url": f"https://github.com/{login}", "type": "User", "site_admin": False}
+
+    def _full_user(self, login: str) -> dict:
+        return {**self._simple_user(login), "name": self.people[login].name, "company": None,
+                "blog": "", "location": None, "email": None, "bio": None, "public_repos": 2,
+                "followers": 0, "following": 0, "created_at": iso_z(BASE_TIME)}
+
     def _comment(self, n: Note) -> dict:
         return {"id": n.id, "node_id": f"IC_{n.id}", "url": "", "html_url":
                 f"https://github.com/{self.repo}/issues/7#issuecomment-{n.id}",
                 "body": n.raw if n.raw is not None else n.text,
-                "user": {"login": n.login, "id": 100 + list(PEOPLE).index(n.login), "type": "User"},
+                "user": self._simple_user(n.login),
                 "created_at": iso_z(n.created), "updated_at": iso_z(n.created),
                 "author_association": "MEMBER"}
 
@@ -366,7 +462,14 @@ class GitHubApp(FakeApp):
             return 401, {}, {"message": "Bad credentials", "documentation_url": "https://docs.github.com/rest"}
         p = req.path
         if p == "/user":
-            return 200, {}, {"login": "deploybot", "id": 42, "type": "Bot"}
+            return 200, {}, self._full_user("deploybot")
+        not_found = {"message": "Not Found", "documentation_url": "https://docs.github.com/rest"}
+        if m := re.fullmatch(r"/users/([^/]+)", p):  # logins are case-insensitive
+            login = next((x for x in self.people if x.lower() == m.group(1).lower()), None)
+            return (404, {}, not_found) if login is None else (200, {}, self._full_user(login))
+        if m := re.fullmatch(r"/user/(\d+)", p):
+            login = next((x for x in self.people if self.account_id(x) == m.group(1)), None)
+            return (404, {}, not_found) if login is None else (200, {}, self._full_user(login))
         if p == f"/repos/{self.repo}":
             return 200, {}, {"id": 1, "full_name": self.repo, "has_issues": True}
         m = re.fullmatch(rf"/repos/{self.repo}/issues/(\d+)(/comments|/labels(?:/(.+))?)?", p)
@@ -378,7 +481,7 @@ class GitHubApp(FakeApp):
         if sub == "/comments" and req.method == "GET":
             per = min(int(req.query.get("per_page", 30)), 100)
             page = int(req.query.get("page", 1))
-            notes = sorted(self.notes, key=lambda n: n.created)
+            notes = sorted(self.notes, key=lambda n: n.id)  # GitHub: ascending comment id
             last = max(1, -(-len(notes) // per))
             link = []
             url = f"{base}/repos/{self.repo}/issues/7/comments?per_page={per}&page="
@@ -425,11 +528,17 @@ class GitLabApp(FakeApp):
         self.add_note("alice", "added ~\"status::Ready for Production\" scoped label",
                       BASE_TIME - timedelta(minutes=1), system=True)
 
+    def account_id(self, login: str) -> str:
+        return str(10 + self.people[login].num)
+
+    def _user(self, login: str) -> dict:
+        return {"id": int(self.account_id(login)), "username": login, "name": self.people[login].name,
+                "state": "active", "locked": False, "avatar_url": "",
+                "web_url": f"https://gitlab.example/{login}"}
+
     def _note(self, n: Note) -> dict:
-        uid, name = PEOPLE[n.login]
         return {"id": n.id, "type": None, "body": n.raw if n.raw is not None else n.text, "attachment": None,
-                "author": {"id": 10 + list(PEOPLE).index(n.login), "username": n.login, "name": name,
-                           "state": "active", "web_url": f"https://gitlab.example/{n.login}"},
+                "author": self._user(n.login),
                 "created_at": iso_ms(n.created), "updated_at": iso_ms(n.created), "system": n.system,
                 "noteable_id": 377, "noteable_type": "Issue", "noteable_iid": 7, "resolvable": False,
                 "confidential": False, "internal": False}
@@ -445,7 +554,13 @@ class GitLabApp(FakeApp):
             return 401, {}, {"message": "401 Unauthorized"}
         p = req.path
         if p == "/api/v4/user":
-            return 200, {}, {"id": 9, "username": "deploybot", "name": "Deploy Bot"}
+            return 200, {}, {**self._user("deploybot"), "bot": False, "created_at": iso_ms(BASE_TIME)}
+        if p == "/api/v4/users":  # ?username= is an exact, case-insensitive lookup
+            want = (req.query.get("username") or "").lower()
+            return 200, {}, [self._user(x) for x in self.people if x.lower() == want]
+        if m := re.fullmatch(r"/api/v4/users/(\d+)", p):
+            login = next((x for x in self.people if self.account_id(x) == m.group(1)), None)
+            return (404, {}, {"message": "404 User Not Found"}) if login is None else (200, {}, self._user(login))
         if p == f"/api/v4/projects/{self.project}":
             return 200, {}, {"id": 3, "path_with_namespace": self.project}
         m = re.fullmatch(rf"/api/v4/projects/{re.escape(self.project)}/issues/(\d+)(/notes)?", p)
@@ -465,7 +580,7 @@ class GitLabApp(FakeApp):
         if req.method == "GET":
             per = min(int(req.query.get("per_page", 20)), 100)
             page = int(req.query.get("page", 1))
-            notes = sorted(self.notes, key=lambda n: n.created, reverse=req.query.get("sort") != "asc")
+            notes = self.by_created(reverse=req.query.get("sort") != "asc")
             pages = max(1, -(-len(notes) // per))
             headers = {"X-Total": len(notes), "X-Total-Pages": pages, "X-Page": page, "X-Per-Page": per,
                        "X-Next-Page": page + 1 if page < pages else "",
@@ -491,6 +606,12 @@ class LinearApp(FakeApp):
     def _cid(self, n: Note) -> str:
         return self.comment_ids.get(n.id) or f"00000000-0000-4000-8000-{n.id:012d}"
 
+    def account_id(self, login: str) -> str:
+        return self.people[login].uuid
+
+    def _user(self, login: str) -> dict:  # displayName: the handle; name: the full name
+        return {"id": self.account_id(login), "name": self.people[login].name, "displayName": login}
+
     def route(self, req: Request, base: str) -> tuple[int, dict, Any]:
         if req.path != "/graphql" or req.method != "POST":
             return 404, {}, {"errors": [{"message": "Not found"}]}
@@ -501,7 +622,18 @@ class LinearApp(FakeApp):
         q = req.body["query"]
         v = req.body.get("variables") or {}
         if "viewer" in q:
-            return 200, {}, {"data": {"viewer": {"id": PEOPLE["deploybot"][0], "name": "Deploy Bot"}}}
+            return 200, {}, {"data": {"viewer": self._user("deploybot")}}
+        if q.lstrip().startswith("query User("):
+            login = next((x for x in self.people if self.account_id(x) == v.get("id")), None)
+            if login is None:
+                return 200, {}, {"data": None, "errors": [{"message": "Entity not found: User", "extensions": {
+                    "type": "invalid input", "code": "INVALID_INPUT",
+                    "userPresentableMessage": "Could not find referenced User."}}]}
+            return 200, {}, {"data": {"user": self._user(login)}}
+        if q.lstrip().startswith("query Users("):
+            assert "displayName: { eq: $handle }" in q, q
+            nodes = [self._user(x) for x in self.people if x == v.get("handle")]
+            return 200, {}, {"data": {"users": {"nodes": nodes}}}
         if "query Labels" in q:
             return 200, {}, {"data": {"issueLabels": {"nodes": [
                 {"id": f"lbl-{n}", "name": n} for n in ["backend", "deployed"] if n in v["names"]]}}}
@@ -533,8 +665,7 @@ class LinearApp(FakeApp):
             page = notes[start:start + first]
             return 200, {}, {"data": {"issue": {"comments": {
                 "nodes": [{"id": self._cid(n), "body": n.text, "createdAt": iso_ms(n.created),
-                           "user": {"id": PEOPLE[n.login][0], "name": PEOPLE[n.login][1],
-                                    "displayName": n.login}} for n in page],
+                           "user": self._user(n.login)} for n in page],
                 "pageInfo": {"hasNextPage": start + first < len(notes),
                              "endCursor": f"cursor-{start + len(page)}"}}}}}
         state = {"name": self.status, "type": "started"}
@@ -569,13 +700,66 @@ def linear_rate_limited(reset_in: float = 1.0) -> dict:
 class RedmineApp(FakeApp):
     kind = "redmine"
     names = ["New", "In Progress", "Ready for Production", "Deployed", "Closed"]
+    admin = False  # whether deploybot's key is an administrator's (GET /users.json needs it)
+
+    def account_id(self, login: str) -> str:
+        return str(5 + self.people[login].num)
+
+    def _user(self, login: str, full: bool = False) -> dict:
+        p = self.people[login]
+        user = {"id": int(self.account_id(login)), "login": login, "admin": login == "deploybot" and self.admin,
+                "firstname": p.first, "lastname": p.last, "mail": f"{login}@example.test",
+                "created_on": iso_z(BASE_TIME), "updated_on": iso_z(BASE_TIME), "last_login_on": None,
+                "passwd_changed_on": None, "twofa_scheme": None}
+        if full:
+            user["status"] = 1
+        return user
+
+    def _login_of(self, uid: str) -> str | None:
+        return next((x for x in self.people if self.account_id(x) == uid), None)
+
+    @staticmethod
+    def _paged(req: Request, items: list) -> tuple[list, int, int]:
+        limit = int(req.query.get("limit") or 25)
+        limit = 25 if limit < 1 else min(limit, 100)
+        offset = int(req.query.get("offset") or 0)
+        return items[offset:offset + limit], offset, limit
+
+    def _like(self, login: str, q: str) -> bool:
+        """Redmine's Principal.like: a substring of login or mail, or every word in a name."""
+        p, q = self.people[login], q.lower()
+        if q in login.lower() or q in f"{login}@example.test":
+            return True
+        return all(w in p.first.lower() or w in p.last.lower() for w in q.split())
 
     def route(self, req: Request, base: str) -> tuple[int, dict, Any]:
         p = req.path
         if p == "/users/current.json":
             if not self.authorized(req):
                 return 401, {}, ""
-            return 200, {}, {"user": {"id": 5, "login": "deploybot", "firstname": "Deploy", "lastname": "Bot"}}
+            return 200, {}, {"user": {**self._user("deploybot"), "api_key": "x" * 40}}
+        if m := re.fullmatch(r"/users/(\d+)\.json", p):
+            login = self._login_of(m.group(1))
+            if login is None:
+                return 404, {}, ""
+            return 200, {}, {"user": self._user(login, full=self.admin and self.authorized(req))}
+        if p == "/users.json":
+            if not self.authorized(req):
+                return 401, {}, ""
+            if not self.admin:
+                return 403, {}, ""
+            q = req.query.get("name") or ""
+            found = [self._user(x, full=True) for x in sorted(self.people) if not q or self._like(x, q)]
+            page, offset, limit = self._paged(req, found)
+            return 200, {}, {"users": page, "total_count": len(found), "offset": offset, "limit": limit}
+        if p == "/projects/webshop/memberships.json":
+            members = [{"id": 100 + x.num, "project": {"id": 1, "name": "Webshop"},
+                        "user": {"id": int(self.account_id(x.login)), "name": x.name},
+                        "roles": [{"id": 3, "name": "Developer"}]} for x in self.people.values()]
+            members.insert(1, {"id": 99, "project": {"id": 1, "name": "Webshop"},
+                               "group": {"id": 40, "name": "Reviewers"}, "roles": [{"id": 3, "name": "Developer"}]})
+            page, offset, limit = self._paged(req, members)
+            return 200, {}, {"memberships": page, "total_count": len(members), "offset": offset, "limit": limit}
         if p == "/projects/webshop.json":
             return 200, {}, {"project": {"id": 1, "identifier": "webshop"}}
         if p == "/issue_statuses.json":
@@ -598,14 +782,16 @@ class RedmineApp(FakeApp):
         sid = self.names.index(self.status) + 1
         out = {"id": 7, "project": {"id": 1, "name": "Webshop"}, "tracker": {"id": 1, "name": "Bug"},
                "status": {"id": sid, "name": self.status, "is_closed": False},
-               "priority": {"id": 2, "name": "Normal"}, "author": {"id": 6, "name": "Alice Developer"},
+               "priority": {"id": 2, "name": "Normal"},
+               "author": {"id": int(self.account_id("alice")), "name": self.people["alice"].name},
                "subject": self.title, "description": None, "created_on": iso_z(BASE_TIME)}
         if "journals" in req.query.get("include", ""):
-            out["journals"] = [
-                {"id": n.id, "user": {"id": 5 + list(PEOPLE).index(n.login), "name": PEOPLE[n.login][1]},
+            out["journals"] = [  # Redmine orders journals by created_on, then id
+                {"id": n.id, "user": {"id": int(self.account_id(n.login)), "name": self.people[n.login].name},
                  "notes": n.text, "created_on": iso_z(n.created), "private_notes": False, "details": []}
-                for n in sorted(self.notes, key=lambda n: n.created)]
-            out["journals"].insert(0, {"id": 1, "user": {"id": 6, "name": "Alice Developer"}, "notes": "",
+                for n in sorted(self.notes, key=lambda n: (n.created, n.id))]
+            out["journals"].insert(0, {"id": 1, "user": {"id": int(self.account_id("alice")),
+                                                         "name": self.people["alice"].name}, "notes": "",
                                        "created_on": iso_z(BASE_TIME), "private_notes": False,
                                        "details": [{"property": "attr", "name": "status_id",
                                                     "old_value": "2", "new_value": "3"}]})
