@@ -50,7 +50,8 @@ TABLE: dict[Action, Rule] = {
                                          "each approval from a different person; with no "
                                          "approvers listed, any person of `people:` but the "
                                          "requester"),
-    Action.REJECT: _rule(REQUESTER, APPROVER, note="rejecting needs a reason"),
+    Action.REJECT: _rule(REQUESTER, APPROVER, note="rejecting needs a reason; with no "
+                                                   "approvers listed, any person of `people:`"),
     Action.BREAK_GLASS: _rule(APPROVER, note="two different approvers, never the requester"),
     Action.CANCEL: _rule(REQUESTER, APPROVER, ADMIN,
                          note="only before the rollout starts; after it, roll back"),
@@ -156,6 +157,9 @@ class Authorization:
         rule = TABLE[action]
         if any(self._holds(role, actor, environment, requester) for role in rule.roles):
             return
+        if action is Action.REJECT and not (env.approvers or env.approver_groups) \
+                and actor.person is not None:
+            return  # whoever could approve here may also say no
         what = f"{action.value.split(' a ')[0]} {subject}".strip() if subject else action.value
         raise NotAllowed(f"{actor.name} may not {what}.",
                          hint=f"Only {self._who(action, environment, requester)} may; "

@@ -48,6 +48,13 @@ class Click:
                    key=f"action:{user}:{action.get('action_ts') or body.get('trigger_id')}")
 
 
+def refusal(exc: NotAllowed) -> str:
+    """A refusal in complete sentences: what was refused, who may act instead."""
+    text = blocks.escape(exc.message.rstrip("."))
+    hint = blocks.escape(exc.hint.rstrip(".")) if exc.hint else ""
+    return f":no_entry: {text}." + (f" {hint}." if hint else "") + " Nothing changed."
+
+
 def _already(front: "SlackFrontEnd", gate: Gate) -> str:
     when = f" at {gate.decided_at:%Y-%m-%d %H:%M UTC}" if gate.decided_at else ""
     return (f"Gate #{gate.id} was already {gate.status.value} by "
@@ -70,8 +77,7 @@ def decide(front: "SlackFrontEnd", click: Click, *, approved: bool, reason: str 
         outcome = front.pipeline.decide_gate(gate.id, decided_by=actor, approved=approved,
                                              reason=reason)
     except NotAllowed as exc:
-        tell(f":no_entry: Refused: {blocks.escape(exc.message)}"
-             + (f". {blocks.escape(exc.hint)}" if exc.hint else "") + " Nothing changed.")
+        tell(refusal(exc))
         return
     except (DeploybotError, ValueError) as exc:
         tell(f":warning: {blocks.escape(getattr(exc, 'message', str(exc)))}")
@@ -93,7 +99,7 @@ def open_reject(front: "SlackFrontEnd", click: Click) -> None:
         front.pipeline.authorise(d, gate, front.actor(click.user, d.environment), approved=False)
     except NotAllowed as exc:
         front.ephemeral(click.channel, click.user,
-                        f":no_entry: Refused: {blocks.escape(exc.message)}. Nothing changed.",
+                        refusal(exc),
                         thread_ts=click.thread_ts)
         return
     except (DeploybotError, ValueError) as exc:
@@ -109,6 +115,8 @@ def cancel(front: "SlackFrontEnd", click: Click) -> None:
         d = front.store.deployment(int(click.value))
         front.pipeline.cancel(d.id, user=front.actor(click.user, d.environment),
                               reason="with the Cancel button in Slack")
+    except NotAllowed as exc:
+        front.ephemeral(click.channel, click.user, refusal(exc), thread_ts=click.thread_ts)
     except (DeploybotError, ValueError) as exc:
         front.ephemeral(click.channel, click.user,
                         f":warning: {blocks.escape(getattr(exc, 'message', str(exc)))}"
@@ -128,6 +136,9 @@ def roll_back(front: "SlackFrontEnd", click: Click) -> None:
             environment=d.environment,
             to_version=blocks.rollback_target(d),
             request_key=f"slack:rollback:{d.id}:{click.message_ts}")
+    except NotAllowed as exc:
+        front.ephemeral(click.channel, click.user, refusal(exc), thread_ts=click.thread_ts)
+        return
     except (DeploybotError, ValueError) as exc:
         front.ephemeral(click.channel, click.user,
                         f":warning: {blocks.escape(getattr(exc, 'message', str(exc)))}",

@@ -7,7 +7,8 @@ import os
 import signal
 import sys
 import threading
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 from bot import config as configuration
 from bot.errors import ConfigError, DeploybotError, InputError, NotAllowed
@@ -59,11 +60,22 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+@dataclass
+class Edges:
+    """What an embedder or a test swaps at the edges: backends, tracker, probe, clock."""
+
+    backend_for: Callable | None = None
+    tracker: object | None = None
+    probe: object | None = None
+    clock: object | None = None
+
+
 class Context:
     """Lazily built pieces, so `ticket` and `check-config` do not need a Docker engine."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, edges: Edges | None = None) -> None:
         self.args = args
+        self.edges = edges or Edges()
         self._config = None
         self._store: Store | None = None
 
@@ -88,7 +100,9 @@ class Context:
                     if approve_as else None)
         return build_pipeline(self.config, self.store, reporter=TerminalReporter(),
                               approver=TerminalApprover(approver, interactive=interactive,
-                                                        me=me, config=self.config))
+                                                        me=me, config=self.config),
+                              tracker=self.edges.tracker, backend_for=self.edges.backend_for,
+                              probe=self.edges.probe, clock=self.edges.clock)
 
 
 def _outcome(d: Deployment, pipeline: Pipeline) -> int:
@@ -576,10 +590,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, edges: Edges | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    ctx = Context(args)
+    ctx = Context(args, edges)
     try:
         return args.func(ctx, args)
     except commands.UsageError as exc:
