@@ -545,7 +545,7 @@ def refuse_malformed_signatures(wsgi_app: Callable) -> Callable:
     def guarded(environ: dict, start_response: Callable) -> Any:
         stamp = environ.get("HTTP_X_SLACK_REQUEST_TIMESTAMP")
         if environ.get("REQUEST_METHOD") == "POST" and stamp is not None and \
-                not stamp.strip().isdigit():
+                not (stamp.isascii() and stamp.strip().isdigit()):
             start_response("401 Unauthorized", [("Content-Type", "text/plain")])
             return [b"invalid request"]
         return wsgi_app(environ, start_response)

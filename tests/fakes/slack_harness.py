@@ -19,8 +19,9 @@ from handlers.slack_app import SlackFrontEnd, make_http_server, web_client
 
 SECRET = "test-signing-secret-0123456789"
 ALICE, BOB, CAROL, DANA = "U0ALICE", "U0BOB", "U0CAROL", "U0DANA"
-PEOPLE = {"alice": {"slack": ALICE}, "bob": {"slack": BOB}, "carol": {"slack": CAROL},
-          "dana": {"slack": DANA}}
+# Each person's account on the local tracker is their name.
+PEOPLE = {"alice": {"slack": ALICE, "tracker": "alice"}, "bob": {"slack": BOB, "tracker": "bob"},
+          "carol": {"slack": CAROL, "tracker": "carol"}, "dana": {"slack": DANA, "tracker": "dana"}}
 
 
 def slack_config(*, image: str, ports: dict[str, int], prefix: str,
@@ -103,14 +104,15 @@ class BotUnderTest:
 
 @contextmanager
 def running_bot(config: Config, db_path: Path, *, usergroups: dict[str, list[str]] | None = None,
-                workers: int = 8) -> Iterator[BotUnderTest]:
+                workers: int = 8, **edges) -> Iterator[BotUnderTest]:
+    """`edges`: tracker, backend_for, probe, clock to replace the configured ones."""
     slack = FakeSlack(usergroups=usergroups).start()
     store = Store(db_path)
     front = server = send = None
     thread = None
     try:
         front = SlackFrontEnd(config, store, web_client(slack.bot_token, slack.api_url),
-                              signing_secret=SECRET, environ={}, workers=workers)
+                              signing_secret=SECRET, environ={}, workers=workers, **edges)
         server = make_http_server(front.app, "127.0.0.1", 0)
         thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
                                   daemon=True, name=f"slack-app-{uuid.uuid4().hex[:6]}")

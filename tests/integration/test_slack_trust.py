@@ -1,0 +1,77 @@
+"""Slack details of the trust issue: malformed signatures, simultaneous /deploys, people's names.
+
+The Bolt app is served over HTTP on 127.0.0.1 against the fake Web API; backends are in-memory
+(the deployment's effects are not what these tests are about).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from fakes.slack_harness import ALICE, BOB, DANA, SECRET, ready_ticket, running_bot, slack_config
+from fakes.slack_api import signature
+from tests.fakes.core import FakeBackend, FakeProbe, InstantClock
+
+
+@pytest.fixture
+def bot(tmp_path):
+    backend = FakeBackend(running="v1")
+    config = slack_config(image="demo-web", prefix="unused", ports={"staging": 9, "production": 9},
+                          verify_timeout=1)
+    with running_bot(config, tmp_path / "deploybot.db", backend_for=lambda s, e: backend,
+                     probe=FakeProbe(backend), clock=InstantClock()) as running:
+        running.backend = backend
+        yield running
+
+
+@pytest.mark.parametrize("stamp", ["soon", "", "12:00", "1e9", "-5", "123abc", "17"])
+def test_a_malformed_timestamp_is_unauthorised_not_a_server_error(bot, stamp):
+    body = bot.send.command_body("DEMO-1 web@v2", user=ALICE)
+    headers = {"Content-Type": "application/x-www-form-urlencoded",
+               "X-Slack-Request-Timestamp": stamp,
+               "X-Slack-Signature": signature(SECRET, stamp, body)}
+    assert bot.send.post(body, headers).status_code == 401
+    assert bot.store.deployments() == []
+
+
+def test_two_simultaneous_deploys_of_one_ticket_make_one_deployment_and_no_false_blocker(bot):
+    ticket = ready_ticket(bot.store)
+    barrier = threading.Barrier(2)
+
+    def send(user):
+        barrier.wait()
+        bot.send.command(f"{ticket} web@v2 to staging", user=user)
+
+    threads = [threading.Thread(target=send, args=(u,)) for u in (ALICE, DANA)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    (d,) = bot.wait_for_deployments(1)
+    bot.slack.wait_for(lambda: bot.store.deployment(d.id).record_commented, 30, "the record")
+    loser = DANA if d.requested_by == "alice" else ALICE
+    text = bot.slack.wait_for(lambda: next(
+        (t for t in bot.slack.ephemerals(loser) if "already being deployed" in t), None), 10,
+        "the second requester to be told")
+    assert f"#{d.id}" in text
+    from backends.trackers.local import LocalTracker
+    bodies = [c.body for c in LocalTracker(bot.store).comments(ticket)]
+    assert not any("blocked" in b.lower() for b in bodies), bodies
+    assert sum("## Deployment Record" in b for b in bodies) == 1
+    assert len(bot.store.deployments(limit=10)) == 1
+
+
+def test_the_thread_and_the_record_name_people_not_slack_ids(bot):
+    ticket = ready_ticket(bot.store)
+    bot.send.command(f"{ticket} web@v2 to production", user=ALICE)
+    (d,) = bot.wait_for_deployments(1)
+    assert d.requested_by == "alice"
+    bot.wait_for_status(d.id, "awaiting_approval")
+    gate = bot.wait_for_message(d.id, '"gate_approve"')
+    bot.send.click(gate, "gate_approve", user=BOB)
+    d = bot.slack.wait_for(lambda: (lambda x: x if x.record else None)(
+        bot.store.deployment(d.id)), 30, "the record")
+    assert "**Deployed by:** alice; approved by bob at" in d.record
+    assert "U0ALICE" not in d.record and "U0BOB" not in d.record
