@@ -122,6 +122,19 @@ class TrackerRules(Strict):
     version_field: str | None = None
     version_pattern: str = r"(?i)\bdeploy:\s*(?P<service>[a-z0-9][a-z0-9_-]*)@(?P<version>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_patterns(cls, data: Any) -> Any:
+        """`cq_approval: {authors: [bob]}` keeps the default wording and only names authors."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for name in ("cq_approval", "qa_pass", "notes"):
+            rule = data.get(name)
+            if isinstance(rule, dict) and "pattern" not in rule:
+                data[name] = {**rule, "pattern": cls.model_fields[name].default.pattern}
+        return data
+
     @field_validator("new_build", mode="before")
     @classmethod
     def _one_or_many(cls, v: Any) -> Any:

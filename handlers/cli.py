@@ -113,7 +113,9 @@ def _outcome(d: Deployment, pipeline: Pipeline) -> int:
         print(f"deployment #{d.id} is waiting for {len(pending)} gate(s):", file=sys.stderr)
         for g in pending:
             verb = "acknowledge the notes" if g.kind is GateKind.NOTES_ACK else "approve"
-            print(f"  gate #{g.id}: {verb}: deploybot approve {d.id} --as NAME", file=sys.stderr)
+            who = ("--as NAME" if pipeline.config.terminal.trust_as
+                   else "(run by the approver, under their own login)")
+            print(f"  gate #{g.id}: {verb}: deploybot approve {d.id} {who}", file=sys.stderr)
         return EXIT_PENDING
     return EXIT_FAILED
 

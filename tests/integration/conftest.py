@@ -128,8 +128,10 @@ class ComposeEnv:
         }
         if build:
             service["build"] = build
+        from tests.fakes.people import PEOPLE
+
         return config_mod.parse({"tracker": {"kind": "local"}, "environments": {"staging": {}},
-                                 "services": {"web": service}}, "test-config")
+                                 "services": {"web": service}, "people": PEOPLE}, "test-config")
 
     def bot(self, cfg, environ=None) -> ComposeBot:
         return ComposeBot(cfg, self.folder, environ)

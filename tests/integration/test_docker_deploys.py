@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from bot.store import Store
+from tests.fakes.people import SHARED_BOX
 
 
 class Deploybot:
@@ -67,6 +68,7 @@ def service(docker_client, demo_image, free_port, container_cleanup, tmp_path):
     env_file.write_text("GREETING=hello from the env file\nDATABASE_URL=sqlite:///x\n")
     base = f"http://127.0.0.1:{port}"
     config = {
+        **SHARED_BOX,
         "tracker": {"kind": "local", "rules": {
             "cq_approval": {"pattern": r"(?im)^\s*CQ\s*approved\b", "authors": ["bob", "dana"]},
             "qa_pass": {"pattern": r"(?im)^\s*QA\s*PASS\b", "authors": ["carol"]}}},
@@ -179,7 +181,9 @@ def test_lock_blocks_a_second_deployment_until_unlocked(service):
     status = bot("status").stdout
     assert "env:staging is held by ops-erin" in status
     assert bot("unlock", "staging", check=2).returncode == 2  # argparse: --reason is required
-    bot("unlock", "staging", "--reason", "migration finished")
+    refused = bot("unlock", "staging", "--reason", "migration finished", check=4)  # alice
+    assert "Only ops-erin (who took the lock)" in refused.stderr
+    bot("unlock", "staging", "--reason", "migration finished", "--as", "ops-erin")
     bot("deploy", bot.ready_ticket("v1 again"), f"{web}@v1")
 
 
@@ -192,7 +196,8 @@ def test_production_gate_survives_a_restart_and_resumes_from_the_store(service, 
     refused = bot("approve", "1", "--as", "dana", check=4)
     assert "requested this deployment and cannot approve it" in refused.stderr
     refused = bot("approve", "1", "--as", "mallory", check=4)
-    assert "may not approve deployments to production" in refused.stderr
+    assert "mallory may not approve deployment #1" in refused.stderr
+    assert "Only the approvers of production (bob, dana) may" in refused.stderr
     done = bot("approve", "1", "--as", "bob")
     assert "deployment #1: succeeded" in done.stdout
     assert http_get(f"{bot.prod_base}/version").text.strip() == "v2"

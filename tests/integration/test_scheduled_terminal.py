@@ -57,7 +57,7 @@ def test_scheduled_and_queued_deploys_run_from_the_foreground_scheduler(service,
         proc = bot("deploy", bot.ready_ticket("v2 when free"), f"{web}@v2", "--queue", check=3)
         assert "queued for env:staging, position 1" in proc.stderr
         assert "waiting: queued for env:staging, position 1" in bot("status").stdout
-        bot("unlock", "staging", "--reason", "migration done")
+        bot("unlock", "staging", "--reason", "migration done", "--as", "ops-erin")
         wait_for(lambda: status_of(bot, 3).terminal, 90, "the queued deployment to finish")
         assert status_of(bot, 3) is DeploymentStatus.SUCCEEDED
         assert http_get(f"{bot.base}/version").text.strip() == "v2"

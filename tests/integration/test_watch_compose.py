@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from bot import config as config_mod
 from bot.models import DeploymentStatus
+from tests.fakes.people import PEOPLE
 
 
 def watched_config(env, image: str):
     return config_mod.parse({"tracker": {"kind": "local"}, "environments": {"staging": {}},
+                             "people": PEOPLE,
                              "services": {"web": {
         "image": image,
         "backend": {"kind": "compose", "file": str(env.file), "project": env.project,

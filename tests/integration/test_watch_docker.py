@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from tests.integration.test_docker_deploys import Deploybot
+from tests.fakes.people import SHARED_BOX
 
 WINDOW = 5.0
 INTEGRITY = ("import sys, urllib.request\n"
@@ -36,6 +37,7 @@ def watched(docker_client, demo_image, free_port, container_cleanup, tmp_path):
     base = f"http://127.0.0.1:{port}"
     config = {
         "tracker": {"kind": "local"},
+        **SHARED_BOX,
         "environments": {"staging": {}},
         "services": {name: {
             "image": demo_image.repository,

@@ -20,6 +20,7 @@ from bot.ports import MetricsUnavailable
 from backends.monitoring.prometheus import PrometheusSource
 from tests.conftest import free_port
 from tests.integration.test_docker_deploys import Deploybot
+from tests.fakes.people import SHARED_BOX
 
 ERROR_RATE = ('(sum(rate(http_requests_total{code=~"5.."}[5s])) or vector(0))'
               ' / sum(rate(http_requests_total[5s]))')
@@ -128,6 +129,7 @@ def test_prometheus_error_rate_rule_rolls_back_a_version_failing_real_traffic(
     base = f"http://127.0.0.1:{port}"
     bot = Deploybot(tmp_path, {
         "tracker": {"kind": "local"},
+        **SHARED_BOX,
         "environments": {"staging": {}},
         "services": {name: {
             "image": demo_image.repository,

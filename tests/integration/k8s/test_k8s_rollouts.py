@@ -23,6 +23,7 @@ from bot.pipeline import Pipeline
 from bot.store import Store
 from bot.verify import SystemClock
 from tests.fakes.core import RecordingReporter, ScriptedApprover
+from tests.fakes.people import PEOPLE
 from tests.integration.k8s.k8s_objects import demo_deployment, demo_service, grant_bot_role
 
 DEADLINE = 6  # progressDeadlineSeconds of the deploys: a bad rollout fails after a few seconds
@@ -87,6 +88,7 @@ def test_bad_version_times_out_is_rolled_back_by_the_pipeline_and_history_shows_
     make_demo("web", image, "v1")
     proxy = (f"{k8s_cluster.server}/api/v1/namespaces/{k8s_namespace}/services/web:8080/proxy")
     cfg = configuration.parse({
+        "people": PEOPLE,
         "tracker": {"kind": "local", "rules": {
             "cq_approval": {"pattern": r"(?im)^\s*CQ\s*approved\b", "authors": ["bob"]}}},
         "environments": {"staging": {}},
