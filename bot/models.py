@@ -204,6 +204,8 @@ class Deployment:
     record_posted: bool = False
     record_commented: bool = False
     image_digest: str = ""  # what was built and pushed, when the service is built from source
+    image_ref: str = ""  # the exact bytes running after this deployment (digest or image id)
+    previous_image_ref: str = ""  # the exact bytes that ran before it: what a rollback restores
     thread_ref: str = ""  # the front end's handle on its thread (Slack channel:ts), opaque here
     # Scheduling (bot/scheduler.py): a deployment stays `requested` until these let it start.
     scheduled_for: datetime | None = None  # not before this time (UTC)

@@ -676,6 +676,12 @@ class Pipeline:
                      "as at check time; rolling back would return to what runs now")
                 previous = now_running
                 d = self.store.update_deployment(d.id, previous_version=previous)
+            # The bytes that run now: what an automatic rollback restores, whatever the tag
+            # names by then.
+            d = self.store.update_deployment(d.id, previous_image_ref=backend.running_image() or "")
+            # A manual rollback puts back the bytes that version was, not what its tag names now.
+            pin = (self.store.known_image(d.service, d.environment, d.version) or None
+                   if d.kind is DeploymentKind.ROLLBACK else None)
             svc = self.config.service(d.service, d.environment)
             if svc.build and d.kind is DeploymentKind.DEPLOY:
                 if self.image_builder is None:
@@ -683,16 +689,17 @@ class Pipeline:
                                        "is configured")
                 digest = self.image_builder.build(svc.image, d.version, svc.build, step)
                 d = self.store.update_deployment(d.id, image_digest=digest)
-            backend.prepare(d.version, step)
+            backend.prepare(d.version, step, image=pin)
         except BackendError as exc:
             return self._failed(d, f"could not prepare {d.version}: {exc}; "
                                    f"{previous or 'nothing'} is still running, nothing changed")
         baseline = self._baseline(d, backend, step)
         try:
-            backend.deploy(d.version, ticket_id=d.ticket_id, on_step=step)
+            backend.deploy(d.version, ticket_id=d.ticket_id, on_step=step, image=pin)
         except BackendError as exc:
             return self._failed(d, f"deploying {d.version} failed: {exc}")
-        d = self.store.transition(d.id, DeploymentStatus.VERIFYING)
+        d = self.store.transition(d.id, DeploymentStatus.VERIFYING,
+                                  image_ref=self._running_image(backend))
         svc = self.config.service(d.service, d.environment)
         result = verify(svc, backend, self.probe, self.clock, step)
         if baseline is not None and not result.failed:
@@ -750,7 +757,7 @@ class Pipeline:
                                f"{d.environment} to {previous or 'nothing'}: {reasons}")
         step = self._step(d)
         try:
-            backend.rollback(previous, step)
+            backend.rollback(previous, step, image=d.previous_image_ref or None)
             if previous:
                 svc = self.config.service(d.service, d.environment)
                 status, why = wait_healthy(svc, backend, self.probe, self.clock,
@@ -770,6 +777,14 @@ class Pipeline:
             d.id, DeploymentStatus.ROLLED_BACK,
             failure=f"verification failed ({reasons}); rolled back to {previous or 'nothing'}")
         return self._finish(d, result)
+
+    @staticmethod
+    def _running_image(backend: DeployBackend) -> str:
+        try:
+            return backend.running_image() or ""
+        except BackendError as exc:  # not knowing the bytes is worth a note, not a failure
+            log.warning("could not read the running image: %s", exc)
+            return ""
 
     def _failed(self, d: Deployment, message: str) -> Deployment:
         d = self.store.transition(d.id, DeploymentStatus.FAILED, failure=message, detail=message)
@@ -819,6 +834,9 @@ class Pipeline:
         notes = []
         if d.image_digest:
             notes.append(f"Image built from source: {svc.image}:{d.version} = {d.image_digest}")
+        if d.image_ref:
+            notes.append(f"Bytes deployed: {svc.image}:{d.version} = {d.image_ref}"
+                         + (f" (before: {d.previous_image_ref})" if d.previous_image_ref else ""))
         if d.status is DeploymentStatus.ROLLED_BACK:
             notes.append(f"Rolled back: {d.previous_version or 'nothing'} is running again; "
                          f"{d.version} did not pass verification.")

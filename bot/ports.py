@@ -26,12 +26,26 @@ class DeployBackend(Protocol):
 
     def current_version(self) -> str | None: ...
 
-    def prepare(self, version: str, on_step: StepCallback) -> None: ...
+    def running_image(self) -> str | None:
+        """The exact bytes running now, as an immutable reference: `repository@sha256:…` when
+        the registry digest is known, else the engine's image id `sha256:…`; None when nothing
+        runs. Recorded before and after every deployment, so rollbacks restore those bytes."""
+        ...
 
-    def deploy(self, version: str, *, ticket_id: str, on_step: StepCallback) -> None: ...
+    def prepare(self, version: str, on_step: StepCallback, *, image: str | None = None) -> None:
+        """Make `version` present without touching what runs. `image`: an immutable reference
+        (from running_image) to make present instead of the mutable tag."""
+        ...
 
-    def rollback(self, to_version: str | None, on_step: StepCallback) -> None:
-        """Go back to `to_version` (None: nothing ran before, take the new version down)."""
+    def deploy(self, version: str, *, ticket_id: str, on_step: StepCallback,
+               image: str | None = None) -> None:
+        """Run `version`; with `image`, run exactly those bytes (still called `version`)."""
+        ...
+
+    def rollback(self, to_version: str | None, on_step: StepCallback, *,
+                 image: str | None = None) -> None:
+        """Go back to `to_version` (None: nothing ran before, take the new version down);
+        `image` pins the bytes that ran then, when they are known."""
         ...
 
     def finalize(self, on_step: StepCallback) -> None:

@@ -104,8 +104,14 @@ def _m4_evidence_and_via(db: sqlite_utils.Database) -> None:
     db["events"].add_column("via", str, not_null_default="")
 
 
+def _m5_image_refs(db: sqlite_utils.Database) -> None:
+    """The exact bytes before and after each deployment (digest or image id)."""
+    db["deployments"].add_column("image_ref", str, not_null_default="")
+    db["deployments"].add_column("previous_image_ref", str, not_null_default="")
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
-    _m1_initial, _m2_image_digest, _m3_schedules, _m4_evidence_and_via]
+    _m1_initial, _m2_image_digest, _m3_schedules, _m4_evidence_and_via, _m5_image_refs]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -191,7 +197,7 @@ class Store:
         for key in ("created_at", "updated_at", "finished_at", "scheduled_for"):
             data[key] = _dt(data[key])
         for key in ("failure", "verification", "record", "thread_ref", "method", "lock_scope",
-                    "image_digest", "break_glass"):
+                    "image_digest", "break_glass", "image_ref", "previous_image_ref"):
             data[key] = data[key] or ""
         return Deployment(**data)
 
@@ -309,6 +315,19 @@ class Store:
         args.append(limit)
         with self._lock:
             return [self._deployment(r) for r in self.db.query(sql, args)]
+
+    def known_image(self, service: str, environment: str, version: str) -> str:
+        """The bytes `version` was when it last ran here ("" when never recorded)."""
+        with self._lock:
+            row = self.db.execute(
+                "SELECT ref FROM (SELECT image_ref AS ref, id FROM deployments "
+                "WHERE service = ? AND environment = ? AND version = ? AND image_ref != '' "
+                "AND status IN ('succeeded', 'rolled_back', 'rollback_failed', 'failed') "
+                "UNION ALL SELECT previous_image_ref AS ref, id FROM deployments "
+                "WHERE service = ? AND environment = ? AND previous_version = ? "
+                "AND previous_image_ref != '') ORDER BY id DESC LIMIT 1",
+                [service, environment, version, service, environment, version]).fetchone()
+        return row[0] if row else ""
 
     def last_succeeded(self, service: str, environment: str,
                        before_id: int | None = None) -> Deployment | None:

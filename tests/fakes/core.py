@@ -20,22 +20,38 @@ class FakeBackend:
     missing: set[str] = field(default_factory=set)  # versions whose image does not exist
     calls: list[str] = field(default_factory=list)
 
+    # the bytes behind each tag: a tag can be pushed again, its digest changes
+    digests: dict[str, str] = field(default_factory=dict)
+    pins: list[str | None] = field(default_factory=list)  # the image= of each call
+
     def current_version(self) -> str | None:
         return self.running
 
-    def prepare(self, version, on_step):
+    def running_image(self) -> str | None:
+        if self.running is None:
+            return None
+        return self.running_bytes or self.digests.setdefault(
+            self.running, f"sha256:{abs(hash(self.running)):064d}"[:71])
+
+    running_bytes: str | None = None
+
+    def prepare(self, version, on_step, *, image=None):
         self.calls.append(f"prepare {version}")
         if version in self.missing:
             raise BackendError(f"image web:{version} not found")
 
-    def deploy(self, version, *, ticket_id, on_step):
+    def deploy(self, version, *, ticket_id, on_step, image=None):
         self.calls.append(f"deploy {version}")
+        self.pins.append(image)
         self.kept, self.running = self.running, version
+        self.running_bytes = image or self.digests.get(version)  # what the tag named then
         on_step(f"started {version}")
 
-    def rollback(self, to_version, on_step):
+    def rollback(self, to_version, on_step, *, image=None):
         self.calls.append(f"rollback {to_version}")
+        self.pins.append(image)
         self.running = to_version
+        self.running_bytes = image or self.digests.get(to_version)
 
     def finalize(self, on_step):
         self.calls.append("finalize")

@@ -379,3 +379,32 @@ def test_the_audit_trail_keeps_where_each_decision_came_from(world):
                                approved=True)
     approved = [e for e in world.store.events(d.id) if e["kind"] == "gate.approved"]
     assert approved and approved[0]["actor"] == "bob" and approved[0]["via"] == "slack U0BOB"
+
+
+# -- 9. the bytes deployed are recorded; rollbacks restore those bytes ---------------------------
+
+def test_the_bytes_deployed_are_recorded_and_an_automatic_rollback_restores_them(world):
+    world.backend.digests = {"v1": "sha256:" + "1" * 64, "v2": "sha256:" + "2" * 64,
+                             "v3": "sha256:" + "3" * 64}
+    d = world.deploy(world.ready())
+    assert (d.previous_image_ref, d.image_ref) == ("sha256:" + "1" * 64, "sha256:" + "2" * 64)
+    assert f"Bytes deployed: demo-web:v2 = sha256:{'2' * 64}" in d.record
+    # v2's tag is pushed again with other bytes; then a bad v3 fails verification
+    world.backend.digests["v2"] = "sha256:" + "9" * 64
+    bad = FakeProbe(world.backend, bad={"v3"})
+    world.pipeline.probe = bad
+    d = world.deploy(world.ready(), target="web@v3")
+    assert d.status is DeploymentStatus.ROLLED_BACK
+    assert world.backend.pins[-1] == "sha256:" + "2" * 64  # the bytes that ran, not the tag's
+
+
+def test_a_manual_rollback_puts_back_the_bytes_that_version_was(world):
+    world.backend.digests = {"v1": "sha256:" + "1" * 64, "v2": "sha256:" + "2" * 64}
+    world.deploy(world.ready())
+    world.backend.digests["v1"] = "sha256:" + "8" * 64  # someone re-pushed v1
+    d = world.pipeline.request_rollback(requested_by="alice", service="web",
+                                        environment="staging", to_version="v1")
+    d = world.pipeline.run(d.id)
+    assert d.status is DeploymentStatus.SUCCEEDED
+    assert world.backend.pins[-1] == "sha256:" + "1" * 64
+    assert d.image_ref == "sha256:" + "1" * 64

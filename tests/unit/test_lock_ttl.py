@@ -73,7 +73,7 @@ def test_the_running_deployment_heartbeats_between_steps(world):
     backend = world.backend
     real_deploy = backend.deploy
 
-    def slow_deploy(version, *, ticket_id, on_step):
+    def slow_deploy(version, *, ticket_id, on_step, image=None):
         for minute in (5, 10, 15, 20):
             world.clock.advance(minutes=5)
             on_step(f"still rolling out ({minute} min)")
