@@ -96,15 +96,30 @@ class LineVerdict:
     denied_by: str = ""
 
 
+# A line naming the gate ("CQ withdrawn", "QA failed on checkout") with one of these takes an
+# approval back even though the approval pattern does not match it. Narrower than DEFAULT_DENY:
+# "QA notes: don't forget the cache" is no verdict.
+RETRACTION = re.compile(
+    r"\b(?:fail(?:s|ed|ing|ure)?|reject(?:s|ed)?|withdraw(?:s|n)?|revok(?:e|es|ed)"
+    r"|retract(?:s|ed)?|revert(?:s|ed)?|broken|blocked|not\s+(?:approved|passed|ok|good))\b"
+    r"|[❌✗✘👎]|:x:|:thumbsdown:|:-1:", re.IGNORECASE)
+
+
 def read(rule: CommentRule, body: str) -> list[LineVerdict]:
-    """Every line of `body` the rule's pattern matches, in order, each with its verdict. Matching
-    never runs across lines (each line is matched on its own). Quoted lines (markdown '>' quotes,
-    including nested '> >', and the quoted block after an 'On … wrote:' line) are skipped."""
+    """Every line of `body` the rule's pattern matches, in order, each with its verdict, and
+    every line naming the rule's `subject` ("CQ", "QA") with retraction wording ("CQ withdrawn",
+    "QA failed"), which never approves. Matching never runs across lines (each line is matched
+    on its own). Quoted lines (markdown '>' quotes, including nested '> >', and the quoted block
+    after an 'On … wrote:' line) are skipped."""
     pattern = re.compile(rule.pattern)
+    subject = re.compile(rule.subject) if rule.subject else None
     deny = _compiled(tuple(DEFAULT_DENY if rule.deny is None else rule.deny))
     verdicts = []
     for i, line in _own_lines(body, strict=True):
         if not pattern.search(line):
+            retracted = RETRACTION.search(line) if subject and subject.search(line) else None
+            if retracted:
+                verdicts.append(LineVerdict(i, line, False, retracted.group(0)))
             continue
         denied_by = _first_deny(deny, line)
         verdicts.append(LineVerdict(i, line, denied_by is None, denied_by or ""))

@@ -48,6 +48,9 @@ class CommentRule(Strict):
 
     pattern: str
     authors: list[str] = Field(default_factory=list)  # empty: anyone but the requester
+    # The gate's name at the start of a line ("CQ", "QA"): such a line with retraction wording
+    # ("CQ withdrawn", "QA failed") takes an earlier approval back. None: no retractions read.
+    subject: str | None = None
     # Regexes (matched case-insensitively, anywhere in the line) that make a matching line NOT an
     # approval: "QA PASS criteria not met", "CQ: approved?". None: bot.approvals.DEFAULT_DENY
     # (negations, failures, questions, conditionals, pending, partial, revoked, ...). A list
@@ -58,6 +61,11 @@ class CommentRule(Strict):
     @classmethod
     def _valid_pattern(cls, v: str) -> str:
         return _check_regex(v)
+
+    @field_validator("subject")
+    @classmethod
+    def _valid_subject(cls, v: str | None) -> str | None:
+        return v if v is None else _check_regex(v)
 
     @field_validator("deny")
     @classmethod
@@ -87,12 +95,14 @@ class TrackerRules(Strict):
         r"(?:CQ|code[\s-]*(?:review|quality))(?:\s+(?:review|status|result|verdict))?"
         r"[\s:=*_\-–—]*"
         r"(?:approved|pass(?:ed|es)?|ok(?:ay)?|lgtm|signed[\s-]*off|[✅✔✓☑]\ufe0f?"
-        r"|:(?:white_check_mark|heavy_check_mark|ballot_box_with_check):)(?![^\W_])"))
+        r"|:(?:white_check_mark|heavy_check_mark|ballot_box_with_check):)(?![^\W_])"),
+        subject=r"(?i)^(?:[^\w\[\]>|]|_)*(?:CQ|code[\s-]*(?:review|quality))\b")
     qa_pass: CommentRule = CommentRule(pattern=(
         r"(?im)^(?:[^\w\[\]>|]|_)*(?:(?::[a-z0-9_+-]+:|\d{1,2}[.)])(?:[^\w\[\]>|]|_)*)*"
         r"QA(?:\s+(?:sign[\s-]?off|status|result|verdict))?[\s:=*_\-–—]*"
         r"(?:pass(?:ed|es)?|ok(?:ay)?|approved|signed[\s-]*off|[✅✔✓☑]\ufe0f?"
-        r"|:(?:white_check_mark|heavy_check_mark|ballot_box_with_check):)(?![^\W_])"))
+        r"|:(?:white_check_mark|heavy_check_mark|ballot_box_with_check):)(?![^\W_])"),
+        subject=r"(?i)^(?:[^\w\[\]>|]|_)*QA\b")
     notes: CommentRule = CommentRule(pattern=r"(?im)^\s*deploy(ment)?\s+notes?\s*:")
     # A line announcing a new build makes earlier approvals stale. Any of these regexes, anywhere
     # in a line, case-insensitively; a single string (older files) is read as a one-item list,
@@ -132,7 +142,8 @@ class TrackerRules(Strict):
         for name in ("cq_approval", "qa_pass", "notes"):
             rule = data.get(name)
             if isinstance(rule, dict) and "pattern" not in rule:
-                data[name] = {**rule, "pattern": cls.model_fields[name].default.pattern}
+                default = cls.model_fields[name].default
+                data[name] = {"subject": default.subject, **rule, "pattern": default.pattern}
         return data
 
     @field_validator("new_build", mode="before")

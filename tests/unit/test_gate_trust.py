@@ -18,10 +18,8 @@ from tests.fakes.core import FakeBackend, FakeProbe, InstantClock, RecordingRepo
 from tests.fakes.tracker import T0, MemoryTracker, read_approval
 
 CONFIG = {
-    "tracker": {"kind": "redmine", "url": "http://127.0.0.1:9", "rules": {
-        "cq_approval": {"pattern": r"^\s*CQ\s*approved\b", "authors": ["bob", "dana"]},
-        "qa_pass": {"pattern": r"^\s*QA\s*PASS\b", "authors": ["carol"]},
-    }},
+    "tracker": {"kind": "redmine", "url": "http://127.0.0.1:9", "rules": {  # default wording
+        "cq_approval": {"authors": ["bob", "dana"]}, "qa_pass": {"authors": ["carol"]}}},
     "environments": {
         "staging": {},
         "production": {"production": True, "approvals_required": 1, "approvers": ["bob", "dana"]},
@@ -408,3 +406,19 @@ def test_a_manual_rollback_puts_back_the_bytes_that_version_was(world):
     assert d.status is DeploymentStatus.SUCCEEDED
     assert world.backend.pins[-1] == "sha256:" + "1" * 64
     assert d.image_ref == "sha256:" + "1" * 64
+
+
+@pytest.mark.parametrize("later,passes", [
+    ("QA failed on checkout after all", False),
+    ("QA: ❌ totals wrong", False),
+    ("QA pass withdrawn", False),
+    ("QA notes: don't forget to warm the cache", True),  # no verdict
+    ("Deployment notes: QA will watch the dashboards", True),
+])
+def test_a_later_retraction_by_the_qa_person_takes_the_pass_back(world, later, passes):
+    tid = world.ready(("carol", later))
+    d = world.deploy(tid)
+    assert (d.status is DeploymentStatus.SUCCEEDED) is passes or \
+        (passes and d.status is DeploymentStatus.AWAITING_APPROVAL), world.check(d, "qa_pass")
+    if not passes:
+        assert "does not give it" in world.check(d, "qa_pass").reason
