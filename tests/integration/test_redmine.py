@@ -242,3 +242,91 @@ def test_resolve_by_login_and_id_with_and_without_admin_rights(redmine) -> None:
     before = plain.http.requests
     plain.resolve_account("quinn")
     assert plain.http.requests == before  # resolved once per process
+
+
+# -- the gates on a real Redmine, through the pipeline ------------------------------------------
+
+def _gates(redmine, tmp_path, *, key: str | None = None, cq: tuple = ("bob",),
+           qa: tuple = ("quinn",)):
+    """A pipeline reading this Redmine (deploybot's key, or `key`), in-memory deploys."""
+    from bot import config as configuration
+    from bot.pipeline import Pipeline
+    from bot.store import Store
+    from tests.fakes.core import FakeBackend, FakeProbe, InstantClock, RecordingReporter, \
+        ScriptedApprover
+
+    cfg = configuration.parse({
+        "tracker": {"kind": "redmine", "url": redmine.url, "token_env": "REDMINE_KEY",
+                    "project": "webshop", "rules": {"cq_approval": {"authors": list(cq)},
+                                                    "qa_pass": {"authors": list(qa)}}},
+        "environments": {"staging": {}},
+        "services": {"web": {"image": "demo-web", "health": {"url": "http://127.0.0.1:9/h"}}},
+        "people": {n: {"tracker": n} for n in ("alice", "bob", "carol", "quinn", "dora")},
+    })
+    tracker = KINDS["redmine"]({"url": redmine.url, "token_env": "REDMINE_KEY",
+                                "project": "webshop", "timeout": 10},
+                               {"REDMINE_KEY": key or redmine.keys["deploybot"]})
+    backend = FakeBackend(running="v1")
+    pipeline = Pipeline(config=cfg, store=Store(tmp_path / "deploybot.db"), tracker=tracker,
+                        backend_for=lambda s, e: backend, reporter=RecordingReporter(),
+                        approver=ScriptedApprover(), probe=FakeProbe(backend),
+                        clock=InstantClock())
+    pipeline.backend = backend
+    return pipeline
+
+
+def _reason(pipeline, d, item: str) -> str:
+    return next(c.reason for c in pipeline.store.checks(d.id) if c.name == item)
+
+
+def test_a_reviewer_renamed_to_bobs_exact_name_does_not_pass_bobs_gate(redmine, tmp_path) -> None:
+    number = _new_issue(redmine, "Checkout: bob's gate")  # carol CQ (not allowed), quinn QA
+    _tracker(redmine).transition(number, "Ready for Production")
+    with _api(redmine, "dora") as dora:
+        try:  # dora takes the real bob's display name, "Bob Builder"
+            assert dora.put("/my/account.json", json={"user": {
+                "firstname": "Bob", "lastname": "Builder"}}).status_code == 204
+            assert dora.put(f"/issues/{number}.json",
+                            json={"issue": {"notes": "CQ approved"}}).status_code == 204
+            pipeline = _gates(redmine, tmp_path)
+            shown = [c.author_name for c in pipeline.tracker.comments(number)]
+            assert shown.count("Bob Builder") == 1  # only dora's note carries it so far
+            d = pipeline.run(pipeline.request_deploy(number, requested_by="alice",
+                                                     target="web@v2").id)
+            assert d.status.value == "blocked"
+            assert "dora, who may not give it (allowed: bob)" in _reason(pipeline, d, "cq_approval")
+            assert pipeline.backend.calls == []
+        finally:
+            dora.put("/my/account.json", json={"user": {"firstname": "Dora",
+                                                        "lastname": "Renamer"}})
+    with _api(redmine, "bob") as bob:  # the real bob
+        assert bob.put(f"/issues/{number}.json",
+                       json={"issue": {"notes": "CQ approved"}}).status_code == 204
+    d = pipeline.run(pipeline.request_deploy(number, requested_by="alice", target="web@v2").id)
+    assert d.status.value == "succeeded", d.failure
+    assert _reason(pipeline, d, "cq_approval").startswith("by bob on")
+
+
+def test_a_withdrawal_in_the_same_second_is_read_in_journal_order(redmine, tmp_path) -> None:
+    """The seeded issue: carol's "CQ approved" and "CQ withdrawn" share one second; quinn's QA
+    PASS has the newest id but a timestamp a minute earlier."""
+    pipeline = _gates(redmine, tmp_path, cq=("carol",))
+    number = str(redmine.keys["tie_issue"])
+    d = pipeline.run(pipeline.request_deploy(number, requested_by="alice", target="web@v2").id)
+    assert d.status.value == "blocked"
+    reason = _reason(pipeline, d, "cq_approval")
+    assert "the newest CQ approval comment, by carol, does not give it" in reason
+    assert "withdrawn" in reason
+    assert _reason(pipeline, d, "qa_pass").startswith("by quinn")
+
+
+def test_a_wrong_key_on_the_public_project_blocks_before_the_checklist(redmine, tmp_path) -> None:
+    number = _new_issue(redmine, "Checkout: wrong key")
+    _tracker(redmine).transition(number, "Ready for Production")
+    pipeline = _gates(redmine, tmp_path, key="e" * 40)
+    d = pipeline.request_deploy(number, requested_by="alice", target="web@v2")  # reads anonymously
+    d = pipeline.run(d.id)
+    assert d.status.value == "blocked"
+    reason = _reason(pipeline, d, "cq_approval")
+    assert "401" in reason and "REDMINE_KEY" in reason and "e" * 40 not in reason
+    assert pipeline.backend.calls == []
