@@ -136,7 +136,7 @@ def check_people(config: Config, tracker: Tracker) -> list[tuple[str, str]]:
             continue
         try:
             acc = identities.account(person.tracker)
-            shown = f", shown as {acc.name!r}" if acc.name else ""
+            shown = f", shown as {acc.name!r}" if acc.name and acc.name != acc.login else ""
             out.append(("ok", f"people.{name}: {tracker.name} {acc.login or person.tracker} "
                               f"(id {acc.id}{shown})"))
         except TrackerError as exc:

@@ -61,10 +61,12 @@ class FakeSlack:
     def __init__(self, *, bot_token: str = "xoxb-test", app_token: str = "xapp-test-token",
                  channels: dict[str, str] | None = None,
                  usergroups: dict[str, list[str]] | None = None,
-                 socket_url: str | None = None) -> None:
+                 socket_url: str | None = None,
+                 users: dict[str, dict] | None = None) -> None:
         self.bot_token, self.app_token = bot_token, app_token
         self.channels = channels if channels is not None else {"C0STANDUP": "standup"}
         self.usergroups = usergroups or {}
+        self.users = users or {}  # user id -> {"name":…, "real_name":…, "deleted": bool}
         self.socket_url = socket_url
         self.calls: list[Call] = []
         self.messages: dict[str, Message] = {}
@@ -214,6 +216,17 @@ class FakeSlack:
         if cid not in self.channels:
             return {"ok": False, "error": "channel_not_found"}
         return {"ok": True, "channel": {"id": cid, "name": self.channels[cid]}}
+
+    def _users_info(self, params: dict) -> dict:
+        """users.info as Slack answers it: user_not_found for an id the workspace lacks."""
+        uid = params.get("user", "")
+        if uid not in self.users:
+            return {"ok": False, "error": "user_not_found"}
+        u = self.users[uid]
+        return {"ok": True, "user": {"id": uid, "name": u.get("name", uid.lower()),
+                                     "deleted": bool(u.get("deleted")),
+                                     "profile": {"real_name": u.get("real_name", ""),
+                                                 "display_name": u.get("display_name", "")}}}
 
     def _usergroups_users_list(self, params: dict) -> dict:
         group = params.get("usergroup", "")
