@@ -353,7 +353,7 @@ class SlackFrontEnd:
     def _execute(self, req: Request, user: str, channel: str, key: str | None) -> None:
         p = self.pipeline
         request_key = f"slack:{key}" if key else None
-        environment = getattr(req, "environment", None)
+        environment = getattr(req, "environment", None) or self.config.default_env
         actor = self.actor(user, environment if environment in self.config.environments
                            else None)
         if isinstance(req, HelpRequest):

@@ -254,7 +254,9 @@ class FakeApp:
 
     def add_note(self, login: str, text: str, created: datetime | None = None, **kw: Any) -> Note:
         self._next += 1
-        note = Note(self._next, login, text, created or datetime.now(timezone.utc), **kw)
+        if created is None:  # the fake's own clock: a minute after its newest note, never "today"
+            created = max((n.created for n in self.notes), default=BASE_TIME) + timedelta(minutes=1)
+        note = Note(self._next, login, text, created, **kw)
         self.notes.append(note)
         return note
 
