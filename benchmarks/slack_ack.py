@@ -94,9 +94,12 @@ def main(argv: list[str] | None = None) -> int:
                           ports={"staging": 1, "production": 2})
     with tempfile.TemporaryDirectory() as tmp, \
             running_bot(config, Path(tmp) / "deploybot.db", workers=args.workers) as bot:
-        ticket = LocalTracker(bot.store).create_ticket("benchmark", status="Ready for Production")
+        # a ticket per request: a second /deploy of a ticket being deployed is refused
+        tracker = LocalTracker(bot.store)
+        tickets = [tracker.create_ticket(f"benchmark {i}", status="Ready for Production")
+                   for i in range(args.requests)]
         bodies = [bot.send.command_body(f"{ticket} web@v{i}", user=f"U0USER{i}")
-                  for i in range(args.requests)]
+                  for i, ticket in enumerate(tickets)]
         # The load comes from another process, as it would from Slack: client threads here
         # would compete with the app for this interpreter's GIL and measure themselves.
         ctx = multiprocessing.get_context("spawn")
