@@ -39,6 +39,18 @@ def _check_regex(value: str) -> str:
     return value
 
 
+def _check_line_regexes(items: list[str] | None, if_empty_matches: str) -> list[str] | None:
+    """Regexes matched against single lines: valid, and none matching an empty line."""
+    for i, item in enumerate(items or []):
+        try:
+            _check_regex(item)
+        except ValueError as exc:
+            raise ValueError(f"item {i} ({item!r}): {exc}") from None
+        if re.search(item, "", re.IGNORECASE) is not None:
+            raise ValueError(f"item {i} ({item!r}) matches an empty line: {if_empty_matches}")
+    return items
+
+
 class CommentRule(Strict):
     """Which comment counts: a regular expression and, optionally, who may write it.
 
@@ -70,15 +82,7 @@ class CommentRule(Strict):
     @field_validator("deny")
     @classmethod
     def _valid_deny(cls, v: list[str] | None) -> list[str] | None:
-        for i, item in enumerate(v or []):
-            try:
-                _check_regex(item)
-            except ValueError as exc:
-                raise ValueError(f"item {i} ({item!r}): {exc}") from None
-            if re.search(item, "", re.IGNORECASE) is not None:
-                raise ValueError(f"item {i} ({item!r}) matches an empty line: "
-                                 "it would deny every line")
-        return v
+        return _check_line_regexes(v, "it would deny every line")
 
 
 class TrackerRules(Strict):
@@ -154,15 +158,7 @@ class TrackerRules(Strict):
     @field_validator("new_build")
     @classmethod
     def _valid_new_build(cls, v: list[str]) -> list[str]:
-        for i, item in enumerate(v):
-            try:
-                _check_regex(item)
-            except ValueError as exc:
-                raise ValueError(f"item {i} ({item!r}): {exc}") from None
-            if re.search(item, "", re.IGNORECASE) is not None:
-                raise ValueError(f"item {i} ({item!r}) matches an empty line: every line would "
-                                 "announce a new build")
-        return v
+        return _check_line_regexes(v, "every line would announce a new build")
 
     @field_validator("version_pattern")
     @classmethod
