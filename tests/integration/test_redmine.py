@@ -330,3 +330,36 @@ def test_a_wrong_key_on_the_public_project_blocks_before_the_checklist(redmine, 
     reason = _reason(pipeline, d, "cq_approval")
     assert "401" in reason and "REDMINE_KEY" in reason and "e" * 40 not in reason
     assert pipeline.backend.calls == []
+
+
+def test_the_requesters_own_approval_on_redmine_never_counts_with_open_authors(
+        redmine, tmp_path) -> None:
+    """people map logins (resolved to ids with deploybot's non-admin key); authors are open."""
+    number = _new_issue(redmine, "Checkout: my own approval")
+    _tracker(redmine).transition(number, "Ready for Production")
+    with _api(redmine, "alice") as alice:
+        for note in ("CQ approved", "QA PASS"):
+            assert alice.put(f"/issues/{number}.json",
+                             json={"issue": {"notes": note}}).status_code == 204
+    pipeline = _gates(redmine, tmp_path, cq=(), qa=())
+    # carol's and quinn's notes are older: alice's own are the newest and must not count
+    d = pipeline.run(pipeline.request_deploy(number, requested_by="alice", target="web@v2").id)
+    assert d.status.value == "succeeded", d.failure  # carol (CQ) and quinn (QA) still count
+    assert _reason(pipeline, d, "cq_approval").startswith("by carol")
+    # without carol's and quinn's notes, alice's own approvals are all there is: blocked
+    lone = _new_issue(redmine, "Checkout: only mine")
+    with _api(redmine, "admin") as admin:  # remove the others' notes from the history
+        journals = admin.get(f"/issues/{lone}.json", params={"include": "journals"}).json()
+        for j in journals["issue"]["journals"]:
+            admin.put(f"/journals/{j['id']}.json", json={"journal": {"notes": ""}})
+    _tracker(redmine).transition(lone, "Ready for Production")
+    with _api(redmine, "alice") as alice:
+        for note in ("CQ approved", "QA PASS"):
+            alice.put(f"/issues/{lone}.json", json={"issue": {"notes": note}})
+    d = pipeline.run(pipeline.request_deploy(lone, requested_by="alice", target="web@v2").id)
+    assert d.status.value == "blocked"
+    assert "the only CQ approval comment is by the requester (alice)" in \
+        _reason(pipeline, d, "cq_approval")
+    # someone not in people: asking: alice's account is alice's, a different person: it counts
+    d = pipeline.run(pipeline.request_deploy(lone, requested_by="zoe", target="web@v2").id)
+    assert _reason(pipeline, d, "cq_approval").startswith("by alice")
