@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Callable, Mapping
@@ -111,10 +110,7 @@ class Pipeline:
 
     def _ticket_and_comments(self, ticket_id: str) -> tuple[Ticket, list[Comment]]:
         """The ticket and its comments, in the tracker's own order (never re-sorted here)."""
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            ticket = pool.submit(self.tracker.get_ticket, ticket_id)
-            comments = pool.submit(self.tracker.comments, ticket_id)
-            return ticket.result(), comments.result()
+        return self.tracker.gate_data(ticket_id)
 
     def check_version_allowed(self, version: str, environment: str) -> None:
         """Production refuses tags that name whatever was pushed last (`latest`, `main`, …)."""

@@ -93,6 +93,11 @@ class Tracker(Protocol):
         keeps whole seconds). The core relies on this order for staleness."""
         ...
 
+    def gate_data(self, ticket_id: str) -> tuple[Ticket, list[Comment]]:
+        """The ticket and every comment (as comments() orders them), in as few requests as the
+        tracker allows: what the checklist and the re-check before the rollout read."""
+        ...
+
     def add_comment(self, ticket_id: str, markdown: str, *, key: str) -> None:
         """Post once per `key`: a retried call with the same key must not post a second comment."""
         ...

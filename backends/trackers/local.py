@@ -75,6 +75,9 @@ class LocalTracker:
                         body=r["body"], created_at=datetime.fromisoformat(r["created_at"]))
                 for r in rows]
 
+    def gate_data(self, ticket_id: str) -> tuple[Ticket, list[Comment]]:
+        return self.get_ticket(ticket_id), self.comments(ticket_id)
+
     def add_comment(self, ticket_id: str, markdown: str, *, key: str = "",
                     author: str = "deploybot") -> str:
         with self.store.transaction() as db:

@@ -65,6 +65,9 @@ class MemoryTracker:
                         author_name=by_id[c.author].name if c.author in by_id else c.author_name)
                 for c in self.notes.get(ticket_id, [])]
 
+    def gate_data(self, ticket_id: str) -> tuple[Ticket, list[Comment]]:
+        return self.get_ticket(ticket_id), self.comments(ticket_id)
+
     def add_comment(self, ticket_id: str, markdown: str, *, key: str) -> None:
         if not self.credentials_ok:
             raise TrackerError("Redmine answered 401 Unauthorized")
