@@ -76,7 +76,8 @@ def remove_local(client: docker.DockerClient, image_id: str) -> None:
 class PinBot:
     """A real Pipeline (handlers.wiring.build_pipeline) with the local tracker in `folder`."""
 
-    def __init__(self, services: dict, folder: Path, backend_for=None, probe=None, clock=None):
+    def __init__(self, services: dict, folder: Path, backend_for=None, probe=None, clock=None,
+                 environ=None):
         from backends.trackers.local import LocalTracker
         from bot import config as config_mod
         from bot.store import Store
@@ -90,7 +91,8 @@ class PinBot:
         self.reporter = RecordingReporter()
         self.pipeline = build_pipeline(self.config, self.store, reporter=self.reporter,
                                        approver=ScriptedApprover(), tracker=self.tracker,
-                                       backend_for=backend_for, probe=probe, clock=clock)
+                                       backend_for=backend_for, probe=probe, clock=clock,
+                                       environ=environ)
 
     def deploy(self, version: str, service: str = "web"):
         tid = self.tracker.create_ticket(f"release {version}", status="Ready for Production")
