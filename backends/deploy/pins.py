@@ -121,15 +121,14 @@ def ensure_local(client: Any, ref: str, version: str, *, pull: str, on_step: Ste
         if is_image_id(ref):
             raise BackendError(
                 f"the bytes of {version} are gone: image {ref} is no longer on {where} (removed "
-                "or pruned) and, never having been pushed, cannot be pulled again; nothing "
-                "was changed", hint=gone_hint(version))
+                "or pruned) and, never having been pushed, cannot be pulled again", hint=gone_hint(version))
         parts = split_digest(ref)
         if parts is None:
             raise BackendError(f"{ref} is not an immutable image reference")
         if pull == "never":
             raise BackendError(
                 f"the bytes of {version} ({ref}) are not on {where} and pull: never forbids "
-                "fetching them; nothing was changed",
+                "fetching them",
                 hint="pull that digest by hand (docker pull REF) or set pull: missing")
         on_step(f"pulling the bytes {version} ran as: {ref}")
         try:
@@ -137,14 +136,14 @@ def ensure_local(client: Any, ref: str, version: str, *, pull: str, on_step: Ste
         except docker.errors.NotFound as exc:
             raise BackendError(
                 f"the bytes of {version} are gone: {ref} is on neither {where} nor its registry "
-                f"({explain(exc)}); nothing was changed", hint=gone_hint(version)) from None
+                f"({explain(exc)})", hint=gone_hint(version)) from None
         on_step(f"pulled {ref}")
         return image.id
     except BackendError:
         raise
     except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
         raise BackendError(f"cannot make the bytes of {version} ({ref}) present: "
-                           f"{explain(exc)}; nothing was changed") from None
+                           f"{explain(exc)}") from None
 
 
 def image_ref_of(client: Any, image_id: str, prefer: str | None) -> str:
