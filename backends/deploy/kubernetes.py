@@ -20,6 +20,21 @@ How a deploy goes (the same steps `kubectl` takes, so an operator can follow alo
    becomes the newest revision; `history()` shows it. When no such revision is left, it sets the
    image instead. It waits for that rollout and raises BackendError when it does not complete.
 
+The bytes, not the tag: `running_image()` reads `status.containerStatuses[].imageID` of the
+service's container in the ready pods of the current ReplicaSet (they must agree):
+`docker-pullable://repo@sha256:…` gives `repo@sha256:…`, `docker://sha256:<id>` (an image the
+node has but no registry digest is known for) gives `sha256:<id>`. With `image=` (a rollback,
+or a manual rollback to a version whose bytes were recorded), the pod template's image becomes
+that reference and the template carries the annotation `io.deploybot/version: v`, so the
+version is still known without a tag. A rollback ends with the pinned image in the template: the
+old revision's template is put back with its image replaced (the controller then makes a new
+ReplicaSet unless an old one already runs the pinned image). Measured with the kubelet v1.20
+(dockershim) of the test cluster: `image: sha256:<id>` runs the local image with
+imagePullPolicy Never or IfNotPresent (status shows `docker://sha256:<id>`), so no local tag is
+needed; the id without `sha256:` is refused (InvalidImageName). `prepare` asks the registry
+whether it still serves a pinned digest (anonymous HEAD of the manifest; 404 means the bytes are
+gone and nothing is changed); an image id cannot be checked from here (the nodes hold it).
+
 Health through the API server: a pod's HTTP port is usually not reachable from where the bot runs;
 the API server's service proxy is, e.g. `https://127.0.0.1:6443/api/v1/namespaces/NS/services/
 NAME:PORT/proxy/health`. That URL needs the bot's bearer token and the cluster's CA, which the
@@ -45,9 +60,13 @@ from bot.errors import BackendError, ConfigError
 from bot.models import BackendStatus
 from bot.ports import StepCallback
 
+from backends.deploy import pins
+
 CHANGE_CAUSE = "kubernetes.io/change-cause"
 REVISION = "deployment.kubernetes.io/revision"
 HASH_LABEL = "pod-template-hash"
+# On the pod template: the version a pinned image (digest or image id, no tag) is.
+VERSION_ANNOTATION = "io.deploybot/version"
 FIELD_MANAGER = "deploybot"
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
@@ -359,6 +378,16 @@ def tag_of(image: str | None) -> str | None:
     return last.rsplit(":", 1)[1] if ":" in last else "latest"
 
 
+def version_in(template_or_pod: dict, image: str | None) -> str | None:
+    """The version a pod template (or a pod) runs: its image's tag; for a pinned image (a
+    digest or an image id) the `io.deploybot/version` annotation deploybot wrote beside it."""
+    if pins.is_pinned(image):
+        annotated = (_meta(template_or_pod).get("annotations") or {}).get(VERSION_ANNOTATION)
+        if annotated:
+            return annotated
+    return tag_of(image)
+
+
 def pod_ready(pod: dict) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True"
                for c in (pod.get("status") or {}).get("conditions") or [])
@@ -449,6 +478,8 @@ class KubernetesBackend:
         self.namespace = self.opts.namespace
         self.name = self.opts.deployment or self.service
         self.where = f"Deployment {self.namespace}/{self.name}"
+        self._seen: dict[str, str] = {}  # version -> the bytes running_image saw it run as
+        self._served: dict[str, bool] = {}  # repo@digest -> its registry serves it
 
     # -- plumbing -------------------------------------------------------------------------------
 
@@ -503,11 +534,39 @@ class KubernetesBackend:
                            "say which one gets the image",
                            hint=f"set services.{self.service}.backend.container")
 
+    @staticmethod
+    def _template(dep_or_template: dict) -> dict:
+        spec = dep_or_template.get("spec") or {}
+        return spec.get("template", dep_or_template)
+
     def _version_of(self, obj: dict) -> str | None:
         try:
-            return tag_of(self._container(obj).get("image"))
+            return version_in(self._template(obj), self._container(obj).get("image"))
         except BackendError:
             return None
+
+    def _runs_version(self, template: dict, version: str) -> bool:
+        """Does this pod template run `version` (its tag, or its pinned bytes annotated so)?"""
+        try:
+            image = self._container(template).get("image")
+        except BackendError:
+            return False
+        if pins.is_pinned(image):
+            return version_in(template, image) == version
+        return image == self._ref(version)
+
+    def _pin(self, template: dict, version: str, image: str) -> None:
+        """Make a pod template run the bytes `image`, still known as `version`."""
+        self._container(template)["image"] = image
+        meta = template.setdefault("metadata", {})
+        meta["annotations"] = {**(meta.get("annotations") or {}), VERSION_ANNOTATION: version}
+
+    def _set_image_patch(self, container: str, version: str, image: str, cause: str) -> dict:
+        """Like `kubectl set image`, plus the version annotation (a strategic merge patch)."""
+        return {"metadata": {"annotations": {CHANGE_CAUSE: cause}},
+                "spec": {"template": {
+                    "metadata": {"annotations": {VERSION_ANNOTATION: version}},
+                    "spec": {"containers": [{"name": container, "image": image}]}}}}
 
     def _replica_sets(self, dep: dict) -> list[dict]:
         items = self._call(f"list the ReplicaSets of {self.where}", self._api().replica_sets,
@@ -577,9 +636,74 @@ class KubernetesBackend:
         dep = self._deployment(required=False)
         return self._version_of(dep) if dep else None
 
-    def prepare(self, version: str, on_step: StepCallback) -> None:
+    def running_image(self) -> str | None:
+        """The bytes the ready pods of the current ReplicaSet run (their container's imageID);
+        None when nothing runs. BackendError when those pods disagree."""
+        dep = self._deployment(required=False)
+        if dep is None:
+            return None
+        name = self._container(dep).get("name")
+        new = self._new_replica_set(dep, self._replica_sets(dep))
+        if new is None:
+            return None
+        pods = [p for p in self._pods(dep)
+                if _owned_by(p, new) and not _meta(p).get("deletionTimestamp")]
+
+        def status_of(pod: dict) -> dict:
+            return next((cs for cs in (pod.get("status") or {}).get("containerStatuses") or []
+                         if cs.get("name") == name), {})
+
+        # the ready pods; while none is ready (a failed rollout), the containers that run
+        chosen = [p for p in pods if pod_ready(p)] or \
+                 [p for p in pods if "running" in (status_of(p).get("state") or {})]
+        found: dict[str, list[str]] = {}
+        for pod in chosen:
+            ref = pins.from_status_image_id(status_of(pod).get("imageID"))
+            if ref:
+                spec = next((c.get("image") for c in (pod.get("spec") or {}).get("containers") or []
+                             if c.get("name") == name), None)
+                found.setdefault(self._own_repository(ref, spec), []).append(
+                    _meta(pod).get("name", "?"))
+        if len(found) > 1:
+            raise BackendError(
+                f"Kubernetes: the pods of {self.where} (revision {revision_of(dep)}) run different "
+                "images: " + "; ".join(f"{ref} ({', '.join(names)})"
+                                       for ref, names in sorted(found.items())),
+                hint="a tag was pushed again while nodes pulled it; pin the image by digest or "
+                     f"restart the pods ({self._kubectl('rollout', 'restart', 'deployment/' + self.name)})")
+        if not found:
+            return None
+        ref = next(iter(found))
+        version = self._version_of(dep)
+        if version:
+            self._seen[version] = ref
+        return ref
+
+    def _own_repository(self, ref: str, spec_image: str | None) -> str:
+        """The Docker shim reports the image's *first* registry digest, which may be of another
+        repository the same image was pushed to (even one gone since). When the pod's own
+        repository serves the same digest (the same manifest pushed there), record that one."""
+        parts = pins.split_digest(ref)
+        if parts is None or not spec_image:
+            return ref
+        pinned = pins.split_digest(spec_image)
+        if pinned:  # the pod asked for these very bytes by digest: its own name for them
+            return spec_image if pinned[1] == parts[1] else ref
+        if pins.is_image_id(spec_image):
+            return ref
+        own = pins.repository(spec_image)
+        if own == parts[0]:
+            return ref
+        mine = f"{own}@{parts[1]}"
+        if mine not in self._served:
+            self._served[mine] = pins.registry_has(mine, timeout=self.opts.timeout)[0] is True
+        return mine if self._served[mine] else ref
+
+    def prepare(self, version: str, on_step: StepCallback, *, image: str | None = None) -> None:
+        if image:
+            self._check_pin(version, image, on_step)
         if self.opts.manifest:
-            objects = self._manifest(version)
+            objects = self._manifest(version, image)
             on_step(f"manifest {self.opts.manifest}: " + ", ".join(
                 f"{o['kind']}/{o['metadata']['name']}" for o in objects))
         dep = self._deployment(required=not self.opts.manifest)
@@ -591,12 +715,38 @@ class KubernetesBackend:
                                hint=f"resume it first: {self._kubectl('rollout', 'resume', 'deployment/' + self.name)}")
         container = self._container(dep)
         state = rollout_state(dep)
-        on_step(f"{self.where} runs {tag_of(container.get('image'))} (revision {revision_of(dep)}, "
+        on_step(f"{self.where} runs {self._version_of(dep)} (revision {revision_of(dep)}, "
                 f"container {container.get('name')}): {state.message}")
-        on_step(f"the nodes pull {self._ref(version)} (imagePullPolicy "
-                f"{container.get('imagePullPolicy', 'default')}); not checked before the rollout")
+        policy = container.get("imagePullPolicy", "default")
+        if image and pins.is_image_id(image) and policy == "Always":
+            raise BackendError(
+                f"Kubernetes: the bytes of {version} are the local image {image}, which a node "
+                f"cannot pull, but container {container.get('name')} has imagePullPolicy "
+                "Always; nothing changed", hint="set imagePullPolicy: IfNotPresent")
+        if not image:
+            on_step(f"the nodes pull {self._ref(version)} (imagePullPolicy {policy}); not "
+                    "checked before the rollout")
 
-    def _manifest(self, version: str) -> list[dict]:
+    def _check_pin(self, version: str, image: str, on_step: StepCallback) -> None:
+        """Are the pinned bytes still to be had? A digest: ask its registry; an id: only the
+        nodes know (said, not checked)."""
+        if pins.is_image_id(image):
+            on_step(f"the bytes of {version} are the image {image}, which only the nodes that "
+                    "ran it hold (never pushed: nothing can pull it); not checked from here")
+            return
+        if not pins.split_digest(image):
+            raise BackendError(f"Kubernetes: {image} is not an immutable image reference")
+        known, how = pins.registry_has(image, timeout=self.opts.timeout)
+        if known is False:
+            raise BackendError(f"Kubernetes: the bytes of {version} are gone: {how}; nothing "
+                               "changed", hint=pins.gone_hint(version))
+        if known:
+            on_step(f"the bytes of {version}: {image} ({how}); the nodes pull it by digest")
+        else:
+            on_step(f"the bytes of {version}: {image}; could not ask the registry ({how}): the "
+                    "nodes pull it by digest, not checked before the rollout")
+
+    def _manifest(self, version: str, image: str | None = None) -> list[dict]:
         """The manifest's objects, ConfigMaps and Services first, the Deployment set to `version`."""
         path = self.opts.manifest
         assert path
@@ -628,14 +778,16 @@ class KubernetesBackend:
             raise BackendError(f"Kubernetes: manifest {path} has no Deployment {self.name}")
         for doc in objects:
             _default_protocols(doc)
-        self._container(found)["image"] = self._ref(version)
+        template = self._template(found)
+        self._pin(template, version, image or self._ref(version))
         if self.opts.progress_deadline:
             found.setdefault("spec", {})["progressDeadlineSeconds"] = self.opts.progress_deadline
         return sorted(objects, key=lambda o: MANIFEST_KINDS.index(o["kind"]))
 
-    def deploy(self, version: str, *, ticket_id: str, on_step: StepCallback) -> None:
-        ref = self._ref(version)
-        cause = f"deploybot {ticket_id}: {ref}"
+    def deploy(self, version: str, *, ticket_id: str, on_step: StepCallback,
+               image: str | None = None) -> None:
+        ref = image or self._ref(version)
+        cause = f"deploybot {ticket_id}: {self._ref(version)}" + (f" as {image}" if image else "")
         dep = self._deployment(required=not self.opts.manifest)
         before = self._version_of(dep) if dep else None
         serving = f"{before} is still serving" if before else "nothing was running before"
@@ -644,7 +796,7 @@ class KubernetesBackend:
             raise BackendError(f"Kubernetes: {self.where} is paused{unchanged}")
         if self.opts.manifest:
             applied: list[str] = []
-            for obj in self._manifest(version):
+            for obj in self._manifest(version, image):
                 label = f"{obj['kind']} {self.namespace}/{obj['metadata']['name']}"
                 if obj["kind"] == "Deployment":
                     obj["metadata"].setdefault("annotations", {})[CHANGE_CAUSE] = cause
@@ -655,11 +807,7 @@ class KubernetesBackend:
                 on_step(f"applied {label}")
         else:
             container = self._container(dep)
-            patch: dict[str, Any] = {
-                "metadata": {"annotations": {CHANGE_CAUSE: cause}},
-                "spec": {"template": {"spec": {"containers": [
-                    {"name": container["name"], "image": ref}]}}},
-            }
+            patch: dict[str, Any] = self._set_image_patch(container["name"], version, ref, cause)
             if self.opts.progress_deadline:
                 patch["spec"]["progressDeadlineSeconds"] = self.opts.progress_deadline
             self._call(f"set the image of {self.where}", self._api().patch_deployment,
@@ -676,7 +824,8 @@ class KubernetesBackend:
         on_step(f"rollout of {version} FAILED: {state.message}; {self.diagnose()}. "
                 f"Verification will fail and the automatic rollback will undo it")
 
-    def rollback(self, to_version: str | None, on_step: StepCallback) -> None:
+    def rollback(self, to_version: str | None, on_step: StepCallback, *,
+                 image: str | None = None) -> None:
         dep = self._deployment(required=to_version is not None)
         if to_version is None:
             if dep is not None:
@@ -686,34 +835,49 @@ class KubernetesBackend:
             return
         assert dep is not None
         ref = self._ref(to_version)
+        pinned = f" pinned to {image}" if image else ""
         current_rev = revision_of(dep)
-        target = None
-        for rs in reversed(self._replica_sets(dep)):
-            if revision_of(rs) != current_rev and \
-                    self._container((rs.get("spec") or {}).get("template") or {}).get("image") == ref:
-                target = rs
-                break
+        older = [rs for rs in reversed(self._replica_sets(dep)) if revision_of(rs) != current_rev]
+
+        def template_of(rs: dict) -> dict:
+            return (rs.get("spec") or {}).get("template") or {}
+
+        def image_of(template: dict) -> str | None:
+            try:
+                return self._container(template).get("image")
+            except BackendError:
+                return None
+
+        # An old revision that runs the pinned bytes already is put back as it is (its
+        # ReplicaSet scales up again); else the newest revision of `to_version`, pinned.
+        target = next((rs for rs in older if image and image_of(template_of(rs)) == image and
+                       self._runs_version(template_of(rs), to_version)), None)
+        target = target or next((rs for rs in older
+                                 if self._runs_version(template_of(rs), to_version)), None)
         annotations = dict(_meta(dep).get("annotations") or {})
         if target is not None:
             rev = revision_of(target)
-            annotations[CHANGE_CAUSE] = f"deploybot: rollback to {ref} (revision {rev})"
+            template = strip_template(template_of(target))
+            if image:
+                self._pin(template, to_version, image)
+            annotations[CHANGE_CAUSE] = f"deploybot: rollback to {ref}{pinned} (revision {rev})"
             patch = [
-                {"op": "replace", "path": "/spec/template",
-                 "value": strip_template(target["spec"]["template"])},
+                {"op": "replace", "path": "/spec/template", "value": template},
                 {"op": "replace", "path": "/metadata/annotations", "value": annotations},
             ]
             on_step(f"rolling {self.where} back to revision {rev} ({to_version}) like "
-                    f"`kubectl rollout undo --to-revision={rev}`")
+                    f"`kubectl rollout undo --to-revision={rev}`{pinned}")
             self._call(f"roll back {self.where}", self._api().patch_deployment, self.namespace,
                        self.name, patch, "application/json-patch+json")
-        elif self._version_of(dep) == to_version:
-            on_step(f"{self.where} already has {to_version} in its template")
+        elif self._version_of(dep) == to_version and \
+                (image is None or image_of(self._template(dep)) == image):
+            on_step(f"{self.where} already has {to_version} in its template{pinned}")
         else:
             container = self._container(dep)
-            on_step(f"no revision of {self.where} runs {ref} any more; setting the image")
-            patch2 = {"metadata": {"annotations": {CHANGE_CAUSE: f"deploybot: rollback to {ref}"}},
-                      "spec": {"template": {"spec": {"containers": [
-                          {"name": container["name"], "image": ref}]}}}}
+            on_step(f"no revision of {self.where} runs {to_version} any more; setting the image "
+                    f"to {image or ref}")
+            patch2 = self._set_image_patch(container["name"], to_version, image or ref,
+                                           f"deploybot: rollback to {ref}{pinned}")
             self._call(f"set the image of {self.where}", self._api().patch_deployment,
                        self.namespace, self.name, patch2, "application/strategic-merge-patch+json")
         state = self.wait_for_rollout(on_step)
@@ -721,7 +885,7 @@ class KubernetesBackend:
             raise BackendError(f"Kubernetes: rolled {self.where} back to {to_version} but its "
                                f"rollout did not complete: {state.message}; {self.diagnose()}",
                                hint=f"look: {self._kubectl('describe', 'deployment/' + self.name)}")
-        on_step(f"{self.where} is back on {to_version}")
+        on_step(f"{self.where} is back on {to_version}{pinned}")
 
     def finalize(self, on_step: StepCallback) -> None:
         """Nothing to drop: old ReplicaSets stay as rollout history (revisionHistoryLimit)."""
@@ -797,10 +961,36 @@ class KubernetesBackend:
                      "(`kubectl rollout undo`)")
         return steps
 
+    def _known_bytes(self, version: str) -> str | None:
+        """The bytes `version` ran as, when this process saw it run (or it runs now)."""
+        if version not in self._seen:
+            try:
+                if self.current_version() == version:
+                    self.running_image()
+            except BackendError:
+                return None
+        return self._seen.get(version)
+
     def rollback_steps(self, to_version: str | None) -> list[str]:
         target = "deployment/" + self.name
         if to_version is None:
             return [self._kubectl("delete", target)]
+        pinned = self._known_bytes(to_version)
+        if pinned:
+            # `rollout undo` would bring back the tag, which may name other bytes by now: set
+            # the recorded bytes (and the version annotation) as the automatic rollback does.
+            name = self.opts.container or self.service
+            try:
+                dep = self._deployment(required=False)
+                name = self._container(dep)["name"] if dep else name
+            except BackendError:
+                pass
+            patch = {"spec": {"template": {
+                "metadata": {"annotations": {VERSION_ANNOTATION: to_version}},
+                "spec": {"containers": [{"name": name, "image": pinned}]}}}}
+            return [self._kubectl("patch", target, "-p", json.dumps(patch, separators=(",", ":"))),
+                    self._kubectl("rollout", "status", target,
+                                  f"--timeout={self.opts.rollout_timeout:g}s")]
         rev = None
         try:
             for r in reversed(self.history()):
@@ -836,7 +1026,7 @@ class KubernetesBackend:
                 image = None
             status = rs.get("status") or {}
             out.append(Revision(
-                revision=revision_of(rs), version=tag_of(image), image=image,
+                revision=revision_of(rs), version=version_in(template, image), image=image,
                 change_cause=(_meta(rs).get("annotations") or {}).get(CHANGE_CAUSE, ""),
                 replica_set=_meta(rs).get("name", ""), replicas=status.get("replicas", 0),
                 ready=status.get("readyReplicas", 0)))
@@ -855,7 +1045,7 @@ class KubernetesBackend:
             ready = pod_ready(pod)
             out.append(PodInfo(
                 name=_meta(pod).get("name", ""), phase=(pod.get("status") or {}).get("phase", ""),
-                ready=ready, version=tag_of(image), replica_set=owner,
+                ready=ready, version=version_in(pod, image), replica_set=owner,
                 restarts=sum(cs.get("restartCount", 0)
                              for cs in (pod.get("status") or {}).get("containerStatuses") or []),
                 reason="" if ready else pod_problem(pod),

@@ -8,6 +8,7 @@ import stat
 from pathlib import Path
 
 import pytest
+import yaml
 
 from backends.deploy import build_backend
 from backends.deploy import compose as compose_mod
@@ -185,3 +186,48 @@ def test_missing_compose_file_is_a_clear_error(tmp_path):
 def test_a_command_that_hangs_is_stopped_at_the_timeout(tmp_path):
     run = compose_mod.run_streaming(["sleep", "5"], timeout=0.3)
     assert run.returncode is None and run.elapsed < 3
+
+
+PIN = "sha256:" + "e" * 64
+
+
+def test_a_pinned_prepare_and_deploy_write_the_bytes_and_never_pull_them_by_name(tmp_path,
+                                                                                monkeypatch):
+    binary = fake_compose(tmp_path / "bin", ps=[PS_ROW])
+    b = ComposeBackend("web", "staging", service_cfg(tmp_path, project="shop",
+                                                     binary=[str(binary)], pull="always"))
+    ensured: list[tuple[str, str]] = []
+    monkeypatch.setattr(b, "_ensure_pinned", lambda image, version, step: ensured.append(
+        (image, version)))
+    steps: list[str] = []
+    b.prepare("v1", steps.append, image=PIN)
+    assert ensured == [(PIN, "v1")]
+    override = yaml.safe_load((tmp_path / ".deploybot" / "shop.v1.yml").read_text())
+    assert override["services"]["web"]["image"] == PIN
+    assert override["services"]["web"]["labels"]["io.deploybot.version"] == "v1"
+    calls = (tmp_path / "bin" / "calls.log").read_text().splitlines()
+    # `pull web` of an image id would ask Docker Hub for it; only `pull --policy missing` ran
+    assert not any(c.endswith(" pull web") for c in calls)
+    assert any(c.endswith("pull --policy missing") for c in calls)
+    b.deploy("v1", ticket_id="T-1", on_step=steps.append, image=PIN)
+    assert any(s.endswith(f"(pinned to {PIN})") for s in steps)
+    assert yaml.safe_load((tmp_path / ".deploybot" / "shop.v1.yml").read_text()
+                          )["services"]["web"]["image"] == PIN
+
+
+def test_a_pin_applies_to_the_services_of_the_primarys_repository(tmp_path):
+    file = tmp_path / "compose.yml"
+    file.write_text("services:\n  web: {image: x}\n  worker: {image: x}\n  cron: {image: x}\n")
+    svc = config_mod.parse({"environments": {"staging": {}}, "services": {"web": {
+        "image": "demo-web", "backend": {"kind": "compose", "file": str(file),
+                                         "services": ["web", "worker", "cron"],
+                                         "images": {"cron": "demo-cron"}}}}}
+                           ).service("web", "staging")
+    b = ComposeBackend("web", "staging", svc)
+    assert b._images_for("v2", pin=PIN) == {"web": PIN, "worker": PIN, "cron": "demo-cron:v2"}
+    b._previous = ("v2", {"web": "demo-web@sha256:" + "1" * 64, "cron": "demo-cron@sha256:" + "2" * 64})
+    assert b._images_for("v2") == {"web": "demo-web:v2", "worker": "demo-web:v2",
+                                   "cron": "demo-cron:v2"}  # a new deploy of v2 takes the tag
+    assert b._images_for("v2", restore=True) == {  # putting v2 back takes the recorded bytes
+        "web": "demo-web@sha256:" + "1" * 64, "worker": "demo-web:v2",
+        "cron": "demo-cron@sha256:" + "2" * 64}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 
 import pytest
@@ -10,7 +11,9 @@ import urllib3.exceptions
 from kubernetes.client.exceptions import ApiException
 
 from backends.deploy import build_backend
-from backends.deploy.kubernetes import KubernetesBackend, rollout_state, tag_of
+from backends.deploy import pins
+from backends.deploy.kubernetes import (
+    VERSION_ANNOTATION, KubernetesBackend, rollout_state, strip_template, tag_of, version_in)
 from bot import config as configuration
 from bot.errors import BackendError, ConfigError
 from tests.fakes.core import InstantClock
@@ -53,17 +56,33 @@ class FakeKube:
         self.patches: list[tuple] = []
         self.fail: dict[str, Exception] = {}
         self.healthy: set[str] = {"v1", "v2"}  # versions whose pods become ready
+        self.image_ids: dict[str, str] = {}  # image -> the imageID its pods report
         self.settle()
+
+    def image_id(self, image: str) -> str:
+        """What the kubelet's Docker shim reports as a pod's imageID for `image`."""
+        if image in self.image_ids:
+            return self.image_ids[image]
+        if "@" in image:
+            return "docker-pullable://" + image
+        if pins.is_image_id(image):
+            return "docker://" + image
+        return "docker://sha256:" + hashlib.sha256(image.encode()).hexdigest()
 
     # the controller, reduced to what the backend reads
     def settle(self) -> None:
-        version = tag_of(self.dep["spec"]["template"]["spec"]["containers"][0]["image"])
-        rs = next((r for r in self.sets if tag_of(r["spec"]["template"]["spec"]["containers"][0]["image"]) == version), None)
+        tmpl = self.dep["spec"]["template"]
+        image = tmpl["spec"]["containers"][0]["image"]
+        version = version_in(tmpl, image)
+        rs = next((r for r in self.sets if strip_template(r["spec"]["template"]) == tmpl), None)
         revision = max([int(r["metadata"]["annotations"]["deployment.kubernetes.io/revision"]) for r in self.sets] or [0]) + 1
         if rs is None:
-            rs = {"metadata": {"name": f"web-{version}", "uid": f"rs-{version}",
+            name = f"web-{version}" + (f"-{image[-6:]}" if pins.is_pinned(image) else "")
+            labelled = copy.deepcopy(tmpl)
+            labelled["metadata"]["labels"]["pod-template-hash"] = f"h{name}"
+            rs = {"metadata": {"name": name, "uid": f"rs-{name}",
                                "annotations": {}, "ownerReferences": [{"uid": "dep-uid"}]},
-                  "spec": {"template": template(version, f"h{version}")}, "status": {}}
+                  "spec": {"template": labelled}, "status": {}}
             self.sets.append(rs)
         current = int(self.dep["metadata"]["annotations"]["deployment.kubernetes.io/revision"])
         if rs["metadata"]["annotations"].get("deployment.kubernetes.io/revision") != str(current) or len(self.sets) == 1:
@@ -75,12 +94,16 @@ class FakeKube:
             rs["metadata"]["annotations"]["kubernetes.io/change-cause"] = cause
         ready = version in self.healthy
         want = self.dep["spec"]["replicas"]
-        self.pods_ = [{"metadata": {"name": f"web-{version}-{i}", "ownerReferences": [{"uid": rs["metadata"]["uid"]}]},
-                       "spec": {"containers": [{"name": "web", "image": f"demo-web:{version}"}]},
+        self.pods_ = [{"metadata": {"name": f"{rs['metadata']['name']}-{i}",
+                                    "ownerReferences": [{"uid": rs["metadata"]["uid"]}],
+                                    "annotations": dict(tmpl["metadata"].get("annotations") or {})},
+                       "spec": {"containers": [{"name": "web", "image": image}]},
                        "status": {"phase": "Running",
                                   "conditions": [{"type": "Ready", "status": str(ready)}],
-                                  "containerStatuses": [{"ready": ready, "restartCount": 0,
-                                                         "state": {"running": {}}}]}}
+                                  "containerStatuses": [{"name": "web", "ready": ready,
+                                                         "restartCount": 0,
+                                                         "state": {"running": {}},
+                                                         "imageID": self.image_id(image)}]}}
                       for i in range(want)]
         status = self.dep["status"]
         status["observedGeneration"] = self.dep["metadata"]["generation"]
@@ -111,6 +134,10 @@ class FakeKube:
             image = patch["spec"]["template"]["spec"]["containers"][0]["image"]
             self.dep["spec"]["template"]["spec"]["containers"][0]["image"] = image
             self.dep["metadata"]["annotations"].update(patch["metadata"]["annotations"])
+            extra = (patch["spec"]["template"].get("metadata") or {}).get("annotations")
+            if extra:
+                meta = self.dep["spec"]["template"]["metadata"]
+                meta["annotations"] = {**(meta.get("annotations") or {}), **extra}
         self.dep["metadata"]["generation"] += 1
         self.settle()
         return copy.deepcopy(self.dep)
@@ -348,3 +375,140 @@ def test_logs_and_events_cover_the_deployments_pods(backend, kube):
     backend.deploy("v9", ticket_id="T", on_step=lambda s: None)
     assert any(e.startswith("Warning Unhealthy Pod/web-v9-0: Readiness probe failed") for e in backend.events())
     assert [p.ready for p in backend.pods()] == [False, False]
+
+
+# -- the bytes, not the tag -------------------------------------------------------------------------
+
+DIGEST = "demo-web@sha256:" + "d" * 64
+IMAGE_ID = "sha256:" + "e" * 64
+
+
+def test_running_image_reads_the_ready_pods_image_ids(backend, kube):
+    kube.image_ids["demo-web:v1"] = "docker-pullable://" + DIGEST
+    kube.settle()
+    assert backend.running_image() == DIGEST
+    kube.image_ids["demo-web:v1"] = "docker://" + IMAGE_ID
+    kube.settle()
+    assert backend.running_image() == IMAGE_ID
+    # pods of the current ReplicaSet that disagree (the tag was pushed again meanwhile)
+    kube.pods_[1]["status"]["containerStatuses"][0]["imageID"] = "docker-pullable://" + DIGEST
+    with pytest.raises(BackendError, match="run different images") as err:
+        backend.running_image()
+    assert "web-v1-0" in str(err.value) and "web-v1-1" in str(err.value)
+    assert "rollout restart deployment/web" in str(err.value.hint)
+    kube.dep = None
+    assert backend.running_image() is None
+
+
+def test_a_pinned_deploy_runs_the_bytes_and_is_still_called_by_its_version(backend, kube):
+    seen, step = steps()
+    backend.deploy("v2", ticket_id="T-9", on_step=step, image=DIGEST)
+    _, patch = kube.patches[-1]
+    assert patch["spec"]["template"]["spec"]["containers"] == [{"name": "web", "image": DIGEST}]
+    assert patch["spec"]["template"]["metadata"]["annotations"] == {VERSION_ANNOTATION: "v2"}
+    assert patch["metadata"]["annotations"]["kubernetes.io/change-cause"] == \
+        f"deploybot T-9: demo-web:v2 as {DIGEST}"
+    assert backend.current_version() == "v2" and backend.status().version == "v2"
+    assert backend.running_image() == DIGEST
+    assert [h.version for h in backend.history()] == ["v1", "v2"]
+    assert {p.version for p in backend.pods()} == {"v2"}
+
+
+def test_a_pinned_rollback_ends_with_the_pinned_image_in_the_template(backend, kube):
+    backend.deploy("v2", ticket_id="T-1", on_step=lambda s: None)
+    backend.deploy("v3", ticket_id="T-2", on_step=lambda s: None)
+    seen, step = steps()
+    backend.rollback("v2", step, image=IMAGE_ID)
+    content_type, patch = kube.patches[-1]
+    assert content_type == "application/json-patch+json"
+    restored = patch[0]["value"]
+    # revision 2's template, with its image replaced by the bytes v2 ran as
+    assert restored["spec"]["containers"][0]["image"] == IMAGE_ID
+    assert restored["metadata"]["annotations"][VERSION_ANNOTATION] == "v2"
+    assert any("--to-revision=2" in s and f"pinned to {IMAGE_ID}" in s for s in seen)
+    assert kube.dep["spec"]["template"]["spec"]["containers"][0]["image"] == IMAGE_ID
+    assert backend.current_version() == "v2" and backend.status().running
+    history = backend.history()
+    assert [h.version for h in history] == ["v1", "v2", "v3", "v2"]  # a new revision: the bytes
+    assert history[-1].image == IMAGE_ID and f"pinned to {IMAGE_ID}" in history[-1].change_cause
+
+    # back on v3, then to v2 again: the pinned revision is reused as it is
+    backend.deploy("v3", ticket_id="T-3", on_step=lambda s: None)
+    backend.rollback("v2", step, image=IMAGE_ID)
+    assert [h.version for h in backend.history()] == ["v1", "v2", "v3", "v2"]
+    assert backend.history()[-1].revision == 6
+
+
+def test_a_pinned_rollback_with_no_revision_left_sets_the_pinned_image(backend, kube):
+    kube.healthy.add("v0")
+    seen, step = steps()
+    backend.rollback("v0", step, image=DIGEST)
+    assert any(f"setting the image to {DIGEST}" in s for s in seen)
+    assert kube.dep["spec"]["template"]["spec"]["containers"][0]["image"] == DIGEST
+    assert backend.current_version() == "v0"
+
+
+def test_prepare_refuses_bytes_the_registry_no_longer_has(backend, kube, monkeypatch):
+    asked = []
+
+    def registry_has(ref, timeout):
+        asked.append(ref)
+        return False, "registry.example answered 404 for web@sha256:… (manifest unknown)"
+
+    monkeypatch.setattr(pins, "registry_has", registry_has)
+    with pytest.raises(BackendError, match="the bytes of v1 are gone: .*manifest unknown") as err:
+        backend.prepare("v1", lambda s: None, image=DIGEST)
+    assert "nothing changed" in str(err.value) and asked == [DIGEST]
+    assert not kube.patches
+    monkeypatch.setattr(pins, "registry_has", lambda ref, timeout: (None, "401"))
+    seen, step = steps()
+    backend.prepare("v1", step, image=DIGEST)
+    assert any("could not ask the registry (401)" in s for s in seen)
+
+
+def test_prepare_of_an_image_id_says_only_the_nodes_hold_it(backend, kube):
+    seen, step = steps()
+    backend.prepare("v1", step, image=IMAGE_ID)
+    assert any("only the nodes that ran it hold" in s for s in seen)
+    kube.dep["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] = "Always"
+    with pytest.raises(BackendError, match="imagePullPolicy Always"):
+        backend.prepare("v1", step, image=IMAGE_ID)
+
+
+def test_rollback_steps_name_the_bytes_when_they_are_known(backend, kube):
+    kube.image_ids["demo-web:v1"] = "docker-pullable://" + DIGEST
+    kube.settle()
+    assert backend.running_image() == DIGEST  # the pipeline asks before every deploy
+    backend.deploy("v2", ticket_id="T", on_step=lambda s: None)
+    first, status = backend.rollback_steps("v1")
+    patch = {"spec": {"template": {"metadata": {"annotations": {VERSION_ANNOTATION: "v1"}},
+                                   "spec": {"containers": [{"name": "web", "image": DIGEST}]}}}}
+    assert first == ("kubectl --namespace shop patch deployment/web -p "
+                     f"'{json.dumps(patch, separators=(',', ':'))}'")
+    assert status.startswith("kubectl --namespace shop rollout status deployment/web")
+
+
+def test_version_in_reads_the_annotation_only_for_pinned_images():
+    pod = {"metadata": {"annotations": {VERSION_ANNOTATION: "v7"}}}
+    assert version_in(pod, DIGEST) == "v7" and version_in(pod, IMAGE_ID) == "v7"
+    assert version_in(pod, "demo-web:v8") == "v8"  # a tag set by hand wins over a stale note
+    assert version_in({}, DIGEST) == "sha256:" + "d" * 64
+
+
+def test_a_digest_of_another_repository_is_replaced_by_the_pods_own_when_it_serves_it(
+        backend, kube, monkeypatch):
+    elsewhere = "old-registry.example/web@sha256:" + "d" * 64
+    kube.image_ids["demo-web:v1"] = "docker-pullable://" + elsewhere
+    kube.settle()
+    answers = {"demo-web@sha256:" + "d" * 64: (True, "served")}
+    monkeypatch.setattr(pins, "registry_has",
+                        lambda ref, timeout: answers.get(ref, (None, "not asked")))
+    assert backend.running_image() == "demo-web@sha256:" + "d" * 64
+    backend._served.clear()
+    answers.clear()  # the pod's own registry cannot say: keep what the kubelet reported
+    assert backend.running_image() == elsewhere
+    # a pod pinned by digest is named as it asked, whichever repository the shim reports
+    backend.deploy("v2", ticket_id="T", on_step=lambda s: None, image=DIGEST)
+    kube.image_ids[DIGEST] = "docker-pullable://" + elsewhere
+    kube.settle()
+    assert backend.running_image() == DIGEST

@@ -81,7 +81,7 @@ def test_deploy_v1_to_v2_rolls_out_with_ready_pods_history_and_logs(
 
 
 def test_bad_version_times_out_is_rolled_back_by_the_pipeline_and_history_shows_it(
-        k8s_cluster, k8s_namespace, make_demo, demo_image, tmp_path):
+        k8s_cluster, k8s_namespace, make_demo, demo_image, tmp_path, docker_client):
     image = demo_image("v1").rsplit(":", 1)[0]
     demo_image("v2")
     demo_image("v3", mode="unhealthy")
@@ -123,11 +123,19 @@ def test_bad_version_times_out_is_rolled_back_by_the_pipeline_and_history_shows_
                                     environment="staging")
         return pipeline.run(d.id)
 
+    # What the kubelet's Docker shim reports: the image's first registry digest, else (never
+    # pushed, as on a fresh engine) docker://sha256:<id>, and that is what is recorded.
+    v1_id, v2_id = ((docker_client.images.get(f"{image}:{v}").attrs.get("RepoDigests") or
+                     [docker_client.images.get(f"{image}:{v}").id])[0] for v in ("v1", "v2"))
     good = deploy("v2")
     assert good.status is DeploymentStatus.SUCCEEDED, good.failure
     assert good.previous_version == "v1"
     assert "### Deployment Method\nKubernetes" in good.record
-    assert "rollout undo deployment/web --to-revision=1" in good.record  # its rollback plan
+    assert (good.previous_image_ref, good.image_ref) == (v1_id, v2_id)
+    # its rollback plan sets v1's bytes (`rollout undo` would bring back the tag)
+    pin = {"spec": {"template": {"metadata": {"annotations": {"io.deploybot/version": "v1"}},
+                                 "spec": {"containers": [{"name": "web", "image": v1_id}]}}}}
+    assert f"patch deployment/web -p '{json.dumps(pin, separators=(',', ':'))}'" in good.record
 
     bad = deploy("v3")
     assert bad.status is DeploymentStatus.ROLLED_BACK, bad.failure
@@ -136,15 +144,18 @@ def test_bad_version_times_out_is_rolled_back_by_the_pipeline_and_history_shows_
     steps = [m for kind, m in reporter.events if kind == "step"]
     assert any("rollout of v3 FAILED" in s and "exceeded its progress deadline" in s for s in steps)
     assert any("Readiness probe failed" in s or "not ready" in s for s in steps)
-    assert any("--to-revision=2" in s for s in steps)
+    assert any("--to-revision=2" in s and f"pinned to {v2_id}" in s for s in steps)
     assert "Rolled back: v2 is running again" in bad.record
 
     assert backend.current_version() == "v2"
     state = backend.status()
     assert state.running, state.detail
     history = backend.history()
-    assert [h.version for h in history] == ["v1", "v3", "v2"]
+    # revision 2's template with its image pinned to the bytes v2 ran as: the kubelet runs
+    # `image: sha256:<id>` (a new ReplicaSet, since the template is not revision 2's any more)
+    assert [h.version for h in history] == ["v1", "v2", "v3", "v2"]
     assert history[-1].revision == 4 and "rollback to" in history[-1].change_cause
+    assert history[-1].image == v2_id and backend.running_image() == v2_id
     assert all(p.version == "v2" and p.ready for p in backend.pods() if not p.terminating)
     assert probe.get(f"{proxy}/version", 5).body == "v2"
 
