@@ -674,7 +674,8 @@ class Pipeline:
                 d = self.store.update_deployment(d.id, previous_version=previous)
             # The bytes that run now: what an automatic rollback restores, whatever the tag
             # names by then.
-            d = self.store.update_deployment(d.id, previous_image_ref=backend.running_image() or "")
+            d = self.store.update_deployment(d.id,
+                                             previous_image_ref=self._running_image(backend, step))
             # A manual rollback puts back the bytes that version was, not what its tag names now.
             pin = (self.store.known_image(d.service, d.environment, d.version) or None
                    if d.kind is DeploymentKind.ROLLBACK else None)
@@ -695,7 +696,7 @@ class Pipeline:
         except BackendError as exc:
             return self._failed(d, f"deploying {d.version} failed: {exc}")
         d = self.store.transition(d.id, DeploymentStatus.VERIFYING,
-                                  image_ref=self._running_image(backend))
+                                  image_ref=self._running_image(backend, step))
         svc = self.config.service(d.service, d.environment)
         result = verify(svc, backend, self.probe, self.clock, step)
         if baseline is not None and not result.failed:
@@ -775,11 +776,14 @@ class Pipeline:
         return self._finish(d, result)
 
     @staticmethod
-    def _running_image(backend: DeployBackend) -> str:
+    def _running_image(backend: DeployBackend, step: Callable[[str], None]) -> str:
+        """The bytes running now; not knowing them is said, never a reason to stop (a manual
+        rollback in an emergency must not fail because pods disagree about their image)."""
         try:
             return backend.running_image() or ""
-        except BackendError as exc:  # not knowing the bytes is worth a note, not a failure
-            log.warning("could not read the running image: %s", exc)
+        except BackendError as exc:
+            step(f"note: cannot tell which image bytes run ({exc.message}); a rollback would "
+                 "go back by tag")
             return ""
 
     def _failed(self, d: Deployment, message: str) -> Deployment:
