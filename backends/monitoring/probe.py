@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,11 @@ class _Route:
     client: httpx.Client
 
 
+def _tls(ca_file: str | None) -> ssl.SSLContext | bool:
+    """A private CA's bundle as an SSL context (httpx no longer takes a path)."""
+    return ssl.create_default_context(cafile=ca_file) if ca_file else True
+
+
 class HttpxProbe:
     """GETs with a timeout; URLs on an origin with `http_auth` carry its bearer token."""
 
@@ -38,7 +44,7 @@ class HttpxProbe:
         self.environ = dict(environ or {})
         self.routes = {
             o: _Route(a, httpx.Client(follow_redirects=False, trust_env=False,
-                                      verify=a.ca_file if a.ca_file else True))
+                                      verify=_tls(a.ca_file)))
             for o, a in (auth_by_origin or {}).items()}
 
     @classmethod
