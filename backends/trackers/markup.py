@@ -220,7 +220,11 @@ def adf_to_text(node: Any) -> str:
 def _adf_block(node: dict, lines: list[str], prefix: str) -> None:
     kind = node.get("type")
     children = node.get("content") or []
-    if kind in ("doc", "blockquote", "panel", "expand", "nestedExpand", "tableCell", "tableHeader",
+    if kind == "blockquote":  # someone else's words: kept marked, so they never approve
+        for child in children:
+            _adf_block(child, lines, prefix + "> ")
+        return
+    if kind in ("doc", "panel", "expand", "nestedExpand", "tableCell", "tableHeader",
                 "mediaSingle", "mediaGroup", "layoutSection", "layoutColumn"):
         for child in children:
             _adf_block(child, lines, prefix)
@@ -245,9 +249,11 @@ def _adf_block(node: dict, lines: list[str], prefix: str) -> None:
     if kind == "rule":
         lines.append(prefix + "---")
         return
-    if kind == "codeBlock":
+    if kind == "codeBlock":  # fenced: pasted output is not a verdict
+        lines.append(prefix + "```")
         for line in _adf_inline_text(children).splitlines() or [""]:
             lines.append(prefix + line)
+        lines.append(prefix + "```")
         return
     if kind == "blockCard":
         lines.append(prefix + str((node.get("attrs") or {}).get("url", "")))
@@ -348,6 +354,12 @@ def markdown_to_wiki(markdown: str) -> str:
 def wiki_to_text(wiki: str) -> str:
     """Jira wiki markup -> plain text (the parts that matter for reading a comment)."""
     text = wiki or ""
+    # Quotes stay marked and code stays fenced: approvals are never read from either.
+    text = re.sub(r"\{quote\}(.*?)\{quote\}",
+                  lambda m: "\n".join("> " + line for line in m.group(1).strip("\n").split("\n")),
+                  text, flags=re.S | re.I)
+    text = re.sub(r"\{(code|noformat)(:[^}]*)?\}(.*?)\{\1\}",
+                  lambda m: "```\n" + m.group(3).strip("\n") + "\n```", text, flags=re.S | re.I)
     text = re.sub(r"\{(code|noformat|quote|panel|color)(:[^}]*)?\}", "", text)
     text = re.sub(r"^h[1-6]\.\s+", "", text, flags=re.M)
     text = re.sub(r"\{\{(.*?)\}\}", r"\1", text)

@@ -57,7 +57,25 @@ def test_adf_text_of_a_real_comment() -> None:
             {"type": "tableCell", "content": [{"type": "paragraph", "content": [{"type": "text", "text": "a"}]}]},
             {"type": "tableCell", "content": [{"type": "paragraph", "content": [{"type": "text", "text": "b"}]}]}]}]},
     ]}
-    assert markup.adf_to_text(body) == "QA PASS cc @Carol\n🎉https://ci.example/1\n- smoke ok\nmake test\na | b"
+    assert markup.adf_to_text(body) == \
+        "QA PASS cc @Carol\n🎉https://ci.example/1\n- smoke ok\n```\nmake test\n```\na | b"
+
+
+def test_jira_quotes_and_code_stay_marked_so_they_never_approve() -> None:
+    from bot import approvals
+    from bot.config import TrackerRules
+
+    qa = TrackerRules().qa_pass
+    adf = {"type": "doc", "content": [
+        {"type": "blockquote", "content": [{"type": "paragraph", "content": [
+            {"type": "text", "text": "QA PASS"}]}]},
+        {"type": "paragraph", "content": [{"type": "text", "text": "as said above"}]},
+        {"type": "codeBlock", "content": [{"type": "text", "text": "QA PASS\n3 passed"}]}]}
+    wiki = "{quote}QA PASS{quote}\nas said above\n{noformat}QA PASS{noformat}"
+    for text in (markup.adf_to_text(adf), markup.wiki_to_text(wiki)):
+        assert "> QA PASS" in text and "```" in text
+        assert approvals.read(qa, text) == []
+    assert approvals.read(qa, markup.wiki_to_text("{quote}old{quote}\nQA PASS"))[0].approves
 
 
 def test_wiki_markup() -> None:
