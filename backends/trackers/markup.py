@@ -223,6 +223,7 @@ def _adf_block(node: dict, lines: list[str], prefix: str) -> None:
     if kind == "blockquote":  # someone else's words: kept marked, so they never approve
         for child in children:
             _adf_block(child, lines, prefix + "> ")
+        lines.append(prefix)  # the quote ends here (a blank line, as markdown would need)
         return
     if kind in ("doc", "panel", "expand", "nestedExpand", "tableCell", "tableHeader",
                 "mediaSingle", "mediaGroup", "layoutSection", "layoutColumn"):
@@ -356,7 +357,8 @@ def wiki_to_text(wiki: str) -> str:
     text = wiki or ""
     # Quotes stay marked and code stays fenced: approvals are never read from either.
     text = re.sub(r"\{quote\}(.*?)\{quote\}",
-                  lambda m: "\n".join("> " + line for line in m.group(1).strip("\n").split("\n")),
+                  lambda m: "\n".join("> " + line for line in m.group(1).strip("\n").split("\n"))
+                  + "\n",  # the quote ends here (a blank line, as markdown would need)
                   text, flags=re.S | re.I)
     text = re.sub(r"\{(code|noformat)(:[^}]*)?\}(.*?)\{\1\}",
                   lambda m: "```\n" + m.group(3).strip("\n") + "\n```", text, flags=re.S | re.I)

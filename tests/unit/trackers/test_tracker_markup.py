@@ -76,6 +76,11 @@ def test_jira_quotes_and_code_stay_marked_so_they_never_approve() -> None:
         assert "> QA PASS" in text and "```" in text
         assert approvals.read(qa, text) == []
     assert approvals.read(qa, markup.wiki_to_text("{quote}old{quote}\nQA PASS"))[0].approves
+    after = {"type": "doc", "content": [
+        {"type": "blockquote", "content": [{"type": "paragraph", "content": [
+            {"type": "text", "text": "is it ready?"}]}]},
+        {"type": "paragraph", "content": [{"type": "text", "text": "QA PASS"}]}]}
+    assert approvals.read(qa, markup.adf_to_text(after))[0].approves
 
 
 def test_wiki_markup() -> None:
