@@ -142,8 +142,9 @@ class ApprovalReader:
         person = self.identities.person_of(c) if self.config.people else None
         if person:
             return person
-        shown = f"{c.author_name!r}, " if c.author_name else ""
-        return f"{self.tracker_name} account {shown}id {c.author}".replace("account '", "user '")
+        if c.author_name:
+            return f"{self.tracker_name} user {c.author_name!r}, id {c.author}"
+        return f"{self.tracker_name} account id {c.author}"
 
     def read(self) -> Outcome:
         bot_id = self.ctx.bot_account.id if self.ctx.bot_account else None

@@ -25,6 +25,9 @@ from bot.freeze import FreezeWindow, zone
 DEFAULT_PATH = "deploybot.yaml"
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+# Slack ids, which their owners cannot change (display names they can): users, user groups.
+SLACK_USER_ID = re.compile(r"[UW][A-Z0-9]{2,}")
+SLACK_GROUP_ID = re.compile(r"S[A-Z0-9]{2,}")
 
 
 class Strict(BaseModel):
@@ -405,7 +408,7 @@ class Person(Strict):
     @field_validator("slack")
     @classmethod
     def _slack_id(cls, v: str | None) -> str | None:
-        if v is not None and not re.fullmatch(r"[UW][A-Z0-9]{2,}", v):
+        if v is not None and not SLACK_USER_ID.fullmatch(v):
             raise ValueError("not a Slack user id (like U012AB3CD; a display name can be "
                              "changed by its owner and is never used)")
         return v

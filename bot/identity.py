@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from bot.config import Config
+from bot.config import SLACK_GROUP_ID, SLACK_USER_ID, Config
 from bot.errors import DeploybotError, TrackerError
 from bot.models import Account, Comment
 from bot.ports import Tracker
@@ -155,9 +155,9 @@ def check_people(config: Config, tracker: Tracker) -> list[tuple[str, str]]:
             where = f"environments.{env_name}.approvers"
             if config.person_named(entry):
                 out.append(("ok", f"{where}: {entry} = {config.person_named(entry)}"))
-            elif entry[:1] == "S" and entry[1:].isalnum() and entry.isupper():
+            elif SLACK_GROUP_ID.fullmatch(entry):
                 out.append(("ok", f"{where}: {entry} is a Slack user group"))
-            elif entry[:1] in "UW" and entry[1:].isalnum() and entry.isupper():
+            elif SLACK_USER_ID.fullmatch(entry):
                 out.append(("warning", f"{where}: {entry} is a Slack user id not in people:; "
                                        "add the person to people: so every front end knows them"))
             else:

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from bot.config import Config
+from bot.config import SLACK_USER_ID, Config
 from bot.models import (
     CANCELLABLE,
     CheckResult,
@@ -64,7 +64,6 @@ STATUS_LINE = {
     DeploymentStatus.INTERRUPTED: (":warning:", "interrupted"),
 }
 
-SLACK_USER_RE = re.compile(r"^[UW][A-Z0-9]{2,}$")
 
 
 @dataclass
@@ -84,12 +83,10 @@ def person(config: Config, who: str | None) -> str:
     """A Slack mention when the person has a Slack id, else their name."""
     if not who:
         return "someone"
-    if SLACK_USER_RE.match(who):
+    if SLACK_USER_ID.fullmatch(who):
         return f"<@{who}>"
-    for name, p in config.people.items():
-        if p.slack and who.casefold() in {n.casefold() for n in (name, p.tracker) if n}:
-            return f"<@{p.slack}>"
-    return escape(who)
+    person = config.people.get(config.person_named(who) or "")
+    return f"<@{person.slack}>" if person and person.slack else escape(who)
 
 
 def _section(text: str) -> dict:

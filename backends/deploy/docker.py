@@ -51,7 +51,7 @@ def _port_bindings(ports: dict[str, str]) -> dict[str, Any]:
     return out
 
 
-class DockerBackend:
+class DockerBackend(pins.SeenBytes):
     method = "Direct Container"
 
     def __init__(self, service: str, environment: str, settings: Service,
@@ -348,16 +348,6 @@ class DockerBackend:
                          f"{self.opts.stop_timeout} s) and keep it as {self.kept_name}")
         steps.append(f"`{self._run_command(version)}`")
         return steps
-
-    def _known_bytes(self, version: str) -> str | None:
-        """The bytes `version` ran as here, when this process saw it run (or it runs now)."""
-        if version not in self._seen:
-            try:
-                if self.current_version() == version:
-                    self.running_image()
-            except BackendError:
-                return None
-        return self._seen.get(version)
 
     def rollback_steps(self, to_version: str | None) -> list[str]:
         if to_version is None:

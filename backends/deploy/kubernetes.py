@@ -462,7 +462,7 @@ class _MonotonicClock:
 
 
 @dataclass
-class KubernetesBackend:
+class KubernetesBackend(pins.SeenBytes):
     """DeployBackend for one Deployment (one container of it) in one namespace."""
 
     service: str
@@ -961,15 +961,15 @@ class KubernetesBackend:
                      "(`kubectl rollout undo`)")
         return steps
 
-    def _known_bytes(self, version: str) -> str | None:
-        """The bytes `version` ran as, when this process saw it run (or it runs now)."""
-        if version not in self._seen:
-            try:
-                if self.current_version() == version:
-                    self.running_image()
-            except BackendError:
-                return None
-        return self._seen.get(version)
+    def _container_name(self) -> str:
+        """The service's container in the Deployment, for by-hand commands (best effort)."""
+        try:
+            dep = self._deployment(required=False)
+            if dep:
+                return self._container(dep)["name"]
+        except BackendError:
+            pass
+        return self.opts.container or self.service
 
     def rollback_steps(self, to_version: str | None) -> list[str]:
         target = "deployment/" + self.name
@@ -979,12 +979,7 @@ class KubernetesBackend:
         if pinned:
             # `rollout undo` would bring back the tag, which may name other bytes by now: set
             # the recorded bytes (and the version annotation) as the automatic rollback does.
-            name = self.opts.container or self.service
-            try:
-                dep = self._deployment(required=False)
-                name = self._container(dep)["name"] if dep else name
-            except BackendError:
-                pass
+            name = self._container_name()
             patch = {"spec": {"template": {
                 "metadata": {"annotations": {VERSION_ANNOTATION: to_version}},
                 "spec": {"containers": [{"name": name, "image": pinned}]}}}}
@@ -1002,13 +997,8 @@ class KubernetesBackend:
         if rev is not None:
             first = self._kubectl("rollout", "undo", target, f"--to-revision={rev}")
         else:
-            name = self.opts.container or self.service
-            try:
-                dep = self._deployment(required=False)
-                name = self._container(dep)["name"] if dep else name
-            except BackendError:
-                pass
-            first = self._kubectl("set", "image", target, f"{name}={self._ref(to_version)}")
+            first = self._kubectl("set", "image", target,
+                                  f"{self._container_name()}={self._ref(to_version)}")
         return [first, self._kubectl("rollout", "status", target,
                                      f"--timeout={self.opts.rollout_timeout:g}s")]
 

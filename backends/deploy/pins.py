@@ -89,6 +89,22 @@ def from_status_image_id(value: str | None) -> str | None:
     return ref if (split_digest(ref) or is_image_id(ref)) else None
 
 
+class SeenBytes:
+    """What each version was seen running as, by this process (running_image fills `_seen`):
+    the by-hand rollback steps name those bytes instead of a tag that may have moved."""
+
+    _seen: dict[str, str]
+
+    def _known_bytes(self, version: str) -> str | None:
+        if version not in self._seen:
+            try:
+                if self.current_version() == version:  # type: ignore[attr-defined]
+                    self.running_image()  # type: ignore[attr-defined]
+            except BackendError:
+                return None
+        return self._seen.get(version)
+
+
 def gone_hint(version: str) -> str:
     return (f"the bytes {version} ran as were removed; deploy {version} again as a new "
             f"deployment (rebuild or pull the image; check what its tag names now), or roll "
