@@ -247,7 +247,7 @@ def test_resolve_by_login_and_id_with_and_without_admin_rights(redmine) -> None:
 # -- the gates on a real Redmine, through the pipeline ------------------------------------------
 
 def _gates(redmine, tmp_path, *, key: str | None = None, cq: tuple = ("bob",),
-           qa: tuple = ("quinn",)):
+           qa: tuple = ("quinn",), environments: dict | None = None):
     """A pipeline reading this Redmine (deploybot's key, or `key`), in-memory deploys."""
     from bot import config as configuration
     from bot.pipeline import Pipeline
@@ -259,7 +259,7 @@ def _gates(redmine, tmp_path, *, key: str | None = None, cq: tuple = ("bob",),
         "tracker": {"kind": "redmine", "url": redmine.url, "token_env": "REDMINE_KEY",
                     "project": "webshop", "rules": {"cq_approval": {"authors": list(cq)},
                                                     "qa_pass": {"authors": list(qa)}}},
-        "environments": {"staging": {}},
+        "environments": environments or {"staging": {}},
         "services": {"web": {"image": "demo-web", "health": {"url": "http://127.0.0.1:9/h"}}},
         "people": {n: {"tracker": n} for n in ("alice", "bob", "carol", "quinn", "dora")},
     })
@@ -363,3 +363,28 @@ def test_the_requesters_own_approval_on_redmine_never_counts_with_open_authors(
     # someone not in people: asking: alice's account is alice's, a different person: it counts
     d = pipeline.run(pipeline.request_deploy(lone, requested_by="zoe", target="web@v2").id)
     assert _reason(pipeline, d, "cq_approval").startswith("by alice")
+
+
+def test_redmine_gone_while_the_gate_waits_blocks_the_approved_rollout(tmp_path) -> None:
+    """A Redmine of its own, stopped for real (by its PID) between the checklist and the click."""
+    instance = _helper().up()
+    try:
+        number = _new_issue(instance, "Checkout: tracker goes away")
+        _tracker(instance).transition(number, "Ready for Production")
+        with _api(instance, "bob") as bob:
+            assert bob.put(f"/issues/{number}.json",
+                           json={"issue": {"notes": "CQ approved"}}).status_code == 204
+        pipeline = _gates(instance, tmp_path, environments={
+            "production": {"approvals_required": 1, "approvers": ["carol"]}})
+        d = pipeline.request_deploy(number, requested_by="alice", target="web@v2",
+                                    environment="production")
+        d = pipeline.run(d.id)
+        assert d.status.value == "awaiting_approval", d.failure
+    finally:
+        instance.stop()
+    gate = pipeline.pending_gates(d.id)[0]
+    d = pipeline.decide_gate(gate.id, decided_by="carol", approved=True).deployment
+    assert d.status.value == "blocked"
+    recheck = _reason(pipeline, d, "rollout_recheck")
+    assert recheck.startswith("changed since the checklist") and "cannot read" in recheck
+    assert pipeline.backend.calls == []
