@@ -211,6 +211,10 @@ def test_api_errors_are_clear_and_the_running_version_keeps_serving(
     # the hand-set minReadySeconds delays availability (not the bot's doing); then v1 serves
     assert refused.wait_for_rollout(Steps(), timeout=30).done
     assert refused.status().running
+    # put it back: with minReadySeconds any readiness blip on a loaded machine makes a pod
+    # unavailable for 5 s, which the checks below are not about
+    k8s_cluster.apps().patch_namespaced_deployment("web", k8s_namespace, {"spec": {"minReadySeconds": 0}})
+    assert refused.wait_for_rollout(Steps(), timeout=30).done
 
     # unreachable API server / timeouts: a kubeconfig pointing at a closed loopback port
     config = yaml.safe_load(Path(k8s_cluster.bot_kubeconfig).read_text())
@@ -223,7 +227,8 @@ def test_api_errors_are_clear_and_the_running_version_keeps_serving(
     assert "not reachable" in gone.status().detail
 
     live = backend_for(k8s_cluster, k8s_namespace, image)
-    assert live.current_version() == "v1" and live.status().running
+    assert live.current_version() == "v1"
+    assert live.wait_for_rollout(Steps(), timeout=30).done and live.status().running
 
 
 def test_manifest_is_applied_create_then_patch_and_a_first_deploy_rolls_back_to_nothing(
