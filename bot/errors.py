@@ -37,3 +37,15 @@ class StateError(DeploybotError):
 
 class NotAllowed(DeploybotError):
     """The person may not do this (approve their own production deployment, not an approver)."""
+
+
+class DeliveryError(DeploybotError):
+    """A message (Slack post, ticket comment or transition) could not be delivered now; the
+    outbox keeps it and tries again. `retry_after`: seconds the far side asked us to wait
+    (Slack's Retry-After on a 429), None when it did not say."""
+
+    def __init__(self, message: str, hint: str = "", *, retry_after: float | None = None,
+                 permanent: bool = False) -> None:
+        super().__init__(message, hint)
+        self.retry_after = retry_after
+        self.permanent = permanent  # retrying cannot help (channel_not_found, 404 ticket)

@@ -162,6 +162,10 @@ class Reporter(Protocol):
         """Something needs people now: an automatic rollback, a failed rollback."""
         ...
 
+    # alert, blocked and finished are delivered through the outbox (bot/outbox.py): they raise
+    # bot.errors.DeliveryError when the message did not get through, and the outbox retries.
+    # They must be safe to call again after a failure (post once: look for what was posted).
+
     def finished(self, deployment: Deployment, record: str) -> None:
         """Terminal status reached; `record` is the deployment record (empty when there is none)."""
         ...

@@ -133,6 +133,9 @@ class Store:
         self._lock = threading.RLock()
         self._depth = 0
         self.now = clock
+        # Every text the store keeps passes through this (bot/redact.py sets it at start-up):
+        # configured secret values never reach the database.
+        self.redact: Callable[[str], str] = lambda text: text
         self._migrate()
 
     # -- plumbing -----------------------------------------------------------------------------
