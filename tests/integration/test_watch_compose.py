@@ -17,7 +17,9 @@ def watched_config(env, image: str):
         "health": {"url": f"{env.base}/health"},
         "smoke": [{"url": f"{env.base}/api/ping", "contains": "pong"}],
         "verify": {"timeout": 10, "interval": 0.5},
-        "watch": {"window": 4, "interval": 0.5, "baseline_window": 1}}}}, "test-config")
+        # a loaded machine's slow probes (tens of ms) must not trip the latency rule
+        "watch": {"window": 4, "interval": 0.5, "baseline_window": 1,
+                  "rules": {"latency_floor_ms": 200}}}}}, "test-config")
 
 
 def test_a_compose_version_logging_a_new_error_pattern_is_rolled_back(compose_env, demo_image,
