@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from bot.errors import TrackerError
 from bot.models import Account, Comment, Ticket
 
 from backends.trackers import markup
-from backends.trackers.http import AmbiguousWrite, Http, error_detail
+from backends.trackers.http import UNSURE, AmbiguousWrite, Http, error_detail
 
 
 @dataclass
@@ -41,21 +41,66 @@ class HttpTracker:
         return [raw.comment for raw in self._read_comments(self.parse_ref(ticket_id))]
 
     def add_comment(self, ticket_id: str, markdown: str, *, key: str) -> None:
-        """Post once per key: look for the key first; after an ambiguous failure, look again."""
+        """Post once per key: look for the key first; after an ambiguous answer (timeout, dropped
+        connection, 5xx), look again before posting again. What cannot be settled raises a
+        TrackerError saying the comment may or may not be there; the next call (same key, any
+        process) looks first, so a comment that did land is never posted twice."""
         tid = self.parse_ref(ticket_id)
         wanted = self._key_token(tid, key)
         attempt = 0
+        unsure: AmbiguousWrite | None = None  # the last post whose outcome is unknown
         while True:
-            if any(wanted in raw.keys for raw in self._read_comments(tid)):
-                return
+            try:
+                if self._has_key(tid, wanted):
+                    return
+            except TrackerError as exc:
+                if unsure is None:
+                    raise
+                raise self._unsettled(tid, "the comment", unsure, exc) from None
+            if unsure is not None and attempt >= self.http.retries:
+                raise self._unsettled(tid, "the comment", unsure)
             try:
                 self._post_comment(tid, markdown, wanted)
                 return
-            except AmbiguousWrite:
-                if attempt >= self.http.retries:
-                    raise
+            except AmbiguousWrite as exc:
+                unsure = exc
+                # Give a slow server time to finish the write before looking for it.
                 self.http._sleep(self.http.backoff * (2 ** attempt))
                 attempt += 1
+
+    def _has_key(self, ticket_id: str, token: str) -> bool:
+        """Whether a comment carrying `token` is on the ticket (adapters whose marker is not in
+        the comment list override this)."""
+        return any(token in raw.keys for raw in self._read_comments(ticket_id))
+
+    def _settle_status(self, ticket_id: str, status: str, before: str, send: Callable[[], Any]) -> None:
+        """Send a status change safely retried: after an ambiguous answer re-read the status;
+        already there: done; still where it was: send again (bounded); else a clear error."""
+        attempt = 0
+        while True:
+            try:
+                send()
+                return
+            except AmbiguousWrite as exc:
+                try:
+                    now = self.get_ticket(ticket_id).status
+                except TrackerError as read:
+                    raise self._unsettled(ticket_id, f"the move to {status!r}", exc, read) from None
+                if now.casefold() == status.casefold():
+                    return
+                if now.casefold() != before.casefold() or attempt >= self.http.retries:
+                    raise self._unsettled(ticket_id, f"the move to {status!r}", exc) from None
+                self.http._sleep(self.http.backoff * (2 ** attempt))
+                attempt += 1
+
+    def _unsettled(self, ticket_id: str, what: str, exc: TrackerError,
+                   read: TrackerError | None = None) -> TrackerError:
+        why = f"; checking failed too: {read.message}" if read else ""
+        return TrackerError(
+            f"{self.name}: {what} on ticket {ticket_id}: {UNSURE} "
+            f"({exc.message.removesuffix('; ' + UNSURE)}){why}",
+            hint="deploybot checks the ticket before trying again, so retrying is safe",
+        )
 
     def gate_data(self, ticket_id: str) -> tuple[Ticket, list[Comment]]:
         """Ticket and every comment, fetched concurrently (what the pre-deployment checks read)."""

@@ -123,9 +123,9 @@ class Redmine(HttpTracker):
         before = self.get_ticket(tid).status
         if before.casefold() == status.casefold():
             return
-        self.http.request("PUT", f"/issues/{tid}.json",
-                          json={"issue": {"status_id": statuses[status.casefold()][0]}},
-                          ticket=f"#{tid}", what=f"set the status to {status!r}")
+        self._settle_status(tid, status, before, lambda: self.http.request(
+            "PUT", f"/issues/{tid}.json", json={"issue": {"status_id": statuses[status.casefold()][0]}},
+            ticket=f"#{tid}", write=True, what=f"set the status to {status!r}"))
         # Redmine answers 204 even when the workflow ignored the change.
         self._moved_or_fail(
             tid, status, before,
