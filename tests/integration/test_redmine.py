@@ -473,3 +473,27 @@ def test_common_mark_setting_posts_markdown_on_the_textile_redmine_unchanged(red
     with _api(redmine_textile, "deploybot") as api:
         journals = api.get(f"/issues/{number}.json", params={"include": "journals"}).json()["issue"]["journals"]
     assert any(j["notes"].startswith("## Deployment Record") for j in journals if j["notes"])
+
+
+# -- ambiguous writes: Redmine commits, the answer comes after deploybot's timeout --------------
+
+
+def test_a_note_answered_after_the_timeout_is_posted_once(redmine_textile) -> None:
+    from late_proxy import LateProxy
+
+    number = _new_issue(redmine_textile, "Checkout: late answer")
+    with LateProxy(redmine_textile.url, delay=2.5) as proxy:
+        slow = _tracker(redmine_textile, url=proxy.url, timeout=1.0, retries=2, markup=None)
+        proxy.late(times=1)
+        slow.add_comment(number, TEXTILE_RECORD.format(n=number), key=f"late-{number}")
+        puts = [f for f in proxy.forwarded if f[0] == "PUT"]
+        assert len(puts) == 1 and puts[0][2] == 204  # sent once, committed by Redmine
+        slow.add_comment(number, TEXTILE_RECORD.format(n=number), key=f"late-{number}")  # the outbox retries
+        proxy.late(times=5)
+        slow.transition(number, "Ready for Production")  # answered late too: re-read, done
+        assert slow.get_ticket(number).status == "Ready for Production"
+    other = _tracker(redmine_textile, markup=None)  # another process, straight to Redmine
+    other.add_comment(number, TEXTILE_RECORD.format(n=number), key=f"late-{number}")
+    with _api(redmine_textile, "deploybot") as api:
+        journals = api.get(f"/issues/{number}.json", params={"include": "journals"}).json()["issue"]["journals"]
+    assert sum("Deployment Record" in (j["notes"] or "") for j in journals) == 1
