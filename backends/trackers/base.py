@@ -41,32 +41,28 @@ class HttpTracker:
         return [raw.comment for raw in self._read_comments(self.parse_ref(ticket_id))]
 
     def add_comment(self, ticket_id: str, markdown: str, *, key: str) -> None:
-        """Post once per key: look for the key first; after an ambiguous answer (timeout, dropped
-        connection, 5xx), look again before posting again. What cannot be settled raises a
-        TrackerError saying the comment may or may not be there; the next call (same key, any
-        process) looks first, so a comment that did land is never posted twice."""
+        """Post once per key: look for the key first. After an ambiguous answer (timeout, dropped
+        connection, 5xx) look again, a few times with growing waits, and never post again in this
+        call: a server that answered late may still be writing, and a second post would be the
+        duplicate. Not found: a TrackerError saying the comment may or may not have been applied;
+        the next call (the outbox's retry, any process) looks first, then posts."""
         tid = self.parse_ref(ticket_id)
         wanted = self._key_token(tid, key)
-        attempt = 0
-        unsure: AmbiguousWrite | None = None  # the last post whose outcome is unknown
-        while True:
+        if self._has_key(tid, wanted):
+            return
+        try:
+            self._post_comment(tid, markdown, wanted)
+            return
+        except AmbiguousWrite as exc:
+            unsure = exc
+        for attempt in range(max(1, self.http.retries)):
+            self.http._sleep(self.http.backoff * (2 ** attempt))
             try:
                 if self._has_key(tid, wanted):
                     return
-            except TrackerError as exc:
-                if unsure is None:
-                    raise
-                raise self._unsettled(tid, "the comment", unsure, exc) from None
-            if unsure is not None and attempt >= self.http.retries:
-                raise self._unsettled(tid, "the comment", unsure)
-            try:
-                self._post_comment(tid, markdown, wanted)
-                return
-            except AmbiguousWrite as exc:
-                unsure = exc
-                # Give a slow server time to finish the write before looking for it.
-                self.http._sleep(self.http.backoff * (2 ** attempt))
-                attempt += 1
+            except TrackerError as read:
+                raise self._unsettled(tid, "the comment", unsure, read) from None
+        raise self._unsettled(tid, "the comment", unsure, note="it was not on the ticket when checked")
 
     def _has_key(self, ticket_id: str, token: str) -> bool:
         """Whether a comment carrying `token` is on the ticket (adapters whose marker is not in
@@ -94,8 +90,8 @@ class HttpTracker:
                 attempt += 1
 
     def _unsettled(self, ticket_id: str, what: str, exc: TrackerError,
-                   read: TrackerError | None = None) -> TrackerError:
-        why = f"; checking failed too: {read.message}" if read else ""
+                   read: TrackerError | None = None, note: str = "") -> TrackerError:
+        why = f"; checking failed too: {read.message}" if read else (f"; {note}" if note else "")
         return TrackerError(
             f"{self.name}: {what} on ticket {ticket_id}: {UNSURE} "
             f"({exc.message.removesuffix('; ' + UNSURE)}){why}",
