@@ -155,7 +155,7 @@ class Jira(HttpTracker):
                          if p.get("key") == PROPERTY}
             seen = {str(c.get("id")) for c in values}
             rest = [i for i in batch if i not in seen]
-            if values and rest:  # deleted comments are simply not returned: stop when none come
+            if values and len(rest) < len(batch) and rest:  # deleted ones never come: stop then
                 todo = rest + todo
         return keys
 

@@ -198,3 +198,12 @@ def test_jira_keys_on_other_peoples_comments_are_not_read() -> None:
         c.tracker.add_comment(c.ref, RECORD, key="deploy-9")
         assert c.server.count("GET", r"/properties/") == 1
         assert len(_mine(c)) == 1
+
+
+def test_github_label_move_whose_add_failed_is_sent_again() -> None:
+    """The old status label is gone, adding the new one got 5xx every time (nothing added): the
+    re-read shows the issue between statuses (open), so the add is sent again, not given up."""
+    with case("github", retries=2) as c:
+        c.server.fault(502, method="POST", path="/labels$", times=3, body={"message": "Bad gateway"})
+        c.tracker.transition(c.ref, "Deployed")
+        assert c.app.status == "Deployed" and c.server.count("POST", "/labels$") == 4
