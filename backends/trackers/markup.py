@@ -425,7 +425,8 @@ def textile_to_text(textile: str) -> str:
     text = re.sub(r"</?notextile>", "", text)
     text = re.sub(r"<pre>(?:\s*<code[^>]*>)?\n?(.*?)\n?(?:</code>\s*)?</pre>",
                   lambda m: "```\n" + m.group(1).strip("\n") + "\n```", text, flags=re.S)
-    text = re.sub(r"^h[1-6]\.\s+", "", text, flags=re.M)
+    text = re.sub(r"^(?:h[1-6]|p)\.\s+", "", text, flags=re.M)
+    text = re.sub(r"^bq\.\s+", "> ", text, flags=re.M)  # a quote stays marked: never an approval
     text = re.sub(r"^\*\s+", "- ", text, flags=re.M)
     text = re.sub(r"^#\s+", "1. ", text, flags=re.M)
     text = re.sub(r'"([^"\n]+)":(\S*[^\s.,;:!?)])', r"\1 (\2)", text)

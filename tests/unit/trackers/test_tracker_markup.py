@@ -146,3 +146,4 @@ def test_textile_back_to_text() -> None:
     assert "1. docker run shop:1.4.1" in text and "See runbook (https://wiki.example/runbook)" in text
     assert "notextile" not in text and "h3." not in text
     assert markup.textile_to_text('<pre><code class="sh">\nmake -k\n</code></pre>') == "```\nmake -k\n```"
+    assert markup.textile_to_text("bq. CQ approved\n\np. <notextile>a-b</notextile>") == "> CQ approved\n\na-b"
