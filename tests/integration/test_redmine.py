@@ -478,6 +478,7 @@ def test_common_mark_setting_posts_markdown_on_the_textile_redmine_unchanged(red
 # -- ambiguous writes: Redmine commits, the answer comes after deploybot's timeout --------------
 
 
+@pytest.mark.realtime  # the proxy answers 2.5 s after Redmine did, past the 1 s timeout
 def test_a_note_answered_after_the_timeout_is_posted_once(redmine_textile) -> None:
     from late_proxy import LateProxy
 
