@@ -178,6 +178,8 @@ class TrackerSettings(BaseModel):
     token_env: str | None = None
     timeout: float = Field(default=10.0, gt=0, le=120)
     rules: TrackerRules = TrackerRules()
+    # The tracker's text formatting where it has a choice (Redmine; None: textile, its default).
+    markup: Literal["textile", "common_mark"] | None = None
 
     @model_validator(mode="after")
     def _remote_needs_url(self) -> "TrackerSettings":

@@ -318,6 +318,8 @@ def cmd_check_config(ctx: Context, args: argparse.Namespace) -> int:
     failures = 0
     if args.live:
         tracker.check_credentials()
+        for level, text in _check_markup(tracker):
+            print(f"[{level}] {text}")
         people = _check_people(cfg, tracker)
         failures = people + _check_monitoring_setup(cfg)
     if failures:
@@ -326,6 +328,17 @@ def cmd_check_config(ctx: Context, args: argparse.Namespace) -> int:
     print(f"{cfg.source_path}: ok — {len(cfg.environments)} environment(s), "
           f"{len(cfg.services)} service(s), tracker {cfg.tracker.kind}")
     return EXIT_OK
+
+
+def _check_markup(tracker) -> list[tuple[str, str]]:
+    """Redmine renders the record in its own text formatting, which its REST API does not
+    expose: when tracker.markup does not name it, say which one deploybot writes."""
+    if getattr(tracker, "markup_configured", True):
+        return []
+    return [("warning", f"{tracker.name}: tracker.markup is not set, so the record is written as "
+                        f"{tracker.markup} (Redmine's default); Redmine's API does not tell its text "
+                        "formatting: set tracker.markup to what Administration » Settings » General » "
+                        "Text formatting says (textile or common_mark)")]
 
 
 def _check_people(cfg, tracker) -> int:

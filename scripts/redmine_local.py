@@ -20,6 +20,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -286,12 +287,15 @@ def _tail(log: Path) -> str:
         return "(no log)"
 
 
-def up(port: int | None = None) -> Instance:
-    """Start a private Redmine from the cached template; bounded by STEP/START timeouts."""
+def up(port: int | None = None, text_formatting: str | None = None) -> Instance:
+    """Start a private Redmine from the cached template; bounded by STEP/START timeouts.
+    `text_formatting` ("textile", "common_mark"): the instance's setting instead of the seed's."""
     started = time.monotonic()
     tpl = template()
     workdir = Path(tempfile.mkdtemp(prefix="deploybot-redmine-"))
     app = _app_tree(workdir, tpl)
+    if text_formatting:
+        _set_text_formatting(app, text_formatting)
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     log = workdir / "server.log"
@@ -308,6 +312,19 @@ def up(port: int | None = None) -> Instance:
         raise
     keys = json.loads((tpl / "keys.json").read_text())
     return Instance(url, proc.pid, str(workdir), keys, round(time.monotonic() - started, 1))
+
+
+def _set_text_formatting(app: Path, value: str) -> None:
+    """Settings have no REST API: write this copy's database before its server starts."""
+    if value not in ("textile", "common_mark", "markdown", ""):
+        raise ValueError(f"unknown Redmine text formatting {value!r}")
+    db = sqlite3.connect(app / "instances" / TENANT / "db" / "redmine.sqlite3", timeout=10)
+    try:
+        with db:
+            db.execute("UPDATE settings SET value = ?, updated_on = CURRENT_TIMESTAMP "
+                       "WHERE name = 'text_formatting'", [value])
+    finally:
+        db.close()
 
 
 def stop(pid: int, workdir: str | None = None, timeout: float = 10) -> None:
@@ -348,12 +365,13 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     p_up = sub.add_parser("up")
     p_up.add_argument("--port", type=int)
+    p_up.add_argument("--text-formatting", choices=["textile", "common_mark"])
     p_down = sub.add_parser("down")
     p_down.add_argument("pid", type=int)
     p_down.add_argument("workdir")
     args = parser.parse_args(argv)
     if args.cmd == "up":
-        print(json.dumps(asdict(up(args.port)), indent=2))
+        print(json.dumps(asdict(up(args.port, args.text_formatting)), indent=2))
     else:
         stop(args.pid, args.workdir)
     return 0

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from bot.errors import TrackerError
 from bot.models import Account, Comment, Ticket
 
 from backends.trackers import markup
-from backends.trackers.http import AmbiguousWrite, Http, error_detail
+from backends.trackers.http import UNSURE, AmbiguousWrite, Http, error_detail
 
 
 @dataclass
@@ -41,21 +41,62 @@ class HttpTracker:
         return [raw.comment for raw in self._read_comments(self.parse_ref(ticket_id))]
 
     def add_comment(self, ticket_id: str, markdown: str, *, key: str) -> None:
-        """Post once per key: look for the key first; after an ambiguous failure, look again."""
+        """Post once per key: look for the key first. After an ambiguous answer (timeout, dropped
+        connection, 5xx) look again, a few times with growing waits, and never post again in this
+        call: a server that answered late may still be writing, and a second post would be the
+        duplicate. Not found: a TrackerError saying the comment may or may not have been applied;
+        the next call (the outbox's retry, any process) looks first, then posts."""
         tid = self.parse_ref(ticket_id)
         wanted = self._key_token(tid, key)
+        if self._has_key(tid, wanted):
+            return
+        try:
+            self._post_comment(tid, markdown, wanted)
+            return
+        except AmbiguousWrite as exc:
+            unsure = exc
+        for attempt in range(max(1, self.http.retries)):
+            self.http._sleep(self.http.backoff * (2 ** attempt))
+            try:
+                if self._has_key(tid, wanted):
+                    return
+            except TrackerError as read:
+                raise self._unsettled(tid, "the comment", unsure, read) from None
+        raise self._unsettled(tid, "the comment", unsure, note="it was not on the ticket when checked")
+
+    def _has_key(self, ticket_id: str, token: str) -> bool:
+        """Whether a comment carrying `token` is on the ticket (adapters whose marker is not in
+        the comment list override this)."""
+        return any(token in raw.keys for raw in self._read_comments(ticket_id))
+
+    def _settle_status(self, ticket_id: str, status: str, before: str, send: Callable[[], Any]) -> None:
+        """Send a status change safely retried: after an ambiguous answer re-read the status;
+        already there: done; still where it was: send again (bounded); else a clear error."""
         attempt = 0
         while True:
-            if any(wanted in raw.keys for raw in self._read_comments(tid)):
-                return
             try:
-                self._post_comment(tid, markdown, wanted)
+                send()
                 return
-            except AmbiguousWrite:
-                if attempt >= self.http.retries:
-                    raise
+            except AmbiguousWrite as exc:
+                try:
+                    now = self.get_ticket(ticket_id).status
+                except TrackerError as read:
+                    raise self._unsettled(ticket_id, f"the move to {status!r}", exc, read) from None
+                if now.casefold() == status.casefold():
+                    return
+                if now.casefold() != before.casefold() or attempt >= self.http.retries:
+                    raise self._unsettled(ticket_id, f"the move to {status!r}", exc) from None
                 self.http._sleep(self.http.backoff * (2 ** attempt))
                 attempt += 1
+
+    def _unsettled(self, ticket_id: str, what: str, exc: TrackerError,
+                   read: TrackerError | None = None, note: str = "") -> TrackerError:
+        why = f"; checking failed too: {read.message}" if read else (f"; {note}" if note else "")
+        return TrackerError(
+            f"{self.name}: {what} on ticket {ticket_id}: {UNSURE} "
+            f"({exc.message.removesuffix('; ' + UNSURE)}){why}",
+            hint="deploybot checks the ticket before trying again, so retrying is safe",
+        )
 
     def gate_data(self, ticket_id: str) -> tuple[Ticket, list[Comment]]:
         """Ticket and every comment, fetched concurrently (what the pre-deployment checks read)."""

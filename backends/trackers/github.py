@@ -123,17 +123,20 @@ class GitHub(HttpTracker):
         if self.statuses and status.casefold() not in {s.casefold() for s in self.statuses}:
             raise refused_transition(self.name, tid, before, status, self.statuses,
                                      fix="add it to tracker.statuses or use one of those")
+        between = before
         for label in issue.get("labels") or []:
             name = label["name"] if isinstance(label, dict) else str(label)
             if name.casefold().startswith(self.prefix.casefold()):
+                # 404: already removed (by a retried request whose first answer was lost).
                 self.http.request("DELETE", f"{self._path(tid)}/labels/{quote(name, safe='')}",
-                                  ticket=tid, what=f"remove label {name!r}")
-        self.add_labels(tid, [f"{self.prefix}{status}"])
+                                  ticket=tid, write=True, accept=(404,), what=f"remove label {name!r}")
+                between = issue.get("state", "")  # no status label now: open / closed
+        self._settle_status(tid, status, between, lambda: self.add_labels(tid, [f"{self.prefix}{status}"]))
         self._moved_or_fail(tid, status, before, hint="another actor changed the labels at the same time; retry")
 
     def add_labels(self, ticket_id: str, labels: list[str]) -> None:
         tid = self.parse_ref(ticket_id)
-        self.http.request("POST", f"{self._path(tid)}/labels", ticket=tid, what="add labels",
+        self.http.request("POST", f"{self._path(tid)}/labels", ticket=tid, what="add labels", write=True,
                           json={"labels": list(labels)})
 
     # -- identities --------------------------------------------------------------------------

@@ -122,13 +122,14 @@ class GitLab(HttpTracker):
                                      fix="add it to tracker.statuses or use one of those")
         old = [n for n in issue.get("labels") or [] if n.casefold().startswith(self.prefix.casefold())]
         # Scoped labels replace each other on Premium; remove explicitly so Free tier works too.
-        self.http.request("PUT", self._path(tid), ticket=tid, what=f"set the status to {status!r}",
-                          json={"add_labels": f"{self.prefix}{status}", "remove_labels": ",".join(old)})
+        self._settle_status(tid, status, before, lambda: self.http.request(
+            "PUT", self._path(tid), ticket=tid, write=True, what=f"set the status to {status!r}",
+            json={"add_labels": f"{self.prefix}{status}", "remove_labels": ",".join(old)}))
         self._moved_or_fail(tid, status, before, hint="another actor changed the labels at the same time; retry")
 
     def add_labels(self, ticket_id: str, labels: list[str]) -> None:
         tid = self.parse_ref(ticket_id)
-        self.http.request("PUT", self._path(tid), ticket=tid, what="add labels",
+        self.http.request("PUT", self._path(tid), ticket=tid, what="add labels", write=True,
                           json={"add_labels": ",".join(labels)})
 
     # -- identities --------------------------------------------------------------------------

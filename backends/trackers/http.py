@@ -27,7 +27,10 @@ DEFAULT_MAX_WAIT = 60.0
 
 
 class AmbiguousWrite(TrackerError):
-    """A non-idempotent write may or may not have happened (timeout or 5xx after sending)."""
+    """A write may or may not have happened (timeout, dropped connection or 5xx after sending)."""
+
+
+UNSURE = "it may or may not have been applied"
 
 
 def secret(settings: Mapping[str, Any], environ: Mapping[str, str], tracker: str,
@@ -132,12 +135,16 @@ class Http:
     # -- requests ----------------------------------------------------------------------------
 
     def request(self, method: str, path: str, *, ticket: str = "", idempotent: bool = True,
-                what: str = "", accept: tuple[int, ...] = (), **kwargs: Any) -> httpx.Response:
+                write: bool | None = None, what: str = "", accept: tuple[int, ...] = (),
+                **kwargs: Any) -> httpx.Response:
         """Send with retries; return a 2xx response or raise TrackerError.
 
         `idempotent=False` (posting a comment) is not retried once the request may have reached
         the server: the caller re-checks and decides, so a comment is never posted twice.
+        `write` (default: not idempotent): a change; when it may have reached the server and no
+        answer says what happened, the error is an AmbiguousWrite saying so.
         """
+        write = (not idempotent) if write is None else write
         attempt = 0
         while True:
             with self._lock:
@@ -147,11 +154,11 @@ class Http:
             except httpx.TimeoutException as exc:
                 sent = not isinstance(exc, (httpx.ConnectTimeout, httpx.PoolTimeout))
                 if attempt >= self.retries or (sent and not idempotent):
-                    raise self._no_answer(exc, ticket, what, sent) from None
+                    raise self._no_answer(exc, ticket, what, sent and write) from None
             except httpx.TransportError as exc:
                 sent = not isinstance(exc, httpx.ConnectError)
                 if attempt >= self.retries or (sent and not idempotent):
-                    raise self._no_answer(exc, ticket, what, sent) from None
+                    raise self._no_answer(exc, ticket, what, sent and write) from None
             else:
                 wait = self._rate_limit_wait(resp)
                 if wait is not None:
@@ -167,7 +174,9 @@ class Http:
                 if resp.status_code >= 500:
                     if attempt >= self.retries or not idempotent:
                         err = self.error(resp, ticket, what)
-                        raise AmbiguousWrite(err.message, err.hint) if not idempotent else err
+                        if write:  # a 5xx does not say whether the change was made
+                            raise AmbiguousWrite(f"{err.message}; {UNSURE}", err.hint)
+                        raise err
                 elif resp.is_error and resp.status_code not in accept:  # `accept`: caller reads the body
                     raise self.error(resp, ticket, what)
                 else:
@@ -211,12 +220,13 @@ class Http:
             text = text.replace(value, "***")
         return text
 
-    def _no_answer(self, exc: Exception, ticket: str, what: str, sent: bool) -> TrackerError:
+    def _no_answer(self, exc: Exception, ticket: str, what: str, unsure: bool) -> TrackerError:
+        """`unsure`: a write that may have reached the server (AmbiguousWrite, saying so)."""
         kind = "did not answer in time" if isinstance(exc, httpx.TimeoutException) else "could not be reached"
         where = f" ({what or 'request'}{', ticket ' + ticket if ticket else ''})"
-        cls = AmbiguousWrite if sent else TrackerError
+        cls = AmbiguousWrite if unsure else TrackerError
         return cls(
-            f"{self.tracker} {kind}{where}: {type(exc).__name__}",
+            f"{self.tracker} {kind}{where}: {type(exc).__name__}" + (f"; {UNSURE}" if unsure else ""),
             hint=f"check tracker.url ({self.url}) and the network; timeout is {self.timeout:g} s",
         )
 

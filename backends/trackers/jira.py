@@ -2,8 +2,12 @@
 markup, personal access token). One class: the two differ in API version, body format, auth and
 how users are identified (accountId vs name).
 
-The post-once key is stored as a comment property ("deploybot" -> {"key": ...}): invisible to
-people, returned by `expand=properties`, and available on both flavours.
+The post-once key is stored as a comment property ("deploybot" -> {"key": ...}), set in the same
+request that creates the comment: invisible to people, on both flavours. The comment pages
+(GET issue/{key}/comment) document only `expand=renderedBody`, so the key is looked up with the
+documented property reads, and only on deploybot's own comments: Cloud reads them in bulk
+(POST /rest/api/3/comment/list?expand=properties, "Get comments by IDs"), Data Center one by one
+(GET /rest/api/2/comment/{id}/properties/deploybot, newest first).
 
 Identities: Cloud's stable id is the accountId (a `people:` entry is an accountId, looked up
 with GET /rest/api/3/user?accountId=). Data Center's is the user key, which stays when a user is
@@ -29,6 +33,7 @@ from backends.trackers.http import Http, base_url, parse_time, secret
 _KEY = re.compile(r"([A-Za-z][A-Za-z0-9_]*)-(\d+)")
 PROPERTY = "deploybot"
 PAGE = 100  # Jira caps comment pages (Cloud serves up to 100 per page in practice)
+IDS_MAX = 1000  # "Get comments by IDs" takes at most 1000 ids a request
 _ACCOUNT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9:_-]{0,127}")  # 5b10a2844c20165700ede21g, 557058:f5...
 _DC_USER = re.compile(r"[^\s/?#&]{1,255}")  # usernames may hold @ . - _ and more; never spaces
 
@@ -41,6 +46,7 @@ class Jira(HttpTracker):
         self.name = "Jira Cloud" if cloud else "Jira Data Center"
         self.api = "/rest/api/3" if cloud else "/rest/api/2"
         self.project = project.upper()
+        self._me = ""  # deploybot's own account id, read once: whose comments may carry a key
 
     # -- references --------------------------------------------------------------------------
 
@@ -85,7 +91,7 @@ class Jira(HttpTracker):
     def _page(self, key: str, start: int) -> dict:
         return self.http.json(
             "GET", f"{self.api}/issue/{key}/comment", ticket=key, what="read comments",
-            params={"startAt": start, "maxResults": PAGE, "orderBy": "created", "expand": "properties"},
+            params={"startAt": start, "maxResults": PAGE, "orderBy": "created"},
         )
 
     def _read_comments(self, ticket_id: str) -> list[RawComment]:
@@ -111,15 +117,62 @@ class Jira(HttpTracker):
         author = c.get("author") or {}
         body = c.get("body")
         text = markup.adf_to_text(body) if isinstance(body, dict) else markup.wiki_to_text(body or "")
-        keys = {str((p.get("value") or {}).get("key")) for p in c.get("properties") or []
-                if p.get("key") == PROPERTY}
         return RawComment(
             Comment(id=str(c["id"]), author=self._stable_id(author),
                     author_name=author.get("displayName", ""),
                     body=markup.strip_markers(text),
                     created_at=parse_time(c["created"])),
-            keys | markup.markers(text),
+            markup.markers(text),
         )
+
+    # -- post-once keys ----------------------------------------------------------------------
+
+    def _has_key(self, ticket_id: str, token: str) -> bool:
+        raws = self._read_comments(ticket_id)
+        if any(token in raw.keys for raw in raws):
+            return True
+        if not self._me:
+            self._me = self.current_account().id
+        mine = [raw.comment.id for raw in raws if raw.comment.author == self._me]
+        if not mine:
+            return False
+        if self.cloud:
+            return token in self._keys_in_bulk(mine)
+        return self._key_one_by_one(list(reversed(mine)), token)
+
+    def _keys_in_bulk(self, ids: list[str]) -> set[str]:
+        """Cloud: the deploybot property of these comments, through "Get comments by IDs"; a
+        page that leaves ids out (the answer is paginated) is followed by one for the rest."""
+        keys: set[str] = set()
+        todo = list(ids)
+        while todo:
+            batch, todo = todo[:IDS_MAX], todo[IDS_MAX:]
+            data = self.http.json("POST", f"{self.api}/comment/list", params={"expand": "properties"},
+                                  json={"ids": [int(i) for i in batch]}, what="read comment properties")
+            values = (data or {}).get("values") or []
+            for c in values:
+                keys |= {str((p.get("value") or {}).get("key")) for p in c.get("properties") or []
+                         if p.get("key") == PROPERTY}
+            seen = {str(c.get("id")) for c in values}
+            rest = [i for i in batch if i not in seen]
+            if values and len(rest) < len(batch) and rest:  # deleted ones never come: stop then
+                todo = rest + todo
+        return keys
+
+    def _key_one_by_one(self, ids: list[str], token: str) -> bool:
+        """Data Center: GET each comment's deploybot property, a few at once, newest first."""
+        for start in range(0, len(ids), 8):
+            found = self.http.parallel(*[lambda cid=cid: self._property_key(cid) for cid in ids[start:start + 8]])
+            if token in found:
+                return True
+        return False
+
+    def _property_key(self, comment_id: str) -> str | None:
+        resp = self.http.request("GET", f"{self.api}/comment/{comment_id}/properties/{PROPERTY}",
+                                 accept=(404,), what="read a comment property")
+        if resp.status_code == 404:  # no such property: not a comment deploybot keyed
+            return None
+        return str(((resp.json() or {}).get("value") or {}).get("key"))
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -148,9 +201,12 @@ class Jira(HttpTracker):
                 fix="add that transition to the project's workflow (or give the bot's user the "
                     "permission), or move the issue by hand",
             )
-        self.http.request("POST", f"{self.api}/issue/{key}/transitions", ticket=key,
-                          what=f"move to {status!r}", json={"transition": {"id": str(match[0]["id"])}})
-        self._moved_or_fail(key, (match[0].get("to") or {}).get("name", status), before,
+        target = (match[0].get("to") or {}).get("name", status)
+        # Not idempotent: once made, the same transition id is no longer offered from the new status.
+        self._settle_status(key, target, before, lambda: self.http.request(
+            "POST", f"{self.api}/issue/{key}/transitions", ticket=key, idempotent=False,
+            what=f"move to {status!r}", json={"transition": {"id": str(match[0]["id"])}}))
+        self._moved_or_fail(key, target, before,
                             hint="a workflow validator or post function may have refused it")
 
     def add_labels(self, ticket_id: str, labels: list[str]) -> None:
@@ -158,7 +214,7 @@ class Jira(HttpTracker):
         bad = [label for label in labels if not label or re.search(r"\s", label)]
         if bad:
             raise InputError(f"Jira labels cannot be empty or contain spaces: {bad!r}")
-        self.http.request("PUT", f"{self.api}/issue/{key}", ticket=key, what="add labels",
+        self.http.request("PUT", f"{self.api}/issue/{key}", ticket=key, what="add labels", write=True,
                           json={"update": {"labels": [{"add": label} for label in labels]}})
 
     # -- identities --------------------------------------------------------------------------

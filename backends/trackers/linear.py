@@ -103,11 +103,12 @@ class Linear(HttpTracker):
                          hint=f"use TEAM-NUMBER, e.g. {self.team or 'ENG'}-42")
 
     def _gql(self, query: str, variables: dict, *, ticket: str = "", what: str = "",
-             idempotent: bool = True, missing_ok: bool = False) -> dict:
+             idempotent: bool = True, write: bool | None = None, missing_ok: bool = False) -> dict:
         """The `data` of a GraphQL answer; TrackerError for its errors (missing_ok: a "not found"
         error gives an empty dict instead)."""
         resp = self.http.request("POST", "/graphql", json={"query": query, "variables": variables},
-                                 ticket=ticket, what=what, idempotent=idempotent, accept=(400,))
+                                 ticket=ticket, what=what, idempotent=idempotent, write=write,
+                                 accept=(400,))
         body = resp.json()
         errors = body.get("errors") or []
         if errors:
@@ -192,8 +193,9 @@ class Linear(HttpTracker):
         if not match:
             raise refused_transition(self.name, ident, before, status, [s["name"] for s in states],
                                      fix="add that state to the team's workflow or use one of those")
-        self._gql(UPDATE_M, {"id": issue["id"], "input": {"stateId": match[0]["id"]}}, ticket=ident,
-                  what=f"move to {status!r}")
+        self._settle_status(ident, status, before, lambda: self._gql(
+            UPDATE_M, {"id": issue["id"], "input": {"stateId": match[0]["id"]}}, ticket=ident,
+            write=True, what=f"move to {status!r}"))
         self._moved_or_fail(ident, status, before, hint="an automation may have moved it back")
 
     def add_labels(self, ticket_id: str, labels: list[str]) -> None:
@@ -206,7 +208,7 @@ class Linear(HttpTracker):
                                hint="create them in Linear's settings first")
         issue_id = self._issue(ident)["id"]
         self._gql(UPDATE_M, {"id": issue_id, "input": {"addedLabelIds": list(ids.values())}},
-                  ticket=ident, what="add labels")
+                  ticket=ident, write=True, what="add labels")
 
     # -- identities --------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Any
+from typing import Any, Callable
 
 # -- idempotency marker --------------------------------------------------------------------------
 
@@ -312,44 +312,56 @@ def _adf_inline_text(nodes: list[dict]) -> str:
 # -- markdown -> Jira wiki markup (Jira Data Center) ---------------------------------------------
 
 
-def _wiki_inline(text: str) -> str:
+def _star_inline(text: str, code_fn: Callable[[str], str], link_fn: Callable[[str, str], str],
+                 text_fn: Callable[[str], str]) -> str:
+    """Wiki markup and textile share *strong* and _em_; code, links and plain text differ."""
     out = []
     for kind, value, url in inline(text):
         if kind == "code":
-            out.append("{{" + value + "}}")
+            out.append(code_fn(value))
         elif kind == "strong":
             out.append(f"*{value}*")
         elif kind == "em":
             out.append(f"_{value}_")
         elif kind == "link":
-            out.append(f"[{value}|{url}]")
+            out.append(link_fn(value, url))
         else:
-            # A leading '#' or '*' would start a list; '[' a link; escape what wiki would eat.
-            out.append(re.sub(r"([{}\[\]])", r"\\\1", value))
+            out.append(text_fn(value))
     return "".join(out)
 
 
-def markdown_to_wiki(markdown: str) -> str:
-    """Markdown -> Jira wiki markup: h2., *bold*, (/) and (x) for task boxes, * and # lists."""
+def _wiki_inline(text: str) -> str:
+    # A leading '#' or '*' would start a list; '[' a link; escape what wiki would eat.
+    return _star_inline(text, lambda v: "{{" + v + "}}", lambda v, url: f"[{v}|{url}]",
+                        lambda v: re.sub(r"([{}\[\]])", r"\\\1", v))
+
+
+def _h_dot_markup(markdown: str, inline_fn: Callable[[str], str], boxes: tuple[str, str],
+                  code_fn: Callable[[str, str], str], para_fn: Callable[[str], str] = str) -> str:
+    """Jira wiki markup and textile share their blocks: hN. headings, * and # lists, ----."""
     out: list[str] = []
     for kind, data in blocks(markdown):
         if kind == "heading":
             level, text = data
-            out.append(f"h{level}. {_wiki_inline(text)}")
+            out.append(f"h{level}. {inline_fn(text)}")
         elif kind == "para":
-            out.append("\n".join(_wiki_inline(line) for line in data))
+            out.append(para_fn("\n".join(inline_fn(line) for line in data)))
         elif kind == "task":
-            out.append("\n".join(f"* {'(/)' if done else '(x)'} {_wiki_inline(t)}" for done, t in data))
-        elif kind == "bullet":
-            out.append("\n".join(f"* {_wiki_inline(t)}" for t in data))
-        elif kind == "ordered":
-            out.append("\n".join(f"# {_wiki_inline(t)}" for t in data))
+            out.append("\n".join(f"* {boxes[done]} {inline_fn(t)}" for done, t in data))
+        elif kind in ("bullet", "ordered"):
+            mark = "*" if kind == "bullet" else "#"
+            out.append("\n".join(f"{mark} {inline_fn(t)}" for t in data))
         elif kind == "code":
-            lang, text = data
-            out.append(("{code:" + lang + "}" if lang else "{code}") + f"\n{text}\n" + "{code}")
+            out.append(code_fn(*data))
         elif kind == "rule":
             out.append("----")
     return "\n\n".join(out)
+
+
+def markdown_to_wiki(markdown: str) -> str:
+    """Markdown -> Jira wiki markup: h2., *bold*, (/) and (x) for task boxes, * and # lists."""
+    return _h_dot_markup(markdown, _wiki_inline, ("(x)", "(/)"),
+                         lambda lang, text: ("{code:" + lang + "}" if lang else "{code}") + f"\n{text}\n" + "{code}")
 
 
 def wiki_to_text(wiki: str) -> str:
@@ -370,4 +382,55 @@ def wiki_to_text(wiki: str) -> str:
     text = text.replace("(/)", "[x]").replace("(x)", "[ ]")
     text = re.sub(r"(?<![\w*])\*(\S[^*\n]*?)\*(?![\w*])", r"\1", text)
     text = re.sub(r"\\([{}\[\]])", r"\1", text)
+    return text.strip()
+
+
+# -- markdown -> textile (Redmine's default text formatting) -------------------------------------
+
+# Plain text made of these only cannot start textile markup; anything else is kept literal.
+_TEXTILE_PLAIN = re.compile(r"[A-Za-z0-9 .,:;/]*")
+
+
+def _textile_text(text: str) -> str:
+    """Literal text: textile reads -x-, +x+, ^x^, %x%, !x!, "x":y, (c), 2x3 ... as markup or
+    glyphs, so anything beyond letters, digits and plain punctuation goes in <notextile>."""
+    if not text or (_TEXTILE_PLAIN.fullmatch(text) and not re.search(r"\dx\d", text)):
+        return text
+    lead, core, trail = re.fullmatch(r"(\s*)(.*?)(\s*)", text, flags=re.S).groups()
+    return f"{lead}<notextile>{core}</notextile>{trail}"  # spaces outside: *bold* must end at one
+
+
+def _textile_inline(text: str) -> str:
+    return _star_inline(text, lambda v: f"@{v}@" if "@" not in v else f"<code>{v}</code>",
+                        lambda v, url: f'"{v}":{url}', _textile_text)
+
+
+def _textile_code(lang: str, text: str) -> str:
+    cls = f' class="{lang}"' if re.fullmatch(r"[A-Za-z0-9_+-]+", lang or "") else ""
+    return f"<pre><code{cls}>\n{text}\n</code></pre>"
+
+
+def markdown_to_textile(markdown: str) -> str:
+    """Markdown -> Redmine textile: h2., *bold*, @code@, <pre> blocks, * and # lists, task boxes
+    as a literal [x] / [ ] (textile has no checkboxes). Redmine keeps a paragraph's line breaks;
+    a paragraph that starts with a tag would not be made one, so it says `p.`."""
+    return _h_dot_markup(markdown, _textile_inline, ("[ ]", "[x]"), _textile_code,
+                         lambda text: f"p. {text}" if text.startswith("<") else text)
+
+
+def textile_to_text(textile: str) -> str:
+    """Redmine textile -> plain text (what the checks read): no h2. prefixes, *bold*, @code@,
+    <notextile> or "link":url markup; lists as markdown would write them."""
+    text = textile or ""
+    text = re.sub(r"</?notextile>", "", text)
+    text = re.sub(r"<pre>(?:\s*<code[^>]*>)?\n?(.*?)\n?(?:</code>\s*)?</pre>",
+                  lambda m: "```\n" + m.group(1).strip("\n") + "\n```", text, flags=re.S)
+    text = re.sub(r"^(?:h[1-6]|p)\.\s+", "", text, flags=re.M)
+    text = re.sub(r"^bq\.\s+", "> ", text, flags=re.M)  # a quote stays marked: never an approval
+    text = re.sub(r"^\*\s+", "- ", text, flags=re.M)
+    text = re.sub(r"^#\s+", "1. ", text, flags=re.M)
+    text = re.sub(r'"([^"\n]+)":(\S*[^\s.,;:!?)])', r"\1 (\2)", text)
+    text = re.sub(r"(?<![\w@])@([^@\n]+)@(?!\w)", r"\1", text)
+    text = re.sub(r"</?code>", "", text)
+    text = re.sub(r"(?<![\w*])\*(\S[^*\n]*?)\*(?![\w*])", r"\1", text)
     return text.strip()

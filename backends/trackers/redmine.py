@@ -3,7 +3,11 @@
 Redmine quirks handled here: journals come in one response (no paging); a transition the workflow
 forbids is answered 204 and silently ignored, so every transition is re-read; an invalid API key
 on a public project reads as anonymous, so credentials are checked with /users/current.json.
-The record is posted as markdown: the instance must use the common_mark text formatting.
+Text formatting: Redmine renders notes in the instance's setting (Administration » Settings »
+General » Text formatting), and no REST API exposes it, so it is configured: `tracker.markup:
+textile` (Redmine's default, also when unset) or `common_mark`. On a textile Redmine the record
+is converted to textile and notes are read back through textile_to_text; the post-once marker
+(an HTML comment) is hidden by both formatters.
 
 Identities: a comment's author is the journal's user id (Redmine's stable identity; the name is
 first/last name, which every user may edit). A `people:` entry is a numeric user id
@@ -19,7 +23,7 @@ import re
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
-from bot.errors import InputError, TrackerError
+from bot.errors import ConfigError, InputError, TrackerError
 from bot.models import Account, Comment, Ticket
 
 from backends.trackers import markup
@@ -36,10 +40,12 @@ RESOLVE_HINT = ("in people:, give the numeric Redmine user id (shown in the prof
 class Redmine(HttpTracker):
     name = "Redmine"
 
-    def __init__(self, http: Http, url: str, project: str = "") -> None:
+    def __init__(self, http: Http, url: str, project: str = "", markup: str | None = None) -> None:
         super().__init__(http)
         self.url = url
         self.project = project
+        self.markup_configured = markup is not None
+        self.markup = markup or "textile"  # Redmine's default text formatting
         self._statuses: dict[str, tuple[int, str]] | None = None
         self._members: dict[str, Account] = {}  # user id -> account, from the membership sweep
         self._not_admin = False  # GET /users.json answered 403 once: do not ask again
@@ -86,8 +92,7 @@ class Redmine(HttpTracker):
     def _read_comments(self, ticket_id: str) -> list[RawComment]:
         return self._journals(self._issue(ticket_id, journals=True))
 
-    @staticmethod
-    def _journals(issue: dict) -> list[RawComment]:
+    def _journals(self, issue: dict) -> list[RawComment]:
         raws = []
         for j in issue.get("journals") or []:
             notes = j.get("notes") or ""
@@ -96,15 +101,19 @@ class Redmine(HttpTracker):
             user = j.get("user") or {}
             raws.append(RawComment(
                 Comment(id=str(j["id"]), author=str(user.get("id", "")),
-                        author_name=user.get("name", ""), body=markup.strip_markers(notes),
+                        author_name=user.get("name", ""), body=self._text(markup.strip_markers(notes)),
                         created_at=parse_time(j["created_on"])),
                 markup.markers(notes),
             ))
         return sort_oldest_first(raws)
 
+    def _text(self, notes: str) -> str:
+        return markup.textile_to_text(notes) if self.markup == "textile" else notes
+
     def _post_comment(self, ticket_id: str, markdown: str, key: str) -> None:
+        body = markup.markdown_to_textile(markdown) if self.markup == "textile" else markdown
         self.http.request("PUT", f"/issues/{ticket_id}.json",
-                          json={"issue": {"notes": markup.with_marker(markdown, key)}},
+                          json={"issue": {"notes": markup.with_marker(body, key)}},
                           ticket=f"#{ticket_id}", idempotent=False, what="add a note")
 
     def _status_ids(self) -> dict[str, tuple[int, str]]:
@@ -123,9 +132,9 @@ class Redmine(HttpTracker):
         before = self.get_ticket(tid).status
         if before.casefold() == status.casefold():
             return
-        self.http.request("PUT", f"/issues/{tid}.json",
-                          json={"issue": {"status_id": statuses[status.casefold()][0]}},
-                          ticket=f"#{tid}", what=f"set the status to {status!r}")
+        self._settle_status(tid, status, before, lambda: self.http.request(
+            "PUT", f"/issues/{tid}.json", json={"issue": {"status_id": statuses[status.casefold()][0]}},
+            ticket=f"#{tid}", write=True, what=f"set the status to {status!r}"))
         # Redmine answers 204 even when the workflow ignored the change.
         self._moved_or_fail(
             tid, status, before,
@@ -256,4 +265,8 @@ def build(settings: Mapping[str, Any], environ: Mapping[str, str]) -> Redmine:
     key = secret(settings, environ, "Redmine")
     http = Http(tracker="Redmine", url=url, headers={"X-Redmine-API-Key": key},
                 settings=settings, secret_values=(key,))
-    return Redmine(http, url, str(settings.get("project", "")))
+    chosen = settings.get("markup")
+    if chosen not in (None, "textile", "common_mark"):
+        raise ConfigError(f"Redmine: tracker.markup must be textile or common_mark, got {chosen!r}",
+                          hint="use the text formatting set in Redmine's Administration » Settings » General")
+    return Redmine(http, url, str(settings.get("project", "")), markup=chosen)

@@ -21,6 +21,7 @@ class MemoryTracker:
     bot: Account = Account("900", "deploybot", "Deploy Bot")
     credentials_ok: bool = True
     reads: int = 0
+    keys: set[tuple[str, str]] = field(default_factory=set)  # (ticket, key) of posted comments
 
     def user(self, login: str, uid: str, name: str = "") -> Account:
         self.accounts[login] = Account(uid, login, name or login.title())
@@ -71,6 +72,9 @@ class MemoryTracker:
     def add_comment(self, ticket_id: str, markdown: str, *, key: str) -> None:
         if not self.credentials_ok:
             raise TrackerError("Redmine answered 401 Unauthorized")
+        if (ticket_id, key) in self.keys:  # the protocol: post once per key
+            return
+        self.keys.add((ticket_id, key))
         self.say(ticket_id, "deploybot", markdown)
 
     def transition(self, ticket_id: str, status: str) -> None:

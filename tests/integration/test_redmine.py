@@ -8,6 +8,7 @@ Redmine cannot be started.
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 from pathlib import Path
 
@@ -40,12 +41,11 @@ def _helper():
     return module
 
 
-@pytest.fixture(scope="module")
-def redmine():
+def _instance(**options):
     helper = _helper()
     problem = None
     try:
-        instance = helper.up()
+        instance = helper.up(**options)
     except Exception as exc:  # install missing, migration failed, server did not answer in time
         problem = exc
     if problem is not None:
@@ -62,9 +62,21 @@ def redmine():
         instance.stop()
 
 
+@pytest.fixture(scope="module")
+def redmine():
+    """Seeded with the common_mark text formatting."""
+    yield from _instance()
+
+
+@pytest.fixture(scope="module")
+def redmine_textile():
+    """The same seed, with Redmine's default text formatting: textile."""
+    yield from _instance(text_formatting="textile")
+
+
 def _tracker(redmine, user: str = "deploybot", **settings):
     conf = {"kind": "redmine", "url": redmine.url, "token_env": "REDMINE_KEY", "project": "webshop",
-            "timeout": 10, "retries": 2, "backoff": 0.1, **settings}
+            "timeout": 10, "retries": 2, "backoff": 0.1, "markup": "common_mark", **settings}
     return KINDS["redmine"](conf, {"REDMINE_KEY": redmine.keys[user]})
 
 
@@ -388,3 +400,101 @@ def test_redmine_gone_while_the_gate_waits_blocks_the_approved_rollout(tmp_path)
     recheck = _reason(pipeline, d, "rollout_recheck")
     assert recheck.startswith("changed since the checklist") and "cannot read" in recheck
     assert pipeline.backend.calls == []
+
+
+# -- textile: Redmine's default text formatting ------------------------------------------------
+
+TEXTILE_RECORD = """## Deployment Record
+**Ticket:** #{n}
+**Deployed by:** alice; approved by carol at 2026-11-26 12:00 UTC
+**Previous Version:** none (first deployment)
+
+### Changes Deployed
+Manual rollback of web from 1.4.1-rc to 1.4.0 (ticket: fix -the- totals +now+ some_var_name)
+
+### Pre-Deployment Checks
+- [x] CQ review confirmed
+- [ ] Dependencies in place: migrations not staged
+
+### Rollback Plan
+1. `docker run shop:1.4.1`
+2. See [runbook](https://wiki.example/runbook)
+
+```bash
+docker compose up -d --no-deps web
+```
+"""
+
+
+def _rendered_notes(redmine, number: str) -> str:
+    """The issue page's journal notes as Redmine rendered them (the project is public)."""
+    page = httpx.get(f"{redmine.url}/issues/{number}", timeout=10).text
+    parts = page.split('class="wiki"')
+    return "".join(part.split("</div>", 1)[0] for part in parts[1:])
+
+
+def test_record_on_a_textile_redmine_is_textile_rendered_well(redmine_textile) -> None:
+    tracker = _tracker(redmine_textile, markup=None)  # not configured: textile, Redmine's default
+    number = _new_issue(redmine_textile, "Checkout: record on textile")
+    record = TEXTILE_RECORD.format(n=number)
+    tracker.add_comment(number, record, key=f"deploy-{number}")
+    tracker.add_comment(number, record, key=f"deploy-{number}")  # a retry: no second note
+
+    with _api(redmine_textile, "deploybot") as api:
+        journals = api.get(f"/issues/{number}.json", params={"include": "journals"}).json()["issue"]["journals"]
+    stored = [j["notes"] for j in journals if j["notes"] and "Deployment Record" in j["notes"]]
+    assert len(stored) == 1
+    assert stored[0].startswith("h2. Deployment Record\n") and "\n* [x] CQ review confirmed\n" in stored[0]
+    assert "\n# @docker run shop:1.4.1@\n" in stored[0] and '"runbook":https://wiki.example/runbook' in stored[0]
+    assert "**" not in stored[0] and "## " not in stored[0]  # no markdown left for textile to garble
+
+    html = _rendered_notes(redmine_textile, number).replace("\t", "")
+    assert "<h2 >Deployment Record" in html and "<h3 >Pre-Deployment Checks" in html
+    assert "<strong>Ticket:</strong> " in html and "<strong>Deployed by:</strong> alice; approved" in html
+    assert "<li>[x] CQ review confirmed</li>" in html and "<li>[ ] Dependencies in place" in html
+    assert "<li><code>docker run shop:1.4.1</code></li>" in html
+    assert '<a href="https://wiki.example/runbook" class="external">runbook</a>' in html
+    assert "<pre><code" in html and 'data-language="bash"' in html  # a highlighted code block
+    assert "docker compose up -d --no-deps web" in re.sub(r"<[^>]+>", "", html)
+    # The literal text stays literal: nothing struck through, inserted or turned into glyphs.
+    assert "fix -the- totals +now+ some_var_name" in html
+    assert not any(tag in html for tag in ("<del>", "<ins>", "<em>", "&lt;notextile", "**", "deploybot:"))
+
+    comments = tracker.comments(number)  # read back as plain text
+    assert comments[-1].body.startswith("Deployment Record\n\nTicket: #")
+    assert "- [x] CQ review confirmed" in comments[-1].body and "notextile" not in comments[-1].body
+
+
+def test_common_mark_setting_posts_markdown_on_the_textile_redmine_unchanged(redmine_textile) -> None:
+    """What a wrong tracker.markup does: the markdown goes in as typed (what check-config warns of)."""
+    tracker = _tracker(redmine_textile, markup="common_mark")
+    number = _new_issue(redmine_textile, "Checkout: markdown setting")
+    tracker.add_comment(number, TEXTILE_RECORD.format(n=number), key=f"deploy-{number}")
+    with _api(redmine_textile, "deploybot") as api:
+        journals = api.get(f"/issues/{number}.json", params={"include": "journals"}).json()["issue"]["journals"]
+    assert any(j["notes"].startswith("## Deployment Record") for j in journals if j["notes"])
+
+
+# -- ambiguous writes: Redmine commits, the answer comes after deploybot's timeout --------------
+
+
+@pytest.mark.realtime  # the proxy answers 2.5 s after Redmine did, past the 1 s timeout
+def test_a_note_answered_after_the_timeout_is_posted_once(redmine_textile) -> None:
+    from late_proxy import LateProxy
+
+    number = _new_issue(redmine_textile, "Checkout: late answer")
+    with LateProxy(redmine_textile.url, delay=2.5) as proxy:
+        slow = _tracker(redmine_textile, url=proxy.url, timeout=1.0, retries=2, markup=None)
+        proxy.late(times=1)
+        slow.add_comment(number, TEXTILE_RECORD.format(n=number), key=f"late-{number}")
+        puts = [f for f in proxy.forwarded if f[0] == "PUT"]
+        assert len(puts) == 1 and puts[0][2] == 204  # sent once, committed by Redmine
+        slow.add_comment(number, TEXTILE_RECORD.format(n=number), key=f"late-{number}")  # the outbox retries
+        proxy.late(times=5)
+        slow.transition(number, "Ready for Production")  # answered late too: re-read, done
+        assert slow.get_ticket(number).status == "Ready for Production"
+    other = _tracker(redmine_textile, markup=None)  # another process, straight to Redmine
+    other.add_comment(number, TEXTILE_RECORD.format(n=number), key=f"late-{number}")
+    with _api(redmine_textile, "deploybot") as api:
+        journals = api.get(f"/issues/{number}.json", params={"include": "journals"}).json()["issue"]["journals"]
+    assert sum("Deployment Record" in (j["notes"] or "") for j in journals) == 1

@@ -110,6 +110,9 @@ def test_record_is_converted_to_the_trackers_format(kind: str) -> None:
             assert "* (/) CQ review confirmed" in stored and "# {{docker run shop:1.4.1}}" in stored
         elif kind == "linear":
             assert stored.startswith("## Deployment Record")  # markdown; the key is the comment id
+        elif kind == "redmine":  # tracker.markup unset: textile, Redmine's default
+            assert stored.startswith("h2. Deployment Record") and "* [x] CQ review confirmed" in stored
+            assert "<!-- deploybot:k1 -->" in stored
         else:
             assert stored.startswith("## Deployment Record") and "- [x] CQ review confirmed" in stored
             assert "<!-- deploybot:k1 -->" in stored

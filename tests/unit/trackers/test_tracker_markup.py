@@ -108,3 +108,42 @@ def test_unsafe_keys_are_hashed() -> None:
         safe = markup.safe_key(key)
         assert safe.startswith("h") and len(safe) == 33
         assert markup.markers(markup.marker(key)) == {safe}
+
+
+# -- textile (Redmine) ---------------------------------------------------------------------------
+
+
+def test_textile_has_headings_tasks_lists_code_and_links() -> None:
+    text = markup.markdown_to_textile(RECORD + "\n---\n\n```bash\necho -x- *y*\n```\n")
+    lines = text.split("\n")
+    assert lines[0] == "h2. Deployment Record"
+    assert "*Ticket:* <notextile>#7</notextile>" in lines and "*Deployed by:* alice" in lines
+    assert "h3. <notextile>Pre-Deployment Checks</notextile>" in lines
+    assert "* [x] CQ review confirmed" in lines and "* [ ] QA pass confirmed: no QA PASS comment" in lines
+    assert "# @docker run shop:1.4.1@" in lines
+    assert '# See "runbook":https://wiki.example/runbook' in lines and "* plain bullet" in lines
+    assert "----" in lines
+    assert '<pre><code class="bash">\necho -x- *y*\n</code></pre>' in text  # code stays as typed
+    assert "**" not in text and "##" not in text
+
+
+def test_textile_keeps_literal_text_literal() -> None:
+    """Text textile would read as markup (-del-, +ins+, _em_, (c), 2x3, <b>) goes in notextile;
+    plain words stay bare; a paragraph that starts with notextile is marked as a paragraph."""
+    text = markup.markdown_to_textile("Rollback of web 1.4.1-rc: fix -the- +totals+ some_var (c) 2x3 <b>\n\n"
+                                      "Plain words only\n\n**Version:** `a@b`")
+    assert text.split("\n\n") == [
+        "p. <notextile>Rollback of web 1.4.1-rc: fix -the- +totals+ some_var (c) 2x3 <b></notextile>",
+        "Plain words only",
+        "*Version:* <code>a@b</code>",
+    ]
+
+
+def test_textile_back_to_text() -> None:
+    text = markup.textile_to_text(markup.markdown_to_textile(RECORD))
+    assert text.startswith("Deployment Record\n\nTicket: #7\nDeployed by: alice")
+    assert "- [x] CQ review confirmed" in text and "Pre-Deployment Checks" in text
+    assert "1. docker run shop:1.4.1" in text and "See runbook (https://wiki.example/runbook)" in text
+    assert "notextile" not in text and "h3." not in text
+    assert markup.textile_to_text('<pre><code class="sh">\nmake -k\n</code></pre>') == "```\nmake -k\n```"
+    assert markup.textile_to_text("bq. CQ approved\n\np. <notextile>a-b</notextile>") == "> CQ approved\n\na-b"

@@ -141,3 +141,42 @@ def test_bad_settings_are_config_errors() -> None:
         KINDS["github"]({"repo": "a/b"}, {})
     with pytest.raises(ConfigError, match="OWNER/REPO"):
         KINDS["github"]({"repo": "nope", "token_env": "T"}, {"T": "x"})
+
+
+def test_redmine_markup_setting() -> None:
+    """tracker.markup: textile (also when unset: Redmine's default) or common_mark, nothing else."""
+    with case("redmine", markup="common_mark") as c:
+        c.tracker.add_comment(c.ref, "## Record\n- [x] CQ review confirmed", key="k")
+        assert c.app.notes[-1].text.startswith("## Record\n- [x] CQ review confirmed")
+        assert c.tracker.markup_configured
+    with case("redmine") as c:
+        assert c.tracker.markup == "textile" and not c.tracker.markup_configured
+        c.tracker.add_comment(c.ref, "## Record\n- [x] CQ review confirmed", key="k")
+        assert c.app.notes[-1].text.startswith("h2. Record\n\n* [x] CQ review confirmed")
+        assert c.tracker.comments(c.ref)[-1].body == "Record\n\n- [x] CQ review confirmed"
+        with pytest.raises(ConfigError) as err:
+            c.build(markup="markdown")
+        assert "tracker.markup" in str(err.value)
+
+
+@pytest.mark.parametrize("markup", [None, "textile"])
+def test_check_config_live_warns_when_redmine_markup_is_not_set(markup, tmp_path, monkeypatch, capsys) -> None:
+    import yaml
+
+    from handlers import cli
+
+    with case("redmine") as c:
+        tracker = {k: c.settings[k] for k in ("kind", "url", "token_env", "project")}
+        if markup:
+            tracker["markup"] = markup
+        path = tmp_path / "deploybot.yaml"
+        path.write_text(yaml.safe_dump({"tracker": tracker, "environments": {"staging": {}},
+                                        "services": {"web": {"image": "demo-web"}}}))
+        monkeypatch.setenv("DEPLOYBOT_DB", str(tmp_path / "deploybot.db"))
+        monkeypatch.setenv("TRACKER_TOKEN", c.environ["TRACKER_TOKEN"])
+        monkeypatch.delenv("SLACK_BOT_TOKEN", raising=False)
+        code = cli.main(["--config", str(path), "check-config", "--live"])
+    out = capsys.readouterr().out
+    assert code == cli.EXIT_OK, out
+    warned = "[warning] Redmine: tracker.markup is not set, so the record is written as textile" in out
+    assert warned == (markup is None)

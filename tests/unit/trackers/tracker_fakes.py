@@ -78,7 +78,10 @@ class Fault:
     body: Any
     times: int
     delay: float = 0.0
+    skip: int = 0  # let this many matching requests through untouched first
     after: bool = False  # handle the request first, then answer with the fault (an ambiguous write)
+    # after=True: `delay` comes after the request was handled (the write is committed, the answer
+    # is late); status 0 then answers what the API would have answered, only late.
 
 
 @dataclass
@@ -129,14 +132,14 @@ class FakeServer:
 
     def fault(self, status: int = 503, *, method: str = "", path: str = "", times: int = 1,
               headers: dict | None = None, body: Any = None, delay: float = 0.0, after: bool = False,
-              request_contains: str = "") -> None:
+              request_contains: str = "", skip: int = 0) -> None:
         """The next `times` requests matching method/path (regex)/body text get this answer instead
         (status 0: answer normally, after `delay`)."""
         rx = re.compile(path) if path else None
         self.faults.append(Fault(
             lambda m, p, b: (not method or m == method) and (rx is None or bool(rx.search(p)))
             and request_contains in b,
-            status, headers or {}, body, times, delay, after,
+            status, headers or {}, body, times, delay, skip, after,
         ))
 
     def count(self, method: str = "", path: str = "") -> int:
@@ -146,6 +149,9 @@ class FakeServer:
         with self._lock:
             for f in self.faults:
                 if f.times > 0 and f.match(method, path, raw.decode(errors="replace")):
+                    if f.skip > 0:
+                        f.skip -= 1
+                        continue
                     f.times -= 1
                     return f
         return None
@@ -162,7 +168,7 @@ class FakeServer:
         if self.latency:
             time.sleep(self.latency)
         fault = self._take_fault(req.method, req.path, raw)
-        if fault and fault.delay:
+        if fault and fault.delay and not fault.after:
             time.sleep(fault.delay)
         if fault and not fault.after and fault.status:
             return self._send(h, fault.status, fault.headers, fault.body)
@@ -171,7 +177,9 @@ class FakeServer:
         except Exception as exc:  # a bug in a fake must show, not hang the client
             status, headers, out = 500, {}, {"error": repr(exc)}
         if fault and fault.after:
-            status, headers, out = fault.status, fault.headers, fault.body
+            time.sleep(fault.delay)  # committed, answered late
+            if fault.status:
+                status, headers, out = fault.status, fault.headers, fault.body
         self._send(h, status, headers, out)
 
     @staticmethod
@@ -322,7 +330,9 @@ class JiraApp(FakeApp):
                 return login
         return None
 
-    def _comment(self, n: Note, base: str, expand: str) -> dict:
+    list_page = 50  # "Get comments by IDs" answers a page (PageBeanComment) of this many
+
+    def _comment(self, n: Note, base: str, expand: str = "") -> dict:
         if n.raw is not None:
             body = n.raw
         elif self.cloud:
@@ -342,9 +352,33 @@ class JiraApp(FakeApp):
              "author": self._user(n.login), "body": body, "updateAuthor": self._user(n.login),
              "created": n.created.strftime("%Y-%m-%dT%H:%M:%S.000+0000"),
              "updated": n.created.strftime("%Y-%m-%dT%H:%M:%S.000+0000"), "jsdPublic": True}
-        if "properties" in expand:
+        if "properties" in expand:  # documented only on POST comment/list (Cloud)
             c["properties"] = n.props
         return c
+
+    def _comment_api(self, req: Request, base: str) -> tuple[int, dict, Any] | None:
+        """/comment/list (Cloud only: "Get comments by IDs") and /comment/{id}/properties/{key}."""
+        p = req.path
+        if p == f"{self.api}/comment/list" and req.method == "POST" and self.cloud:
+            ids = [int(i) for i in req.body.get("ids") or []]
+            if len(ids) > 1000:
+                return 400, {}, {"errorMessages": ["The number of comment ids is too large."], "errors": {}}
+            found = [n for n in sorted(self.notes, key=lambda n: n.id) if n.id in ids]
+            page = found[:self.list_page]
+            return 200, {}, {"maxResults": self.list_page, "startAt": 0, "total": len(found),
+                             "isLast": len(found) <= self.list_page,
+                             "values": [self._comment(n, base, req.query.get("expand", "")) for n in page]}
+        m = re.fullmatch(rf"{self.api}/comment/(\d+)/properties/([^/]+)", p)
+        if m and req.method == "GET":
+            note = next((n for n in self.notes if n.id == int(m.group(1))), None)
+            if note is None:
+                return 404, {}, {"errorMessages": ["Can not find a comment for the id: " + m.group(1)], "errors": {}}
+            prop = next((x for x in note.props if x.get("key") == m.group(2)), None)
+            if prop is None:
+                return 404, {}, {"errorMessages": [f"The property with key '{m.group(2)}' does not exist."],
+                                 "errors": {}}
+            return 200, {}, {"key": prop["key"], "value": prop["value"]}
+        return None
 
     @property
     def api(self) -> str:
@@ -367,6 +401,8 @@ class JiraApp(FakeApp):
             return 200, {}, self._user(login)
         if p == f"{self.api}/project/PROJ":
             return 200, {}, {"id": "10000", "key": "PROJ", "name": "Project"}
+        if p.startswith(f"{self.api}/comment/") and (answer := self._comment_api(req, base)) is not None:
+            return answer
         m = re.fullmatch(rf"{self.api}/issue/([^/]+)(/comment|/transitions)?", p)
         if not m or m.group(1) != self.key:
             return 404, {}, {"errorMessages": ["Issue does not exist or you do not have permission to see it."],
@@ -391,13 +427,14 @@ class JiraApp(FakeApp):
             notes = self.by_created()  # orderBy=created: equal times in no promised order
             page = notes[start:start + size]
             return 200, {}, {"startAt": start, "maxResults": size, "total": len(notes),
-                             "comments": [self._comment(n, base, req.query.get("expand", "")) for n in page]}
+                             # expand= documents only renderedBody here: never properties
+                             "comments": [self._comment(n, base) for n in page]}
         if sub == "/comment" and req.method == "POST":
             body = req.body["body"]
             if self.cloud and not (isinstance(body, dict) and body.get("type") == "doc"):
                 return 400, {}, {"errorMessages": [], "errors": {"comment": "Comment body is not valid ADF."}}
             n = self.add_note("deploybot", "", raw=body, props=req.body.get("properties") or [])
-            return 201, {}, self._comment(n, base, "properties")
+            return 201, {}, self._comment(n, base)
         if sub == "/transitions" and req.method == "GET":
             return 200, {}, {"expand": "transitions", "transitions": [
                 {"id": str(11 + self.statuses.index(to)), "name": f"Move to {to}",
