@@ -217,7 +217,8 @@ class SlackFrontEnd:
         self.reporter = SlackReporter(client, store, config, on_change=self.home.refresh_soon)
         self.pipeline = build_pipeline(config, store, reporter=self.reporter,
                                        approver=self.reporter, environ=environ, tracker=tracker,
-                                       backend_for=backend_for, probe=probe, clock=clock)
+                                       backend_for=backend_for, probe=probe, clock=clock,
+                                       durable_posts=True)
         # Scheduled and queued deployments; started by serve() (it posts health summaries too).
         self.scheduler = DeployScheduler(self.pipeline, summary=self.reporter.summary)
         self._claimed: set[int] = set()
