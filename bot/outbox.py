@@ -178,12 +178,12 @@ class Outbox:
                      if ("slack" if k == POST else "tracker") not in down]
             try:
                 item = self.table.claim(self.owner, LEASE_SECONDS, kinds, targets=targets)
-            except Exception:  # a busy database: the next pass tries again
-                log.exception("claiming an outbox item failed")
+                if item is None:
+                    break
+                self._deliver_one(item, done, down)
+            except Exception:  # the database failed us: the lease ends, a later pass retries
+                log.exception("the outbox delivery pass stopped")
                 break
-            if item is None:
-                break
-            self._deliver_one(item, done, down)
         return done
 
     def _deliver_one(self, item: OutboxItem, done: DeliveryPass, down: set[str]) -> None:

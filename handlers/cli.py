@@ -69,6 +69,7 @@ class Edges:
     tracker: object | None = None
     probe: object | None = None
     clock: object | None = None
+    now: Callable | None = None  # the store's clock (stored times: backoff, ages)
 
 
 class Context:
@@ -90,7 +91,7 @@ class Context:
     @property
     def store(self) -> Store:
         if self._store is None:
-            self._store = open_store()
+            self._store = open_store(clock=self.edges.now)
             # A deployment whose process died mid-way must not hold its lock forever.
             for d in self._store.interrupt_orphans(_pid_alive):
                 print(f"note: deployment #{d.id} was interrupted ({d.failure})", file=sys.stderr)

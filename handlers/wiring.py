@@ -14,9 +14,10 @@ from bot.store import Store
 DB_ENV = "DEPLOYBOT_DB"
 
 
-def open_store(environ: Mapping[str, str] | None = None) -> Store:
+def open_store(environ: Mapping[str, str] | None = None, clock=None) -> Store:
     environ = os.environ if environ is None else environ
-    return Store(environ.get(DB_ENV) or "deploybot.db")
+    path = environ.get(DB_ENV) or "deploybot.db"
+    return Store(path, clock=clock) if clock is not None else Store(path)
 
 
 def build_tracker(config: Config, store: Store, environ: Mapping[str, str]) -> Tracker:
