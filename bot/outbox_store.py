@@ -135,7 +135,7 @@ class OutboxTable:
                 if then is not None:
                     then()
                 self.store.record_event(item.deployment_id, "deploybot", "outbox.delivered",
-                                        detail)
+                                        self.store.redact(detail))
             return done
 
     def retry(self, item: OutboxItem, owner: str, error: str, at: datetime,

@@ -835,8 +835,6 @@ class Pipeline:
             return self._block(d, [row])
         return self._deploy_alive(d)
 
-    # -- the record -------------------------------------------------------------------------------
-
     # -- the outbox (bot/outbox.py) -----------------------------------------------------------
 
     def _comment(self, d: Deployment, key: str, what: str, markdown: str,
@@ -846,6 +844,8 @@ class Pipeline:
         return outboxing.comment(d, key, markdown, what, flag=flag)
 
     def _comment_once(self, d: Deployment, what: str, markdown: str) -> None:
+        """One comment per deployment and `what`, stored on its own and delivered now (where no
+        state change is stored with it)."""
         self._deliver(d, self.outbox.enqueue(
             [self._comment(d, f"deploybot-{what}-{d.id}", what, markdown)]))
 
@@ -874,11 +874,13 @@ class Pipeline:
             return
         done = self.outbox.deliver(targets=targets)
         for item, error in done.retrying:
-            if item.kind != outboxing.POST:
+            if item.kind != outboxing.POST and item.deployment_id == d.id:
                 self._tell("step", d, f"{outboxing.describe(item)} not delivered yet: {error}; "
                                       "kept in the outbox and retried (deploybot status)")
         for text in done.said:
             self._tell("step", d, text)
+
+    # -- the record -------------------------------------------------------------------------------
 
     def _finish(self, d: Deployment, result: VerificationResult | None,
                 post_record: bool = True) -> Deployment:

@@ -32,8 +32,9 @@ class World:
     """One deploybot process: a store on a shared file, a pipeline, a tracker and Slack."""
 
     def __init__(self, tmp_path, *, durable: bool = False, clock: ManualClock | None = None,
-                 tracker: FlakyTracker | None = None) -> None:
-        self.config = configuration.parse(CONFIG)
+                 tracker: FlakyTracker | None = None, environments: dict | None = None) -> None:
+        self.config = configuration.parse({**CONFIG, **(
+            {"environments": environments} if environments else {})})
         self.clock = clock or ManualClock()
         self.store = Store(tmp_path / "deploybot.db", clock=self.clock.now)
         self.tracker = tracker or FlakyTracker()
@@ -415,3 +416,26 @@ def test_what_the_outbox_keeps_passes_through_the_redaction(world):
     raw = "\n".join(str(r) for r in world.store.db.query("SELECT * FROM outbox"))
     raw += "\n".join(str(r) for r in world.store.db.query("SELECT * FROM events"))
     assert "s3cr3t" not in raw
+
+
+def test_a_rejection_and_its_comment_are_stored_together_and_the_comment_waits(tmp_path):
+    world = World(tmp_path, durable=True, environments={"production": {
+        "production": True, "approvals_required": 1, "approvers": ["bob"]}})
+    tid = world.ready()
+    d = world.deploy(tid)
+    assert d.status is DeploymentStatus.AWAITING_APPROVAL, d.failure
+    world.tracker.down = "connection refused"
+    world.reporter.down = "Slack unreachable"
+    gate = world.pipeline.pending_gates(d.id)[0]
+    d = world.pipeline.decide_gate(gate.id, decided_by="bob", approved=False,
+                                   reason="not tonight").deployment
+    assert d.status is DeploymentStatus.REJECTED
+    waiting = world.outbox.undelivered(d.id)
+    assert [(i.kind, i.target) for i in waiting] == [("comment", "ticket:7"),
+                                                     ("post", f"thread:{d.id}")]
+    assert "rejected by bob: not tonight" in waiting[0].payload["markdown"]
+    world.tracker.down = world.reporter.down = ""
+    world.clock.advance(minutes=1)
+    world.outbox.deliver()
+    assert len(world.bodies(tid, "**Deployment rejected:**")) == 1
+    assert world.reporter.kinds()[-1] == "finished"
