@@ -95,6 +95,10 @@ def test_the_record_and_the_move_are_delivered_at_once_when_the_tracker_answers(
     assert d.record_commented and world.outbox.undelivered() == []
     kinds = [e["kind"] for e in world.store.events(d.id)]
     assert kinds.count("outbox.delivered") == 2
+    # The terminal is told directly, in order; nothing of it is stored in the outbox.
+    stored = [r["kind"] for r in world.store.db.query("SELECT kind FROM outbox ORDER BY id")]
+    assert stored == ["comment", "transition"]
+    assert world.reporter.kinds()[-1] == "finished" and len(world.reporter.records) == 1
 
 
 def test_tracker_down_at_the_record_keeps_it_and_the_next_process_delivers_once(tmp_path):
