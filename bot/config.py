@@ -430,6 +430,15 @@ class HealthSummary(Strict):
     every_minutes: float = Field(default=60.0, ge=1, le=10080)
 
 
+class OutboxSettings(Strict):
+    """Delivery of ticket comments, ticket moves and Slack posts (bot/outbox.py)."""
+
+    retry_first_seconds: float = Field(default=5.0, gt=0, le=3600)  # doubled on every failure
+    retry_max_seconds: float = Field(default=900.0, gt=0, le=86400)  # up to this
+    stuck_minutes: float = Field(default=30.0, ge=1, le=10080)  # then one alert in the channel
+    command_budget_seconds: float = Field(default=5.0, ge=0, le=300)  # a CLI command's delivery
+
+
 class Config(Strict):
     channel: str = "#standup"
     timezone: str = "UTC"  # what "22:00" and freeze windows mean
@@ -443,6 +452,7 @@ class Config(Strict):
     admins: list[str] = Field(default_factory=list)  # people who may cancel, unlock, break locks
     terminal: Terminal = Terminal()
     slack: SlackSettings = SlackSettings()
+    outbox: OutboxSettings = OutboxSettings()
     # Per environment overrides of service settings, deep-merged before validation.
     source_path: str | None = None
 

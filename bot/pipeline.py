@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Callable, Mapping
 
 from bot import checks as checklist
 from bot import freeze as freezing
+from bot import outbox as outboxing
 from bot.authorization import Action, Authorization
 from bot.identity import Actor, TrackerIdentities
 from bot import record as records
@@ -34,6 +37,7 @@ from bot.models import (
 )
 from bot.ports import (Approver, DeployBackend, HttpProbe, ImageBuilder, MetricsSource, Reporter,
                        Tracker)
+from bot.outbox import Outbox
 from bot.store import Store
 from bot.verify import SystemClock, verify, wait_healthy
 
@@ -73,7 +77,9 @@ class Pipeline:
                  backend_for: Callable[[str, str], DeployBackend], reporter: Reporter,
                  approver: Approver, probe: HttpProbe, clock: SystemClock | None = None,
                  environ: Mapping[str, str] | None = None,
-                 image_builder: ImageBuilder | None = None) -> None:
+                 image_builder: ImageBuilder | None = None, durable_posts: bool = False) -> None:
+        """`durable_posts`: the reporter's alert/blocked/finished go through the outbox (Slack);
+        otherwise it is told directly (the terminal)."""
         self.image_builder = image_builder
         self.config = config
         self.store = store
@@ -86,6 +92,9 @@ class Pipeline:
         self.environ = os.environ if environ is None else environ
         self.identities = TrackerIdentities(config, tracker)
         self.auth = Authorization(config)
+        self.outbox = Outbox(store, tracker, config.outbox,
+                             poster=reporter if durable_posts else None,
+                             monotonic=getattr(self.clock, "monotonic", None) or time.monotonic)
 
     def actor(self, who: Actor | str) -> Actor:
         """Front ends pass an Actor they established; a plain name is trusted (tests, core)."""
@@ -301,8 +310,18 @@ class Pipeline:
         return self._finish(d, None, post_record=d.status is not DeploymentStatus.FAILED
                             or bool(d.previous_version))
 
+    DURABLE_EVENTS = ("alert", "blocked", "finished")
+
     def _tell(self, event: str, *args) -> None:
-        """Reporters must not break a deployment: their errors are logged, not raised."""
+        """Reporters must not break a deployment: their errors are logged, not raised. With
+        durable posts, alert/blocked/finished are stored in the outbox and delivered from it."""
+        message = self._post(event, *args)
+        if message is not None:
+            try:
+                self._deliver(args[0], self.outbox.enqueue([message]))
+            except Exception:
+                log.exception("storing the %s post failed", event)
+            return
         try:
             getattr(self.reporter, event)(*args)
         except Exception:
@@ -445,12 +464,18 @@ class Pipeline:
 
     def _block(self, d: Deployment, failed: list[CheckResult]) -> Deployment:
         summary = "; ".join(f"{c.title}: {c.reason}" for c in failed)
-        d = self.store.transition(d.id, DeploymentStatus.BLOCKED, failure=summary, detail=summary)
-        self._tell("blocked", d, failed)
-        if not d.dry_run:
-            self._comment_once(d, "blocked", records.render_blockers(
-                d, failed, requested_by=self.config.canonical(d.requested_by)))
-        self._tell("finished", d, "")
+        with self.store.transaction():  # the status and what tells about it, or neither
+            d = self.store.transition(d.id, DeploymentStatus.BLOCKED, failure=summary,
+                                      detail=summary)
+            comment = None if d.dry_run else self._comment(
+                d, outboxing.blockers_key(d.ticket_id, failed), "blocker",
+                records.render_blockers(d, failed,
+                                        requested_by=self.config.canonical(d.requested_by)))
+            targets = self.outbox.enqueue([self._post("blocked", d, failed), comment,
+                                           self._post("finished", d, "")])
+        self._direct("blocked", d, failed)
+        self._deliver(d, targets)
+        self._direct("finished", d, "")
         return d
 
     def _finish_dry_run(self, d: Deployment, rollback_steps: list[str]) -> Deployment:
@@ -539,13 +564,18 @@ class Pipeline:
         if not approved:
             text = f"{gate.kind.value.replace('_', ' ')} rejected by {decided_by}: {reason}"
             try:
-                d = self.store.transition(d.id, DeploymentStatus.REJECTED, actor=decided_by,
-                                          failure=text, detail=text, via=actor.audit())
+                with self.store.transaction():  # rejected, and the ticket told, or neither
+                    d = self.store.transition(d.id, DeploymentStatus.REJECTED, actor=decided_by,
+                                              failure=text, detail=text, via=actor.audit())
+                    targets = self.outbox.enqueue([
+                        self._comment(d, f"deploybot-rejected-{d.id}", "rejection",
+                                      f"**Deployment rejected:** {d.service} {d.version} to "
+                                      f"{d.environment}: {text}\n"),
+                        self._post("finished", d, "")])
             except StateError:
                 return GateOutcome(gate, self.store.deployment(d.id), decided_now=True)
-            self._comment_once(d, "rejected", f"**Deployment rejected:** {d.service} {d.version} "
-                                              f"to {d.environment}: {text}\n")
-            self._tell("finished", d, "")
+            self._deliver(d, targets)
+            self._direct("finished", d, "")
             return GateOutcome(gate, d, decided_now=True)
         if resume:
             d = self.run_guarded(lambda: self._resume_if_approved(d.id), d.id)
@@ -805,15 +835,52 @@ class Pipeline:
             return self._block(d, [row])
         return self._deploy_alive(d)
 
-    # -- the record -------------------------------------------------------------------------------
+    # -- the outbox (bot/outbox.py) -----------------------------------------------------------
+
+    def _comment(self, d: Deployment, key: str, what: str, markdown: str,
+                 flag: str = "") -> outboxing.Message | None:
+        if d.ticket_id == "none":
+            return None
+        return outboxing.comment(d, key, markdown, what, flag=flag)
 
     def _comment_once(self, d: Deployment, what: str, markdown: str) -> None:
-        if d.ticket_id == "none":
+        """One comment per deployment and `what`, stored on its own and delivered now (where no
+        state change is stored with it)."""
+        self._deliver(d, self.outbox.enqueue(
+            [self._comment(d, f"deploybot-{what}-{d.id}", what, markdown)]))
+
+    def _post(self, event: str, *args) -> outboxing.Message | None:
+        """The outbox item for a durable reporter's alert/blocked/finished (None: tell it
+        directly). One item per deployment and event; alerts per distinct text."""
+        if self.outbox.poster is None or event not in self.DURABLE_EVENTS:
+            return None
+        d = args[0]
+        if event == "alert":
+            digest = hashlib.sha256(args[1].encode()).hexdigest()[:12]
+            return outboxing.post(d, event, f"deploybot-alert-{d.id}-{digest}", message=args[1])
+        if event == "blocked":
+            return outboxing.post(d, event, f"deploybot-post-blocked-{d.id}", blockers=[
+                {"name": c.name, "title": c.title, "reason": c.reason} for c in args[1]])
+        return outboxing.post(d, event, f"deploybot-post-finished-{d.id}", record=args[1])
+
+    def _direct(self, event: str, *args) -> None:
+        """Tell a reporter that is not durable (the terminal) now; a durable one got an item."""
+        if self.outbox.poster is None:
+            self._tell(event, *args)
+
+    def _deliver(self, d: Deployment, targets: list[str]) -> None:
+        """Deliver what was just stored, now; what fails stays in the outbox and is said."""
+        if not targets:
             return
-        try:
-            self.tracker.add_comment(d.ticket_id, markdown, key=f"deploybot-{what}-{d.id}")
-        except DeploybotError as exc:
-            self._tell("step", d, f"could not comment on {d.ticket_id}: {exc}")
+        done = self.outbox.deliver(targets=targets)
+        for item, error in done.retrying:
+            if item.kind != outboxing.POST and item.deployment_id == d.id:
+                self._tell("step", d, f"{outboxing.describe(item)} not delivered yet: {error}; "
+                                      "kept in the outbox and retried (deploybot status)")
+        for text in done.said:
+            self._tell("step", d, text)
+
+    # -- the record -------------------------------------------------------------------------------
 
     def _finish(self, d: Deployment, result: VerificationResult | None,
                 post_record: bool = True) -> Deployment:
@@ -848,23 +915,24 @@ class Pipeline:
                               verification=result, rollback_lines=lines, notes=notes,
                               now=self.clock.now(), approved_by=approved,
                               deployed_by=self.config.canonical(d.requested_by))
-        if not d.record:
-            d = self.store.update_deployment(d.id, record=text)
-        if self.store.claim(d.id, "record_posted"):
-            self._tell("finished", d, d.record)
-        if not d.dry_run and self.store.claim(d.id, "record_commented"):
-            try:
-                self.tracker.add_comment(d.ticket_id, d.record, key=f"deploybot-record-{d.id}")
-            except DeploybotError as exc:
-                self.store.update_deployment(d.id, record_commented=0)
-                self._tell("step", d, f"could not post the record on {d.ticket_id}: {exc}")
-            deployed_status = self.config.tracker.rules.deployed_status
-            if (d.status is DeploymentStatus.SUCCEEDED and deployed_status
-                    and d.kind is DeploymentKind.DEPLOY and moves_ticket(self.config, d)):
-                try:
-                    self.tracker.transition(d.ticket_id, deployed_status)
-                except DeploybotError as exc:
-                    self._tell("step", d, f"could not move {d.ticket_id} to {deployed_status}: {exc}")
+        deployed_status = self.config.tracker.rules.deployed_status
+        with self.store.transaction():  # the record and its deliveries are stored together
+            if not d.record:
+                d = self.store.update_deployment(d.id, record=text)
+            posted = self.store.claim(d.id, "record_posted")
+            messages = [self._post("finished", d, d.record) if posted else None]
+            if not d.dry_run and d.ticket_id != "none":
+                messages.append(self._comment(d, f"deploybot-record-{d.id}", "record", d.record,
+                                              flag="record_commented"))
+                if (d.status is DeploymentStatus.SUCCEEDED and deployed_status
+                        and d.kind is DeploymentKind.DEPLOY and moves_ticket(self.config, d)):
+                    seen = next((c.evidence for c in self.store.checks(d.id)
+                                 if c.name == "ticket_status"), "")
+                    messages.append(outboxing.transition(d, deployed_status, seen))
+            targets = self.outbox.enqueue(messages)
+        if posted:
+            self._direct("finished", d, d.record)
+        self._deliver(d, targets)
         return self.store.deployment(d.id)
 
     # -- people's other requests --------------------------------------------------------------------

@@ -235,10 +235,18 @@ class DeployScheduler:
                 said.append(f"deployment #{d.id} left the queue for {scope}")
         return said
 
+    def deliver_outbox(self) -> list[str]:
+        """What the tracker and Slack have not been told yet (bot/outbox.py), and the alert
+        for what has waited too long."""
+        done = self.pipeline.outbox.deliver()
+        return done.said + self.pipeline.outbox.check_stuck()
+
     def tick(self) -> list[str]:
-        """The periodic job: expired locks, due schedules, queues. Never raises."""
+        """The periodic job: expired locks, due schedules, queues, the outbox. Never raises."""
         said: list[str] = []
-        for step in (self.release_expired_locks, self.run_due, self.drain_queue):
+        # Deployments first: a slow tracker must not hold back a scheduled start.
+        for step in (self.release_expired_locks, self.run_due, self.drain_queue,
+                     self.deliver_outbox):
             try:
                 said += step()
             except Exception:

@@ -110,8 +110,25 @@ def _m5_image_refs(db: sqlite_utils.Database) -> None:
     db["deployments"].add_column("previous_image_ref", str, not_null_default="")
 
 
+def _m7_outbox(db: sqlite_utils.Database) -> None:
+    """What deploybot tells the tracker and Slack, kept until it is delivered (bot/outbox.py)."""
+    db["outbox"].create(
+        {"id": int, "deployment_id": int, "kind": str, "target": str, "key": str,
+         "payload": str, "state": str, "attempts": int, "created_at": str,
+         "next_attempt_at": str, "last_error": str, "delivered_at": str, "stuck_at": str,
+         "lease_owner": str, "lease_until": str},
+        pk="id",
+        not_null={"kind", "target", "key", "payload", "state", "created_at", "next_attempt_at"},
+        defaults={"attempts": 0, "last_error": "", "state": "pending"},
+    )
+    db["outbox"].create_index(["key"], unique=True)  # one item per key, however often enqueued
+    db["outbox"].create_index(["state", "target", "id"])
+
+
+# m6 belongs to the recovery work and is inserted before m7 when both are merged.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
-    _m1_initial, _m2_image_digest, _m3_schedules, _m4_evidence_and_via, _m5_image_refs]
+    _m1_initial, _m2_image_digest, _m3_schedules, _m4_evidence_and_via, _m5_image_refs,
+    _m7_outbox]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -132,6 +149,7 @@ class Store:
         conn.execute("PRAGMA busy_timeout = 30000")
         self._lock = threading.RLock()
         self._depth = 0
+        self._tx_thread = 0
         self.now = clock
         # Every text the store keeps passes through this (bot/redact.py sets it at start-up):
         # configured secret values never reach the database.
@@ -153,6 +171,7 @@ class Store:
                 return
             self.db.conn.execute("BEGIN IMMEDIATE")
             self._depth = 1
+            self._tx_thread = threading.get_ident()
             try:
                 yield self.db
             except BaseException:
@@ -177,6 +196,11 @@ class Store:
             for migration in MIGRATIONS[current:]:
                 migration(db)
             db["meta"].upsert({"key": "schema_version", "value": str(SCHEMA_VERSION)}, pk="key")
+
+    @property
+    def in_transaction(self) -> bool:
+        """True inside this thread's `with transaction()`: no network call may happen then."""
+        return self._depth > 0 and self._tx_thread == threading.get_ident()
 
     @property
     def schema_version(self) -> int:

@@ -14,6 +14,7 @@ from bot import config as configuration
 from bot.errors import ConfigError, DeploybotError, InputError, NotAllowed
 from bot.models import Deployment, DeploymentStatus, GateKind
 from bot import freeze as freezing
+from bot import outbox as outboxing
 from bot.pipeline import Pipeline
 from bot.scheduler import DeployScheduler, precheck, waiting_note
 from bot.store import Store
@@ -68,6 +69,7 @@ class Edges:
     tracker: object | None = None
     probe: object | None = None
     clock: object | None = None
+    now: Callable | None = None  # the store's clock (stored times: backoff, ages)
 
 
 class Context:
@@ -78,6 +80,7 @@ class Context:
         self.edges = edges or Edges()
         self._config = None
         self._store: Store | None = None
+        self._delivered = False
 
     @property
     def config(self) -> configuration.Config:
@@ -88,7 +91,7 @@ class Context:
     @property
     def store(self) -> Store:
         if self._store is None:
-            self._store = open_store()
+            self._store = open_store(clock=self.edges.now)
             # A deployment whose process died mid-way must not hold its lock forever.
             for d in self._store.interrupt_orphans(_pid_alive):
                 print(f"note: deployment #{d.id} was interrupted ({d.failure})", file=sys.stderr)
@@ -98,11 +101,32 @@ class Context:
         me = _actor(self, self.args)
         approver = (terminal_actor(self.config, approve_as, flag="--approve-as")
                     if approve_as else None)
-        return build_pipeline(self.config, self.store, reporter=TerminalReporter(),
-                              approver=TerminalApprover(approver, interactive=interactive,
-                                                        me=me, config=self.config),
-                              tracker=self.edges.tracker, backend_for=self.edges.backend_for,
-                              probe=self.edges.probe, clock=self.edges.clock)
+        pipeline = build_pipeline(self.config, self.store, reporter=TerminalReporter(),
+                                  approver=TerminalApprover(approver, interactive=interactive,
+                                                            me=me, config=self.config),
+                                  tracker=self.edges.tracker,
+                                  backend_for=self.edges.backend_for, probe=self.edges.probe,
+                                  clock=self.edges.clock)
+        if not self._delivered:
+            self._delivered = True
+            _deliver_waiting(pipeline)
+        return pipeline
+
+
+def _deliver_waiting(pipeline: Pipeline) -> None:
+    """Before the command: what earlier processes could not tell the tracker, within a short
+    budget (each call has its own timeout; a tracker that fails is not asked again now)."""
+    done = pipeline.outbox.deliver(budget=pipeline.config.outbox.command_budget_seconds)
+    if done.delivered:
+        print(f"note: delivered {len(done.delivered)} waiting message(s) from the outbox",
+              file=sys.stderr)
+    for text in done.said:
+        print(f"note: {text}", file=sys.stderr)
+    if done.retrying:
+        item, error = done.retrying[-1]
+        print(f"note: {len(done.retrying)} waiting message(s) still not delivered "
+              f"({outboxing.describe(item)}: {error}); `deploybot status` lists them",
+              file=sys.stderr)
 
 
 def _outcome(d: Deployment, pipeline: Pipeline) -> int:
@@ -260,7 +284,16 @@ def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
                 print(f"  {env:<11} {name:<14} {state.version or '-':<12} {state.detail}")
             except DeploybotError as exc:
                 print(f"  {env:<11} {name:<14} ?            {exc}")
+    _print_outbox(pipeline)
     return EXIT_OK
+
+
+def _print_outbox(pipeline: Pipeline) -> None:
+    waiting = pipeline.outbox.undelivered()
+    print("Undelivered (outbox):" if waiting else "Undelivered (outbox): none")
+    now = pipeline.store.now()
+    for item in waiting:
+        print("  " + outboxing.waiting_line(item, now).replace("\n", "\n       "))
 
 
 def cmd_history(ctx: Context, args: argparse.Namespace) -> int:
@@ -547,7 +580,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--reason")
     c.set_defaults(func=cmd_cancel)
 
-    sub.add_parser("status", help="locks, deployments in progress, what runs").set_defaults(
+    sub.add_parser("status", help="locks, deployments in progress, what runs, what the "
+                   "tracker and Slack have not been told yet").set_defaults(
         func=cmd_status)
     h = sub.add_parser("history", help="past deployments")
     h.add_argument("service", nargs="?")

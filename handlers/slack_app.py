@@ -49,6 +49,7 @@ from handlers.commands import (
     parse_rollback,
 )
 from bot import freeze as freezing
+from bot import outbox as outboxing
 from bot.scheduler import DeployScheduler, precheck, waiting_note
 from handlers.slack_reporter import SlackReporter
 from handlers.wiring import build_pipeline
@@ -217,7 +218,8 @@ class SlackFrontEnd:
         self.reporter = SlackReporter(client, store, config, on_change=self.home.refresh_soon)
         self.pipeline = build_pipeline(config, store, reporter=self.reporter,
                                        approver=self.reporter, environ=environ, tracker=tracker,
-                                       backend_for=backend_for, probe=probe, clock=clock)
+                                       backend_for=backend_for, probe=probe, clock=clock,
+                                       durable_posts=True)
         # Scheduled and queued deployments; started by serve() (it posts health summaries too).
         self.scheduler = DeployScheduler(self.pipeline, summary=self.reporter.summary)
         self._claimed: set[int] = set()
@@ -380,6 +382,12 @@ class SlackFrontEnd:
             if waiting:
                 msg.blocks.insert(2, {"type": "section", "text": {
                     "type": "mrkdwn", "text": "*Waiting*\n" + blocks.escape("\n".join(waiting))}})
+            undelivered = [outboxing.waiting_line(i, self.store.now())
+                           for i in p.outbox.undelivered()]
+            if undelivered:  # what the tracker (or Slack) has not been told yet
+                text = blocks.escape("\n".join(undelivered[:10]))[:2800]
+                msg.blocks.insert(3 if waiting else 2, {"type": "section", "text": {
+                    "type": "mrkdwn", "text": f"*Undelivered ({len(undelivered)})*\n{text}"}})
             self.reporter.call("chat_postEphemeral", channel=channel, user=user, **msg.kwargs())
         elif isinstance(req, HistoryRequest):
             rows = p.history(req.service, req.environment, limit=15)

@@ -14,9 +14,10 @@ from bot.store import Store
 DB_ENV = "DEPLOYBOT_DB"
 
 
-def open_store(environ: Mapping[str, str] | None = None) -> Store:
+def open_store(environ: Mapping[str, str] | None = None, clock=None) -> Store:
     environ = os.environ if environ is None else environ
-    return Store(environ.get(DB_ENV) or "deploybot.db")
+    path = environ.get(DB_ENV) or "deploybot.db"
+    return Store(path, clock=clock) if clock is not None else Store(path)
 
 
 def build_tracker(config: Config, store: Store, environ: Mapping[str, str]) -> Tracker:
@@ -52,9 +53,11 @@ def backend_factory(config: Config):
 
 def build_pipeline(config: Config, store: Store, *, reporter: Reporter, approver: Approver,
                    environ: Mapping[str, str] | None = None, tracker: Tracker | None = None,
-                   backend_for=None, probe=None, clock=None) -> Pipeline:
+                   backend_for=None, probe=None, clock=None,
+                   durable_posts: bool = False) -> Pipeline:
     """The configured pipeline; `tracker`, `backend_for`, `probe` and `clock` replace the
-    configured ones (tests and embedders swap the edges, never the core)."""
+    configured ones (tests and embedders swap the edges, never the core). `durable_posts`:
+    the reporter's alert/blocked/finished go through the outbox (Slack, not the terminal)."""
     from backends.deploy import build_image_builder
     from backends.monitoring.probe import HttpxProbe
 
@@ -63,7 +66,8 @@ def build_pipeline(config: Config, store: Store, *, reporter: Reporter, approver
                         tracker=tracker or build_tracker(config, store, environ),
                         backend_for=backend_for or backend_factory(config), reporter=reporter,
                         approver=approver, probe=probe or HttpxProbe.for_config(config, environ),
-                        environ=environ, image_builder=build_image_builder(environ), clock=clock)
+                        environ=environ, image_builder=build_image_builder(environ), clock=clock,
+                        durable_posts=durable_posts)
     pipeline.metrics_for = metrics_factory(config)
     return pipeline
 

@@ -152,6 +152,16 @@ class Instance:
     def stop(self) -> None:
         stop(self.pid, self.workdir)
 
+    def halt(self) -> None:
+        """Stop the server by its PID but keep its files: start() brings the same Redmine back."""
+        stop(self.pid)
+
+    def start(self) -> None:
+        """Start a halted server again: same port, same workdir, same data and keys."""
+        workdir = Path(self.workdir)
+        self.pid = _serve(workdir / "app", int(self.url.rsplit(":", 1)[1]),
+                          workdir / "server.log").pid
+
 
 def package_version() -> str:
     if not REDMINE_APP.is_dir():
@@ -297,21 +307,30 @@ def up(port: int | None = None, text_formatting: str | None = None) -> Instance:
     if text_formatting:
         _set_text_formatting(app, text_formatting)
     port = port or free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = workdir / "server.log"
-    with log.open("w") as fh:
+    try:
+        proc = _serve(app, port, workdir / "server.log")
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    keys = json.loads((tpl / "keys.json").read_text())
+    return Instance(f"http://127.0.0.1:{port}", proc.pid, str(workdir), keys,
+                    round(time.monotonic() - started, 1))
+
+
+def _serve(app: Path, port: int, log: Path) -> subprocess.Popen:
+    """The web server on 127.0.0.1:`port`, answering; stopped again by its PID if it does not."""
+    with log.open("a") as fh:
         proc = subprocess.Popen(
             ["rackup", "-r", "webrick", "-E", "production", "-o", "127.0.0.1", "-p", str(port),
              "config.ru"],
             cwd=app, env=_env(app), stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
         )
     try:
-        _wait_ready(url, proc, time.monotonic() + START_TIMEOUT, log)
+        _wait_ready(f"http://127.0.0.1:{port}", proc, time.monotonic() + START_TIMEOUT, log)
     except BaseException:
-        stop(proc.pid, str(workdir))
+        stop(proc.pid)
         raise
-    keys = json.loads((tpl / "keys.json").read_text())
-    return Instance(url, proc.pid, str(workdir), keys, round(time.monotonic() - started, 1))
+    return proc
 
 
 def _set_text_formatting(app: Path, value: str) -> None:
