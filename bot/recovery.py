@@ -118,7 +118,7 @@ class Recovery:
             return 0.0
         since = datetime.fromisoformat(started[-1])
         elapsed = (self.pipeline.clock.now() - since).total_seconds()
-        return max(0.0, self.svc.verify.timeout - elapsed)
+        return min(self.svc.verify.timeout, max(0.0, self.svc.verify.timeout - elapsed))
 
     def _finish_verification(self) -> Deployment:
         d, step = self.d, self.pipeline._step(self.d)
