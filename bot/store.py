@@ -370,30 +370,6 @@ class Store:
             rows = list(self.db.query(sql, args))
         return self._deployment(rows[0]) if rows else None
 
-    def interrupt_orphans(self, is_alive: Callable[[int], bool]) -> list[Deployment]:
-        """Deployments whose owning process died mid-way become `interrupted` (and free locks).
-
-        Deployments waiting for a gate are not orphans: they wait for a person, not a process.
-        """
-        active = {DeploymentStatus.REQUESTED, DeploymentStatus.CHECKING,
-                  DeploymentStatus.DEPLOYING, DeploymentStatus.VERIFYING,
-                  DeploymentStatus.ROLLING_BACK}
-        out = []
-        with self.transaction() as db:
-            for dep in self.deployments(statuses=active, limit=1000):
-                if dep.status is DeploymentStatus.REQUESTED and (dep.scheduled_for or dep.queued):
-                    continue  # waits for a time or a lock, not for its process
-                pid = db["deployments"].get(dep.id)["owner_pid"]
-                if pid and (pid == os.getpid() or is_alive(pid)):
-                    continue
-                out.append(self.transition(
-                    dep.id, DeploymentStatus.INTERRUPTED,
-                    detail=f"process {pid} ended while the deployment was {dep.status.value}",
-                    failure=f"interrupted while {dep.status.value}: the deploybot process ended; "
-                            "check the service by hand",
-                ))
-        return out
-
     # -- recovery (bot/recovery.py) ---------------------------------------------------------------
 
     # Waiting for a person (awaiting_approval) or for a time or a lock (scheduled or queued

@@ -366,3 +366,83 @@ def test_kubernetes_killed_while_the_new_replicaset_is_not_available_is_undone(t
         assert "rollback to demo-web:v2" in world.backend.history()[-1].change_cause
     finally:
         world.close()
+
+
+def test_a_deployment_an_older_version_left_interrupted_is_rolled_back_after_the_upgrade(tmp_path):
+    path = tmp_path / "deploybot.db"
+    world = ScheduleWorld(path)
+    world.backend = CrashingBackend(running="v1")
+    world.probe.backend = world.backend
+    d = orphan(world, "after-stop")
+    older = world.request(world.ticket(), target="web@v0")  # superseded rows stay as they are
+    world.store.db.execute("UPDATE deployments SET status = 'interrupted', failure = ? "
+                           "WHERE id = ?", ["interrupted while deploying: the deploybot process "
+                                            "ended; check the service by hand", d.id])
+    world.store.db.execute("UPDATE deployments SET status = 'cancelled' WHERE id = ?",
+                           [older.id])
+    # the database as schema 5 had it: no recovery columns
+    for column in ("owner_start", "recovery_pid", "recovery_start", "recovery_claimed_at",
+                   "needs_recovery"):
+        world.store.db.execute(f"ALTER TABLE deployments DROP COLUMN {column}")
+    world.store.db.execute("UPDATE meta SET value = '5' WHERE key = 'schema_version'")
+    world.store.close()
+    world.open()  # the upgraded deploybot starts
+    try:
+        assert world.store.schema_version == 6
+        [done] = recover(world.pipeline)
+        assert done.id == d.id and done.status is DeploymentStatus.ROLLED_BACK
+        assert world.backend.running == "v1"
+        assert "recovered by process" in done.failure
+    finally:
+        world.close()
+
+
+def _terminal(tmp_path, monkeypatch):
+    from tests.unit.test_terminal_identity import Terminal
+
+    return Terminal(tmp_path, monkeypatch)
+
+
+def test_ctrl_c_during_the_checks_stops_at_once_and_marks_it_interrupted(tmp_path, monkeypatch,
+                                                                        capsys):
+    import os
+    import signal
+
+    term = _terminal(tmp_path, monkeypatch)
+    real = term.tracker.current_account
+
+    def interrupted_here():
+        os.kill(os.getpid(), signal.SIGINT)
+        return real()
+    term.tracker.current_account = interrupted_here
+    assert term("deploy", term.ticket(), "web@v2", "--env", "staging") == 130
+    d = term.store.deployments(limit=1)[0]
+    assert d.status is DeploymentStatus.INTERRUPTED and "nothing was changed" in d.failure
+    assert term.backend.calls == [] and term.store.locks() == []
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+
+
+@pytest.mark.parametrize("bad,status,code", [(False, DeploymentStatus.SUCCEEDED, 0),
+                                             (True, DeploymentStatus.ROLLED_BACK, 1)])
+def test_sigterm_during_the_rollout_finishes_the_step_then_completes_or_rolls_back(
+        tmp_path, monkeypatch, capsys, bad, status, code):
+    import os
+    import signal
+
+    term = _terminal(tmp_path, monkeypatch)
+    probe = term.edges.probe
+    if bad:
+        probe.bad.add("v2")
+    real = term.backend.deploy
+
+    def deploy_then_two_signals(version, **kw):
+        real(version, **kw)
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)
+    term.backend.deploy = deploy_then_two_signals
+    assert term("deploy", term.ticket(), "web@v2", "--env", "staging") == code
+    d = term.store.deployments(limit=1)[0]
+    assert d.status is status
+    err = capsys.readouterr().err
+    assert "SIGTERM: finishing the current step" in err and "already stopping" in err
+    assert term.backend.running == ("v1" if bad else "v2")
