@@ -327,22 +327,26 @@ class Pipeline:
         d = self.store.deployment(deployment_id)
         if d.status.terminal:
             return d
-        rollout = d.status in (DeploymentStatus.DEPLOYING, DeploymentStatus.VERIFYING,
-                               DeploymentStatus.ROLLING_BACK)
-        target = DeploymentStatus.INTERRUPTED if rollout else DeploymentStatus.FAILED
+        # A manual rollback is never rolled back to what it replaced: people decide.
+        rollout = d.kind is DeploymentKind.DEPLOY and d.status in (
+            DeploymentStatus.DEPLOYING, DeploymentStatus.VERIFYING, DeploymentStatus.ROLLING_BACK)
+        target = (DeploymentStatus.INTERRUPTED if rollout or d.status is DeploymentStatus.VERIFYING
+                  else DeploymentStatus.ROLLBACK_FAILED
+                  if d.status is DeploymentStatus.ROLLING_BACK else DeploymentStatus.FAILED)
         message = f"internal error while {d.status.value}: {exc}"
         if rollout:
             message += "; deploybot rolls it back"
+        elif d.status in (DeploymentStatus.DEPLOYING, DeploymentStatus.VERIFYING):
+            message += "; check the service by hand"
         # needs_recovery: bot/recovery.py rolls it back (now, and again while the engine is down)
         d = self.store.transition(d.id, target, failure=message, detail=message,
                                   needs_recovery=int(rollout))
+        self._tell("alert", d, f"deployment #{d.id} stopped: {message}")
         if rollout:
-            self._tell("alert", d, f"deployment #{d.id} stopped: {message}")
             from bot.recovery import recover
 
             recover(self, service=d.service, environment=d.environment)
             return self.store.deployment(d.id)
-        self._tell("alert", d, f"deployment #{d.id} stopped: {message}")
         return self._finish(d, None, post_record=d.status is not DeploymentStatus.FAILED
                             or bool(d.previous_version))
 

@@ -80,8 +80,8 @@ class Recovery:
             if engine_unreachable(self.backend):
                 self.store.release_recovery(d.id)  # try again when it answers
                 return None
-            self.said = (f"recovered by process {os.getpid()} ({status.value.replace('_', ' ')} "
-                         f"earlier: {d.failure})")
+            self.said = (f"recovered by process {os.getpid()} after the deployment ended "
+                         f"{status.value.replace('_', ' ')} earlier")
             self._move(DeploymentStatus.ROLLING_BACK, detail=self.said)
             return self._roll_back(d.failure)
         if d.kind is DeploymentKind.ROLLBACK:

@@ -124,6 +124,7 @@ def _m6_recovery(db: sqlite_utils.Database) -> None:
     # latest one of its service and environment (nothing deployed after it) is still open.
     db.execute(
         "UPDATE deployments SET needs_recovery = 1 WHERE status = 'interrupted' AND dry_run = 0 "
+        "AND kind = 'deploy' "
         "AND (failure LIKE 'interrupted while deploying%' OR failure LIKE 'interrupted while "
         "verifying%' OR failure LIKE 'interrupted while rolling_back%') AND NOT EXISTS (SELECT 1 "
         "FROM deployments later WHERE later.service = deployments.service AND later.environment "

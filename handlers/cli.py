@@ -226,7 +226,8 @@ def cmd_rollback(ctx: Context, args: argparse.Namespace) -> int:
     d = pipeline.request_rollback(requested_by=_actor(ctx, args), environment=req.environment,
                                   to_version=req.to_version, service=req.service,
                                   ticket_ref=req.ticket)
-    d = pipeline.run(d.id)
+    with _stopping_gracefully(pipeline, d):
+        d = pipeline.run(d.id)
     return EXIT_OK if d.status is DeploymentStatus.SUCCEEDED else EXIT_FAILED
 
 

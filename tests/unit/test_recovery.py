@@ -446,3 +446,13 @@ def test_sigterm_during_the_rollout_finishes_the_step_then_completes_or_rolls_ba
     err = capsys.readouterr().err
     assert "SIGTERM: finishing the current step" in err and "already stopping" in err
     assert term.backend.running == ("v1" if bad else "v2")
+
+
+def test_the_scheduler_recovers_at_start_before_anything_else_runs(world):
+    d = orphan(world, "after-stop")
+    said = world.scheduler.start()
+    try:
+        assert said[0].startswith(f"deployment #{d.id} recovered: rolled_back")
+        assert world.backend.running == "v1"
+    finally:
+        world.scheduler.shutdown()
