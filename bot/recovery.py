@@ -45,8 +45,10 @@ def recover(pipeline, *, is_alive: Alive = liveness.is_alive, service: str | Non
             continue
         try:
             outcome = Recovery(pipeline, claimed).run()
-        except Exception:  # one broken recovery must not stop the others, nor the process
-            log.exception("recovery of deployment #%s failed", d.id)
+        except Exception as exc:  # one broken recovery must not stop the others, nor the process
+            # the message for people; the traceback only at debug level (never in a terminal)
+            log.error("recovery of deployment #%s failed: %s: %s", d.id, type(exc).__name__, exc)
+            log.debug("recovery of deployment #%s failed", d.id, exc_info=True)
             pipeline.store.release_recovery(d.id)
             continue
         if outcome is not None:

@@ -8,6 +8,7 @@ import multiprocessing
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -456,3 +457,38 @@ def test_the_scheduler_recovers_at_start_before_anything_else_runs(world):
         assert world.backend.running == "v1"
     finally:
         world.scheduler.shutdown()
+
+
+def test_a_killed_process_not_yet_reaped_is_dead_and_a_live_one_is_alive():
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        marker = liveness.start_marker(proc.pid)
+        assert marker and liveness.is_alive(proc.pid, marker)
+        assert not liveness.is_alive(proc.pid, str(int(marker) + 1))  # another process, same pid
+        proc.kill()
+        # SIGKILL lands asynchronously: poll (bounded) until it is a zombie, not yet reaped
+        tries = 500
+        while Path(f"/proc/{proc.pid}/stat").read_text().split(") ")[1][0] != "Z" and tries:
+            tries -= 1
+            threading.Event().wait(0.01)
+        assert not liveness.is_alive(proc.pid, marker)  # a zombie until wait(): dead already
+    finally:
+        proc.kill()
+        proc.wait()
+    assert liveness.is_alive(liveness.os.getpid(), liveness.my_marker())
+    assert not liveness.is_alive(None) and not liveness.is_alive(0)
+
+
+def test_a_recovery_that_crashes_says_so_without_a_traceback_and_is_retried(world, caplog):
+    d = orphan(world, "after-stop")
+    real = world.backend.rollback
+
+    def crash(*a, **kw):
+        raise RuntimeError("a bug in the backend")
+    world.backend.rollback = crash
+    assert recover(world.pipeline) == []
+    assert any("a bug in the backend" in r.getMessage() and r.exc_info is None
+               for r in caplog.records if r.levelname == "ERROR")
+    world.backend.rollback = real
+    [done] = recover(world.pipeline)  # the claim was released: the next try succeeds
+    assert done.id == d.id and done.status is DeploymentStatus.ROLLED_BACK
