@@ -79,7 +79,14 @@ TRANSITIONS: dict[DeploymentStatus, frozenset[DeploymentStatus]] = {
     DeploymentStatus.ROLLING_BACK: frozenset(
         {DeploymentStatus.ROLLED_BACK, DeploymentStatus.ROLLBACK_FAILED, DeploymentStatus.INTERRUPTED}
     ),
+    # Recovery (bot/recovery.py) retries an unresolved one (`needs_recovery`): the engine was
+    # down, or an older deploybot marked it interrupted without rolling back.
+    DeploymentStatus.ROLLBACK_FAILED: frozenset({DeploymentStatus.ROLLING_BACK}),
+    DeploymentStatus.INTERRUPTED: frozenset({DeploymentStatus.ROLLING_BACK}),
 }
+
+# What can still move on its own; a finished one only moves again through recovery.
+OPEN_STATUSES = frozenset(s for s in TRANSITIONS if not s.terminal)
 
 
 # A deployment can be cancelled until its rollout starts; after that it is rolled back.

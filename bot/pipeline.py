@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import time
+import threading
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Callable, Mapping
@@ -49,6 +50,22 @@ TARGET_RE = re.compile(r"^(?P<service>[a-z0-9][a-z0-9_-]{0,62})@(?P<version>.+)$
 ACTIVE = {DeploymentStatus.REQUESTED, DeploymentStatus.CHECKING,
           DeploymentStatus.AWAITING_APPROVAL, DeploymentStatus.DEPLOYING,
           DeploymentStatus.VERIFYING, DeploymentStatus.ROLLING_BACK}
+
+
+class StopRequest:
+    """A request to stop, from a signal handler: read between steps."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.why = ""
+        self.rollout_started = False  # from here on a stop completes or rolls back
+
+    def set(self, why: str) -> None:
+        self.why = self.why or why
+        self._event.set()
+
+    def __bool__(self) -> bool:
+        return self._event.is_set()
 
 
 @dataclass
@@ -95,6 +112,9 @@ class Pipeline:
         self.outbox = Outbox(store, tracker, config.outbox,
                              poster=reporter if durable_posts else None,
                              monotonic=getattr(self.clock, "monotonic", None) or time.monotonic)
+        # Set by a front end on SIGTERM/Ctrl-C: the current step finishes, then the deployment
+        # completes or rolls back (see _deploy); never left deploying or verifying.
+        self.stop = StopRequest()
 
     def actor(self, who: Actor | str) -> Actor:
         """Front ends pass an Actor they established; a plain name is trusted (tests, core)."""
@@ -258,13 +278,12 @@ class Pipeline:
         if to_version:
             target = validate_version(to_version)
         else:
-            last = self.store.last_succeeded(service, env)
-            if last is None or last.version != current or not last.previous_version:
+            target = self._previous_from_history(service, env, current)
+            if target is None:
                 raise InputError(
                     f"no previous version of {service} in {env} is known "
                     f"(running: {current or 'nothing'})",
                     hint="give the version: rollback SERVICE --to VERSION")
-            target = last.previous_version
         if target == current:
             raise InputError(f"{service} in {env} already runs {target}")
         related = self.store.last_succeeded(service, env)
@@ -275,6 +294,24 @@ class Pipeline:
             request_key=request_key, via=actor.audit())
         self.store.update_deployment(deployment.id, previous_version=current)
         return self.store.deployment(deployment.id)
+
+    def _previous_from_history(self, service: str, env: str, current: str | None) -> str | None:
+        """The newest version known to have run well here that is not `current`: succeeded
+        deployments and what ran before any rollout (interrupted, failed or rolled back ones
+        included), so it survives any interruption, kept container or not."""
+        good: list[str] = []
+        touched = {DeploymentStatus.SUCCEEDED, DeploymentStatus.ROLLED_BACK,
+                   DeploymentStatus.ROLLBACK_FAILED, DeploymentStatus.INTERRUPTED,
+                   DeploymentStatus.FAILED}
+        for d in self.store.deployments(service=service, environment=env, statuses=touched,
+                                        limit=200):
+            if d.dry_run:
+                continue
+            if d.status is DeploymentStatus.SUCCEEDED:
+                good.append(d.version)
+            if d.kind is DeploymentKind.DEPLOY and d.previous_version:
+                good.append(d.previous_version)
+        return next((v for v in good if v != current), None)
 
     # -- driving --------------------------------------------------------------------------------
 
@@ -299,14 +336,26 @@ class Pipeline:
         d = self.store.deployment(deployment_id)
         if d.status.terminal:
             return d
-        target = (DeploymentStatus.ROLLBACK_FAILED if d.status is DeploymentStatus.ROLLING_BACK
-                  else DeploymentStatus.INTERRUPTED if d.status is DeploymentStatus.VERIFYING
-                  else DeploymentStatus.FAILED)
+        # A manual rollback is never rolled back to what it replaced: people decide.
+        rollout = d.kind is DeploymentKind.DEPLOY and d.status in (
+            DeploymentStatus.DEPLOYING, DeploymentStatus.VERIFYING, DeploymentStatus.ROLLING_BACK)
+        target = (DeploymentStatus.INTERRUPTED if rollout or d.status is DeploymentStatus.VERIFYING
+                  else DeploymentStatus.ROLLBACK_FAILED
+                  if d.status is DeploymentStatus.ROLLING_BACK else DeploymentStatus.FAILED)
         message = f"internal error while {d.status.value}: {exc}"
-        if d.status in (DeploymentStatus.DEPLOYING, DeploymentStatus.VERIFYING):
+        if rollout:
+            message += "; deploybot rolls it back"
+        elif d.status in (DeploymentStatus.DEPLOYING, DeploymentStatus.VERIFYING):
             message += "; check the service by hand"
-        d = self.store.transition(d.id, target, failure=message, detail=message)
+        # needs_recovery: bot/recovery.py rolls it back (now, and again while the engine is down)
+        d = self.store.transition(d.id, target, failure=message, detail=message,
+                                  needs_recovery=int(rollout))
         self._tell("alert", d, f"deployment #{d.id} stopped: {message}")
+        if rollout:
+            from bot.recovery import recover
+
+            recover(self, service=d.service, environment=d.environment)
+            return self.store.deployment(d.id)
         return self._finish(d, None, post_record=d.status is not DeploymentStatus.FAILED
                             or bool(d.previous_version))
 
@@ -686,7 +735,29 @@ class Pipeline:
             self._tell("step", d, message)
         return step
 
+    def _unresolved(self, d: Deployment) -> list[Deployment]:
+        """Interrupted rollouts of the same service and environment that are not resolved:
+        their kept container (or recorded version) may still be what a rollback needs."""
+        return [u for u in self.store.unresolved(d.service, d.environment) if u.id != d.id]
+
     def _deploy(self, d: Deployment) -> Deployment:
+        if self.stop:
+            return self._failed(d, f"stopped ({self.stop.why}) before the rollout; nothing "
+                                   "was changed")
+        if self._unresolved(d):
+            from bot.recovery import recover
+
+            recover(self, service=d.service, environment=d.environment)
+            waiting = self._unresolved(d)
+            if waiting:
+                u = waiting[0]
+                return self._failed(d, f"deployment #{u.id} ({u.service} {u.version}, "
+                                       f"{u.status.value.replace('_', ' ')}) was interrupted and "
+                                       "is not recovered yet (its process still runs, or the "
+                                       "engine does not answer); nothing was changed: deploy "
+                                       "again once it is (deploybot show "
+                                       f"{u.id})")
+        self.stop.rollout_started = True
         try:
             # Only one caller wins this transition: a double approval cannot deploy twice.
             d = self.store.transition(d.id, DeploymentStatus.DEPLOYING)
@@ -728,7 +799,8 @@ class Pipeline:
         d = self.store.transition(d.id, DeploymentStatus.VERIFYING,
                                   image_ref=self._running_image(backend, step))
         svc = self.config.service(d.service, d.environment)
-        result = verify(svc, backend, self.probe, self.clock, step)
+        result = verify(svc, backend, self.probe, self.clock, step,
+                        stop=lambda: self.stop.why if self.stop else "")
         if baseline is not None and not result.failed:
             self._watch(d, backend, baseline, result, step)
         summary = "; ".join(f"{k}: {v}" for k, v in (("health", result.health_reason),
@@ -793,12 +865,17 @@ class Pipeline:
                     raise BackendError(f"{previous} is back but not healthy: {why}")
                 result.notes.append(f"after rollback {previous} is healthy: {why}")
         except BackendError as exc:
+            from bot.recovery import engine_unreachable
+
+            down = engine_unreachable(backend)
             d = self.store.transition(
-                d.id, DeploymentStatus.ROLLBACK_FAILED,
+                d.id, DeploymentStatus.ROLLBACK_FAILED, needs_recovery=int(down),
                 failure=f"verification failed ({reasons}); the rollback to "
-                        f"{previous or 'nothing'} failed too: {exc}")
+                        f"{previous or 'nothing'} failed too: {exc}"
+                        + ("; retried when the engine answers again" if down else ""))
             self._tell("alert", d, f"ROLLBACK FAILED for {d.service} in {d.environment}: {exc}. "
-                                   "The service needs a person now.")
+                                   + ("deploybot retries when the engine answers again."
+                                      if down else "The service needs a person now."))
             return self._finish(d, result)
         d = self.store.transition(
             d.id, DeploymentStatus.ROLLED_BACK,

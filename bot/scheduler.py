@@ -107,8 +107,10 @@ class DeployScheduler:
 
     def start(self) -> list[str]:
         """Re-register every stored schedule (missed ones run within the grace or are marked
-        missed), then start the periodic jobs. Returns what happened, for the log."""
-        said = self.reregister()
+        missed), then start the periodic jobs. Returns what happened, for the log.
+        Interrupted deployments are recovered first: before anything else deploys."""
+        said = self.recover()
+        said += self.reregister()
         self.aps.add_job(self.tick, IntervalTrigger(seconds=self.tick_seconds), id="tick",
                          replace_existing=True)
         if self.config.health_summary:
@@ -204,6 +206,16 @@ class DeployScheduler:
             with self._busy_lock:
                 self._busy.discard(deployment_id)
 
+    # -- interrupted deployments ------------------------------------------------------------------
+
+    def recover(self) -> list[str]:
+        """Recover orphans and retry unresolved ones (the engine may be back): bot/recovery.py."""
+        from bot.recovery import recover
+
+        return [f"deployment #{d.id} recovered: {d.status.value}"
+                + (f" ({d.failure})" if d.failure else "")
+                for d in recover(self.pipeline)]
+
     # -- the lock queue ---------------------------------------------------------------------------
 
     def release_expired_locks(self) -> list[str]:
@@ -242,10 +254,11 @@ class DeployScheduler:
         return done.said + self.pipeline.outbox.check_stuck()
 
     def tick(self) -> list[str]:
-        """The periodic job: expired locks, due schedules, queues, the outbox. Never raises."""
+        """The periodic job: interrupted deployments, expired locks, due schedules, queues,
+        the outbox. Never raises."""
         said: list[str] = []
-        # Deployments first: a slow tracker must not hold back a scheduled start.
-        for step in (self.release_expired_locks, self.run_due, self.drain_queue,
+        # Deployments first: a slow tracker must not hold back a recovery or a scheduled start.
+        for step in (self.recover, self.release_expired_locks, self.run_due, self.drain_queue,
                      self.deliver_outbox):
             try:
                 said += step()

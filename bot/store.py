@@ -13,8 +13,10 @@ from typing import Any, Callable, Iterator
 
 import sqlite_utils
 
+from bot import liveness
 from bot.errors import StateError
 from bot.models import (
+    OPEN_STATUSES,
     TRANSITIONS,
     CheckResult,
     CheckStatus,
@@ -110,6 +112,27 @@ def _m5_image_refs(db: sqlite_utils.Database) -> None:
     db["deployments"].add_column("previous_image_ref", str, not_null_default="")
 
 
+def _m6_recovery(db: sqlite_utils.Database) -> None:
+    """Recovery of interrupted deployments: who owns a deployment (pid + start time, since pids
+    are reused), which process is recovering it, and whether it still needs recovering."""
+    db["deployments"].add_column("owner_start", str, not_null_default="")
+    db["deployments"].add_column("recovery_pid", int)
+    db["deployments"].add_column("recovery_start", str, not_null_default="")
+    db["deployments"].add_column("recovery_claimed_at", str)
+    db["deployments"].add_column("needs_recovery", int, not_null_default=0)
+    # Older versions marked a deployment interrupted mid-rollout and did nothing else: the
+    # latest one of its service and environment (nothing deployed after it) is still open.
+    db.execute(
+        "UPDATE deployments SET needs_recovery = 1 WHERE status = 'interrupted' AND dry_run = 0 "
+        "AND kind = 'deploy' "
+        "AND (failure LIKE 'interrupted while deploying%' OR failure LIKE 'interrupted while "
+        "verifying%' OR failure LIKE 'interrupted while rolling_back%') AND NOT EXISTS (SELECT 1 "
+        "FROM deployments later WHERE later.service = deployments.service AND later.environment "
+        "= deployments.environment AND later.id > deployments.id AND later.dry_run = 0 "
+        "AND later.status NOT IN ('blocked', 'rejected', 'cancelled', 'requested', "
+        "'awaiting_approval', 'checking'))")
+
+
 def _m7_outbox(db: sqlite_utils.Database) -> None:
     """What deploybot tells the tracker and Slack, kept until it is delivered (bot/outbox.py)."""
     db["outbox"].create(
@@ -125,10 +148,9 @@ def _m7_outbox(db: sqlite_utils.Database) -> None:
     db["outbox"].create_index(["state", "target", "id"])
 
 
-# m6 belongs to the recovery work and is inserted before m7 when both are merged.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m1_initial, _m2_image_digest, _m3_schedules, _m4_evidence_and_via, _m5_image_refs,
-    _m7_outbox]
+    _m6_recovery, _m7_outbox]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -249,7 +271,7 @@ class Store:
                 if row:
                     return self.deployment(row[0]), False
             if one_at_a_time:
-                active = [s.value for s in TRANSITIONS]  # the statuses that can still move
+                active = [s.value for s in OPEN_STATUSES]
                 row = db.execute(
                     "SELECT id, status FROM deployments WHERE ticket_id = ? AND service = ? AND "
                     "environment = ? AND dry_run = 0 AND kind = ? AND status IN "
@@ -267,6 +289,7 @@ class Store:
                 "status": DeploymentStatus.REQUESTED.value, "kind": kind.value,
                 "dry_run": int(dry_run), "lock_scope": lock_scope, "method": method,
                 "request_key": request_key, "owner_pid": os.getpid(),
+                "owner_start": liveness.my_marker(),
                 "created_at": now, "updated_at": now, "scheduled_for": _ts(scheduled_for),
                 "queued": int(queued), "break_glass": break_glass,
             })
@@ -370,29 +393,74 @@ class Store:
             rows = list(self.db.query(sql, args))
         return self._deployment(rows[0]) if rows else None
 
-    def interrupt_orphans(self, is_alive: Callable[[int], bool]) -> list[Deployment]:
-        """Deployments whose owning process died mid-way become `interrupted` (and free locks).
+    # -- recovery (bot/recovery.py) ---------------------------------------------------------------
 
-        Deployments waiting for a gate are not orphans: they wait for a person, not a process.
-        """
-        active = {DeploymentStatus.REQUESTED, DeploymentStatus.CHECKING,
-                  DeploymentStatus.DEPLOYING, DeploymentStatus.VERIFYING,
-                  DeploymentStatus.ROLLING_BACK}
-        out = []
+    # Waiting for a person (awaiting_approval) or for a time or a lock (scheduled or queued
+    # `requested`) is not being driven by a process: those are never orphans.
+    _ORPHAN_SQL = (
+        "(status IN ('checking', 'deploying', 'verifying', 'rolling_back') OR (status = "
+        "'requested' AND scheduled_for IS NULL AND queued = 0) OR needs_recovery = 1)")
+
+    def recovery_candidates(self, service: str | None = None,
+                            environment: str | None = None) -> list[Deployment]:
+        """Deployments that may need a recovering process (whether their owner lives is for
+        claim_recovery to decide), oldest first. One cheap query when there are none."""
+        sql, args = f"SELECT * FROM deployments WHERE {self._ORPHAN_SQL}", []
+        if service is not None:
+            sql += " AND service = ? AND environment = ?"
+            args += [service, environment]
+        with self._lock:
+            return [self._deployment(r) for r in self.db.query(sql + " ORDER BY id", args)]
+
+    def claim_recovery(self, deployment_id: int,
+                       is_alive: Callable[[int | None, str], bool] = liveness.is_alive
+                       ) -> Deployment | None:
+        """Atomically make this process the one recovering the deployment, or None: its owner
+        still runs, another live process holds the claim, or it no longer needs recovering."""
+        me, mine = os.getpid(), liveness.my_marker()
         with self.transaction() as db:
-            for dep in self.deployments(statuses=active, limit=1000):
-                if dep.status is DeploymentStatus.REQUESTED and (dep.scheduled_for or dep.queued):
-                    continue  # waits for a time or a lock, not for its process
-                pid = db["deployments"].get(dep.id)["owner_pid"]
-                if pid and (pid == os.getpid() or is_alive(pid)):
-                    continue
-                out.append(self.transition(
-                    dep.id, DeploymentStatus.INTERRUPTED,
-                    detail=f"process {pid} ended while the deployment was {dep.status.value}",
-                    failure=f"interrupted while {dep.status.value}: the deploybot process ended; "
-                            "check the service by hand",
-                ))
-        return out
+            row = db.execute(
+                f"SELECT owner_pid, owner_start, recovery_pid, recovery_start, status FROM deployments "
+                f"WHERE id = ? AND {self._ORPHAN_SQL}", [deployment_id]).fetchone()
+            if row is None:
+                return None
+            owner_pid, owner_start, claim_pid, claim_start, status = row
+            # a finished one marked needs_recovery has no driver any more, whoever owned it
+            driven = not DeploymentStatus(status).terminal
+            if driven and ((owner_pid, owner_start) == (me, mine)
+                           or is_alive(owner_pid, owner_start or "")):
+                return None
+            if claim_pid and ((claim_pid, claim_start) == (me, mine)
+                              or is_alive(claim_pid, claim_start or "")):
+                return None
+            db["deployments"].update(deployment_id, {
+                "recovery_pid": me, "recovery_start": mine,
+                "recovery_claimed_at": _ts(self.now())})
+            self._event(deployment_id, "deploybot", "recovery.claimed",
+                        f"process {me} recovers it (process {owner_pid} ended)")
+            return self.deployment(deployment_id)
+
+    def release_recovery(self, deployment_id: int, *, needs_recovery: bool | None = None) -> None:
+        """The claim ends with the attempt; `needs_recovery` says whether to try again later."""
+        values: dict[str, Any] = {"recovery_pid": None, "recovery_start": "",
+                                  "recovery_claimed_at": None}
+        if needs_recovery is not None:
+            values["needs_recovery"] = int(needs_recovery)
+        with self.transaction() as db:
+            db["deployments"].update(deployment_id, values)
+
+    def unresolved(self, service: str, environment: str,
+                   is_alive: Callable[[int | None, str], bool] = liveness.is_alive
+                   ) -> list[Deployment]:
+        """Rollouts of this service whose process died and that are not recovered yet (a live
+        owner, even a hung one, is not interrupted: its lock expires instead)."""
+        with self._lock:
+            rows = list(self.db.query(
+                "SELECT * FROM deployments WHERE service = ? AND environment = ? AND "
+                "(needs_recovery = 1 OR status IN ('deploying', 'verifying', 'rolling_back')) "
+                "ORDER BY id", [service, environment]))
+        return [self._deployment(r) for r in rows
+                if r["needs_recovery"] or not is_alive(r["owner_pid"], r["owner_start"] or "")]
 
     def scheduled(self) -> list[Deployment]:
         """Deployments waiting for their time, earliest first."""
@@ -414,7 +482,8 @@ class Store:
     def adopt(self, deployment_id: int) -> None:
         """This process now drives the deployment (used when a gate decision resumes it)."""
         with self.transaction() as db:
-            db["deployments"].update(deployment_id, {"owner_pid": os.getpid()})
+            db["deployments"].update(deployment_id, {"owner_pid": os.getpid(),
+                                                     "owner_start": liveness.my_marker()})
 
     # -- checks ---------------------------------------------------------------------------------
 

@@ -6,10 +6,12 @@ import json
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Callable
 from urllib.parse import urlsplit, urlunsplit
 
 from bot.config import Service
-from bot.models import CheckStatus, VerificationResult
+from bot.errors import BackendError
+from bot.models import BackendStatus, CheckStatus, VerificationResult
 from bot.ports import DeployBackend, HttpProbe, StepCallback
 
 HEALTHY_WORDS = {"ok", "up", "pass", "passing", "healthy", "green", "true"}
@@ -68,13 +70,22 @@ def unhealthy_components(payload: object) -> list[str]:
 
 
 def wait_healthy(service: Service, backend: DeployBackend, probe: HttpProbe, clock: SystemClock,
-                 timeout: float, interval: float) -> tuple[CheckStatus, str]:
-    """Poll until the backend reports running and the health URL answers 2xx, or time out."""
+                 timeout: float, interval: float,
+                 stop: Callable[[], str] | None = None) -> tuple[CheckStatus, str]:
+    """Poll until the backend reports running and the health URL answers 2xx, or time out.
+
+    An engine that does not answer is one more failed poll, retried within the window.
+    `stop` (a reason when a stop was asked for) ends the wait after the current poll.
+    """
     deadline = clock.monotonic() + timeout
     attempts = 0
     while True:
         attempts += 1
-        state = backend.status()
+        try:
+            state = backend.status()
+        except BackendError as exc:
+            state = BackendStatus(running=False, version=None,
+                                  detail=f"unknown: the engine did not answer ({exc.message})")
         answer = probe.get(str(service.health.url), service.health.timeout) if service.health else None
         if state.running and (answer is None or answer.ok):
             if answer is None:
@@ -88,18 +99,22 @@ def wait_healthy(service: Service, backend: DeployBackend, probe: HttpProbe, clo
         if not state.running or state.detail.endswith("unhealthy"):
             problems.append(f"container {state.detail}")
         last = "; ".join(problems)
+        why = stop() if stop else ""
+        if why:
+            return CheckStatus.FAILED, f"{last}; stopped ({why}) after {attempts} probe(s)"
         if clock.monotonic() >= deadline:
             return CheckStatus.FAILED, f"{last}, still after {timeout:.0f} s ({attempts} probes)"
         clock.sleep(min(interval, max(0.0, deadline - clock.monotonic())))
 
 
 def verify(service: Service, backend: DeployBackend, probe: HttpProbe, clock: SystemClock,
-           on_step: StepCallback, *, timeout: float | None = None) -> VerificationResult:
+           on_step: StepCallback, *, timeout: float | None = None,
+           stop: Callable[[], str] | None = None) -> VerificationResult:
     result = VerificationResult()
     timeout = service.verify.timeout if timeout is None else timeout
     on_step(f"verifying: waiting up to {timeout:.0f} s for health")
     result.health, result.health_reason = wait_healthy(
-        service, backend, probe, clock, timeout, service.verify.interval)
+        service, backend, probe, clock, timeout, service.verify.interval, stop)
     if result.health is CheckStatus.FAILED:
         result.smoke_reason = "not run: health failed"
         return result

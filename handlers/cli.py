@@ -7,8 +7,9 @@ import os
 import signal
 import sys
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 from bot import config as configuration
 from bot.errors import ConfigError, DeploybotError, InputError, NotAllowed
@@ -51,16 +52,6 @@ def _actor(ctx: "Context", args: argparse.Namespace) -> Actor:
     return terminal_actor(ctx.config, _claimed(args), flag=flag)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 @dataclass
 class Edges:
     """What an embedder or a test swaps at the edges: backends, tracker, probe, clock."""
@@ -92,10 +83,30 @@ class Context:
     def store(self) -> Store:
         if self._store is None:
             self._store = open_store(clock=self.edges.now)
-            # A deployment whose process died mid-way must not hold its lock forever.
-            for d in self._store.interrupt_orphans(_pid_alive):
-                print(f"note: deployment #{d.id} was interrupted ({d.failure})", file=sys.stderr)
+            # `run` recovers through its Slack pipeline (DeployScheduler.start), not here.
+            if self.args.command != "run":
+                self._recover()
         return self._store
+
+    def _recover(self) -> None:
+        """Before any command: deployments whose process died are recovered (bot/recovery.py);
+        quick when there are none (one query, no engine)."""
+        from bot.recovery import recover
+
+        if not self._store.recovery_candidates():
+            return
+        try:
+            pipeline = build_pipeline(
+                self.config, self._store, reporter=TerminalReporter(),
+                approver=TerminalApprover(None, interactive=False, config=self.config),
+                tracker=self.edges.tracker, backend_for=self.edges.backend_for,
+                probe=self.edges.probe, clock=self.edges.clock)
+            for d in recover(pipeline):
+                print(f"note: deployment #{d.id} was interrupted and is now {d.status.value}: "
+                      f"{d.failure or d.verification}", file=sys.stderr)
+        except DeploybotError as exc:  # e.g. no config here: the command itself may not need one
+            print(f"note: interrupted deployments were not recovered: {exc.message}",
+                  file=sys.stderr)
 
     def pipeline(self, approve_as: str | None = None, interactive: bool | None = None) -> Pipeline:
         me = _actor(self, self.args)
@@ -167,12 +178,50 @@ def cmd_deploy(ctx: Context, args: argparse.Namespace) -> int:
                                 queue=req.queue, break_glass=args.break_glass or req.break_glass)
     if d.scheduled_for:
         return _scheduled(ctx, pipeline, d)
-    d = pipeline.run(d.id)
+    with _stopping_gracefully(pipeline, d):
+        d = pipeline.run(d.id)
     if d.status is DeploymentStatus.REQUESTED and d.queued:
         print(f"deployment #{d.id} is {waiting_note(pipeline, d)}; `deploybot scheduler` (or "
               "`deploybot run`) starts it when the lock frees", file=sys.stderr)
         return EXIT_PENDING
     return _outcome(d, pipeline)
+
+
+@contextmanager
+def _stopping_gracefully(pipeline: Pipeline, d: Deployment) -> Iterator[None]:
+    """SIGTERM / Ctrl-C: before the rollout, stop at once (nothing changed; the deployment is
+    marked interrupted); once it started, finish the current step, then complete or roll back.
+    A second signal during that is ignored, with a message."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_signal(signum: int, _frame: object) -> None:
+        name = signal.Signals(signum).name
+        if not pipeline.stop.rollout_started:
+            raise KeyboardInterrupt
+        if pipeline.stop:
+            print(f"{name}: already stopping; deploybot finishes the rollback (or the "
+                  "verification) first, so that the service is left running", file=sys.stderr,
+                  flush=True)
+            return
+        pipeline.stop.set(name)
+        print(f"{name}: finishing the current step of deployment #{d.id}, then it completes "
+              "or rolls back", file=sys.stderr, flush=True)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    except KeyboardInterrupt:
+        now = pipeline.store.deployment(d.id)
+        if now.status in (DeploymentStatus.REQUESTED, DeploymentStatus.CHECKING):
+            text = "stopped before the rollout (signal); nothing was changed"
+            pipeline.store.transition(d.id, DeploymentStatus.INTERRUPTED, failure=text,
+                                      detail=text)
+        raise
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _scheduled(ctx: Context, pipeline: Pipeline, d: Deployment) -> int:
@@ -201,7 +250,8 @@ def cmd_rollback(ctx: Context, args: argparse.Namespace) -> int:
     d = pipeline.request_rollback(requested_by=_actor(ctx, args), environment=req.environment,
                                   to_version=req.to_version, service=req.service,
                                   ticket_ref=req.ticket)
-    d = pipeline.run(d.id)
+    with _stopping_gracefully(pipeline, d):
+        d = pipeline.run(d.id)
     return EXIT_OK if d.status is DeploymentStatus.SUCCEEDED else EXIT_FAILED
 
 

@@ -91,7 +91,7 @@ def test_a_restart_keeps_scheduled_jobs_and_runs_them(tmp_path):
     second = ScheduleWorld(tmp_path / "deploybot.db", clock)
     second.backend = first.backend
     # A new process must not take the waiting row for an orphan of the old one.
-    assert second.store.interrupt_orphans(lambda pid: False) == []
+    assert second.store.recovery_candidates() == []
     said = second.scheduler.start()
     try:
         assert f"deploy-{d.id}" in second.scheduler.jobs()
