@@ -53,6 +53,14 @@ def recover(pipeline, *, is_alive: Alive = liveness.is_alive, service: str | Non
             continue
         if outcome is not None:
             done.append(outcome)
+    for d in pipeline.store.unrecorded(is_alive):
+        if service is not None and (d.service, d.environment) != (service, environment):
+            continue
+        try:  # safe twice: the record_posted claim and the outbox keys post once
+            done.append(pipeline._finish(d, None))
+        except Exception as exc:
+            log.error("the record of deployment #%s could not be written: %s: %s", d.id,
+                      type(exc).__name__, exc)
     return done
 
 

@@ -440,6 +440,21 @@ class Store:
                         f"process {me} recovers it (process {owner_pid} ended)")
             return self.deployment(deployment_id)
 
+    def unrecorded(self, is_alive: Callable[[int | None, str], bool] = liveness.is_alive
+                   ) -> list[Deployment]:
+        """Finished rollouts whose process died between the final status and the record (the
+        record and its deliveries are written in one transaction after the status): the next
+        process writes them. Only rows of this version (owner_start set): older rows are
+        history, never sent late."""
+        with self._lock:
+            rows = list(self.db.query(
+                "SELECT * FROM deployments WHERE status IN ('succeeded', 'rolled_back', "
+                "'rollback_failed', 'failed') AND dry_run = 0 AND record = '' "
+                "AND record_posted = 0 AND owner_start != '' ORDER BY id"))
+        return [self._deployment(r) for r in rows
+                if not (r["owner_pid"] == os.getpid() or is_alive(r["owner_pid"],
+                                                                   r["owner_start"] or ""))]
+
     def release_recovery(self, deployment_id: int, *, needs_recovery: bool | None = None) -> None:
         """The claim ends with the attempt; `needs_recovery` says whether to try again later."""
         values: dict[str, Any] = {"recovery_pid": None, "recovery_start": "",

@@ -93,7 +93,7 @@ class Context:
         quick when there are none (one query, no engine)."""
         from bot.recovery import recover
 
-        if not self._store.recovery_candidates():
+        if not (self._store.recovery_candidates() or self._store.unrecorded()):
             return
         try:
             pipeline = build_pipeline(

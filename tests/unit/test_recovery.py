@@ -493,3 +493,29 @@ def test_a_recovery_that_crashes_says_so_without_a_traceback_and_is_retried(worl
     world.backend.rollback = real
     [done] = recover(world.pipeline)  # the claim was released: the next try succeeds
     assert done.id == d.id and done.status is DeploymentStatus.ROLLED_BACK
+
+
+def test_a_deployment_that_finished_but_died_before_its_record_gets_it_from_the_next_process(world):
+    d = world.request(world.ticket(), target="web@v2")
+    finish = world.pipeline._finish
+    world.pipeline._finish = lambda *a, **kw: (_ for _ in ()).throw(Killed())
+    with pytest.raises(Killed):  # killed right after the final status, before the record
+        world.pipeline.run(d.id)
+    world.pipeline._finish = finish
+    d = world.store.deployment(d.id)
+    assert d.status is DeploymentStatus.SUCCEEDED and not d.record
+    world.store.update_deployment(d.id, owner_pid=dead_pid())
+    [done] = recover(world.pipeline)
+    assert done.id == d.id and "Deployment Record" in done.record
+    comments = [c.body for c in world.tracker.comments(d.ticket_id)]
+    assert sum("Deployment Record" in c for c in comments) == 1
+    assert recover(world.pipeline) == []  # written once: nothing left for the next process
+
+
+def test_a_finished_deployment_whose_process_still_runs_is_left_to_it(world):
+    d = world.request(world.ticket(), target="web@v2")
+    world.pipeline._finish = lambda *a, **kw: (_ for _ in ()).throw(Killed())
+    with pytest.raises(Killed):
+        world.pipeline.run(d.id)
+    # its owner is this (live) process: it may still be writing the record
+    assert world.store.unrecorded() == []
