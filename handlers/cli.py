@@ -19,10 +19,13 @@ from bot.scheduler import DeployScheduler, precheck, waiting_note
 from bot.store import Store
 from handlers import commands
 from bot.identity import Actor
+from bot.redact import SLACK_SECRET_ENVS, Redactor
+from handlers.safe_output import SafeStream
 from handlers.terminal import TerminalApprover, TerminalReporter, terminal_actor
-from handlers.wiring import build_pipeline, open_store
+from handlers.wiring import build_pipeline, open_store, start_redaction
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PENDING, EXIT_REFUSED = 0, 1, 2, 3, 4
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a killed writer
 
 EPILOG = """examples:
   deploybot deploy DEMO-1                       service@version from the ticket
@@ -78,17 +81,21 @@ class Context:
         self.edges = edges or Edges()
         self._config = None
         self._store: Store | None = None
+        # Until the config names the rest, the Slack secrets are the ones known.
+        self.redact = Redactor([os.environ.get(n, "") for n in SLACK_SECRET_ENVS])
 
     @property
     def config(self) -> configuration.Config:
         if self._config is None:
             self._config = configuration.load(self.args.config)
+            self.redact = start_redaction(self._config, self._store, os.environ)
         return self._config
 
     @property
     def store(self) -> Store:
         if self._store is None:
             self._store = open_store()
+            self._store.redact = self.redact
             # A deployment whose process died mid-way must not hold its lock forever.
             for d in self._store.interrupt_orphans(_pid_alive):
                 print(f"note: deployment #{d.id} was interrupted ({d.failure})", file=sys.stderr)
@@ -102,7 +109,8 @@ class Context:
                               approver=TerminalApprover(approver, interactive=interactive,
                                                         me=me, config=self.config),
                               tracker=self.edges.tracker, backend_for=self.edges.backend_for,
-                              probe=self.edges.probe, clock=self.edges.clock)
+                              probe=self.edges.probe, clock=self.edges.clock,
+                              redact=self.redact)
 
 
 def _outcome(d: Deployment, pipeline: Pipeline) -> int:
@@ -484,6 +492,20 @@ def cmd_run(ctx: Context, args: argparse.Namespace) -> int:
 
 # -- parser --------------------------------------------------------------------------------------
 
+def _bounded(kind: type, low: float, high: float) -> Callable[[str], float]:
+    """An argparse type: a number in [low, high] (nan, inf and 10**20 are usage errors)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except (ValueError, OverflowError):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not low <= value <= high:  # False for nan too
+            raise argparse.ArgumentTypeError(f"{text!r} is not between {low:g} and {high:g}")
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="deploybot", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
@@ -539,7 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
     h = sub.add_parser("history", help="past deployments")
     h.add_argument("service", nargs="?")
     h.add_argument("--env")
-    h.add_argument("--limit", type=int, default=20)
+    h.add_argument("--limit", type=_bounded(int, 1, 10_000), default=20)
     h.set_defaults(func=cmd_history)
     s = sub.add_parser("show", help="one deployment: checks, gates, audit trail, record")
     s.add_argument("deployment", type=int)
@@ -580,22 +602,53 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_ticket)
 
     sc = sub.add_parser("scheduler", help="run scheduled and queued deployments (foreground)")
-    sc.add_argument("--tick", type=float, default=5.0, metavar="SECONDS",
+    sc.add_argument("--tick", type=_bounded(float, 0.01, 3600), default=5.0, metavar="SECONDS",
                     help="how often the store is read for due and queued deployments")
     sc.set_defaults(func=cmd_scheduler)
 
     rn = sub.add_parser("run", help="start the Slack front end")
     rn.add_argument("--http", action="store_true", help="serve HTTP instead of Socket Mode")
     rn.add_argument("--host", default="127.0.0.1")
-    rn.add_argument("--port", type=int, default=3000)
+    rn.add_argument("--port", type=_bounded(int, 0, 65535), default=3000)
     rn.set_defaults(func=cmd_run)
     return p
 
 
 def main(argv: Sequence[str] | None = None, *, edges: Edges | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    ctx = Context(args, edges)
+    """Everything written to the terminal goes through SafeStream: configured secrets
+    redacted, control characters escaped."""
+    ctx: Context | None = None
+    stdout, stderr = sys.stdout, sys.stderr
+    before = Redactor([os.environ.get(n, "") for n in SLACK_SECRET_ENVS])
+
+    def redact() -> Callable[[str], str]:
+        return ctx.redact if ctx is not None else before
+
+    sys.stdout, sys.stderr = SafeStream(stdout, redact), SafeStream(stderr, redact)
+    try:
+        args = build_parser().parse_args(argv)
+        ctx = Context(args, edges)
+        code = _run(ctx, args)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        # The reader went away (`deploybot history | head -1`): stop quietly, as the Python
+        # documentation says, so the interpreter's final flush does not complain either.
+        _silence(stdout)
+        return EXIT_BROKEN_PIPE
+    finally:
+        sys.stdout, sys.stderr = stdout, stderr
+
+
+def _silence(stream) -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+    except (OSError, ValueError, AttributeError):  # not a real file (a test's capture)
+        pass
+
+
+def _run(ctx: Context, args: argparse.Namespace) -> int:
     try:
         return args.func(ctx, args)
     except commands.UsageError as exc:

@@ -9,6 +9,8 @@ from bot.config import Config
 from bot.errors import ConfigError
 from bot.pipeline import Pipeline
 from bot.ports import Approver, DeployBackend, Reporter, Tracker
+from bot.redact import (Redactor, RedactingReporter, RedactingTracker, install_log_filter,
+                        redactor_for)
 from bot.store import Store
 
 DB_ENV = "DEPLOYBOT_DB"
@@ -50,21 +52,40 @@ def backend_factory(config: Config):
     return backend_for
 
 
+def start_redaction(config: Config, store: Store | None,
+                    environ: Mapping[str, str]) -> Redactor:
+    """The configured secrets, redacted from the store and the logs from here on."""
+    redact = redactor_for(config, environ)
+    if store is not None:
+        store.redact = redact
+    install_log_filter(redact)
+    return redact
+
+
 def build_pipeline(config: Config, store: Store, *, reporter: Reporter, approver: Approver,
                    environ: Mapping[str, str] | None = None, tracker: Tracker | None = None,
-                   backend_for=None, probe=None, clock=None) -> Pipeline:
+                   backend_for=None, probe=None, clock=None,
+                   redact: Redactor | None = None) -> Pipeline:
     """The configured pipeline; `tracker`, `backend_for`, `probe` and `clock` replace the
-    configured ones (tests and embedders swap the edges, never the core)."""
+    configured ones (tests and embedders swap the edges, never the core). Every text it
+    stores, reports or comments is redacted (`redact`: built from the config when None)."""
     from backends.deploy import build_image_builder
     from backends.monitoring.probe import HttpxProbe
 
     environ = os.environ if environ is None else environ
+    if redact is None:
+        redact = start_redaction(config, store, environ)
+    else:
+        store.redact = redact
+    tracker = RedactingTracker(tracker or build_tracker(config, store, environ), redact)
+    reporter = RedactingReporter(reporter, redact)
     pipeline = Pipeline(config=config, store=store,
-                        tracker=tracker or build_tracker(config, store, environ),
+                        tracker=tracker,
                         backend_for=backend_for or backend_factory(config), reporter=reporter,
                         approver=approver, probe=probe or HttpxProbe.for_config(config, environ),
                         environ=environ, image_builder=build_image_builder(environ), clock=clock)
     pipeline.metrics_for = metrics_factory(config)
+    pipeline.redact = redact
     return pipeline
 
 
