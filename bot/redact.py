@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import re
+from enum import Enum
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 from urllib.parse import quote, quote_plus
@@ -68,6 +69,8 @@ class Redactor:
 
     def deep(self, value: Any) -> Any:
         """Strings inside lists, dicts, tuples and dataclasses (a Deployment, a CheckResult)."""
+        if isinstance(value, Enum):  # DeploymentStatus is a str too, and must stay itself
+            return value
         if isinstance(value, str):
             return self(value)
         if self._pattern is None:
@@ -78,7 +81,8 @@ class Redactor:
             return type(value)(self.deep(v) for v in value)
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             changes = {f.name: self(getattr(value, f.name)) for f in dataclasses.fields(value)
-                       if isinstance(getattr(value, f.name), str)}
+                       if isinstance(getattr(value, f.name), str)
+                       and not isinstance(getattr(value, f.name), Enum)}
             return dataclasses.replace(value, **changes) if changes else value
         return value
 
