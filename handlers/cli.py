@@ -20,7 +20,7 @@ from bot.store import Store
 from handlers import commands
 from bot.identity import Actor
 from bot.redact import SLACK_SECRET_ENVS, Redactor
-from handlers.safe_output import SafeStream
+from handlers.safe_output import SafeStream, is_text
 from handlers.terminal import TerminalApprover, TerminalReporter, terminal_actor
 from handlers.wiring import build_pipeline, open_store, start_redaction
 
@@ -626,6 +626,11 @@ def main(argv: Sequence[str] | None = None, *, edges: Edges | None = None) -> in
 
     sys.stdout, sys.stderr = SafeStream(stdout, redact), SafeStream(stderr, redact)
     try:
+        argv = sys.argv[1:] if argv is None else list(argv)
+        bad = [n for n, arg in enumerate(argv, 1) if not is_text(arg)]
+        if bad:
+            print(f"error: argument {bad[0]} is not valid UTF-8 text", file=sys.stderr)
+            return EXIT_USAGE
         args = build_parser().parse_args(argv)
         ctx = Context(args, edges)
         code = _run(ctx, args)

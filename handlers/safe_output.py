@@ -10,7 +10,9 @@ from __future__ import annotations
 import re
 from typing import Any, Callable, TextIO
 
-CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+# C0 but \n and \t, DEL, C1, bidirectional overrides, and lone surrogates (undecodable bytes
+# in argv or a file name), which a UTF-8 terminal stream cannot even encode.
+CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 _NAMED = {"\r": "\\r", "\x1b": "\\x1b", "\b": "\\b", "\x0b": "\\v", "\x0c": "\\f", "\x00": "\\0"}
 
 
@@ -21,6 +23,15 @@ def escape_controls(text: str) -> str:
     return CONTROL_RE.sub(lambda m: _NAMED.get(m.group(), f"\\u{ord(m.group()):04x}"
                                               if ord(m.group()) > 0xff
                                               else f"\\x{ord(m.group()):02x}"), text)
+
+
+def is_text(value: str) -> bool:
+    """False for undecodable bytes (lone surrogates), which no database or terminal takes."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class SafeStream:
