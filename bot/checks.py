@@ -15,6 +15,7 @@ from bot.childenv import allowed_environ
 from bot.config import CommentRule, Config, Environment, Service, TrackerRules
 from bot.envfile import env_file_problem, read_env_file  # noqa: F401 - backends import it here
 from bot.errors import InputError, TrackerError
+from bot.redact import clip
 from bot.identity import TrackerIdentities
 from bot.models import Account, CheckStatus, Comment, Deployment, Ticket
 from bot.monitoring_setup import monitoring_setup
@@ -375,7 +376,7 @@ def run_migration_check(argv: list[str], timeout: float,
         return Outcome.failed(f"migration check: {name} did not finish in {timeout:.0f} s")
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [""]
-        return Outcome.failed(f"migration check: {name} exited {proc.returncode} {tail[0][:200]}".strip())
+        return Outcome.failed(f"migration check: {name} exited {proc.returncode} {clip(tail[0], 200)}".strip())
     return Outcome.passed(f"migrations staged ({name} exited 0)")
 
 

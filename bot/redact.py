@@ -44,6 +44,16 @@ def encodings(secret: str) -> set[str]:
     return {f for f in forms if len(f) >= MIN_SECRET_LENGTH}
 
 
+def clip(text: str, limit: int) -> str:
+    """At most `limit` characters, cut between words: a secret cut in two would show a part
+    the Redactor no longer recognises."""
+    if len(text) <= limit:
+        return text
+    head = text[:limit]
+    words = head.rsplit(None, 1)
+    return f"{words[0]} …" if len(words) == 2 else "…"
+
+
 class Redactor:
     """Callable text -> text with every known secret (in every simple encoding) replaced."""
 

@@ -18,6 +18,7 @@ from typing import Callable, Mapping
 
 from bot.childenv import allowed_environ
 from bot.config import Service
+from bot.redact import clip
 from bot.models import CheckStatus, VerificationResult
 from bot.ports import (
     DeployBackend,
@@ -387,7 +388,7 @@ class Watcher:
         assert argv
         t = self.clock.monotonic()
         code, output = self.run(argv, self.service.integrity_timeout)
-        shown = output.splitlines()[-1][:200] if output else ""
+        shown = clip(output.splitlines()[-1], 200) if output else ""
         if code == 0:
             r.integrity = f"integrity check `{' '.join(argv)}` passed"
             return

@@ -206,3 +206,13 @@ def test_a_line_without_a_name_is_refused_without_its_value(tmp_path):
     assert "LINESECRET" not in str(info.value)
     assert env_file_problem(str(path)) is None
     assert read_env_file.__module__ == "bot.envfile"
+
+
+def test_clipping_never_leaves_half_a_secret():
+    from bot.redact import clip
+
+    r = Redactor(["s3cret-value-42"])
+    text = "x" * 5 + " password " + "s3cret-value-42"
+    shown = r(clip(text, 22))  # the cut falls inside the secret
+    assert "s3cret" not in shown and shown == "xxxxx password …"
+    assert clip("short", 22) == "short" and clip("y" * 30, 10) == "…"
