@@ -102,6 +102,9 @@ class SlackEnv:
         return cls(bot, app, secret, api)
 
 
+CREDENTIALS = ("token", "client_secret", "client_id", "code")  # oauth and auth.test arguments
+
+
 class RedactingWebClient(WebClient):
     """Every Web API call's arguments (texts, blocks, views) leave with secrets redacted."""
 
@@ -109,9 +112,10 @@ class RedactingWebClient(WebClient):
 
     def api_call(self, api_method: str, **kwargs: Any):  # type: ignore[override]
         deep = getattr(self.redact, "deep", None)
-        if deep is not None:
-            kwargs = {k: deep(v) if k in ("data", "params", "json") else v
-                      for k, v in kwargs.items()}
+        if deep is not None:  # the credentials themselves must still reach Slack
+            kwargs = {k: {n: v if n in CREDENTIALS else deep(v) for n, v in part.items()}
+                      if k in ("data", "params", "json") and isinstance(part, dict) else part
+                      for k, part in kwargs.items()}
         return super().api_call(api_method, **kwargs)
 
 
