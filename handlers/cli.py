@@ -323,17 +323,34 @@ def cmd_check_config(ctx: Context, args: argparse.Namespace) -> int:
                 build_backend(name, env, cfg.service(name, env))
     tracker = build_tracker(cfg, Store(":memory:") if cfg.tracker.kind != "local" else ctx.store,
                             os.environ)
-    failures = 0
+    failures = _check_env_files(cfg)
     if args.live:
         tracker.check_credentials()
         people = _check_people(cfg, tracker)
-        failures = people + _check_monitoring_setup(cfg)
+        failures += people + _check_monitoring_setup(cfg)
     if failures:
         print(f"{cfg.source_path}: valid, but {failures} problem(s) above")
         return EXIT_FAILED
     print(f"{cfg.source_path}: ok — {len(cfg.environments)} environment(s), "
           f"{len(cfg.services)} service(s), tracker {cfg.tracker.kind}")
     return EXIT_OK
+
+
+def _check_env_files(cfg) -> int:
+    """Every env_file that exists reads cleanly (a line without a name is named by number)."""
+    from bot.envfile import read_env_file
+
+    count = 0
+    for name in cfg.services:
+        paths = {getattr(cfg.service(name, env).backend, "env_file", None)
+                 for env in cfg.environments}
+        for path in sorted(p for p in paths if p and os.path.lexists(p)):
+            try:
+                read_env_file(path)
+            except InputError as exc:
+                print(f"[FAILED] services.{name}: {exc.message}")
+                count += 1
+    return count
 
 
 def _check_people(cfg, tracker) -> int:

@@ -189,8 +189,9 @@ def test_the_cli_never_shows_a_traceback(term, capsys, argv):
         code = term(command, *rest)
     except SystemExit as exc:  # argparse: usage (2) or --help (0)
         code = exc.code
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert code in CODES, (argv, code, err)
     assert "Traceback" not in err
+    assert not {"\x1b", "\r"} & set(out + err)  # shown escaped, never obeyed
     if code == cli.EXIT_USAGE:
         assert "usage:" in err or "error:" in err

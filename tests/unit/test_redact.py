@@ -197,6 +197,22 @@ def test_check_config_says_so(tmp_path, monkeypatch, capsys):
     assert "services.web: backend.env_file /proc/self/environ is under /proc" in err
 
 
+def test_check_config_names_the_malformed_line(tmp_path, monkeypatch, capsys):
+    from handlers import cli
+
+    import yaml
+
+    env_file = tmp_path / "web.env"
+    env_file.write_text("A=1\n=LINESECRET-7731\n")
+    path = tmp_path / "deploybot.yaml"
+    path.write_text(yaml.safe_dump(_with_env_file(str(env_file))))
+    monkeypatch.setenv("DEPLOYBOT_DB", str(tmp_path / "db.sqlite"))
+    assert cli.main(["--config", str(path), "check-config"]) == cli.EXIT_FAILED
+    out = capsys.readouterr().out
+    assert f"[FAILED] services.web: env file {env_file}: line 2 has no variable name" in out
+    assert "LINESECRET" not in out
+
+
 def test_a_line_without_a_name_is_refused_without_its_value(tmp_path):
     path = tmp_path / "web.env"
     path.write_text("# comment\nA=1\n=LINESECRET-7731\n")
