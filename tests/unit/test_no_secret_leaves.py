@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import base64
 import logging
+import sqlite3
 import sys
+import threading
 from urllib.parse import quote
 
 import pytest
@@ -88,12 +90,13 @@ class LeakyTracker(MemoryTracker):
             super().add_comment(ticket_id, markdown, key=key)
 
 
-@pytest.fixture
-def world(tmp_path, monkeypatch):
+def leaky_data(tmp_path) -> dict:
+    """web: a migration check that leaks, an env file with a malformed line; api: a backend
+    whose errors carry the registry credentials."""
     env_file = tmp_path / "web.env"
     env_file.write_text(f"DB_PASSWORD={DB_PASSWORD}\nAPI_KEY={API_KEY}\nAPP_ENV=staging\n"
                         f"={LINE_SECRET}\n")
-    data = {
+    return {
         "tracker": {"kind": "local", "token_env": "REDMINE_KEY"},
         "child_env": ["DB_PASSWORD"],
         "environments": {"staging": {}, "production": {}},
@@ -105,16 +108,12 @@ def world(tmp_path, monkeypatch):
         },
         "overrides": {"production": {"api": {"build": {
             "context": ".", "username_env": "REG_USER", "password_env": "REG_PASS"}}}},
-        "people": {"alice": {"tracker": "alice", "os": os_login()},
+        "people": {"alice": {"tracker": "alice", "os": os_login(), "slack": "U0ALICE"},
                    "bob": {"tracker": "bob"}, "carol": {"tracker": "carol"}},
     }
-    path = tmp_path / "deploybot.yaml"
-    path.write_text(yaml.safe_dump(data))
-    for name, value in SECRETS.items():
-        monkeypatch.setenv(name, value)
-    db = tmp_path / "deploybot.db"
-    monkeypatch.setenv("DEPLOYBOT_DB", str(db))
-    monkeypatch.delenv("DEPLOYBOT_USER", raising=False)
+
+
+def leaky_edges() -> tuple[LeakyTracker, dict[str, LeakyBackend]]:
     tracker = LeakyTracker()
     for n, login in enumerate(("alice", "bob", "carol"), 1):
         tracker.user(login, str(n))
@@ -122,7 +121,32 @@ def world(tmp_path, monkeypatch):
         tracker.ticket(tid)
         tracker.say(tid, "bob", "CQ approved")
         tracker.say(tid, "carol", "QA PASS")
-    backends = {"web": LeakyBackend(running="v1"), "api": LeakyBackend(running="v1")}
+    return tracker, {"web": LeakyBackend(running="v1"), "api": LeakyBackend(running="v1")}
+
+
+def dump(db) -> str:
+    conn = sqlite3.connect(db)
+    try:
+        return "\n".join(conn.iterdump())
+    finally:
+        conn.close()
+
+
+def hits(places: dict[str, str]) -> set[tuple[str, str]]:
+    return {(where, secret) for where, text in places.items() for secret in forms()
+            if secret in text}
+
+
+@pytest.fixture
+def world(tmp_path, monkeypatch):
+    path = tmp_path / "deploybot.yaml"
+    path.write_text(yaml.safe_dump(leaky_data(tmp_path)))
+    for name, value in SECRETS.items():
+        monkeypatch.setenv(name, value)
+    db = tmp_path / "deploybot.db"
+    monkeypatch.setenv("DEPLOYBOT_DB", str(db))
+    monkeypatch.delenv("DEPLOYBOT_USER", raising=False)
+    tracker, backends = leaky_edges()
     edges = cli.Edges(backend_for=lambda s, e: backends[s], tracker=tracker,
                       probe=FakeProbe(backends["web"]), clock=InstantClock())
 
@@ -147,24 +171,18 @@ def test_no_secret_reaches_the_terminal_the_database_the_logs_or_the_ticket(worl
     failed, refused_ticket = cli.EXIT_FAILED, cli.EXIT_USAGE
     assert codes == [failed, failed, refused_ticket, failed] + [cli.EXIT_OK] * 6
     out = capsys.readouterr()
-    import sqlite3
-
-    conn = sqlite3.connect(db)
-    dump = "\n".join(conn.iterdump())
-    conn.close()
-    places = {"stdout": out.out, "stderr": out.err, "logs": caplog.text, "database": dump,
+    stored = dump(db)
+    places = {"stdout": out.out, "stderr": out.err, "logs": caplog.text, "database": stored,
               "ticket comments": "\n".join(tracker.sent)}
     # the leaks really happened, and were caught
     assert "line 4 has no variable name" in out.out  # the env file, without its value
-    assert "FATAL postgres://app:[redacted]@db pw=[redacted] slack=unset" in dump
+    assert "FATAL postgres://app:[redacted]@db pw=[redacted] slack=unset" in stored
     assert "engine crashed reading PROBE_TOKEN=[redacted]" in caplog.text
     assert "Traceback" in caplog.text
-    assert "Basic [redacted]" in dump and "key=[redacted]" in out.err
+    assert "Basic [redacted]" in stored and "key=[redacted]" in out.err
     assert "rotating [redacted]" in out.out
     assert len(tracker.sent) >= 3
-    hits = {(where, secret) for where, text in places.items() for secret in forms()
-            if secret in text}
-    assert hits == set()
+    assert hits(places) == set()
 
 
 def test_the_slack_client_posts_nothing_secret(tmp_path):
@@ -186,3 +204,44 @@ def test_the_slack_client_posts_nothing_secret(tmp_path):
     text = repr([c.params for c in slack.calls if c.method != "auth.test"])
     assert "[redacted]" in text
     assert SECRETS["REDMINE_KEY"] not in text and LINE_SECRET not in text
+
+
+def test_no_secret_reaches_slack(tmp_path):
+    from bot import config as configuration
+    from bot.store import Store
+    from handlers.slack_app import SlackFrontEnd, make_http_server, web_client
+    from tests.fakes.slack_api import FakeSlack, SlackRequests
+
+    config = configuration.parse(leaky_data(tmp_path))
+    tracker, backends = leaky_edges()
+    store = Store(tmp_path / "slack.db")
+    with FakeSlack(bot_token=SECRETS["SLACK_BOT_TOKEN"]) as slack:
+        front = SlackFrontEnd(config, store, web_client(slack.bot_token, slack.api_url),
+                              signing_secret=SECRETS["SLACK_SIGNING_SECRET"], environ=SECRETS,
+                              tracker=tracker, backend_for=lambda s, e: backends[s],
+                              probe=FakeProbe(backends["web"]), clock=InstantClock())
+        server = make_http_server(front.app, "127.0.0.1", 0)
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
+                                  daemon=True)
+        thread.start()
+        send = SlackRequests(f"http://127.0.0.1:{server.server_port}/slack/events",
+                             SECRETS["SLACK_SIGNING_SECRET"])
+        try:
+            for text in ("7 web@v2 to staging", "8 api@v3 to staging", "9 api@v3 to staging",
+                         f"lock production rotating {SECRETS['REDMINE_KEY']}"):
+                assert send.command(text, user="U0ALICE").status_code == 200
+            slack.wait_for(lambda: len(store.deployments()) == 2 and all(
+                d.status.terminal for d in store.deployments()), 30, "both deployments to end")
+            slack.wait_for(lambda: store.lock("env:production"), 30, "the manual lock")
+        finally:
+            server.shutdown()
+            server.server_close()
+            send.close()
+            front.close()
+    calls = [c.params for c in slack.calls if c.method != "auth.test"]
+    said = repr(calls)
+    assert "Basic [redacted]" in said and "pw=[redacted]" in said and "key=[redacted]" in said
+    places = {"Slack calls": said, "database": "\n".join(store.db.conn.iterdump()),
+              "ticket comments": "\n".join(tracker.sent)}
+    store.close()
+    assert hits(places) == set()
