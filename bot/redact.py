@@ -145,6 +145,11 @@ def _read_small(path: str) -> str:
         return ""
 
 
+def slack_redactor(environ: Mapping[str, str]) -> Redactor:
+    """Before a config is loaded: the Slack secrets are the ones known by name."""
+    return Redactor([environ.get(n, "") for n in SLACK_SECRET_ENVS])
+
+
 def redactor_for(config: Config, environ: Mapping[str, str]) -> Redactor:
     """The start-up Redactor: every configured secret value, never the names."""
     # Names people see everywhere (environments, services) are not secrets even when an env

@@ -19,7 +19,7 @@ from bot.scheduler import DeployScheduler, precheck, waiting_note
 from bot.store import Store
 from handlers import commands
 from bot.identity import Actor
-from bot.redact import SLACK_SECRET_ENVS, Redactor
+from bot.redact import slack_redactor
 from handlers.safe_output import SafeStream, is_text
 from handlers.terminal import TerminalApprover, TerminalReporter, terminal_actor
 from handlers.wiring import build_pipeline, open_store, start_redaction
@@ -81,8 +81,7 @@ class Context:
         self.edges = edges or Edges()
         self._config = None
         self._store: Store | None = None
-        # Until the config names the rest, the Slack secrets are the ones known.
-        self.redact = Redactor([os.environ.get(n, "") for n in SLACK_SECRET_ENVS])
+        self.redact = slack_redactor(os.environ)  # until the config names the rest
 
     @property
     def config(self) -> configuration.Config:
@@ -636,7 +635,7 @@ def main(argv: Sequence[str] | None = None, *, edges: Edges | None = None) -> in
     redacted, control characters escaped."""
     ctx: Context | None = None
     stdout, stderr = sys.stdout, sys.stderr
-    before = Redactor([os.environ.get(n, "") for n in SLACK_SECRET_ENVS])
+    before = slack_redactor(os.environ)
 
     def redact() -> Callable[[str], str]:
         return ctx.redact if ctx is not None else before
