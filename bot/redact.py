@@ -103,9 +103,10 @@ def _secret_like(value: str | None) -> bool:
     return not value.isdigit() and value.lower() not in ("true", "false", "enabled", "disabled")
 
 
-def secret_env_names(config: Config) -> list[str]:
-    """Names of the environment variables that hold deploybot's own secrets."""
-    names = list(SLACK_SECRET_ENVS) + list(config.secret_env)
+def secret_env_names(config: Config, *, declared: bool = True) -> list[str]:
+    """Names of the environment variables that hold deploybot's own secrets (and, with
+    `declared`, the ones `secret_env` lists, which backend tools may still need)."""
+    names = list(SLACK_SECRET_ENVS) + (list(config.secret_env) if declared else [])
     tracker = config.tracker.model_dump()
     names += [str(v) for k, v in tracker.items() if k.endswith("_env") and v]
     for name in config.services:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 from typing import Mapping
 
+from bot.childenv import without_secrets
 from bot.config import Config
 from bot.errors import ConfigError
 from bot.pipeline import Pipeline
 from bot.ports import Approver, DeployBackend, Reporter, Tracker
 from bot.redact import (Redactor, RedactingReporter, RedactingTracker, install_log_filter,
-                        redactor_for)
+                        redactor_for, secret_env_names)
 from bot.store import Store
 
 DB_ENV = "DEPLOYBOT_DB"
@@ -37,16 +38,20 @@ def build_tracker(config: Config, store: Store, environ: Mapping[str, str]) -> T
     return KINDS[kind](config.tracker.model_dump(mode="json"), environ)
 
 
-def backend_factory(config: Config):
-    """service, environment -> DeployBackend, built once per pair and reused."""
+def backend_factory(config: Config, environ: Mapping[str, str] | None = None):
+    """service, environment -> DeployBackend, built once per pair and reused. Backend tools
+    (docker compose) run without deploybot's own tokens."""
     from backends.deploy import build_backend
 
     cache: dict[tuple[str, str], DeployBackend] = {}
+    tools_environ = without_secrets(os.environ if environ is None else environ,
+                                    secret_env_names(config, declared=False))
 
     def backend_for(service: str, environment: str) -> DeployBackend:
         key = (service, environment)
         if key not in cache:
-            cache[key] = build_backend(service, environment, config.service(service, environment))
+            cache[key] = build_backend(service, environment, config.service(service, environment),
+                                       environ=tools_environ)
         return cache[key]
 
     return backend_for
@@ -81,7 +86,8 @@ def build_pipeline(config: Config, store: Store, *, reporter: Reporter, approver
     reporter = RedactingReporter(reporter, redact)
     pipeline = Pipeline(config=config, store=store,
                         tracker=tracker,
-                        backend_for=backend_for or backend_factory(config), reporter=reporter,
+                        backend_for=backend_for or backend_factory(config, environ),
+                        reporter=reporter,
                         approver=approver, probe=probe or HttpxProbe.for_config(config, environ),
                         environ=environ, image_builder=build_image_builder(environ), clock=clock)
     pipeline.metrics_for = metrics_factory(config)

@@ -114,16 +114,23 @@ def test_a_migration_check_sees_only_the_allow_list():
 
 def test_backend_tools_keep_their_settings_but_never_the_tokens():
     kept = without_secrets(ENVIRON, ["REDMINE_KEY"])
-    assert set(kept) == {"PATH", "HOME", "LANG", "LC_ALL", "DATABASE_URL", "DOCKER_HOST"}
+    assert set(kept) == {"PATH", "HOME", "LANG", "LC_ALL", "DATABASE_URL", "DOCKER_HOST",
+                         "GITHUB_TOKEN", "REG_PASSWORD"}  # not deploybot's: compose may use them
 
 
 def test_compose_runs_without_deploybots_tokens(tmp_path):
-    from backends.deploy.compose import ComposeBackend
+    from handlers.wiring import backend_factory
 
-    cfg = configuration.parse({"environments": {"staging": {}}, "services": {"web": {
-        "image": "web", "backend": {"kind": "compose", "file": str(tmp_path / "c.yml")}}}})
-    env = ComposeBackend("web", "staging", cfg.service("web", "staging"), environ=ENVIRON)._env()
-    assert "DOCKER_HOST" in env and not {"SLACK_BOT_TOKEN", "GITHUB_TOKEN"} & set(env)
+    cfg = configuration.parse({
+        "tracker": {"kind": "local", "token_env": "REDMINE_KEY"},
+        "environments": {"staging": {}, "production": {}},
+        "services": {"web": {"image": "web", "backend": {"kind": "compose",
+                                                         "file": str(tmp_path / "c.yml")}}},
+        "overrides": {"production": {"web": {"build": {"context": ".",
+                                                       "password_env": "REG_PASSWORD"}}}}})
+    env = backend_factory(cfg, ENVIRON)("web", "staging")._env()
+    assert {"DOCKER_HOST", "DATABASE_URL", "GITHUB_TOKEN", "PATH"} <= set(env)
+    assert not {"SLACK_BOT_TOKEN", "REDMINE_KEY", "REG_PASSWORD"} & set(env)
 
 
 def test_integrity_checks_get_the_allow_list_by_default(tmp_path):
