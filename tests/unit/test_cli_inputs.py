@@ -109,8 +109,8 @@ def test_a_closed_pipe_ends_quietly(term, capsys, monkeypatch):
 
 def test_history_piped_into_head_prints_no_traceback(term, tmp_path):
     with term.store.transaction():  # one commit: fast
-        for n in range(400):  # 400 long lines: more than a pipe holds, so the writer sees
-            term.store.create_deployment(ticket_id=f"DEMO-{n + 1}-{'x' * 300}", service="web",
+        for n in range(400):  # 400 KB of lines: more than a pipe holds, so the writer sees
+            term.store.create_deployment(ticket_id=f"DEMO-{n + 1}-{'x' * 1000}", service="web",
                                          version=f"v{n}", environment="staging",
                                          requested_by="alice")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "DEPLOYBOT_DB": str(term.db)}
