@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import subprocess
 from dataclasses import dataclass, field
@@ -10,8 +11,11 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from bot import approvals
+from bot.childenv import allowed_environ
 from bot.config import CommentRule, Config, Environment, Service, TrackerRules
+from bot.envfile import env_file_problem, read_env_file  # noqa: F401 - backends import it here
 from bot.errors import InputError, TrackerError
+from bot.redact import clip
 from bot.identity import TrackerIdentities
 from bot.models import Account, CheckStatus, Comment, Deployment, Ticket
 from bot.monitoring_setup import monitoring_setup
@@ -315,19 +319,6 @@ def check_infrastructure(ctx: CheckContext) -> Outcome:
     return Outcome.passed("; ".join(checked) or "no services in this environment")
 
 
-def read_env_file(path: str) -> dict[str, str]:
-    """KEY=VALUE lines as Docker's --env-file reads them (no quotes processing, # comments)."""
-    out = {}
-    for line in Path(path).read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        key, sep, value = line.partition("=")
-        if sep:
-            out[key.strip()] = value
-    return out
-
-
 def service_env_file(service: Service) -> str | None:
     return getattr(service.backend, "env_file", None)
 
@@ -339,15 +330,19 @@ def check_dependencies(ctx: CheckContext) -> Outcome:
         env_file = service_env_file(svc)
         if not env_file:
             problems.append("required_env is set but the service has no env_file")
-        elif not Path(env_file).is_file():
-            problems.append(f"env file {env_file} does not exist")
+        elif problem := env_file_problem(env_file):
+            problems.append(problem)
         else:
-            present = read_env_file(env_file)
-            missing = [k for k in svc.required_env if not present.get(k)]
-            if missing:
-                problems.append(f"{env_file} lacks {', '.join(missing)}")
+            try:
+                present = read_env_file(env_file)
+            except InputError as exc:
+                problems.append(exc.message)
             else:
-                done.append(f"env vars set ({', '.join(svc.required_env)})")
+                missing = [k for k in svc.required_env if not present.get(k)]
+                if missing:
+                    problems.append(f"{env_file} lacks {', '.join(missing)}")
+                else:
+                    done.append(f"env vars set ({', '.join(svc.required_env)})")
     for dep in svc.dependencies:
         result = ctx.probe.get(str(dep.url), 5.0)
         if result.ok:
@@ -355,7 +350,8 @@ def check_dependencies(ctx: CheckContext) -> Outcome:
         else:
             problems.append(f"{dep.name} ({dep.url}) answered {result.status_code or result.error}")
     if svc.migration_check:
-        outcome = run_migration_check(svc.migration_check, svc.migration_timeout)
+        outcome = run_migration_check(svc.migration_check, svc.migration_timeout,
+                                      env=allowed_environ(ctx.environ, ctx.config.child_env))
         (done if outcome.status is CheckStatus.PASSED else problems).append(outcome.reason)
     if problems:
         return Outcome.failed("; ".join(problems))
@@ -364,18 +360,23 @@ def check_dependencies(ctx: CheckContext) -> Outcome:
     return Outcome.passed("; ".join(done))
 
 
-def run_migration_check(argv: list[str], timeout: float) -> Outcome:
+def run_migration_check(argv: list[str], timeout: float,
+                        env: Mapping[str, str] | None = None) -> Outcome:
+    """`env`: the child's whole environment (allowed_environ), never deploybot's own."""
     name = Path(argv[0]).name
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL)
+                              stdin=subprocess.DEVNULL,
+                              env=dict(allowed_environ(os.environ) if env is None else env))
     except FileNotFoundError:
         return Outcome.failed(f"migration check: {argv[0]} not found")
+    except OSError as exc:
+        return Outcome.failed(f"migration check: cannot run {name}: {exc.strerror or exc}")
     except subprocess.TimeoutExpired:
         return Outcome.failed(f"migration check: {name} did not finish in {timeout:.0f} s")
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [""]
-        return Outcome.failed(f"migration check: {name} exited {proc.returncode} {tail[0][:200]}".strip())
+        return Outcome.failed(f"migration check: {name} exited {proc.returncode} {clip(tail[0], 200)}".strip())
     return Outcome.passed(f"migrations staged ({name} exited 0)")
 
 

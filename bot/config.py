@@ -19,6 +19,7 @@ from pydantic import (
     model_validator,
 )
 
+from bot.envfile import env_file_problem
 from bot.errors import ConfigError
 from bot.freeze import FreezeWindow, zone
 
@@ -28,6 +29,7 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 # Slack ids, which their owners cannot change (display names they can): users, user groups.
 SLACK_USER_ID = re.compile(r"[UW][A-Z0-9]{2,}")
 SLACK_GROUP_ID = re.compile(r"S[A-Z0-9]{2,}")
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 
 
 class Strict(BaseModel):
@@ -391,6 +393,17 @@ class Service(Strict):
             raise ValueError("an argument list needs at least the program")
         return v
 
+    @model_validator(mode="after")
+    def _env_file_is_regular(self) -> "Service":
+        # /proc/self/environ, a FIFO or a device would put deploybot's own state in a container;
+        # a file that does not exist yet is reported by the dependencies check.
+        path = getattr(self.backend, "env_file", None)
+        if path:
+            problem = env_file_problem(str(path), must_exist=False)
+            if problem:
+                raise ValueError(f"backend.{problem}")
+        return self
+
 
 class SlackSettings(Strict):
     channels: list[str] | None = None  # where commands are accepted; None: just `channel`
@@ -453,6 +466,11 @@ class Config(Strict):
     terminal: Terminal = Terminal()
     slack: SlackSettings = SlackSettings()
     outbox: OutboxSettings = OutboxSettings()
+    # Environment variables migration checks and integrity checks may see, besides PATH, HOME,
+    # LANG, TZ and LC_*: they never get deploybot's own tokens.
+    child_env: list[str] = Field(default_factory=list)
+    # More variables whose values are secrets (a DSN password ...): redacted from all output.
+    secret_env: list[str] = Field(default_factory=list)
     # Per environment overrides of service settings, deep-merged before validation.
     source_path: str | None = None
 
@@ -471,6 +489,24 @@ class Config(Strict):
     def _zone(cls, v: str) -> str:
         zone(v)
         return v
+
+    @field_validator("child_env", "secret_env")
+    @classmethod
+    def _env_names(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if not ENV_NAME_RE.fullmatch(name):
+                raise ValueError(f"{name!r} is not an environment variable name")
+        return v
+
+    @model_validator(mode="after")
+    def _children_get_no_secrets(self) -> "Config":
+        own = {str(v) for k, v in self.tracker.model_dump().items() if k.endswith("_env") and v}
+        own |= set(self.secret_env)
+        for name in self.child_env:
+            if name.startswith("SLACK_") or name in own:
+                raise ValueError(f"child_env: {name} holds one of deploybot's own secrets; "
+                                 "child processes never get it")
+        return self
 
     @model_validator(mode="after")
     def _cross_refs(self) -> "Config":

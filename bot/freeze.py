@@ -14,6 +14,8 @@ from bot.errors import InputError
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 WEEKLY_RE = re.compile(r"^(?P<day>[a-z]{3})[a-z]*\s+(?P<h>\d{1,2}):(?P<m>\d{2})$")
 CLOCK_RE = re.compile(r"^(?P<h>\d{1,2}):(?P<m>\d{2})$")
+# Far-off times are typos, and near year 9999 every time-zone conversion overflows.
+MAX_AHEAD = timedelta(days=366)
 
 
 def zone(name: str) -> ZoneInfo:
@@ -120,10 +122,17 @@ def parse_when(text: str, *, now: datetime, tz: str) -> datetime:
                          hint="say HH:MM (the next one) or YYYY-MM-DDTHH:MM") from None
     if at.tzinfo is None:
         at = at.replace(tzinfo=zone_)
-    if at <= now:
-        raise InputError(f"{text!r} ({at.astimezone(zone_):%Y-%m-%d %H:%M} {tz}) is in the past",
-                         hint=f"it is {local_now:%Y-%m-%d %H:%M} {tz} now")
-    return at.astimezone(timezone.utc)
+    try:
+        if at <= now:
+            raise InputError(f"{text!r} ({at.astimezone(zone_):%Y-%m-%d %H:%M} {tz}) is in the "
+                             "past", hint=f"it is {local_now:%Y-%m-%d %H:%M} {tz} now")
+        if at - now > MAX_AHEAD:
+            raise InputError(f"{text!r} is more than a year ahead",
+                             hint="schedule deployments at most a year in advance")
+        return at.astimezone(timezone.utc)
+    except OverflowError:  # 9999-12-31T23:59-05:00 is after the last UTC time Python knows
+        raise InputError(f"{text!r} is out of range",
+                         hint="give a time between now and the year 9999") from None
 
 
 def local(at: datetime, tz: str) -> str:

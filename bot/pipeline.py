@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import functools
 import logging
 import os
 import re
@@ -13,6 +14,7 @@ from datetime import datetime
 from typing import Callable, Mapping
 
 from bot import checks as checklist
+from bot.childenv import allowed_environ
 from bot import freeze as freezing
 from bot import outbox as outboxing
 from bot.authorization import Action, Authorization
@@ -824,12 +826,14 @@ class Pipeline:
 
     # The watch window (bot/watch.py): wiring sets these; None keeps the sources off.
     metrics_for: Callable[[str, str], MetricsSource | None] | None = None
-    run_command: watching.CommandRunner = staticmethod(watching.run_command)
+    run_command: watching.CommandRunner | None = None  # None: integrity checks, child env
 
     def _watcher(self, d: Deployment, backend: DeployBackend) -> watching.Watcher:
         svc = self.config.service(d.service, d.environment)
         metrics = self.metrics_for(d.service, d.environment) if self.metrics_for else None
-        return watching.Watcher(svc, backend, self.probe, self.clock, metrics, self.run_command)
+        run = self.run_command or functools.partial(
+            watching.run_command, env=allowed_environ(self.environ, self.config.child_env))
+        return watching.Watcher(svc, backend, self.probe, self.clock, metrics, run)
 
     def _baseline(self, d: Deployment, backend: DeployBackend,
                   step: Callable[[str], None]) -> watching.Baseline | None:

@@ -180,6 +180,10 @@ class Store:
 
     # -- plumbing -----------------------------------------------------------------------------
 
+    def _clean(self, values: dict[str, Any]) -> dict[str, Any]:
+        """Every text value through self.redact before it is written."""
+        return {k: self.redact(v) if isinstance(v, str) else v for k, v in values.items()}
+
     @contextmanager
     def transaction(self) -> Iterator[sqlite_utils.Database]:
         """BEGIN IMMEDIATE: other processes wait, so read-check-write sequences are atomic."""
@@ -291,7 +295,7 @@ class Store:
                 "request_key": request_key, "owner_pid": os.getpid(),
                 "owner_start": liveness.my_marker(),
                 "created_at": now, "updated_at": now, "scheduled_for": _ts(scheduled_for),
-                "queued": int(queued), "break_glass": break_glass,
+                "queued": int(queued), "break_glass": self.redact(break_glass),
             })
             dep_id = table.last_pk
             self._event(dep_id, requested_by, "requested", via=via, detail=
@@ -306,7 +310,7 @@ class Store:
         try:
             with self._lock:  # every use of the shared connection, reads too, holds the lock
                 return self._deployment(self.db["deployments"].get(deployment_id))
-        except sqlite_utils.db.NotFoundError:
+        except (sqlite_utils.db.NotFoundError, OverflowError):  # OverflowError: beyond SQLite's
             raise StateError(f"no deployment #{deployment_id}") from None
 
     def transition(self, deployment_id: int, status: DeploymentStatus, *, actor: str = "deploybot",
@@ -320,7 +324,7 @@ class Store:
                     f"it cannot become {status.value}"
                 )
             now = _ts(self.now())
-            update = {"status": status.value, "updated_at": now, **values}
+            update = self._clean({"status": status.value, "updated_at": now, **values})
             if status.terminal:
                 update["finished_at"] = now
             db["deployments"].update(deployment_id, update)
@@ -332,7 +336,8 @@ class Store:
 
     def update_deployment(self, deployment_id: int, **values: Any) -> Deployment:
         with self.transaction() as db:
-            db["deployments"].update(deployment_id, {**values, "updated_at": _ts(self.now())})
+            db["deployments"].update(deployment_id,
+                                     self._clean({**values, "updated_at": _ts(self.now())}))
             return self.deployment(deployment_id)
 
     def claim(self, deployment_id: int, field_name: str) -> bool:
@@ -505,11 +510,11 @@ class Store:
     def save_check(self, check: CheckResult) -> CheckResult:
         check.updated_at = self.now()
         with self.transaction() as db:
-            db["checks"].upsert({
+            db["checks"].upsert(self._clean({
                 "deployment_id": check.deployment_id, "name": check.name, "title": check.title,
                 "position": check.position, "status": check.status.value, "reason": check.reason,
                 "updated_at": _ts(check.updated_at), "evidence": check.evidence,
-            }, pk=("deployment_id", "name"))
+            }), pk=("deployment_id", "name"))
             if check.status in (CheckStatus.PASSED, CheckStatus.FAILED, CheckStatus.SKIPPED):
                 self._event(check.deployment_id, "deploybot", f"check.{check.status.value}",
                             f"{check.title}: {check.reason}")
@@ -538,7 +543,7 @@ class Store:
     def create_gate(self, deployment_id: int, kind: GateKind, prompt: str) -> Gate:
         with self.transaction() as db:
             gate_id = db["gates"].insert({
-                "deployment_id": deployment_id, "kind": kind.value, "prompt": prompt,
+                "deployment_id": deployment_id, "kind": kind.value, "prompt": self.redact(prompt),
                 "status": GateStatus.PENDING.value, "created_at": _ts(self.now()),
             }).last_pk
             self._event(deployment_id, "deploybot", "gate.requested", kind.value)
@@ -548,7 +553,7 @@ class Store:
         try:
             with self._lock:
                 return self._gate(self.db["gates"].get(gate_id))
-        except sqlite_utils.db.NotFoundError:
+        except (sqlite_utils.db.NotFoundError, OverflowError):
             raise StateError(f"no gate #{gate_id}") from None
 
     def gates(self, deployment_id: int, *, kind: GateKind | None = None) -> list[Gate]:
@@ -568,7 +573,8 @@ class Store:
                 return gate, False
             status = GateStatus.APPROVED if approved else GateStatus.REJECTED
             db["gates"].update(gate_id, {"status": status.value, "decided_by": decided_by,
-                                         "decided_at": _ts(self.now()), "reason": reason})
+                                         "decided_at": _ts(self.now()),
+                                         "reason": self.redact(reason)})
             self._event(gate.deployment_id, decided_by, f"gate.{status.value}",
                         f"{gate.kind.value}{': ' + reason if reason else ''}", via=via)
             return self.gate(gate_id), True
@@ -598,7 +604,7 @@ class Store:
                 return mine, lock
             now = self.now()
             db["locks"].insert({"scope": scope, "deployment_id": deployment_id, "holder": holder,
-                                "reason": reason, "acquired_at": _ts(now),
+                                "reason": self.redact(reason), "acquired_at": _ts(now),
                                 "heartbeat_at": _ts(now) if ttl else None,
                                 "expires_at": _ts(now + timedelta(seconds=ttl)) if ttl else None})
             self._event(deployment_id, holder, "lock.acquired", f"{scope}: {reason}", via=via)
@@ -675,7 +681,8 @@ class Store:
     def _event(self, deployment_id: int | None, actor: str, kind: str, detail: str = "",
                via: str = "") -> None:
         self.db["events"].insert({"at": _ts(self.now()), "deployment_id": deployment_id,
-                                  "actor": actor, "kind": kind, "detail": detail, "via": via})
+                                  "actor": actor, "kind": kind, "detail": self.redact(detail),
+                                  "via": via})
 
     def record_event(self, deployment_id: int | None, actor: str, kind: str,
                      detail: str = "", via: str = "") -> None:

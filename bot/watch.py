@@ -8,14 +8,17 @@ that trips ends the watch at once, so the pipeline rolls back without waiting fo
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Callable
+from typing import Callable, Mapping
 
+from bot.childenv import allowed_environ
 from bot.config import Service
+from bot.redact import clip
 from bot.models import CheckStatus, VerificationResult
 from bot.ports import (
     DeployBackend,
@@ -34,10 +37,13 @@ MIB = 1024 * 1024
 CommandRunner = Callable[[list[str], float], tuple[int | None, str]]
 
 
-def run_command(argv: list[str], timeout: float) -> tuple[int | None, str]:
+def run_command(argv: list[str], timeout: float,
+                env: Mapping[str, str] | None = None) -> tuple[int | None, str]:
+    """`env`: the child's whole environment; None: PATH, HOME, LANG, LC_* only."""
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL)
+                              stdin=subprocess.DEVNULL,
+                              env=dict(allowed_environ(os.environ) if env is None else env))
     except subprocess.TimeoutExpired:
         return None, f"no result within {timeout:g} s"
     except OSError as exc:
@@ -382,7 +388,7 @@ class Watcher:
         assert argv
         t = self.clock.monotonic()
         code, output = self.run(argv, self.service.integrity_timeout)
-        shown = output.splitlines()[-1][:200] if output else ""
+        shown = clip(output.splitlines()[-1], 200) if output else ""
         if code == 0:
             r.integrity = f"integrity check `{' '.join(argv)}` passed"
             return

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterable
 
+from handlers.safe_output import escape_controls
 from bot.config import SLACK_USER_ID, Config
 from bot.models import (
     CANCELLABLE,
@@ -76,7 +77,9 @@ class Message:
 
 
 def escape(text: str) -> str:
-    return (text or "").replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    # control characters shown, not passed on raw (a CR or ESC in a ticket title or reason)
+    text = escape_controls(text or "")
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def person(config: Config, who: str | None) -> str:

@@ -21,10 +21,13 @@ from bot.scheduler import DeployScheduler, precheck, waiting_note
 from bot.store import Store
 from handlers import commands
 from bot.identity import Actor
+from bot.redact import slack_redactor
+from handlers.safe_output import SafeStream, is_text
 from handlers.terminal import TerminalApprover, TerminalReporter, terminal_actor
-from handlers.wiring import build_pipeline, open_store
+from handlers.wiring import build_pipeline, open_store, start_redaction
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PENDING, EXIT_REFUSED = 0, 1, 2, 3, 4
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a killed writer
 
 EPILOG = """examples:
   deploybot deploy DEMO-1                       service@version from the ticket
@@ -72,17 +75,20 @@ class Context:
         self._config = None
         self._store: Store | None = None
         self._delivered = False
+        self.redact = slack_redactor(os.environ)  # until the config names the rest
 
     @property
     def config(self) -> configuration.Config:
         if self._config is None:
             self._config = configuration.load(self.args.config)
+            self.redact = start_redaction(self._config, self._store, os.environ)
         return self._config
 
     @property
     def store(self) -> Store:
         if self._store is None:
             self._store = open_store(clock=self.edges.now)
+            self._store.redact = self.redact
             # `run` recovers through its Slack pipeline (DeployScheduler.start), not here.
             if self.args.command != "run":
                 self._recover()
@@ -100,7 +106,7 @@ class Context:
                 self.config, self._store, reporter=TerminalReporter(),
                 approver=TerminalApprover(None, interactive=False, config=self.config),
                 tracker=self.edges.tracker, backend_for=self.edges.backend_for,
-                probe=self.edges.probe, clock=self.edges.clock)
+                probe=self.edges.probe, clock=self.edges.clock, redact=self.redact)
             for d in recover(pipeline):
                 print(f"note: deployment #{d.id} was interrupted and is now {d.status.value}: "
                       f"{d.failure or d.verification}", file=sys.stderr)
@@ -117,7 +123,7 @@ class Context:
                                                             me=me, config=self.config),
                                   tracker=self.edges.tracker,
                                   backend_for=self.edges.backend_for, probe=self.edges.probe,
-                                  clock=self.edges.clock)
+                                  clock=self.edges.clock, redact=self.redact)
         if not self._delivered:
             self._delivered = True
             _deliver_waiting(pipeline)
@@ -398,13 +404,13 @@ def cmd_check_config(ctx: Context, args: argparse.Namespace) -> int:
                 build_backend(name, env, cfg.service(name, env))
     tracker = build_tracker(cfg, Store(":memory:") if cfg.tracker.kind != "local" else ctx.store,
                             os.environ)
-    failures = 0
+    failures = _check_env_files(cfg)
     if args.live:
         tracker.check_credentials()
         for level, text in _check_markup(tracker):
             print(f"[{level}] {text}")
         people = _check_people(cfg, tracker)
-        failures = people + _check_monitoring_setup(cfg)
+        failures += people + _check_monitoring_setup(cfg)
     if failures:
         print(f"{cfg.source_path}: valid, but {failures} problem(s) above")
         return EXIT_FAILED
@@ -422,6 +428,23 @@ def _check_markup(tracker) -> list[tuple[str, str]]:
                         f"{tracker.markup} (Redmine's default); Redmine's API does not tell its text "
                         "formatting: set tracker.markup to what Administration » Settings » General » "
                         "Text formatting says (textile or common_mark)")]
+
+
+def _check_env_files(cfg) -> int:
+    """Every env_file that exists reads cleanly (a line without a name is named by number)."""
+    from bot.envfile import read_env_file
+
+    count = 0
+    for name in cfg.services:
+        paths = {getattr(cfg.service(name, env).backend, "env_file", None)
+                 for env in cfg.environments}
+        for path in sorted(p for p in paths if p and os.path.lexists(p)):
+            try:
+                read_env_file(path)
+            except InputError as exc:
+                print(f"[FAILED] services.{name}: {exc.message}")
+                count += 1
+    return count
 
 
 def _check_people(cfg, tracker) -> int:
@@ -580,6 +603,20 @@ def cmd_run(ctx: Context, args: argparse.Namespace) -> int:
 
 # -- parser --------------------------------------------------------------------------------------
 
+def _bounded(kind: type, low: float, high: float) -> Callable[[str], float]:
+    """An argparse type: a number in [low, high] (nan, inf and 10**20 are usage errors)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except (ValueError, OverflowError):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not low <= value <= high:  # False for nan too
+            raise argparse.ArgumentTypeError(f"{text!r} is not between {low:g} and {high:g}")
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="deploybot", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
@@ -636,7 +673,7 @@ def build_parser() -> argparse.ArgumentParser:
     h = sub.add_parser("history", help="past deployments")
     h.add_argument("service", nargs="?")
     h.add_argument("--env")
-    h.add_argument("--limit", type=int, default=20)
+    h.add_argument("--limit", type=_bounded(int, 1, 10_000), default=20)
     h.set_defaults(func=cmd_history)
     s = sub.add_parser("show", help="one deployment: checks, gates, audit trail, record")
     s.add_argument("deployment", type=int)
@@ -677,22 +714,58 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_ticket)
 
     sc = sub.add_parser("scheduler", help="run scheduled and queued deployments (foreground)")
-    sc.add_argument("--tick", type=float, default=5.0, metavar="SECONDS",
+    sc.add_argument("--tick", type=_bounded(float, 0.01, 3600), default=5.0, metavar="SECONDS",
                     help="how often the store is read for due and queued deployments")
     sc.set_defaults(func=cmd_scheduler)
 
     rn = sub.add_parser("run", help="start the Slack front end")
     rn.add_argument("--http", action="store_true", help="serve HTTP instead of Socket Mode")
     rn.add_argument("--host", default="127.0.0.1")
-    rn.add_argument("--port", type=int, default=3000)
+    rn.add_argument("--port", type=_bounded(int, 0, 65535), default=3000)
     rn.set_defaults(func=cmd_run)
     return p
 
 
 def main(argv: Sequence[str] | None = None, *, edges: Edges | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    ctx = Context(args, edges)
+    """Everything written to the terminal goes through SafeStream: configured secrets
+    redacted, control characters escaped."""
+    ctx: Context | None = None
+    stdout, stderr = sys.stdout, sys.stderr
+    before = slack_redactor(os.environ)
+
+    def redact() -> Callable[[str], str]:
+        return ctx.redact if ctx is not None else before
+
+    sys.stdout, sys.stderr = SafeStream(stdout, redact), SafeStream(stderr, redact)
+    try:
+        argv = sys.argv[1:] if argv is None else list(argv)
+        bad = [n for n, arg in enumerate(argv, 1) if not is_text(arg)]
+        if bad:
+            print(f"error: argument {bad[0]} is not valid UTF-8 text", file=sys.stderr)
+            return EXIT_USAGE
+        args = build_parser().parse_args(argv)
+        ctx = Context(args, edges)
+        code = _run(ctx, args)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        # The reader went away (`deploybot history | head -1`): stop quietly, as the Python
+        # documentation says, so the interpreter's final flush does not complain either.
+        _silence(stdout)
+        return EXIT_BROKEN_PIPE
+    finally:
+        sys.stdout, sys.stderr = stdout, stderr
+
+
+def _silence(stream) -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+    except (OSError, ValueError, AttributeError):  # not a real file (a test's capture)
+        pass
+
+
+def _run(ctx: Context, args: argparse.Namespace) -> int:
     try:
         return args.func(ctx, args)
     except commands.UsageError as exc:

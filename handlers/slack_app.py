@@ -103,9 +103,27 @@ class SlackEnv:
         return cls(bot, app, secret, api)
 
 
-def web_client(token: str, api_url: str | None = None) -> WebClient:
-    client = WebClient(token=token, base_url=api_url or WebClient.BASE_URL,
-                       timeout=int(WEB_API_TIMEOUT))
+CREDENTIALS = ("token", "client_secret", "client_id", "code")  # oauth and auth.test arguments
+
+
+class RedactingWebClient(WebClient):
+    """Every Web API call's arguments (texts, blocks, views) leave with secrets redacted."""
+
+    redact: Callable[[str], str] | None = None
+
+    def api_call(self, api_method: str, **kwargs: Any):  # type: ignore[override]
+        deep = getattr(self.redact, "deep", None)
+        if deep is not None:  # the credentials themselves must still reach Slack
+            kwargs = {k: {n: v if n in CREDENTIALS else deep(v) for n, v in part.items()}
+                      if k in ("data", "params", "json") and isinstance(part, dict) else part
+                      for k, part in kwargs.items()}
+        return super().api_call(api_method, **kwargs)
+
+
+def web_client(token: str, api_url: str | None = None, redact=None) -> WebClient:
+    client = RedactingWebClient(token=token, base_url=api_url or WebClient.BASE_URL,
+                                timeout=int(WEB_API_TIMEOUT))
+    client.redact = redact
     client.retry_handlers.append(RateLimitErrorRetryHandler(max_retry_count=2))
     return client
 
@@ -220,6 +238,8 @@ class SlackFrontEnd:
                                        approver=self.reporter, environ=environ, tracker=tracker,
                                        backend_for=backend_for, probe=probe, clock=clock,
                                        durable_posts=True)
+        if isinstance(client, RedactingWebClient) and client.redact is None:
+            client.redact = self.pipeline.redact  # what this front end posts itself, too
         # Scheduled and queued deployments; started by serve() (it posts health summaries too).
         self.scheduler = DeployScheduler(self.pipeline, summary=self.reporter.summary)
         self._claimed: set[int] = set()
@@ -573,7 +593,10 @@ def serve(ctx, args, *, environ: Mapping[str, str] | None = None,
     environ = os.environ if environ is None else environ
     http = bool(getattr(args, "http", False))
     env = SlackEnv.from_environ(environ, http=http)
-    client = web_client(env.bot_token, env.api_url)
+    from handlers.wiring import start_redaction
+
+    client = web_client(env.bot_token, env.api_url,
+                        redact=start_redaction(ctx.config, ctx.store, environ))
     identity = check_bot_token(client)
     front = SlackFrontEnd(ctx.config, ctx.store, client,
                           signing_secret=env.signing_secret if http else None, environ=environ)

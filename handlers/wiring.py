@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 from typing import Mapping
 
+from bot.childenv import without_secrets
 from bot.config import Config
 from bot.errors import ConfigError
 from bot.pipeline import Pipeline
 from bot.ports import Approver, DeployBackend, Reporter, Tracker
+from bot.redact import (Redactor, RedactingReporter, RedactingTracker, install_log_filter,
+                        redactor_for, secret_env_names)
 from bot.store import Store
 
 DB_ENV = "DEPLOYBOT_DB"
@@ -36,39 +39,63 @@ def build_tracker(config: Config, store: Store, environ: Mapping[str, str]) -> T
     return KINDS[kind](config.tracker.model_dump(mode="json"), environ)
 
 
-def backend_factory(config: Config):
-    """service, environment -> DeployBackend, built once per pair and reused."""
+def backend_factory(config: Config, environ: Mapping[str, str] | None = None):
+    """service, environment -> DeployBackend, built once per pair and reused. Backend tools
+    (docker compose) run without deploybot's own tokens."""
     from backends.deploy import build_backend
 
     cache: dict[tuple[str, str], DeployBackend] = {}
+    tools_environ = without_secrets(os.environ if environ is None else environ,
+                                    secret_env_names(config, declared=False))
 
     def backend_for(service: str, environment: str) -> DeployBackend:
         key = (service, environment)
         if key not in cache:
-            cache[key] = build_backend(service, environment, config.service(service, environment))
+            cache[key] = build_backend(service, environment, config.service(service, environment),
+                                       environ=tools_environ)
         return cache[key]
 
     return backend_for
 
 
+def start_redaction(config: Config, store: Store | None,
+                    environ: Mapping[str, str]) -> Redactor:
+    """The configured secrets, redacted from the store and the logs from here on."""
+    redact = redactor_for(config, environ)
+    if store is not None:
+        store.redact = redact
+    install_log_filter(redact)
+    return redact
+
+
 def build_pipeline(config: Config, store: Store, *, reporter: Reporter, approver: Approver,
                    environ: Mapping[str, str] | None = None, tracker: Tracker | None = None,
                    backend_for=None, probe=None, clock=None,
-                   durable_posts: bool = False) -> Pipeline:
+                   durable_posts: bool = False, redact: Redactor | None = None) -> Pipeline:
     """The configured pipeline; `tracker`, `backend_for`, `probe` and `clock` replace the
     configured ones (tests and embedders swap the edges, never the core). `durable_posts`:
-    the reporter's alert/blocked/finished go through the outbox (Slack, not the terminal)."""
+    the reporter's alert/blocked/finished go through the outbox (Slack, not the terminal).
+    Every text it stores, reports or comments is redacted (`redact`: built from the config
+    when None)."""
     from backends.deploy import build_image_builder
     from backends.monitoring.probe import HttpxProbe
 
     environ = os.environ if environ is None else environ
+    if redact is None:
+        redact = start_redaction(config, store, environ)
+    else:
+        store.redact = redact
+    tracker = RedactingTracker(tracker or build_tracker(config, store, environ), redact)
+    reporter = RedactingReporter(reporter, redact)
     pipeline = Pipeline(config=config, store=store,
-                        tracker=tracker or build_tracker(config, store, environ),
-                        backend_for=backend_for or backend_factory(config), reporter=reporter,
+                        tracker=tracker,
+                        backend_for=backend_for or backend_factory(config, environ),
+                        reporter=reporter,
                         approver=approver, probe=probe or HttpxProbe.for_config(config, environ),
                         environ=environ, image_builder=build_image_builder(environ), clock=clock,
                         durable_posts=durable_posts)
     pipeline.metrics_for = metrics_factory(config)
+    pipeline.redact = redact
     return pipeline
 
 

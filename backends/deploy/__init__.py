@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Mapping
+
 from bot.config import Service
 from bot.errors import ConfigError
 from bot.ports import DeployBackend
 
 
-def build_backend(service: str, environment: str, settings: Service) -> DeployBackend:
+def build_backend(service: str, environment: str, settings: Service,
+                  environ: Mapping[str, str] | None = None) -> DeployBackend:
+    """`environ`: what backend tools run with (None: the process's, minus SLACK_*)."""
     kind = settings.backend.kind
     if kind == "docker":
         from backends.deploy.docker import DockerBackend
@@ -16,7 +20,7 @@ def build_backend(service: str, environment: str, settings: Service) -> DeployBa
     if kind == "compose":
         from backends.deploy.compose import ComposeBackend
 
-        return ComposeBackend(service, environment, settings)
+        return ComposeBackend(service, environment, settings, environ=environ)
     if kind == "kubernetes":
         from backends.deploy.kubernetes import KubernetesBackend
 

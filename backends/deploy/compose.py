@@ -46,7 +46,9 @@ from typing import Any, Literal, Mapping
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from bot.childenv import without_secrets
 from bot.config import Service
+from bot.envfile import env_file_problem
 from bot.errors import BackendError, ConfigError
 from bot.models import BackendStatus
 from bot.ports import StepCallback
@@ -164,7 +166,8 @@ def _probe(argv: list[str]) -> tuple[str | None, str]:
     """(version, "") when argv is a usable Compose v2, else (None, why not)."""
     try:
         done = subprocess.run([*argv, "version", "--short"], capture_output=True, text=True,
-                              timeout=PROBE_TIMEOUT, stdin=subprocess.DEVNULL)
+                              timeout=PROBE_TIMEOUT, stdin=subprocess.DEVNULL,
+                              env=without_secrets(os.environ))
     except FileNotFoundError:
         return None, "not installed"
     except PermissionError:
@@ -183,7 +186,8 @@ def _probe(argv: list[str]) -> tuple[str | None, str]:
         return None, f"version {shown} is older than {'.'.join(map(str, MIN_VERSION))}"
     try:
         bogus = subprocess.run([*argv, "deploybot-no-such-command"], capture_output=True,
-                               timeout=PROBE_TIMEOUT, stdin=subprocess.DEVNULL)
+                               timeout=PROBE_TIMEOUT, stdin=subprocess.DEVNULL,
+                               env=without_secrets(os.environ))
     except (OSError, subprocess.TimeoutExpired) as exc:
         return None, f"cannot run: {exc}"
     if bogus.returncode == 0:
@@ -359,7 +363,8 @@ class ComposeBackend:
             return list(self.opts.binary or ["docker", "compose"])
 
     def _env(self) -> dict[str, str]:
-        return dict(os.environ if self._environ is None else self._environ)
+        # compose needs DOCKER_HOST and friends, never deploybot's tokens
+        return without_secrets(os.environ if self._environ is None else self._environ)
 
     def ref(self, compose_service: str, version: str) -> str:
         return f"{self.opts.images.get(compose_service, self.image)}:{version}"
@@ -426,8 +431,9 @@ class ComposeBackend:
             raise BackendError(f"compose file {self.file} does not exist",
                                hint=f"check services.{self.service}.backend.file "
                                     f"(relative to {Path.cwd()})")
-        if self.opts.env_file and not Path(self.opts.env_file).is_file():
-            raise BackendError(f"env file {self.opts.env_file} does not exist")
+        problem = env_file_problem(self.opts.env_file) if self.opts.env_file else None
+        if problem:
+            raise BackendError(problem)
 
     def _write_override(self, version: str, images: Mapping[str, str],
                         ticket_id: str | None = None) -> Path:

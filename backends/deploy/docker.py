@@ -11,9 +11,9 @@ import docker
 import docker.errors
 import requests.exceptions
 
-from bot.checks import read_env_file
+from bot.envfile import read_env_file
 from bot.config import DockerBackendSettings, Service
-from bot.errors import BackendError
+from bot.errors import BackendError, InputError
 from bot.models import BackendStatus
 from bot.ports import StepCallback, Usage
 
@@ -168,6 +168,8 @@ class DockerBackend(pins.SeenBytes):
                 kwargs["environment"] = read_env_file(self.opts.env_file)
             except OSError as exc:
                 raise BackendError(f"cannot read env file {self.opts.env_file}: {exc.strerror}") from None
+            except InputError as exc:  # not a regular file, a line without a name
+                raise BackendError(exc.message, hint=exc.hint) from None
         if self.opts.network:
             kwargs["network"] = self.opts.network
         if self.opts.command:

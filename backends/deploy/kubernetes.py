@@ -59,6 +59,7 @@ from bot.config import Service
 from bot.errors import BackendError, ConfigError
 from bot.models import BackendStatus
 from bot.ports import StepCallback
+from bot.redact import clip
 
 from backends.deploy import pins
 
@@ -140,7 +141,7 @@ def _api_message(exc: Any) -> str:
             if message:
                 return str(message)
         except (ValueError, AttributeError):
-            return str(body)[:300]
+            return clip(str(body), 300)
     return str(getattr(exc, "reason", "") or exc)
 
 

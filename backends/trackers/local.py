@@ -89,7 +89,8 @@ class LocalTracker:
                 if existing:
                     return str(existing[0])
             return str(db["ticket_comments"].insert({
-                "ticket_id": ticket_id, "author": author, "body": markdown, "key": key or None,
+                "ticket_id": ticket_id, "author": author, "body": self.store.redact(markdown),
+                "key": key or None,
                 "created_at": self.store.now().astimezone(timezone.utc).isoformat(),
             }).last_pk)
 
@@ -145,8 +146,10 @@ class LocalTracker:
             elif db.execute("SELECT 1 FROM tickets WHERE id = ?", [ticket_id]).fetchone():
                 raise InputError(f"{ticket_id} already exists")
             db["tickets"].insert({
-                "id": ticket_id, "project": project, "number": number, "title": title.strip(),
-                "status": canonical, "description": description, "fields": json.dumps(dict(fields or {})),
+                "id": ticket_id, "project": project, "number": number,
+                "title": self.store.redact(title.strip()), "status": canonical,
+                "description": self.store.redact(description),
+                "fields": self.store.redact(json.dumps(dict(fields or {}))),
                 "labels": "[]", "created_at": self.store.now().isoformat(),
             })
         return ticket_id
