@@ -269,14 +269,15 @@ def _gates(redmine, tmp_path, *, key: str | None = None, cq: tuple = ("bob",),
 
     cfg = configuration.parse({
         "tracker": {"kind": "redmine", "url": redmine.url, "token_env": "REDMINE_KEY",
-                    "project": "webshop", "rules": {"cq_approval": {"authors": list(cq)},
+                    "project": "webshop", "markup": "common_mark",  # the seeded instance's
+                    "rules": {"cq_approval": {"authors": list(cq)},
                                                     "qa_pass": {"authors": list(qa)}}},
         "environments": environments or {"staging": {}},
         "services": {"web": {"image": "demo-web", "health": {"url": "http://127.0.0.1:9/h"}}},
         "people": {n: {"tracker": n} for n in ("alice", "bob", "carol", "quinn", "dora")},
     })
     tracker = KINDS["redmine"]({"url": redmine.url, "token_env": "REDMINE_KEY",
-                                "project": "webshop", "timeout": 10},
+                                "project": "webshop", "timeout": 10, "markup": "common_mark"},
                                {"REDMINE_KEY": key or redmine.keys["deploybot"]})
     backend = FakeBackend(running="v1")
     pipeline = Pipeline(config=cfg, store=Store(tmp_path / "deploybot.db"), tracker=tracker,
