@@ -15,7 +15,9 @@ from bot.config import Config
 from bot.store import Store
 from backends.trackers.local import LocalTracker
 from fakes.slack_api import FakeSlack, Message, SlackRequests
+from handlers import blocks
 from handlers.slack_app import SlackFrontEnd, make_http_server, web_client
+from handlers.slack_reporter import ThreadRef
 
 SECRET = "test-signing-secret-0123456789"
 ALICE, BOB, CAROL, DANA = "U0ALICE", "U0BOB", "U0CAROL", "U0DANA"
@@ -25,8 +27,10 @@ PEOPLE = {"alice": {"slack": ALICE, "tracker": "alice"}, "bob": {"slack": BOB, "
 
 
 def slack_config(*, image: str, ports: dict[str, int], prefix: str,
-                 approver_groups: list[str] | None = None, verify_timeout: float = 20) -> Config:
-    """staging (no approval) and production (one approval by bob), each on its own port."""
+                 approver_groups: list[str] | None = None, verify_timeout: float = 20,
+                 services: tuple[str, ...] = ("web",)) -> Config:
+    """staging (no approval) and production (one approval by bob), each on its own port;
+    `services` alike (only "web" runs containers in the Docker tests)."""
     def service_for(env: str) -> dict:
         port = ports[env]
         return {
@@ -46,10 +50,12 @@ def slack_config(*, image: str, ports: dict[str, int], prefix: str,
             "production": {"production": True, "approvals_required": 1, "approvers": ["bob"],
                            "approver_groups": approver_groups or []},
         },
-        "services": {"web": {"image": image, **service_for(first),
-                             "verify": {"timeout": verify_timeout, "interval": 0.3}}},
+        "services": {name: {"image": image, **service_for(first),
+                            "verify": {"timeout": verify_timeout, "interval": 0.3}}
+                     for name in services},
         "people": PEOPLE,
-        "overrides": {env: {"web": service_for(env)} for env in ports if env != first},
+        "overrides": {env: {name: service_for(env) for name in services}
+                      for env in ports if env != first},
     }
     return configuration.parse(data, "test-slack.yaml")
 
@@ -63,6 +69,30 @@ def ready_ticket(store: Store, title: str = "Ship v2", notes: str | None = None)
     if notes:
         tracker.add_comment(tid, f"Deployment notes: {notes}", author="carol")
     return tid
+
+
+def shows(slack_message: Message | None, rendered: blocks.Message) -> bool:
+    return slack_message is not None and slack_message.text == rendered.text and \
+        slack_message.blocks == rendered.blocks
+
+
+def stale_messages(bot: "BotUnderTest", deployment_ids: list[int]) -> list[str]:
+    """The thread messages (root, checklist, final) that do not show the stored state yet."""
+    stale = []
+    config, store = bot.front.config, bot.store
+    for did in deployment_ids:
+        d = store.deployment(did)
+        ref = ThreadRef.parse(d.thread_ref)
+        if ref is None:
+            stale.append(f"#{did}: no thread")
+            continue
+        wanted = {"root": (ref.ts, blocks.root_message(config, d)),
+                  "checklist": (ref.parts.get("checklist"),
+                                blocks.checklist_message(config, d, store.checks(did))),
+                  "final": (ref.parts.get("final"), blocks.final_message(config, d, d.record))}
+        stale += [f"#{did}: {name}" for name, (ts, rendered) in wanted.items()
+                  if not shows(bot.slack.messages.get(ts or ""), rendered)]
+    return stale
 
 
 @dataclass
@@ -104,9 +134,11 @@ class BotUnderTest:
 
 @contextmanager
 def running_bot(config: Config, db_path: Path, *, usergroups: dict[str, list[str]] | None = None,
-                workers: int = 8, **edges) -> Iterator[BotUnderTest]:
-    """`edges`: tracker, backend_for, probe, clock to replace the configured ones."""
-    slack = FakeSlack(usergroups=usergroups).start()
+                workers: int = 8, slack: FakeSlack | None = None,
+                **edges) -> Iterator[BotUnderTest]:
+    """`edges`: tracker, backend_for, probe, clock (and reporter_factory) to replace the
+    configured ones; `slack`: a FakeSlack of the test's own (limits, channels), not started."""
+    slack = (slack or FakeSlack(usergroups=usergroups)).start()
     store = Store(db_path)
     front = server = send = None
     thread = None
@@ -118,7 +150,7 @@ def running_bot(config: Config, db_path: Path, *, usergroups: dict[str, list[str
                                   daemon=True, name=f"slack-app-{uuid.uuid4().hex[:6]}")
         thread.start()
         url = f"http://127.0.0.1:{server.server_port}/slack/events"
-        send = SlackRequests(url, SECRET)
+        send = SlackRequests(url, SECRET, hooks_url=slack.hooks_url)
         yield BotUnderTest(slack, front, send, store, url)
     finally:
         if server is not None:

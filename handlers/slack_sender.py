@@ -1,0 +1,355 @@
+"""One sender per workspace: every Web API call within Slack's limits, progress coalesced.
+
+Two ways to send:
+- `call()`: now, in the caller's thread (durable posts, look-ups): waits for the budget at most
+  `max_wait` seconds, honours Retry-After, and raises DeliveryError when that is not enough.
+- `show()` / `add_step()`: a message as it should look *now*. A slot per message keeps only the
+  latest render; a background loop posts or updates it when the budget allows, so after any 429
+  storm every message ends at its latest render, and an update waiting in line is replaced, not
+  queued twice. Posts of one lane (a deployment's thread) go out in the order they were asked.
+Calls made by `call()` go before the background loop's (the loop leaves them the budget).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable
+
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+
+from bot.errors import DeliveryError
+from handlers.blocks import Message
+from handlers.slack_budget import Budget, Limits
+
+log = logging.getLogger("deploybot.slack.sender")
+
+MAX_FAILURES = 5  # a message that fails this often (not rate limits) is given up, and logged
+KEEP_CLEAN = 2000  # sent slots remembered, so an identical render is not sent again
+STEP_LINES = 10  # steps coalesced into one thread message at most
+
+
+class RateLimited(Exception):
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"rate limited for {retry_after:g} s")
+        self.retry_after = retry_after
+
+
+def retry_after(exc: SlackApiError) -> float | None:
+    """Retry-After of a 429 (None when the error was not a rate limit)."""
+    response = exc.response
+    if getattr(response, "status_code", None) != 429 and response.get("error") != "ratelimited":
+        return None
+    headers = getattr(response, "headers", None) or {}
+    value = next((v for k, v in headers.items() if k.lower() == "retry-after"), None)
+    value = value[0] if isinstance(value, list) else value
+    try:
+        return max(0.0, float(value))
+    except (TypeError, ValueError):
+        return 1.0  # a 429 without the header: wait a little rather than hammer
+
+
+def digest(message: Message) -> str:
+    return hashlib.sha256(json.dumps(message.kwargs(), sort_keys=True).encode()).hexdigest()
+
+
+@dataclass
+class Slot:
+    """One message as deploybot wants people to see it; sent when the budget allows."""
+
+    key: Hashable
+    lane: Hashable
+    channel: str
+    thread_ts: str | None
+    ts: str | None  # None: not posted yet
+    message: Message
+    seq: int
+    on_posted: Callable[[str], None] | None = None
+    sent: str | None = None  # digest of what Slack shows
+    lines: list[str] = field(default_factory=list)  # a step slot's lines
+    failures: int = 0
+    not_before: float = 0.0
+    busy: bool = False
+
+    @property
+    def dirty(self) -> bool:
+        return self.sent != digest(self.message) and self.failures < MAX_FAILURES
+
+    @property
+    def method(self) -> str:
+        return "chat_update" if self.ts else "chat_postMessage"
+
+
+class SlackSender:
+    def __init__(self, client: WebClient, *, limits: Limits | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 wait: Callable[[threading.Condition, float], Any] | None = None,
+                 background: bool = True) -> None:
+        self.client = client
+        self.clock = clock
+        self.budget = Budget(limits or Limits(), clock)
+        self._cond = threading.Condition()
+        self._wait = wait or (lambda cond, seconds: cond.wait(seconds))
+        self._slots: OrderedDict[Hashable, Slot] = OrderedDict()
+        self._sync_waiting: Counter[Hashable] = Counter()
+        self._urgent: set[Hashable] = set()
+        self._seq = 0
+        self._background = background
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+        self.calls = 0
+        self.ratelimited = 0
+
+    # -- one call, now --------------------------------------------------------------------------
+
+    def call(self, method: str, *, max_wait: float = 20.0, **kwargs: Any) -> dict:
+        """One Web API call within the budget. SlackApiError for Slack's refusals, DeliveryError
+        (with retry_after) when the limits do not let it through within `max_wait` seconds;
+        network errors and timeouts as they come (the answer is unknown)."""
+        key = Budget.key(method, kwargs.get("channel"))
+        deadline = self.clock() + max_wait
+        while True:
+            self._reserve(key, method, deadline)
+            try:
+                return self._send(method, key, kwargs)
+            except RateLimited as exc:
+                if self.clock() + exc.retry_after > deadline:
+                    raise DeliveryError(f"Slack rate-limited {method.replace('_', '.')}",
+                                        hint=f"retry after {exc.retry_after:g} s",
+                                        retry_after=exc.retry_after) from None
+
+    def _reserve(self, key: Hashable, method: str, deadline: float) -> None:
+        with self._cond:
+            self._sync_waiting[key] += 1
+            try:
+                while not self.budget.take(key):
+                    wait = self.budget.wait(key)
+                    if self.clock() + wait > deadline:
+                        raise DeliveryError(f"Slack's limit for {method.replace('_', '.')} is "
+                                            f"used up", hint=f"retry after {wait:.1f} s",
+                                            retry_after=wait)
+                    self._wait(self._cond, wait)
+            finally:
+                self._sync_waiting[key] -= 1
+                self._cond.notify_all()
+
+    def _send(self, method: str, key: Hashable, kwargs: dict) -> dict:
+        self.calls += 1
+        try:
+            return getattr(self.client, method)(**kwargs).data
+        except SlackApiError as exc:
+            seconds = retry_after(exc)
+            if seconds is None:
+                raise
+            self.ratelimited += 1
+            self.budget.pause(key, seconds)
+            log.info("Slack rate-limited %s: pausing it %.1f s", method, seconds)
+            raise RateLimited(seconds) from None
+
+    # -- messages as they should look -----------------------------------------------------------
+
+    def show(self, key: Hashable, message: Message, *, lane: Hashable, channel: str,
+             thread_ts: str | None = None, ts: str | None = None,
+             on_posted: Callable[[str], None] | None = None) -> None:
+        """Make the message `key` look like `message` (post it first when `ts` is None)."""
+        with self._cond:
+            slot = self._slots.get(key)
+            if slot is None:
+                self._seq += 1
+                slot = self._slots[key] = Slot(key, lane, channel, thread_ts, ts, message,
+                                               self._seq, on_posted)
+            else:
+                slot.message = message
+                slot.ts = slot.ts or ts
+                slot.failures = 0
+                self._slots.move_to_end(key)
+            self._kick()
+
+    def add_step(self, lane: Hashable, line: str, render: Callable[[list[str]], Message], *,
+                 channel: str, thread_ts: str) -> None:
+        """A progress line in the thread; lines waiting to be posted go out as one message."""
+        with self._cond:
+            last = next((s for s in reversed(self._slots.values())
+                         if s.lane == lane and s.lines), None)
+            if last and last.ts is None and not last.busy and len(last.lines) < STEP_LINES:
+                last.lines.append(line)
+                last.message = render(last.lines)
+                self._kick()
+                return
+            self._seq += 1
+            key = (lane, "step", self._seq)
+            self._slots[key] = Slot(key, lane, channel, thread_ts, None, render([line]),
+                                    self._seq, lines=[line])
+            self._kick()
+
+    def mark_sent(self, key: Hashable) -> None:
+        """The slot's message was just posted by `call()`: Slack shows it already."""
+        with self._cond:
+            slot = self._slots.get(key)
+            if slot is not None:
+                slot.sent = digest(slot.message)
+
+    def settle(self, lane: Hashable, timeout: float) -> bool:
+        """Wait (at most `timeout` s) until the lane's posts are out: a durable message posted
+        next lands after them in the thread. Their turn comes first meanwhile."""
+        deadline = self.clock() + timeout
+        with self._cond:
+            self._urgent.add(lane)
+            self._kick()
+            try:
+                while any(s.lane == lane and s.ts is None and s.dirty
+                          for s in self._slots.values()):
+                    left = deadline - self.clock()
+                    if left <= 0:
+                        return False
+                    if not self._background:
+                        self._cond.release()
+                        try:
+                            pause = self.pump()
+                        finally:
+                            self._cond.acquire()
+                        if pause:
+                            self._wait(self._cond, min(pause, left))
+                        continue
+                    self._wait(self._cond, min(left, 0.5))
+                return True
+            finally:
+                self._urgent.discard(lane)
+
+    def pending(self) -> int:
+        with self._cond:
+            return sum(1 for s in self._slots.values() if s.dirty)
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def _kick(self) -> None:
+        if self._background and self._thread is None and not self._stopped:
+            self._thread = threading.Thread(target=self._run, name="deploybot-slack-sender",
+                                            daemon=True)
+            self._thread.start()
+        self._cond.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if self._stopped:
+                    return
+            pause = self.pump()
+            with self._cond:
+                if self._stopped:
+                    return
+                if pause != 0:
+                    self._wait(self._cond, pause if pause is not None else 1.0)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the loop; messages not sent within `timeout` stay as they are."""
+        deadline = self.clock() + timeout
+        with self._cond:
+            while self._thread is not None and any(s.dirty for s in self._slots.values()) \
+                    and self.clock() < deadline:
+                self._wait(self._cond, 0.1)
+            self._stopped = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=timeout)
+
+    def _next(self) -> tuple[Slot | None, float | None]:
+        """The slot to send now (budget taken), else how long until one may go."""
+        now = self.clock()
+        soonest: float | None = None
+        unposted: set[Hashable] = set()
+        ordered = sorted(self._slots.values(), key=lambda s: (s.lane not in self._urgent, s.seq))
+        for slot in ordered:
+            if not slot.dirty:
+                continue
+            blocked_by_earlier = slot.ts is None and slot.lane in unposted
+            if slot.ts is None:
+                unposted.add(slot.lane)
+            if slot.busy or blocked_by_earlier:
+                continue
+            if slot.not_before > now:
+                wait = slot.not_before - now
+                soonest = wait if soonest is None else min(soonest, wait)
+                continue
+            key = Budget.key(slot.method, slot.channel)
+            if self._sync_waiting[key]:
+                continue
+            if self.budget.take(key):
+                slot.busy = True
+                return slot, 0.0
+            wait = self.budget.wait(key)
+            soonest = wait if soonest is None else min(soonest, wait)
+        return None, soonest
+
+    def pump(self) -> float | None:
+        """Send one message that is due. 0: sent one (call again); else seconds until the next
+        may go; None: nothing waits."""
+        with self._cond:
+            slot, pause = self._next()
+            if slot is None:
+                return pause if pause is None else max(pause, 0.01)
+            message, shown = slot.message, digest(slot.message)
+            ts = slot.ts
+        kwargs = dict(channel=slot.channel, **message.kwargs())
+        key = Budget.key(slot.method, slot.channel)
+        answer = None
+        try:
+            if ts:
+                answer = self._send("chat_update", key, dict(kwargs, ts=ts))
+            else:
+                answer = self._send("chat_postMessage", key, dict(
+                    kwargs, unfurl_links=False,
+                    **({"thread_ts": slot.thread_ts} if slot.thread_ts else {})))
+        except RateLimited:
+            pass  # the key is paused; the slot stays dirty and goes again after
+        except SlackApiError as exc:
+            self._failed(slot, exc.response.get("error", "?"), permanent=exc.response.get(
+                "error") in PERMANENT_ERRORS)
+        except Exception as exc:  # timeouts, connection errors: try again a little later
+            self._failed(slot, type(exc).__name__, permanent=False)
+        if answer is not None:
+            self._done(slot, shown, answer)
+        with self._cond:
+            slot.busy = False
+            self._cond.notify_all()
+            self._evict()
+        return 0.0
+
+    def _failed(self, slot: Slot, error: str, *, permanent: bool) -> None:
+        with self._cond:
+            slot.failures = MAX_FAILURES if permanent else slot.failures + 1
+            slot.not_before = self.clock() + min(30.0, 2.0 ** slot.failures)
+        level = logging.WARNING if slot.failures >= MAX_FAILURES else logging.INFO
+        log.log(level, "Slack %s of %s failed (%s)%s", slot.method, slot.key, error,
+                "; given up" if slot.failures >= MAX_FAILURES else "; will try again")
+
+    def _done(self, slot: Slot, shown: str, answer: dict) -> None:
+        posted = slot.ts is None
+        with self._cond:
+            slot.sent = shown
+            slot.failures = 0
+            if posted:
+                slot.ts = answer.get("ts")
+        if posted and slot.on_posted and slot.ts:
+            try:
+                slot.on_posted(slot.ts)
+            except Exception:
+                log.exception("remembering the message %s failed", slot.key)
+
+    def _evict(self) -> None:
+        clean = [k for k, s in self._slots.items() if not s.dirty and not s.busy]
+        for key in clean[:max(0, len(clean) - KEEP_CLEAN)]:
+            del self._slots[key]
+
+
+# Retrying cannot help: the bot is not in the channel, the channel is gone, the token is wrong.
+PERMANENT_ERRORS = frozenset({"channel_not_found", "not_in_channel", "is_archived",
+                              "invalid_auth", "account_inactive", "token_revoked",
+                              "message_not_found", "cant_update_message", "msg_too_long",
+                              "invalid_blocks", "missing_scope", "not_authed"})
