@@ -59,7 +59,7 @@ MARKER = "deploybot_message"  # metadata event_type of the durable posts
 UNANSWERED = "?"  # thread_ref value of a durable post whose answer never came
 ROOT_WAIT = 30.0  # seconds a thread's first message may wait for the channel's budget
 DURABLE_WAIT = 20.0  # seconds a durable post may wait before the outbox takes over
-SETTLE_WAIT = 15.0  # seconds the thread's progress posts get to land before the record
+SETTLE_WAIT = 15.0  # seconds a new checklist may wait for its message before it runs
 
 
 class SlackReporter:
@@ -152,11 +152,11 @@ class SlackReporter:
                 self._remember(d.id, key, found)
                 return found
         metadata = {"event_type": MARKER, "event_payload": {"deployment": d.id, "key": key}}
-        kwargs = dict(channel=channel, unfurl_links=False, metadata=metadata,
-                      **message.kwargs(), **({"thread_ts": thread_ts} if thread_ts else {}))
         self._remember(d.id, key, UNANSWERED)
         try:
-            sent = self.sender.call("chat_postMessage", max_wait=DURABLE_WAIT, **kwargs)
+            sent = self.sender.deliver((d.id, key), message, lane=d.id, channel=channel,
+                                       thread_ts=thread_ts, extra={"metadata": metadata},
+                                       timeout=DURABLE_WAIT)
         except DeliveryError:
             self._remember(d.id, key, None)  # not sent: nothing to look for
             raise
@@ -214,8 +214,8 @@ class SlackReporter:
             d = self.store.deployment(d.id)
             message = blocks.root_message(self.config, d)
             try:
-                sent = self.sender.call("chat_postMessage", max_wait=ROOT_WAIT, channel=channel,
-                                        unfurl_links=False, **message.kwargs())
+                sent = self.sender.deliver((d.id, "root"), message, lane=d.id, channel=channel,
+                                           timeout=ROOT_WAIT)
             except SlackApiError as exc:
                 error = exc.response.get("error", "?")
                 raise DeliveryError(f"deploybot cannot post in {channel} ({error})",
@@ -228,8 +228,6 @@ class SlackReporter:
                                     f"({type(exc).__name__})") from None
             ref = ThreadRef(sent["channel"], sent["ts"])
             self._save(d.id, ref)
-            self.sender.show((d.id, "root"), message, lane=d.id, channel=ref.channel, ts=ref.ts)
-            self.sender.mark_sent((d.id, "root"))
             return ref
 
     def open_thread(self, d: Deployment, channel: str) -> ThreadRef | None:
@@ -281,6 +279,9 @@ class SlackReporter:
         self.refresh_root(deployment)
         self.refresh_checklist(deployment)
         self.on_change()
+        # Nothing is touched yet: when the channel's budget is behind, the checklist waits for
+        # its message, so people watch it run instead of reading it long after it ran.
+        self.sender.settle(deployment.id, SETTLE_WAIT)
 
     def checklist_updated(self, deployment: Deployment, checks: list[CheckResult]) -> None:
         self.refresh_checklist(deployment)
@@ -332,11 +333,7 @@ class SlackReporter:
             self.sender.show((d.id, "final"), final, lane=d.id, channel=ref.channel,
                              thread_ts=ref.ts, ts=posted)
             return
-        self.sender.settle(d.id, SETTLE_WAIT)  # the checklist and steps land before the record
-        ts = self._durable(d, "final", ref.channel, ref.ts, final)
-        self.sender.show((d.id, "final"), final, lane=d.id, channel=ref.channel,
-                         thread_ts=ref.ts, ts=ts)
-        self.sender.mark_sent((d.id, "final"))
+        self._durable(d, "final", ref.channel, ref.ts, final)  # after the lane's earlier posts
 
     def summary(self, text: str) -> None:
         """Not about one deployment (the periodic health summary): a message in the channel."""

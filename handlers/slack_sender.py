@@ -1,13 +1,17 @@
 """One sender per workspace: every Web API call within Slack's limits, progress coalesced.
 
-Two ways to send:
-- `call()`: now, in the caller's thread (durable posts, look-ups): waits for the budget at most
-  `max_wait` seconds, honours Retry-After, and raises DeliveryError when that is not enough.
+Three ways to send:
 - `show()` / `add_step()`: a message as it should look *now*. A slot per message keeps only the
   latest render; a background loop posts or updates it when the budget allows, so after any 429
   storm every message ends at its latest render, and an update waiting in line is replaced, not
-  queued twice. Posts of one lane (a deployment's thread) go out in the order they were asked.
-Calls made by `call()` go before the background loop's (the loop leaves them the budget).
+  queued twice.
+- `deliver()`: post one message and wait (at most `timeout` s) for its ts: the thread's root and
+  the durable posts. DeliveryError (with retry_after) when the limits do not let it through in
+  time; Slack's refusal and unknown outcomes (timeouts) as they came.
+- `call()`: any other method, now, in the caller's thread, within the budget.
+Order: messages are grouped in lanes (a deployment's messages). Posts of a lane go out in the
+order they were asked; a lane somebody waits on goes first, older lanes before newer ones, so ten
+deployments at once see their threads completed one after the other, not all half-done.
 """
 
 from __future__ import annotations
@@ -73,13 +77,23 @@ class Slot:
     on_posted: Callable[[str], None] | None = None
     sent: str | None = None  # digest of what Slack shows
     lines: list[str] = field(default_factory=list)  # a step slot's lines
+    extra: dict = field(default_factory=dict)  # more chat.postMessage arguments (metadata)
     failures: int = 0
     not_before: float = 0.0
     busy: bool = False
+    awaited: bool = False  # deliver() waits for it: failures go to the waiter, not retried
+    error: BaseException | None = None
+    wanted: str = ""  # digest of `message`
+
+    def __post_init__(self) -> None:
+        self.wanted = digest(self.message)
+
+    def set(self, message: Message) -> None:
+        self.message, self.wanted = message, digest(message)
 
     @property
     def dirty(self) -> bool:
-        return self.sent != digest(self.message) and self.failures < MAX_FAILURES
+        return self.sent != self.wanted and self.failures < MAX_FAILURES
 
     @property
     def method(self) -> str:
@@ -98,7 +112,8 @@ class SlackSender:
         self._wait = wait or (lambda cond, seconds: cond.wait(seconds))
         self._slots: OrderedDict[Hashable, Slot] = OrderedDict()
         self._sync_waiting: Counter[Hashable] = Counter()
-        self._urgent: set[Hashable] = set()
+        self._urgent: Counter[Hashable] = Counter()  # lanes somebody waits on
+        self._lanes: dict[Hashable, int] = {}  # lane -> when it was first seen
         self._seq = 0
         self._background = background
         self._thread: threading.Thread | None = None
@@ -154,6 +169,14 @@ class SlackSender:
 
     # -- messages as they should look -----------------------------------------------------------
 
+    def _new_slot(self, key: Hashable, lane: Hashable, channel: str, thread_ts: str | None,
+                  ts: str | None, message: Message, **more: Any) -> Slot:
+        self._seq += 1
+        self._lanes.setdefault(lane, self._seq)
+        slot = self._slots[key] = Slot(key, lane, channel, thread_ts, ts, message, self._seq,
+                                       **more)
+        return slot
+
     def show(self, key: Hashable, message: Message, *, lane: Hashable, channel: str,
              thread_ts: str | None = None, ts: str | None = None,
              on_posted: Callable[[str], None] | None = None) -> None:
@@ -161,11 +184,10 @@ class SlackSender:
         with self._cond:
             slot = self._slots.get(key)
             if slot is None:
-                self._seq += 1
-                slot = self._slots[key] = Slot(key, lane, channel, thread_ts, ts, message,
-                                               self._seq, on_posted)
+                slot = self._new_slot(key, lane, channel, thread_ts, ts, message,
+                                      on_posted=on_posted)
             else:
-                slot.message = message
+                slot.set(message)
                 slot.ts = slot.ts or ts
                 slot.failures = 0
                 self._slots.move_to_end(key)
@@ -179,28 +201,64 @@ class SlackSender:
                          if s.lane == lane and s.lines), None)
             if last and last.ts is None and not last.busy and len(last.lines) < STEP_LINES:
                 last.lines.append(line)
-                last.message = render(last.lines)
+                last.set(render(last.lines))
                 self._kick()
                 return
-            self._seq += 1
-            key = (lane, "step", self._seq)
-            self._slots[key] = Slot(key, lane, channel, thread_ts, None, render([line]),
-                                    self._seq, lines=[line])
+            self._new_slot((lane, "step", self._seq + 1), lane, channel, thread_ts, None,
+                           render([line]), lines=[line])
             self._kick()
 
-    def mark_sent(self, key: Hashable) -> None:
-        """The slot's message was just posted by `call()`: Slack shows it already."""
+    def deliver(self, key: Hashable, message: Message, *, lane: Hashable, channel: str,
+                thread_ts: str | None = None, extra: dict | None = None,
+                timeout: float = 20.0) -> dict:
+        """Post `message` now (in its lane's order) and wait for it: {"channel", "ts"}."""
+        deadline = self.clock() + timeout
         with self._cond:
-            slot = self._slots.get(key)
-            if slot is not None:
-                slot.sent = digest(slot.message)
+            slot = self._new_slot(key, lane, channel, thread_ts, None, message,
+                                  extra=dict(extra or {}), awaited=True)
+            self._urgent[lane] += 1
+            self._kick()
+            try:
+                while not (slot.ts and slot.sent):
+                    if slot.error is not None:
+                        del self._slots[key]
+                        raise slot.error
+                    left = deadline - self.clock()
+                    if left <= 0 and not slot.busy:
+                        del self._slots[key]  # not sent: nothing may post it later
+                        wait = self.budget.wait(Budget.key(slot.method, slot.channel))
+                        raise DeliveryError(f"Slack's limit for chat.postMessage in {channel} "
+                                            f"did not let the message through in time",
+                                            hint=f"retry after {max(wait, 1.0):.1f} s",
+                                            retry_after=max(wait, 1.0))
+                    self._pause(max(left, 0.05))
+                slot.awaited = False
+                return {"channel": slot.channel, "ts": slot.ts}
+            finally:
+                self._urgent[lane] -= 1
+                if self._urgent[lane] <= 0:
+                    del self._urgent[lane]
+
+    def _pause(self, most: float) -> None:
+        """With the condition held: let the loop work for a while (or, without a background
+        loop, do its work here)."""
+        if self._background:
+            self._wait(self._cond, min(most, 0.5))
+            return
+        self._cond.release()
+        try:
+            pause = self.pump()
+        finally:
+            self._cond.acquire()
+        if pause:
+            self._wait(self._cond, min(pause, most))
 
     def settle(self, lane: Hashable, timeout: float) -> bool:
         """Wait (at most `timeout` s) until the lane's posts are out: a durable message posted
         next lands after them in the thread. Their turn comes first meanwhile."""
         deadline = self.clock() + timeout
         with self._cond:
-            self._urgent.add(lane)
+            self._urgent[lane] += 1
             self._kick()
             try:
                 while any(s.lane == lane and s.ts is None and s.dirty
@@ -208,19 +266,12 @@ class SlackSender:
                     left = deadline - self.clock()
                     if left <= 0:
                         return False
-                    if not self._background:
-                        self._cond.release()
-                        try:
-                            pause = self.pump()
-                        finally:
-                            self._cond.acquire()
-                        if pause:
-                            self._wait(self._cond, min(pause, left))
-                        continue
-                    self._wait(self._cond, min(left, 0.5))
+                    self._pause(left)
                 return True
             finally:
-                self._urgent.discard(lane)
+                self._urgent[lane] -= 1
+                if self._urgent[lane] <= 0:
+                    del self._urgent[lane]
 
     def pending(self) -> int:
         with self._cond:
@@ -264,10 +315,10 @@ class SlackSender:
         now = self.clock()
         soonest: float | None = None
         unposted: set[Hashable] = set()
-        ordered = sorted(self._slots.values(), key=lambda s: (s.lane not in self._urgent, s.seq))
+        ordered = sorted((s for s in self._slots.values() if s.dirty and s.error is None),
+                         key=lambda s: (s.lane not in self._urgent,
+                                        self._lanes.get(s.lane, s.seq), s.seq))
         for slot in ordered:
-            if not slot.dirty:
-                continue
             blocked_by_earlier = slot.ts is None and slot.lane in unposted
             if slot.ts is None:
                 unposted.add(slot.lane)
@@ -278,7 +329,7 @@ class SlackSender:
                 soonest = wait if soonest is None else min(soonest, wait)
                 continue
             key = Budget.key(slot.method, slot.channel)
-            if self._sync_waiting[key]:
+            if self._sync_waiting[key] and slot.lane not in self._urgent:
                 continue
             if self.budget.take(key):
                 slot.busy = True
@@ -294,7 +345,7 @@ class SlackSender:
             slot, pause = self._next()
             if slot is None:
                 return pause if pause is None else max(pause, 0.01)
-            message, shown = slot.message, digest(slot.message)
+            message, shown = slot.message, slot.wanted
             ts = slot.ts
         kwargs = dict(channel=slot.channel, **message.kwargs())
         key = Budget.key(slot.method, slot.channel)
@@ -304,15 +355,19 @@ class SlackSender:
                 answer = self._send("chat_update", key, dict(kwargs, ts=ts))
             else:
                 answer = self._send("chat_postMessage", key, dict(
-                    kwargs, unfurl_links=False,
+                    kwargs, unfurl_links=False, **slot.extra,
                     **({"thread_ts": slot.thread_ts} if slot.thread_ts else {})))
         except RateLimited:
             pass  # the key is paused; the slot stays dirty and goes again after
-        except SlackApiError as exc:
-            self._failed(slot, exc.response.get("error", "?"), permanent=exc.response.get(
-                "error") in PERMANENT_ERRORS)
-        except Exception as exc:  # timeouts, connection errors: try again a little later
-            self._failed(slot, type(exc).__name__, permanent=False)
+        except Exception as exc:
+            if slot.awaited:  # the waiter decides (DeliveryError, a marker look-up)
+                with self._cond:
+                    slot.error = exc
+            elif isinstance(exc, SlackApiError):
+                error = exc.response.get("error", "?")
+                self._failed(slot, error, permanent=error in PERMANENT_ERRORS)
+            else:  # timeouts, connection errors: try again a little later
+                self._failed(slot, type(exc).__name__, permanent=False)
         if answer is not None:
             self._done(slot, shown, answer)
         with self._cond:
@@ -336,6 +391,7 @@ class SlackSender:
             slot.failures = 0
             if posted:
                 slot.ts = answer.get("ts")
+                slot.channel = answer.get("channel") or slot.channel
         if posted and slot.on_posted and slot.ts:
             try:
                 slot.on_posted(slot.ts)
@@ -343,9 +399,13 @@ class SlackSender:
                 log.exception("remembering the message %s failed", slot.key)
 
     def _evict(self) -> None:
-        clean = [k for k, s in self._slots.items() if not s.dirty and not s.busy]
+        clean = [k for k, s in self._slots.items()
+                 if not s.dirty and not s.busy and not s.awaited]
         for key in clean[:max(0, len(clean) - KEEP_CLEAN)]:
             del self._slots[key]
+        if len(self._lanes) > 2 * KEEP_CLEAN:
+            live = {s.lane for s in self._slots.values()} | set(self._urgent)
+            self._lanes = {k: v for k, v in self._lanes.items() if k in live}
 
 
 # Retrying cannot help: the bot is not in the channel, the channel is gone, the token is wrong.

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Iterator
 
 from bot import config as configuration
+from tests.fakes.core import FakeBackend, FakeProbe, InstantClock
 from bot.config import Config
 from bot.store import Store
 from backends.trackers.local import LocalTracker
@@ -69,6 +70,41 @@ def ready_ticket(store: Store, title: str = "Ship v2", notes: str | None = None)
     if notes:
         tracker.add_comment(tid, f"Deployment notes: {notes}", author="carol")
     return tid
+
+
+def fleet(count: int) -> tuple[Config, dict[str, FakeBackend], dict]:
+    """`count` services on in-memory backends (health always answers), each with its own lock,
+    so that they deploy to staging side by side: (config, backends, running_bot edges)."""
+    services = tuple(f"svc{i}" for i in range(count))
+    backends = {name: FakeBackend(running="v1") for name in services}
+    config = slack_config(image="demo-web", prefix="unused", ports={"staging": 9,
+                                                                     "production": 9},
+                          verify_timeout=1, services=services)
+    config.environments["staging"].lock_scope = "service"
+    edges = dict(backend_for=lambda s, e: backends[s],
+                 probe=FakeProbe(FakeBackend(running="any")), clock=InstantClock())
+    return config, backends, edges
+
+
+def deploy_all(bot: "BotUnderTest", services: list[str]) -> list[int]:
+    """A ready ticket per service, then one `/deploy TICKET SERVICE@v2 to staging` per service,
+    all sent at once; the deployments' ids."""
+    tickets = [ready_ticket(bot.store, f"ship {name}") for name in services]
+    barrier = threading.Barrier(len(services))
+    answers: list[int] = []
+
+    def send(ticket: str, name: str) -> None:
+        barrier.wait()
+        answers.append(bot.send.command(f"{ticket} {name}@v2 to staging",
+                                        user=ALICE).status_code)
+
+    threads = [threading.Thread(target=send, args=pair) for pair in zip(tickets, services)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert answers == [200] * len(services), answers
+    return [d.id for d in bot.wait_for_deployments(len(services))]
 
 
 def shows(slack_message: Message | None, rendered: blocks.Message) -> bool:

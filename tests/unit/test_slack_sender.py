@@ -220,3 +220,24 @@ def test_a_channel_the_bot_cannot_post_in_is_a_permanent_failure_with_the_fix(
     assert caught.value.permanent and error in caught.value.message
     assert "/invite @deploybot in <#C0STANDUP>" in caught.value.hint
     assert store.deployment(d.id).thread_ref == ""
+
+
+def test_a_durable_post_lands_after_its_threads_waiting_posts_and_older_threads_go_first(
+        slack, clock):
+    sender = sender_for(slack, clock, limits=Limits(post_burst=1))
+    roots = [sender.deliver((n, "root"), msg(f"root {n}"), lane=n, channel=CHANNEL,
+                            timeout=60)["ts"] for n in (1, 2)]
+    sender.show((2, "checklist"), msg("checklist 2"), lane=2, channel=CHANNEL,
+                thread_ts=roots[1])
+    sender.show((1, "checklist"), msg("checklist 1"), lane=1, channel=CHANNEL,
+                thread_ts=roots[0])
+    sender.add_step(1, "pulled", blocks.steps_message, channel=CHANNEL, thread_ts=roots[0])
+    sender.deliver((1, "final"), msg("record 1"), lane=1, channel=CHANNEL, thread_ts=roots[0],
+                   extra={"metadata": {"event_type": "deploybot_message",
+                                       "event_payload": {"deployment": 1, "key": "final"}}},
+                   timeout=60)
+    assert [m.text for m in slack.thread(roots[0])] == ["checklist 1", "→ pulled", "record 1"]
+    assert slack.thread(roots[1]) == [], "the thread somebody waits on went first"
+    drain(sender, clock)
+    assert [m.text for m in slack.thread(roots[1])] == ["checklist 2"]
+    assert slack.ratelimited == 0
