@@ -24,10 +24,12 @@ from slack_bolt import App
 from slack_bolt.adapter.wsgi import SlackRequestHandler
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 from slack_sdk.webhook import WebhookClient
 
 from bot.config import Config
-from bot.errors import ConfigError, DeliveryError, DeploybotError, InputError, NotAllowed, StateError
+from bot.errors import (ConfigError, DeliveryError, DeploybotError, InputError, NotAllowed,
+                        StateError)
 from bot.models import CANCELLABLE, Deployment, DeploymentStatus, Gate, GateKind
 from bot.identity import Actor, slack_actor
 from bot.store import Store
@@ -102,11 +104,17 @@ class SlackEnv:
         return cls(bot, app, secret, api)
 
 
-def web_client(token: str, api_url: str | None = None) -> WebClient:
-    # No rate-limit retry handler: it would sleep inside the call; a 429 reaches the sender
-    # (handlers/slack_sender), which pauses that method or channel and sends the latest state.
-    return WebClient(token=token, base_url=api_url or WebClient.BASE_URL,
-                     timeout=int(WEB_API_TIMEOUT))
+def web_client(token: str, api_url: str | None = None, *,
+               rate_limit_retries: int = 0) -> WebClient:
+    """The bot's client has no rate-limit retries: they would sleep inside the call, so a 429
+    reaches the sender (handlers/slack_sender), which pauses that method or channel and sends
+    the latest state. One-shot commands (check-config) may retry after Retry-After instead."""
+    client = WebClient(token=token, base_url=api_url or WebClient.BASE_URL,
+                       timeout=int(WEB_API_TIMEOUT))
+    if rate_limit_retries:
+        client.retry_handlers.append(
+            RateLimitErrorRetryHandler(max_retry_count=rate_limit_retries))
+    return client
 
 
 def check_bot_token(client: WebClient) -> dict:
@@ -208,7 +216,8 @@ class SlackFrontEnd:
     def __init__(self, config: Config, store: Store, client: WebClient, *,
                  signing_secret: str | None = None, environ: Mapping[str, str] | None = None,
                  workers: int = 8, tracker=None, backend_for=None, probe=None,
-                 clock=None, reporter_factory: Callable[..., SlackReporter] = SlackReporter) -> None:
+                 clock=None,
+                 reporter_factory: Callable[..., SlackReporter] = SlackReporter) -> None:
         self.config, self.store, self.client = config, store, client
         self.executor = ThreadPoolExecutor(max_workers=workers,
                                            thread_name_prefix="deploybot-worker")
