@@ -86,6 +86,7 @@ def run(label: str, count: int, storm: float, patience: float, **extra) -> dict:
     return {"label": label, "calls": calls, "429s": limited, "statuses": statuses,
             "deploy_s": (last_finished - started) if last_finished else None,
             "converge_s": (converged - last_finished) if converged and last_finished else None,
+            "total_s": (converged - started) if converged else None,
             "stale": stale}
 
 
@@ -96,9 +97,11 @@ def show(r: dict, patience: float) -> str:
     else:
         converge = f"not within {patience:.0f} s ({len(r['stale'])} stale: " \
                    f"{', '.join(r['stale'][:4])}{'…' if len(r['stale']) > 4 else ''})"
+    total = f"{r['total_s']:.1f} s" if r["total_s"] is not None else "-"
     return (f"{r['label']:<10} calls {r['calls']:>4}  429s {r['429s']:>4}  "
             f"deployments {'/'.join(r['statuses'])} in {deploy}  "
-            f"final state shown {converge} after the last finished")
+            f"final state shown {converge} after the last finished "
+            f"({total} after the requests)")
 
 
 def main(argv: list[str] | None = None) -> int:

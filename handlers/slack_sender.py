@@ -291,7 +291,11 @@ class SlackSender:
             with self._cond:
                 if self._stopped:
                     return
-            pause = self.pump()
+            try:
+                pause = self.pump()
+            except Exception:  # a bug here must not stop every later message
+                log.exception("the Slack sender failed; it goes on")
+                pause = 1.0
             with self._cond:
                 if self._stopped:
                     return

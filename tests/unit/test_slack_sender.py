@@ -241,3 +241,17 @@ def test_a_durable_post_lands_after_its_threads_waiting_posts_and_older_threads_
     drain(sender, clock)
     assert [m.text for m in slack.thread(roots[1])] == ["checklist 2"]
     assert slack.ratelimited == 0
+
+
+def test_an_alert_whose_answer_timed_out_is_found_in_the_channel_history(world, slack, clock):
+    store, config, d = world
+    client = TimesOutAfterPosting(slack)
+    reporter = SlackReporter(client, store, config, sender=sender_for(slack, clock, client=client))
+    reporter.start_thread(d, CHANNEL)
+    with pytest.raises(DeliveryError):
+        reporter.alert(d, "ROLLBACK FAILED for web in staging")
+    reporter.alert(d, "ROLLBACK FAILED for web in staging")
+    alerts = [m for m in slack.top_level(CHANNEL) if "ROLLBACK FAILED" in m.text]
+    assert len(alerts) == 1, "posted once"
+    looked = slack.calls_to("conversations.history")
+    assert len(looked) == 1 and looked[0].params["channel"] == CHANNEL
