@@ -129,7 +129,7 @@ class SlackReporter:
         ts = ref.parts.get(key)
         self.sender.show((d.id, key), message, lane=d.id, channel=ref.channel, thread_ts=ref.ts,
                          ts=ts if ts and ts != UNANSWERED else None,
-                         on_posted=lambda posted: self._remember(d.id, key, posted))
+                         on_posted=lambda _, posted: self._remember(d.id, key, posted))
 
     def thread_url(self, ref: ThreadRef | None) -> str | None:
         if ref is None:
@@ -239,8 +239,29 @@ class SlackReporter:
             return None
 
     def thread(self, d: Deployment) -> ThreadRef | None:
-        """The deployment's thread, opened in the default channel when nobody opened one."""
-        return self._ref(d.id) or self.open_thread(d, self.default_channel)
+        """The deployment's thread. When its first post did not get through, the root goes to
+        the default channel as the budget allows (never blocking the deployment meanwhile);
+        until then the thread's other messages wait for their next refresh."""
+        ref = self._ref(d.id)
+        if ref is None:
+            self.sender.show((d.id, "root"),
+                             blocks.root_message(self.config, self.store.deployment(d.id)),
+                             lane=d.id, channel=self.default_channel,
+                             on_posted=lambda channel, ts: self._opened(d.id, channel, ts))
+        return ref
+
+    def _opened(self, deployment_id: int, channel: str, ts: str) -> None:
+        with self.store.transaction():
+            if self._ref(deployment_id) is None:
+                self._save(deployment_id, ThreadRef(channel, ts))
+
+    def _thread_now(self, d: Deployment) -> ThreadRef | None:
+        """The thread, waiting (a while) for its root when it is still on its way."""
+        ref = self.thread(d)
+        if ref is None:
+            self.sender.settle(d.id, ROOT_WAIT)
+            ref = self._ref(d.id)
+        return ref
 
     # Each refresh renders and hands over under the deployment's lock, so the latest render
     # handed over is also the newest state read: an older view never replaces a newer one.
@@ -302,14 +323,14 @@ class SlackReporter:
 
     def blocked(self, deployment: Deployment, blockers: list[CheckResult]) -> None:
         d = self.store.deployment(deployment.id)
-        ref = self.thread(d)
+        ref = self._thread_now(d)
         channel = ref.channel if ref else self.default_channel
         self._durable(d, "blocked", channel, None,
                       blocks.blocker_message(self.config, d, blockers, self.thread_url(ref)))
 
     def alert(self, deployment: Deployment, message: str) -> None:
         d = self.store.deployment(deployment.id)
-        ref = self.thread(d)
+        ref = self._thread_now(d)
         channel = ref.channel if ref else self.default_channel
         self.refresh_root(d)
         key = "alert." + hashlib.sha256(message.encode()).hexdigest()[:10]
@@ -323,7 +344,7 @@ class SlackReporter:
         self.refresh_checklist(d)
         self.refresh_root(d)
         self.on_change()
-        ref = self.thread(d)
+        ref = self._thread_now(d)
         if ref is None:
             raise DeliveryError(f"deployment #{d.id} has no Slack thread for its final message",
                                 hint="the thread could not be opened; see the log")

@@ -74,7 +74,7 @@ class Slot:
     ts: str | None  # None: not posted yet
     message: Message
     seq: int
-    on_posted: Callable[[str], None] | None = None
+    on_posted: Callable[[str, str], None] | None = None  # (channel id, ts) once posted
     sent: str | None = None  # digest of what Slack shows
     lines: list[str] = field(default_factory=list)  # a step slot's lines
     extra: dict = field(default_factory=dict)  # more chat.postMessage arguments (metadata)
@@ -179,7 +179,7 @@ class SlackSender:
 
     def show(self, key: Hashable, message: Message, *, lane: Hashable, channel: str,
              thread_ts: str | None = None, ts: str | None = None,
-             on_posted: Callable[[str], None] | None = None) -> None:
+             on_posted: Callable[[str, str], None] | None = None) -> None:
         """Make the message `key` look like `message` (post it first when `ts` is None)."""
         with self._cond:
             slot = self._slots.get(key)
@@ -390,17 +390,17 @@ class SlackSender:
 
     def _done(self, slot: Slot, shown: str, answer: dict) -> None:
         posted = slot.ts is None
+        ts, channel = answer.get("ts"), answer.get("channel") or slot.channel
+        if posted and slot.on_posted and ts:
+            try:  # before the slot counts as sent: who waits for it finds it remembered
+                slot.on_posted(channel, ts)
+            except Exception:
+                log.exception("remembering the message %s failed", slot.key)
         with self._cond:
             slot.sent = shown
             slot.failures = 0
             if posted:
-                slot.ts = answer.get("ts")
-                slot.channel = answer.get("channel") or slot.channel
-        if posted and slot.on_posted and slot.ts:
-            try:
-                slot.on_posted(slot.ts)
-            except Exception:
-                log.exception("remembering the message %s failed", slot.key)
+                slot.ts, slot.channel = ts, channel
 
     def _evict(self) -> None:
         clean = [k for k, s in self._slots.items()

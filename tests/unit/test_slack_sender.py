@@ -255,3 +255,28 @@ def test_an_alert_whose_answer_timed_out_is_found_in_the_channel_history(world, 
     assert len(alerts) == 1, "posted once"
     looked = slack.calls_to("conversations.history")
     assert len(looked) == 1 and looked[0].params["channel"] == CHANNEL
+
+
+def test_a_thread_whose_first_post_failed_opens_later_without_holding_the_deployment(
+        world, slack, clock):
+    store, config, d = world
+    reporter = SlackReporter(InProcessClient(slack), store, config,
+                             sender=sender_for(slack, clock))
+    slack.storm(45, {"chat.postMessage"})
+    with pytest.raises(DeliveryError) as caught:
+        reporter.start_thread(d, CHANNEL)
+    assert not caught.value.permanent and caught.value.retry_after
+    started = clock.t
+    reporter.deployment_started(d)
+    for n in range(20):
+        reporter.step(d, f"step {n}")
+    assert clock.t - started <= 16, "progress never waits for the root more than a while"
+    d = store.transition(d.id, DeploymentStatus.CANCELLED, failure="cancelled by alice")
+    reporter.finished(d, "")  # the record waits for its thread, then lands in it
+    ref = ThreadRef.parse(store.deployment(d.id).thread_ref)
+    assert ref.channel == CHANNEL, "opened in the default channel (#standup), by its id"
+    roots = [m for m in slack.top_level(CHANNEL) if "requested by" in m.text]
+    assert [m.ts for m in roots] == [ref.ts] and "cancelled" in roots[0].text
+    last = slack.thread(ref.ts)[-1]
+    assert last.metadata["event_payload"] == {"deployment": d.id, "key": "final"}
+    assert "cancelled by alice" in last.everything
