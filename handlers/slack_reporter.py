@@ -187,8 +187,12 @@ class SlackReporter:
                 answer = self.sender.call("conversations_history", max_wait=DURABLE_WAIT,
                                           channel=channel, include_all_metadata=True, limit=200)
         except SlackApiError as exc:
-            raise DeliveryError(f"cannot look for the {key} message in {channel} "
-                                f"({exc.response.get('error', '?')})") from None
+            error = exc.response.get("error", "?")
+            raise DeliveryError(f"cannot look for the {key} message in {channel} ({error})",
+                                hint="the app needs the channels:history and groups:history "
+                                     "scopes (deploy/slack-manifest.yaml)"
+                                if error == "missing_scope" else fix_for(error, channel),
+                                permanent=error in PERMANENT_ERRORS) from None
         except DeliveryError:
             raise
         except Exception as exc:
