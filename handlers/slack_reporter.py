@@ -226,6 +226,7 @@ class SlackReporter:
                                     hint=fix_for(error, channel),
                                     permanent=error in PERMANENT_ERRORS) from None
             except DeliveryError:
+                self._open_later(d, channel)  # in line behind others: it goes out later
                 raise
             except Exception as exc:
                 raise DeliveryError(f"no answer from Slack posting in {channel} "
@@ -248,11 +249,15 @@ class SlackReporter:
         until then the thread's other messages wait for their next refresh."""
         ref = self._ref(d.id)
         if ref is None:
-            self.sender.show((d.id, "root"),
-                             blocks.root_message(self.config, self.store.deployment(d.id)),
-                             lane=d.id, channel=self.default_channel,
-                             on_posted=lambda channel, ts: self._opened(d.id, channel, ts))
+            self._open_later(d, self.default_channel)
         return ref
+
+    def _open_later(self, d: Deployment, channel: str) -> None:
+        """The root as the budget allows (in the channel asked first, when it is waiting)."""
+        self.sender.show((d.id, "root"),
+                         blocks.root_message(self.config, self.store.deployment(d.id)),
+                         lane=d.id, channel=channel,
+                         on_posted=lambda posted_in, ts: self._opened(d.id, posted_in, ts))
 
     def _opened(self, deployment_id: int, channel: str, ts: str) -> None:
         with self.store.transaction():

@@ -274,7 +274,7 @@ def test_a_thread_whose_first_post_failed_opens_later_without_holding_the_deploy
     d = store.transition(d.id, DeploymentStatus.CANCELLED, failure="cancelled by alice")
     reporter.finished(d, "")  # the record waits for its thread, then lands in it
     ref = ThreadRef.parse(store.deployment(d.id).thread_ref)
-    assert ref.channel == CHANNEL, "opened in the default channel (#standup), by its id"
+    assert ref.channel == CHANNEL, "opened later in the channel asked, named by its id"
     roots = [m for m in slack.top_level(CHANNEL) if "requested by" in m.text]
     assert [m.ts for m in roots] == [ref.ts] and "cancelled" in roots[0].text
     last = slack.thread(ref.ts)[-1]
