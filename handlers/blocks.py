@@ -235,6 +235,12 @@ def step_message(d: Deployment, text: str) -> Message:
     return Message(f"→ {text}", [_context(f":arrow_right: {escape(text)}")])
 
 
+def steps_message(lines: list[str]) -> Message:
+    """Steps that waited for Slack's budget together, as one thread message."""
+    return Message("\n".join(f"→ {line}" for line in lines),
+                   [_context(f":arrow_right: {escape(line)}") for line in lines])
+
+
 def markdown_to_mrkdwn(markdown: str) -> str:
     """The record's markdown (headings, **bold**, task boxes) in Slack's mrkdwn dialect."""
     out = []

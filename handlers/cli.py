@@ -470,7 +470,7 @@ def _check_slack_people(cfg) -> list[tuple[str, str]]:
 
     from handlers.slack_app import web_client
 
-    client = web_client(token, os.environ.get("SLACK_API_URL") or None)
+    client = web_client(token, os.environ.get("SLACK_API_URL") or None, rate_limit_retries=2)
     out = []
     for name, uid in ids:
         try:

@@ -25,9 +25,11 @@ from slack_bolt.adapter.wsgi import SlackRequestHandler
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
+from slack_sdk.webhook import WebhookClient
 
 from bot.config import Config
-from bot.errors import ConfigError, DeploybotError, InputError, NotAllowed, StateError
+from bot.errors import (ConfigError, DeliveryError, DeploybotError, InputError, NotAllowed,
+                        StateError)
 from bot.models import CANCELLABLE, Deployment, DeploymentStatus, Gate, GateKind
 from bot.identity import Actor, slack_actor
 from bot.store import Store
@@ -120,11 +122,18 @@ class RedactingWebClient(WebClient):
         return super().api_call(api_method, **kwargs)
 
 
-def web_client(token: str, api_url: str | None = None, redact=None) -> WebClient:
+def web_client(token: str, api_url: str | None = None, redact=None, *,
+               rate_limit_retries: int = 0) -> WebClient:
+    """The bot's client has no rate-limit retries: they would sleep inside the call, so a 429
+    reaches the sender (handlers/slack_sender), which pauses that method or channel and sends
+    the latest state. One-shot commands (check-config) may retry after Retry-After instead.
+    Every call's arguments leave redacted (RedactingWebClient)."""
     client = RedactingWebClient(token=token, base_url=api_url or WebClient.BASE_URL,
                                 timeout=int(WEB_API_TIMEOUT))
     client.redact = redact
-    client.retry_handlers.append(RateLimitErrorRetryHandler(max_retry_count=2))
+    if rate_limit_retries:
+        client.retry_handlers.append(
+            RateLimitErrorRetryHandler(max_retry_count=rate_limit_retries))
     return client
 
 
@@ -227,13 +236,14 @@ class SlackFrontEnd:
     def __init__(self, config: Config, store: Store, client: WebClient, *,
                  signing_secret: str | None = None, environ: Mapping[str, str] | None = None,
                  workers: int = 8, tracker=None, backend_for=None, probe=None,
-                 clock=None) -> None:
+                 clock=None,
+                 reporter_factory: Callable[..., SlackReporter] = SlackReporter) -> None:
         self.config, self.store, self.client = config, store, client
         self.executor = ThreadPoolExecutor(max_workers=workers,
                                            thread_name_prefix="deploybot-worker")
         self.deliveries = Deliveries()
         self.home = AppHome(self)
-        self.reporter = SlackReporter(client, store, config, on_change=self.home.refresh_soon)
+        self.reporter = reporter_factory(client, store, config, on_change=self.home.refresh_soon)
         self.pipeline = build_pipeline(config, store, reporter=self.reporter,
                                        approver=self.reporter, environ=environ, tracker=tracker,
                                        backend_for=backend_for, probe=probe, clock=clock,
@@ -275,6 +285,9 @@ class SlackFrontEnd:
         """Start nothing new; let the deployments that are running finish (they have timeouts)."""
         self.scheduler.shutdown()
         self.executor.shutdown(wait=True, cancel_futures=True)
+        sender = getattr(self.reporter, "sender", None)
+        if sender is not None:
+            sender.close()
 
     def resume(self) -> None:
         """After a start: bring the threads of open and recent deployments in line with the store."""
@@ -295,12 +308,32 @@ class SlackFrontEnd:
             kwargs["thread_ts"] = thread_ts
         self.reporter.call("chat_postEphemeral", **kwargs)
 
-    def allowed_channel(self, channel_id: str, channel_name: str | None = None) -> bool:
+    def respond(self, response_url: str | None, channel: str | None, user: str,
+                text: str) -> None:
+        """Tell the requester privately through the command's response_url (it works where the
+        bot cannot post); without one, or when it fails, an ephemeral message."""
+        if response_url:
+            try:
+                answer = WebhookClient(response_url, timeout=int(WEB_API_TIMEOUT)).send(
+                    text=text, response_type="ephemeral", replace_original=False)
+                if answer.status_code == 200:
+                    return
+                log.warning("response_url answered %s", answer.status_code)
+            except Exception as exc:
+                log.warning("response_url failed: %s", type(exc).__name__)
+        self.ephemeral(channel, user, text)
+
+    def allowed_channel(self, channel_id: str, channel_name: str | None = None, *,
+                        ask: bool = True) -> bool | None:
+        """May requests come from this channel? With ask=False (before the ack) None when
+        only a Web API call could tell."""
         allowed = self.config.slack.channels or [self.config.channel]
         if channel_id in allowed:
             return True
         name = channel_name
         if not name or name in ("privategroup", "directmessage"):
+            if not ask and channel_id not in self._channel_names:
+                return None
             name = self.channel_name(channel_id)
         names = {c.lstrip("#").casefold() for c in allowed}
         return bool(name) and name.lstrip("#").casefold() in names
@@ -344,7 +377,8 @@ class SlackFrontEnd:
 
     # -- deployments ------------------------------------------------------------------------------
 
-    def start(self, d: Deployment, channel: str, user: str | None = None) -> bool:
+    def start(self, d: Deployment, channel: str, user: str | None = None, *,
+              response_url: str | None = None) -> bool:
         """Open the thread and drive the deployment, once, whatever the number of requests."""
         with self._claim_lock:
             current = self.store.deployment(d.id)
@@ -356,15 +390,42 @@ class SlackFrontEnd:
                 self.ephemeral(channel, user, f"Already received: deployment #{d.id} is "
                                               f"{current.status.value.replace('_', ' ')}.")
             return False
-        self.reporter.open_thread(d, channel)
+        if not self._open_thread(d, channel, user, response_url):
+            return False
         self.pipeline.run(d.id)
         return True
 
-    def execute(self, req: Request, user: str, channel: str, key: str | None,
-                thread_ts: str | None = None) -> None:
-        """Carry out one parsed request on a worker; every failure is told to the person."""
+    def _open_thread(self, d: Deployment, channel: str, user: str | None,
+                     response_url: str | None) -> bool:
+        """Post the root message; where the bot cannot post, the deployment does not start and
+        the requester is told the fix. A passing failure (rate limit, timeout) does not stop it:
+        the thread opens with the next message."""
         try:
-            self._execute(req, user, channel, key)
+            self.reporter.start_thread(d, channel)
+            return True
+        except DeliveryError as exc:
+            if not exc.permanent:
+                log.warning("deployment #%s: %s; the thread opens later", d.id, exc)
+                return True
+            reason, fix = f"{exc.message}; nothing was deployed", exc.hint
+        self.store.transition(d.id, DeploymentStatus.FAILED, failure=reason, detail=reason)
+        if user:
+            self.respond(response_url, channel, user,
+                         f":warning: Deployment #{d.id} ({blocks.what(d)}) did not start: "
+                         f"{blocks.escape(reason)}.\n_Fix: {fix}, then send "
+                         f"the command again._")
+        return False
+
+    def execute(self, req: Request, user: str, channel: str, key: str | None,
+                thread_ts: str | None = None, *, response_url: str | None = None,
+                check_channel: bool = False) -> None:
+        """Carry out one parsed request on a worker; every failure is told to the person.
+        `check_channel`: the channel could not be checked before the ack; check it first."""
+        if check_channel and not self.allowed_channel(channel):
+            self.respond(response_url, channel, user, self.channel_hint())
+            return
+        try:
+            self._execute(req, user, channel, key, response_url)
         except DeploybotError as exc:
             self.ephemeral(channel, user, explain(exc), thread_ts=thread_ts)
         except Exception:
@@ -372,7 +433,8 @@ class SlackFrontEnd:
             self.ephemeral(channel, user, ":warning: deploybot failed on this request; "
                                           "the details are in its log.", thread_ts=thread_ts)
 
-    def _execute(self, req: Request, user: str, channel: str, key: str | None) -> None:
+    def _execute(self, req: Request, user: str, channel: str, key: str | None,
+                 response_url: str | None = None) -> None:
         p = self.pipeline
         request_key = f"slack:{key}" if key else None
         environment = getattr(req, "environment", None) or self.config.default_env
@@ -386,14 +448,14 @@ class SlackFrontEnd:
                                  request_key=request_key, at=req.at, queue=req.queue,
                                  break_glass=req.break_glass)
             if d.scheduled_for:
-                self._schedule(d, channel, user)
+                self._schedule(d, channel, user, response_url)
             else:
-                self.start(d, channel, user)
+                self.start(d, channel, user, response_url=response_url)
         elif isinstance(req, RollbackRequest):
             d = p.request_rollback(requested_by=actor, service=req.service, ticket_ref=req.ticket,
                                    environment=req.environment, to_version=req.to_version,
                                    request_key=request_key)
-            self.start(d, channel, user)
+            self.start(d, channel, user, response_url=response_url)
         elif isinstance(req, StatusRequest):
             msg = blocks.status_message(self.config, self.store.locks(), p.active(),
                                         self._running_now())
@@ -432,14 +494,16 @@ class SlackFrontEnd:
         else:  # pragma: no cover - the parser returns nothing else
             raise InputError(f"unsupported request {req!r}")
 
-    def _schedule(self, d: Deployment, channel: str, user: str) -> None:
+    def _schedule(self, d: Deployment, channel: str, user: str,
+                  response_url: str | None = None) -> None:
         """A scheduled deployment: its thread now, the checklist now as a dry run, a job."""
         with self._claim_lock:
             if d.id in self._claimed:
                 self.ephemeral(channel, user, f"Already received: deployment #{d.id}.")
                 return
             self._claimed.add(d.id)
-        self.reporter.open_thread(d, channel)
+        if not self._open_thread(d, channel, user, response_url):
+            return
         self.scheduler.add(d)
         when = freezing.local(d.scheduled_for, self.config.timezone)
         self.reporter.step(d, f"Scheduled for {when}: the checklist runs now as a dry run and "
@@ -495,7 +559,9 @@ class SlackFrontEnd:
             ack()
             return
         user, channel = body.get("user_id", ""), body.get("channel_id", "")
-        if not self.allowed_channel(channel, body.get("channel_name")):
+        # No Web API call before the ack: a channel known only by its id is checked after it.
+        allowed = self.allowed_channel(channel, body.get("channel_name"), ask=False)
+        if allowed is False:
             ack(text=self.channel_hint(), response_type="ephemeral")
             return
         try:
@@ -507,7 +573,9 @@ class SlackFrontEnd:
             ack(text=req.usage, response_type="ephemeral")
             return
         ack()
-        self.submit(self.execute, req, user, channel, key)
+        self.submit(lambda: self.execute(req, user, channel, key,
+                                         response_url=body.get("response_url"),
+                                         check_channel=allowed is None))
 
     def _mention(self, event: dict, key: str | None) -> None:
         user, channel = event.get("user", ""), event.get("channel", "")

@@ -1,9 +1,17 @@
 """A local fake of the Slack Web API, plus signed requests to send to a Bolt app over HTTP.
 
 FakeSlack is an HTTP server on 127.0.0.1 that records every call and answers like Slack:
-auth.test, chat.postMessage (with ts), chat.update, chat.postEphemeral, chat.getPermalink,
-views.open, views.publish, conversations.info, usergroups.users.list, apps.connections.open.
-It keeps the messages it was sent, updated in place, so a test can read a thread as people see it.
+auth.test, chat.postMessage (with ts, metadata), chat.update, chat.postEphemeral,
+chat.getPermalink, views.open, views.publish, conversations.info, conversations.replies and
+conversations.history (metadata only with include_all_metadata), usergroups.users.list,
+apps.connections.open. It keeps the messages it was sent, updated in place, so a test can read a
+thread as people see it. It also takes response_url posts (under /hooks/) and keeps them.
+
+With `limits=FakeLimits()` it enforces Slack's rate limits as documented
+(api.slack.com/apis/rate-limits): chat.update Tier 3 (50 per minute, workspace-wide, with some
+burst), chat.postMessage about 1 per second per channel (short bursts); over the limit the answer
+is HTTP 429 with a Retry-After header (whole seconds) and `{"ok": false, "error": "ratelimited"}`.
+`storm(seconds)` answers 429 to every call of the given methods for that long.
 
 SlackRequests builds slash commands, mentions and button clicks the way Slack sends them, signed
 with the signing secret (`v0=` HMAC-SHA256 of `v0:{timestamp}:{body}`).
@@ -15,6 +23,7 @@ import hashlib
 import hmac
 import itertools
 import json
+import math
 import threading
 import time
 import uuid
@@ -32,6 +41,31 @@ class Call:
     params: dict[str, Any]
     token: str | None
     at: float
+    status: int = 200  # 429 when rate-limited
+
+
+@dataclass(frozen=True)
+class FakeLimits:
+    """Slack's documented limits (the burst sizes are the fake's own, Slack does not say)."""
+
+    updates_per_minute: float = 50.0
+    update_burst: int = 20
+    posts_per_second: float = 1.0
+    post_burst: int = 5
+
+
+class _Bucket:
+    def __init__(self, rate: float, burst: int, now: float) -> None:
+        self.rate, self.burst, self.tokens, self.stamp = rate, burst, float(burst), now
+
+    def take(self, now: float) -> float:
+        """0 when a call may go (and takes it), else the seconds until one may."""
+        self.tokens = min(float(self.burst), self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return 0.0
+        return (1.0 - self.tokens) / self.rate
 
 
 @dataclass
@@ -43,6 +77,7 @@ class Message:
     thread_ts: str | None = None
     updates: int = 0
     history: list[str] = field(default_factory=list)  # every text it showed, oldest first
+    metadata: dict | None = None  # {"event_type": …, "event_payload": {…}}
 
     @property
     def everything(self) -> str:
@@ -62,12 +97,24 @@ class FakeSlack:
                  channels: dict[str, str] | None = None,
                  usergroups: dict[str, list[str]] | None = None,
                  socket_url: str | None = None,
-                 users: dict[str, dict] | None = None) -> None:
+                 users: dict[str, dict] | None = None,
+                 limits: FakeLimits | None = None,
+                 not_in: set[str] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.bot_token, self.app_token = bot_token, app_token
         self.channels = channels if channels is not None else {"C0STANDUP": "standup"}
         self.usergroups = usergroups or {}
         self.users = users or {}  # user id -> {"name":…, "real_name":…, "deleted": bool}
         self.socket_url = socket_url
+        self.limits = limits
+        self.clock = clock  # what the rate limits count in (a manual clock in unit tests)
+        self.not_in = not_in or set()  # channel ids the bot is not a member of
+        self._buckets: dict[tuple, _Bucket] = {}
+        self._storm_until = 0.0
+        self._storm_methods: set[str] | None = None
+        self.ratelimited = 0
+        self.responses: list[dict] = []  # response_url posts: {"path":…, "body":…, "at":…}
+        self._held: threading.Event | None = None
         self.calls: list[Call] = []
         self.messages: dict[str, Message] = {}
         self._lock = threading.Lock()
@@ -92,12 +139,18 @@ class FakeSlack:
                     params.update(json.loads(raw))
                 elif raw:
                     params.update(parse_qsl(raw.decode()))
-                auth = self.headers.get("Authorization", "")
-                token = auth[7:] if auth.startswith("Bearer ") else params.pop("token", None)
-                answer = fake.answer(method, params, token)
-                body = json.dumps(answer).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json; charset=utf-8")
+                if split.path.startswith("/hooks/"):
+                    status, headers, answer = fake.response_url(split.path, params)
+                else:
+                    auth = self.headers.get("Authorization", "")
+                    token = auth[7:] if auth.startswith("Bearer ") else params.pop("token", None)
+                    status, headers, answer = fake.respond(method, params, token)
+                body = answer if isinstance(answer, bytes) else json.dumps(answer).encode()
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                if not isinstance(answer, bytes):
+                    self.send_header("Content-Type", "application/json; charset=utf-8")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -133,6 +186,63 @@ class FakeSlack:
         assert self._server is not None, "start() the fake first"
         return f"http://127.0.0.1:{self._server.server_port}/api/"
 
+    @property
+    def hooks_url(self) -> str:
+        """Where response_url posts go (a command's response_url points under it)."""
+        assert self._server is not None, "start() the fake first"
+        return f"http://127.0.0.1:{self._server.server_port}/hooks/"
+
+    # -- rate limits, storms, holding calls ---------------------------------------------------------
+
+    def storm(self, seconds: float, methods: set[str] | None = None) -> None:
+        """429 for every call (of `methods`, all when None) during the next `seconds`."""
+        with self._lock:
+            self._storm_until = self.clock() + seconds
+            self._storm_methods = methods
+
+    def hold(self) -> threading.Event:
+        """Web API calls wait (unanswered) until the returned event is set."""
+        self._held = threading.Event()
+        return self._held
+
+    def _limited(self, method: str, params: dict) -> float:
+        """Seconds the caller must wait (0: the call goes). Called with the lock held."""
+        now = self.clock()
+        if now < self._storm_until and (self._storm_methods is None
+                                        or method in self._storm_methods):
+            return self._storm_until - now
+        lim = self.limits
+        if lim is None:
+            return 0.0
+        if method == "chat.update":
+            key, rate, burst = ("chat.update",), lim.updates_per_minute / 60.0, lim.update_burst
+        elif method == "chat.postMessage":
+            key = ("chat.postMessage", self._channel_id(str(params.get("channel", ""))))
+            rate, burst = lim.posts_per_second, lim.post_burst
+        else:
+            return 0.0
+        bucket = self._buckets.setdefault(key, _Bucket(rate, burst, now))
+        return bucket.take(now)
+
+    def respond(self, method: str, params: dict[str, Any],
+                token: str | None) -> tuple[int, dict[str, str], dict]:
+        """HTTP status, headers and body, as Slack answers."""
+        if self._held is not None:
+            self._held.wait(30)
+        with self._lock:
+            wait = self._limited(method, params) if token == self.bot_token else 0.0
+            if wait > 0:
+                self.ratelimited += 1
+                self.calls.append(Call(method, params, token, self.clock(), 429))
+                return 429, {"Retry-After": str(max(1, math.ceil(wait)))}, \
+                    {"ok": False, "error": "ratelimited"}
+        return 200, {}, self.answer(method, params, token)
+
+    def response_url(self, path: str, params: dict) -> tuple[int, dict[str, str], bytes]:
+        with self._lock:
+            self.responses.append({"path": path, "body": params, "at": time.monotonic()})
+        return 200, {"Content-Type": "text/plain"}, b"ok"
+
     # -- answering like Slack -----------------------------------------------------------------------
 
     def _channel_id(self, channel: str) -> str | None:
@@ -145,7 +255,7 @@ class FakeSlack:
 
     def answer(self, method: str, params: dict[str, Any], token: str | None) -> dict:
         with self._lock:
-            self.calls.append(Call(method, params, token, time.monotonic()))
+            self.calls.append(Call(method, params, token, self.clock()))
             if method == "apps.connections.open":
                 if token != self.app_token:
                     return {"ok": False, "error": "invalid_auth"}
@@ -176,13 +286,63 @@ class FakeSlack:
         channel = self._channel_id(str(params.get("channel", "")))
         if channel is None:
             return {"ok": False, "error": "channel_not_found"}
+        if channel in self.not_in:
+            return {"ok": False, "error": "not_in_channel"}
+        metadata = params.get("metadata")
+        metadata = json.loads(metadata) if isinstance(metadata, str) else metadata
+        if metadata is not None and not (isinstance(metadata, dict) and
+                                         metadata.get("event_type") and
+                                         isinstance(metadata.get("event_payload"), dict)):
+            return {"ok": False, "error": "invalid_metadata_format"}
         ts = self._next_ts()
         msg = Message(channel, ts, params.get("text", ""), self._blocks(params),
-                      params.get("thread_ts"))
+                      params.get("thread_ts"), metadata=metadata)
         msg.history.append(msg.text)
         self.messages[ts] = msg
         return {"ok": True, "channel": channel, "ts": ts,
-                "message": {"text": msg.text, "ts": ts, "blocks": msg.blocks}}
+                "message": self._message_json(msg, with_metadata=True)}
+
+    @staticmethod
+    def _message_json(msg: Message, *, with_metadata: bool) -> dict:
+        out = {"type": "message", "text": msg.text, "ts": msg.ts, "blocks": msg.blocks,
+               "bot_id": "B0BOT"}
+        if msg.thread_ts:
+            out["thread_ts"] = msg.thread_ts
+        if with_metadata and msg.metadata:
+            out["metadata"] = msg.metadata
+        return out
+
+    @staticmethod
+    def _flag(value: Any) -> bool:
+        return str(value).lower() in ("1", "true")
+
+    def _conversations_replies(self, params: dict) -> dict:
+        """The parent message and its replies, oldest first."""
+        channel = self._channel_id(str(params.get("channel", "")))
+        if channel is None:
+            return {"ok": False, "error": "channel_not_found"}
+        root = self.messages.get(str(params.get("ts", "")))
+        if root is None or root.channel != channel:
+            return {"ok": False, "error": "thread_not_found"}
+        meta = self._flag(params.get("include_all_metadata"))
+        thread = sorted((m for m in self.messages.values() if m.thread_ts == root.ts),
+                        key=lambda m: float(m.ts))
+        return {"ok": True, "has_more": False,
+                "messages": [self._message_json(m, with_metadata=meta)
+                             for m in [root] + thread]}
+
+    def _conversations_history(self, params: dict) -> dict:
+        """Top-level messages of the channel, newest first."""
+        channel = self._channel_id(str(params.get("channel", "")))
+        if channel is None:
+            return {"ok": False, "error": "channel_not_found"}
+        meta = self._flag(params.get("include_all_metadata"))
+        top = sorted((m for m in self.messages.values()
+                      if m.channel == channel and m.thread_ts is None),
+                     key=lambda m: float(m.ts), reverse=True)
+        limit = int(params.get("limit") or 100)
+        return {"ok": True, "has_more": len(top) > limit,
+                "messages": [self._message_json(m, with_metadata=meta) for m in top[:limit]]}
 
     def _chat_update(self, params: dict) -> dict:
         msg = self.messages.get(str(params.get("ts")))
@@ -281,8 +441,9 @@ class SlackRequests:
 
     def __init__(self, url: str, signing_secret: str, *, team: str = "T0FAKE",
                  channel: str = "C0STANDUP", channel_name: str = "standup",
-                 client: httpx.Client | None = None) -> None:
+                 client: httpx.Client | None = None, hooks_url: str | None = None) -> None:
         self.url, self.secret, self.team = url, signing_secret, team
+        self.hooks_url = hooks_url or "https://hooks.slack.test/"
         self.channel, self.channel_name = channel, channel_name
         self.http = client or httpx.Client(timeout=10.0)
 
@@ -312,7 +473,7 @@ class SlackRequests:
             "channel_name": channel_name or self.channel_name,
             "user_id": user, "user_name": user.lower(), "command": command, "text": text,
             "api_app_id": "A0DEPLOYBOT", "is_enterprise_install": "false",
-            "response_url": "https://hooks.slack.test/commands/T0FAKE/1/x",
+            "response_url": f"{self.hooks_url}commands/T0FAKE/1/{uuid.uuid4().hex[:12]}",
             "trigger_id": trigger_id or f"{uuid.uuid4().int % 10**12}.1.{uuid.uuid4().hex}",
         }).encode()
 
@@ -373,3 +534,23 @@ class SlackRequests:
         }
         body = urlencode({"payload": json.dumps(payload)}).encode()
         return self.post(body, self.signed_headers(body))
+
+
+class InProcessClient:
+    """A WebClient stand-in that asks FakeSlack directly (no HTTP, for unit tests): answers and
+    SlackApiError (status, headers, error) as slack_sdk builds them from Slack's response."""
+
+    def __init__(self, slack: FakeSlack) -> None:
+        self.slack = slack
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        from slack_sdk.web.slack_response import SlackResponse
+
+        method = name.replace("_", ".")  # chat_postMessage -> chat.postMessage
+
+        def call(**kwargs: Any) -> SlackResponse:
+            params = {k: v for k, v in kwargs.items() if v is not None}
+            status, headers, body = self.slack.respond(method, params, self.slack.bot_token)
+            return SlackResponse(client=self, http_verb="POST", api_url=method, req_args=params,
+                                 data=body, headers=headers, status_code=status).validate()
+        return call

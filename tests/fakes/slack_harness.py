@@ -11,11 +11,14 @@ from pathlib import Path
 from typing import Iterator
 
 from bot import config as configuration
+from tests.fakes.core import FakeBackend, FakeProbe, InstantClock
 from bot.config import Config
 from bot.store import Store
 from backends.trackers.local import LocalTracker
 from fakes.slack_api import FakeSlack, Message, SlackRequests
+from handlers import blocks
 from handlers.slack_app import SlackFrontEnd, make_http_server, web_client
+from handlers.slack_reporter import ThreadRef
 
 SECRET = "test-signing-secret-0123456789"
 ALICE, BOB, CAROL, DANA = "U0ALICE", "U0BOB", "U0CAROL", "U0DANA"
@@ -25,8 +28,10 @@ PEOPLE = {"alice": {"slack": ALICE, "tracker": "alice"}, "bob": {"slack": BOB, "
 
 
 def slack_config(*, image: str, ports: dict[str, int], prefix: str,
-                 approver_groups: list[str] | None = None, verify_timeout: float = 20) -> Config:
-    """staging (no approval) and production (one approval by bob), each on its own port."""
+                 approver_groups: list[str] | None = None, verify_timeout: float = 20,
+                 services: tuple[str, ...] = ("web",)) -> Config:
+    """staging (no approval) and production (one approval by bob), each on its own port;
+    `services` alike (only "web" runs containers in the Docker tests)."""
     def service_for(env: str) -> dict:
         port = ports[env]
         return {
@@ -46,10 +51,12 @@ def slack_config(*, image: str, ports: dict[str, int], prefix: str,
             "production": {"production": True, "approvals_required": 1, "approvers": ["bob"],
                            "approver_groups": approver_groups or []},
         },
-        "services": {"web": {"image": image, **service_for(first),
-                             "verify": {"timeout": verify_timeout, "interval": 0.3}}},
+        "services": {name: {"image": image, **service_for(first),
+                            "verify": {"timeout": verify_timeout, "interval": 0.3}}
+                     for name in services},
         "people": PEOPLE,
-        "overrides": {env: {"web": service_for(env)} for env in ports if env != first},
+        "overrides": {env: {name: service_for(env) for name in services}
+                      for env in ports if env != first},
     }
     return configuration.parse(data, "test-slack.yaml")
 
@@ -63,6 +70,69 @@ def ready_ticket(store: Store, title: str = "Ship v2", notes: str | None = None)
     if notes:
         tracker.add_comment(tid, f"Deployment notes: {notes}", author="carol")
     return tid
+
+
+def fleet(count: int) -> tuple[Config, dict[str, FakeBackend], dict]:
+    """`count` services on in-memory backends (health always answers), each with its own lock,
+    so that they deploy to staging side by side: (config, backends, running_bot edges)."""
+    services = tuple(f"svc{i}" for i in range(count))
+    backends = {name: FakeBackend(running="v1") for name in services}
+    config = slack_config(image="demo-web", prefix="unused", ports={"staging": 9,
+                                                                     "production": 9},
+                          verify_timeout=1, services=services)
+    config.environments["staging"].lock_scope = "service"
+    edges = dict(backend_for=lambda s, e: backends[s],
+                 probe=FakeProbe(FakeBackend(running="any")), clock=InstantClock())
+    return config, backends, edges
+
+
+def deploy_all(bot: "BotUnderTest", services: list[str],
+               unready: frozenset[str] = frozenset()) -> list[int]:
+    """A ready ticket per service (no CQ and QA for those `unready`: they are blocked), then
+    one `/deploy TICKET SERVICE@v2 to staging` per service, all sent at once; the ids."""
+    tickets = [LocalTracker(bot.store).create_ticket(f"ship {name}",
+                                                     status="Ready for Production")
+               if name in unready else ready_ticket(bot.store, f"ship {name}")
+               for name in services]
+    barrier = threading.Barrier(len(services))
+    answers: list[int] = []
+
+    def send(ticket: str, name: str) -> None:
+        barrier.wait()
+        answers.append(bot.send.command(f"{ticket} {name}@v2 to staging",
+                                        user=ALICE).status_code)
+
+    threads = [threading.Thread(target=send, args=pair) for pair in zip(tickets, services)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert answers == [200] * len(services), answers
+    return [d.id for d in bot.wait_for_deployments(len(services))]
+
+
+def shows(slack_message: Message | None, rendered: blocks.Message) -> bool:
+    return slack_message is not None and slack_message.text == rendered.text and \
+        slack_message.blocks == rendered.blocks
+
+
+def stale_messages(bot: "BotUnderTest", deployment_ids: list[int]) -> list[str]:
+    """The thread messages (root, checklist, final) that do not show the stored state yet."""
+    stale = []
+    config, store = bot.front.config, bot.store
+    for did in deployment_ids:
+        d = store.deployment(did)
+        ref = ThreadRef.parse(d.thread_ref)
+        if ref is None:
+            stale.append(f"#{did}: no thread")
+            continue
+        wanted = {"root": (ref.ts, blocks.root_message(config, d)),
+                  "checklist": (ref.parts.get("checklist"),
+                                blocks.checklist_message(config, d, store.checks(did))),
+                  "final": (ref.parts.get("final"), blocks.final_message(config, d, d.record))}
+        stale += [f"#{did}: {name}" for name, (ts, rendered) in wanted.items()
+                  if not shows(bot.slack.messages.get(ts or ""), rendered)]
+    return stale
 
 
 @dataclass
@@ -104,9 +174,11 @@ class BotUnderTest:
 
 @contextmanager
 def running_bot(config: Config, db_path: Path, *, usergroups: dict[str, list[str]] | None = None,
-                workers: int = 8, **edges) -> Iterator[BotUnderTest]:
-    """`edges`: tracker, backend_for, probe, clock to replace the configured ones."""
-    slack = FakeSlack(usergroups=usergroups).start()
+                workers: int = 8, slack: FakeSlack | None = None,
+                **edges) -> Iterator[BotUnderTest]:
+    """`edges`: tracker, backend_for, probe, clock (and reporter_factory) to replace the
+    configured ones; `slack`: a FakeSlack of the test's own (limits, channels), not started."""
+    slack = (slack or FakeSlack(usergroups=usergroups)).start()
     store = Store(db_path)
     front = server = send = None
     thread = None
@@ -118,7 +190,7 @@ def running_bot(config: Config, db_path: Path, *, usergroups: dict[str, list[str
                                   daemon=True, name=f"slack-app-{uuid.uuid4().hex[:6]}")
         thread.start()
         url = f"http://127.0.0.1:{server.server_port}/slack/events"
-        send = SlackRequests(url, SECRET)
+        send = SlackRequests(url, SECRET, hooks_url=slack.hooks_url)
         yield BotUnderTest(slack, front, send, store, url)
     finally:
         if server is not None:
