@@ -456,9 +456,12 @@ class Store:
                 "SELECT * FROM deployments WHERE status IN ('succeeded', 'rolled_back', "
                 "'rollback_failed', 'failed') AND dry_run = 0 AND record = '' "
                 "AND record_posted = 0 AND owner_start != '' ORDER BY id"))
+        # neither its owner nor a process recovering it (it writes the record before it lets
+        # go of its claim) may still be about to write it
         return [self._deployment(r) for r in rows
-                if not (r["owner_pid"] == os.getpid() or is_alive(r["owner_pid"],
-                                                                   r["owner_start"] or ""))]
+                if not any(pid == os.getpid() or is_alive(pid, start or "")
+                           for pid, start in ((r["owner_pid"], r["owner_start"]),
+                                              (r["recovery_pid"], r["recovery_start"])) if pid)]
 
     def release_recovery(self, deployment_id: int, *, needs_recovery: bool | None = None) -> None:
         """The claim ends with the attempt; `needs_recovery` says whether to try again later."""

@@ -519,3 +519,14 @@ def test_a_finished_deployment_whose_process_still_runs_is_left_to_it(world):
         world.pipeline.run(d.id)
     # its owner is this (live) process: it may still be writing the record
     assert world.store.unrecorded() == []
+
+
+def test_a_finished_deployment_whose_recovering_process_still_runs_is_left_to_it(world):
+    d = world.request(world.ticket(), target="web@v2")
+    world.pipeline._finish = lambda *a, **kw: (_ for _ in ()).throw(Killed())
+    with pytest.raises(Killed):
+        world.pipeline.run(d.id)
+    # the owner died; a live process has claimed it and is writing the record right now
+    world.store.update_deployment(d.id, owner_pid=dead_pid(), recovery_pid=os.getpid(),
+                                  recovery_start=liveness.my_marker())
+    assert world.store.unrecorded() == []
