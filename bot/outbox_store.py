@@ -128,15 +128,8 @@ class OutboxTable:
     def delivered(self, item: OutboxItem, owner: str, detail: str,
                   then: Callable[[], None] | None = None) -> bool:
         """Mark it delivered (and run `then`) in one transaction; False when the lease was lost."""
-        with self.store.transaction():
-            done = self._finish(item, owner, {"state": DELIVERED, "attempts": item.attempts + 1,
-                                              "delivered_at": iso(self.store.now())})
-            if done:
-                if then is not None:
-                    then()
-                self.store.record_event(item.deployment_id, "deploybot", "outbox.delivered",
-                                        self.store.redact(detail))
-            return done
+        values = {"state": DELIVERED, "delivered_at": iso(self.store.now())}
+        return self._settle(item, owner, values, "outbox.delivered", detail, then)
 
     def retry(self, item: OutboxItem, owner: str, error: str, at: datetime,
               detail: str | None) -> bool:
@@ -146,20 +139,24 @@ class OutboxTable:
                                               "next_attempt_at": iso(at),
                                               "last_error": self._error(error)})
             if done and detail is not None:
-                self.store.record_event(item.deployment_id, "deploybot", "outbox.retrying",
-                                        self.store.redact(detail))
+                self.store.record_event(item.deployment_id, "deploybot", "outbox.retrying", detail)
             return done
 
     def failed(self, item: OutboxItem, owner: str, error: str, detail: str,
                then: Callable[[], None] | None = None) -> bool:
+        return self._settle(item, owner, {"state": FAILED, "last_error": self._error(error)},
+                            "outbox.failed", detail, then)
+
+    def _settle(self, item: OutboxItem, owner: str, values: dict, kind: str, detail: str,
+                then: Callable[[], None] | None) -> bool:
+        """End an attempt for good (and run `then`) in one transaction; False when the lease
+        was lost. The store redacts the audit line."""
         with self.store.transaction():
-            done = self._finish(item, owner, {"state": FAILED, "attempts": item.attempts + 1,
-                                              "last_error": self._error(error)})
+            done = self._finish(item, owner, {**values, "attempts": item.attempts + 1})
             if done:
                 if then is not None:
                     then()
-                self.store.record_event(item.deployment_id, "deploybot", "outbox.failed",
-                                        self.store.redact(detail))
+                self.store.record_event(item.deployment_id, "deploybot", kind, detail)
             return done
 
     def _error(self, error: str) -> str:

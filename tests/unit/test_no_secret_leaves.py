@@ -21,8 +21,8 @@ from tests.fakes.tracker import MemoryTracker
 
 DB_PASSWORD = "dbP@ss/w0rd!"  # URL-quoting changes it: the quoted form must go too
 SECRETS = {
-    "SLACK_BOT_TOKEN": "xoxb-1111-SLACKBOTSECRET",
-    "SLACK_APP_TOKEN": "xapp-1-APPLEVELSECRET",
+    "SLACK_BOT_TOKEN": "xoxb-fake-SLACKBOTSECRET",
+    "SLACK_APP_TOKEN": "xapp-fake-APPLEVELSECRET",
     "SLACK_SIGNING_SECRET": "SIGNINGSECRETabc123",
     "REDMINE_KEY": "rdmKEY-5f3a9c0e",
     "REG_USER": "robot-user",
