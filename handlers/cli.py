@@ -723,6 +723,9 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--host", default="127.0.0.1")
     rn.add_argument("--port", type=_bounded(int, 0, 65535), default=3000)
     rn.set_defaults(func=cmd_run)
+
+    from handlers.demo import add_parser as add_demo_parser  # its own module: set-up, not ops
+    add_demo_parser(sub)
     return p
 
 
