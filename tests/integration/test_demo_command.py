@@ -4,8 +4,11 @@ deployment of DEMO-1 answering on 127.0.0.1; a second run reuses all of it."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+import uuid
 from pathlib import Path
 
 import docker
@@ -76,3 +79,42 @@ def test_demo_deploys_demo_1_and_a_second_run_reuses_everything(tmp_path, demo_p
         ("DEMO-1", DeploymentStatus.SUCCEEDED)]
     assert tickets == ["DEMO-1", "DEMO-2", "DEMO-3"]
     assert http_get(f"http://127.0.0.1:{demo_port}/version").text.strip() == "v1"
+
+
+def test_demo_starts_a_private_engine_that_outlives_it_and_is_stopped_by_its_pid(
+        tmp_path, free_port, http_get):
+    """The path of a machine where no engine answers: DOCKER_HOST names the private engine's
+    socket, which nothing serves yet. Isolated: its own state folder and bridge (a network no
+    address or route of the machine uses), no iptables; stopped by the PID in its pidfile."""
+    from handlers.demo_engine import PrivateEngine, running_pid
+
+    if os.geteuid() != 0:
+        pytest.fail("starting a private Docker engine needs root", pytrace=False)
+    state = Path(tempfile.mkdtemp(prefix="dbdemo-", dir="/tmp"))  # short: socket paths
+    engine = PrivateEngine(state / "engine", f"dbdt{uuid.uuid4().hex[:8]}")
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "DOCKER_HOST": engine.host}
+    stop_env = {**os.environ, "DEPLOYBOT_DOCKER_DIR": str(engine.dir),
+                "DEPLOYBOT_DOCKER_BRIDGE": engine.bridge}
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "handlers.cli", "demo", "--dir", str(tmp_path / "demo"),
+             "--port", str(port), "--engine-dir", str(engine.dir), "--bridge", engine.bridge],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
+            stdin=subprocess.DEVNULL)
+        said = done.stdout + done.stderr
+        assert done.returncode == 0, said
+        pid = running_pid(engine)
+        assert pid is not None, f"no dockerd runs from {engine.pidfile} after the demo:\n{said}"
+        assert f"starting a private one in {engine.dir} (bridge {engine.bridge})" in said
+        assert f"keeps running (pid {pid}" in said and f"kill {pid}" in said
+        assert "deployment #1: succeeded" in said
+        assert http_get(f"http://127.0.0.1:{port}/version").text.strip() == "v1"
+    finally:
+        subprocess.run([str(ROOT / "scripts" / "dockerd.sh"), "stop"], env=stop_env,
+                       capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
+        left = running_pid(engine)
+        shutil.rmtree(state, ignore_errors=True)
+    assert left is None, f"the private engine (pid {left}) did not stop"
+    gone = subprocess.run(["ip", "link", "show", engine.bridge], capture_output=True, timeout=10)
+    assert gone.returncode != 0, f"bridge {engine.bridge} was left behind"
