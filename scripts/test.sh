@@ -9,7 +9,8 @@
 #   scripts/test.sh tests/unit -x    the same set-up; these arguments go to the first pytest run
 #   scripts/test.sh --dry-run        checks what it needs and says what it would do; changes nothing
 #
-# Needs: root on Debian or Ubuntu (apt-get, and dockerd runs as root), python3 with venv.
+# Needs: root on Debian 12 or later (apt-get; dockerd runs as root); python3-venv comes with the
+# packages.
 # Settings (environment), defaults for a developer's machine:
 #   DEPLOYBOT_DOCKER_DIR / _BRIDGE / _BRIDGE_CIDR / _IPTABLES   the engine (scripts/dockerd.sh);
 #       default /tmp/deploybot-test-docker on bridge dbot-test0 172.27.0.1/24, no iptables: apart
@@ -44,7 +45,6 @@ say() { echo "=== test.sh: $*"; }
 needs=()
 [ "$(id -u)" = 0 ] || needs+=("root (it installs Debian packages and runs dockerd): sudo $0${*:+ $*}")
 command -v apt-get >/dev/null || needs+=("apt-get (Debian or Ubuntu); elsewhere install the packages of .ci/apt-packages and follow README.md, Testing, by hand")
-command -v python3 >/dev/null || needs+=("python3 (3.11 or later, with its venv module)")
 if command -v ip >/dev/null; then  # another bridge on the same network: routes would clash
   net=${DEPLOYBOT_DOCKER_BRIDGE_CIDR%.*}.
   other=$(ip -o -4 addr show | awk -v b="$DEPLOYBOT_DOCKER_BRIDGE" -v n="$net" \
