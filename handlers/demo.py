@@ -56,10 +56,10 @@ def add_parser(sub) -> None:
     dm.add_argument("--port", type=_port, default=EXAMPLE_PORTS[0],
                     help="127.0.0.1 port of the demo service in staging; production uses the "
                          "next one (default %(default)s); only for a new config")
-    dm.add_argument("--engine-dir", default="/var/lib/deploybot/demo-docker",
+    dm.add_argument("--engine-dir", default="/var/lib/deploybot/demo-docker", metavar="DIR",
                     help="state folder of the private engine started when none answers: socket, "
                          "data, pidfile, log (default %(default)s)")
-    dm.add_argument("--bridge", default="dbot-demo0",
+    dm.add_argument("--bridge", default="dbot-demo0", metavar="NAME",
                     help="the private engine's own network bridge (default %(default)s)")
     dm.set_defaults(func=run)
 
