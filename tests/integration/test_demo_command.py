@@ -58,7 +58,9 @@ def test_demo_deploys_demo_1_and_a_second_run_reuses_everything(tmp_path, demo_p
     assert "[ok] CQ approval" in said and "[ok] QA PASS" in said
     assert "deployment #1: succeeded" in said and "## Deployment Record" in said
     assert "deploybot deploy DEMO-2 --as alice" in said
-    assert f"export DOCKER_HOST={os.environ['DOCKER_HOST']}" in said
+    host = os.environ.get("DOCKER_HOST", "")
+    if host and host != "unix:///var/run/docker.sock":  # the engine the next commands need
+        assert f"export DOCKER_HOST={host}" in said
     assert http_get(f"http://127.0.0.1:{demo_port}/version").text.strip() == "v1"
     assert docker_client.containers.get("web-staging").image.tags == ["demo-web:v1"]
 
