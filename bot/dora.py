@@ -33,6 +33,14 @@ _SPAN = re.compile(r"(?P<n>[1-9][0-9]{0,5})(?P<unit>[hdw])")
 _UNITS = {"h": timedelta(hours=1), "d": timedelta(days=1), "w": timedelta(weeks=1)}
 
 
+def production_environments(config) -> list[str]:
+    """What the figures cover by default: the environments marked `production: true` (or named
+    production); every environment when none is."""
+    marked = [name for name, env in config.environments.items()
+              if env.production or name == "production"]
+    return marked or list(config.environments)
+
+
 def parse_since(text: str, now: datetime) -> datetime:
     """`7d`, `12h`, `2w` before `now`, or an ISO date/time (UTC unless it says otherwise)."""
     value = text.strip()

@@ -93,14 +93,6 @@ def cmd_events(ctx, args: argparse.Namespace) -> int:
     return 0
 
 
-def default_environments(config) -> list[str]:
-    """Production by default: the environments marked `production: true` (or named
-    production); every environment when none is."""
-    marked = [name for name, env in config.environments.items()
-              if env.production or name == "production"]
-    return marked or list(config.environments)
-
-
 def cmd_stats(ctx, args: argparse.Namespace) -> int:
     now = ctx.store.now()
     since = dora.parse_since(args.since, now)
@@ -111,7 +103,7 @@ def cmd_stats(ctx, args: argparse.Namespace) -> int:
     if args.service is not None and args.service not in config.services:
         raise InputError(f"unknown service {args.service!r}",
                          hint=f"known: {', '.join(config.services)}")
-    envs = [args.env] if args.env else default_environments(config)
+    envs = [args.env] if args.env else dora.production_environments(config)
     figures = dora.compute(ctx.store.dora_rows(), now=now, since=since, environments=envs,
                            service=args.service)
     if args.json:
