@@ -23,7 +23,7 @@ import re
 import statistics
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta, timezone
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from bot.errors import InputError
 
@@ -120,8 +120,17 @@ def compute(rows: Iterable[dict[str, Any]], *, now: datetime, since: datetime,
     def in_window(r: dict[str, Any]) -> bool:
         return r["finished_at"] is not None and since <= r["finished_at"] <= now
 
-    def same_target(a: dict[str, Any], b: dict[str, Any]) -> bool:
-        return (a["service"], a["environment"]) == (b["service"], b["environment"])
+    # scans go forward from a row on its own service and environment only: they stay short
+    by_target: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    place: dict[int, tuple[list[dict[str, Any]], int]] = {}
+    for r in rows:
+        same = by_target.setdefault((r["service"], r["environment"]), [])
+        place[r["id"]] = same, len(same)
+        same.append(r)
+
+    def later(r: dict[str, Any], *, including: bool = False) -> Iterator[dict[str, Any]]:
+        same, i = place[r["id"]]
+        return (same[j] for j in range(i if including else i + 1, len(same)))
 
     deploys = [r for r in rows if r["kind"] == "deploy"]
     shipped = [r for r in deploys if r["status"] == "succeeded" and r["finished_at"]]
@@ -139,16 +148,17 @@ def compute(rows: Iterable[dict[str, Any]], *, now: datetime, since: datetime,
             continue
         fig.changes += 1
         # the fix is a later successful deployment: the manual rollback itself counts
-        why, failed_at, first_fix = r["status"], r["finished_at"], r["id"] + 1
+        why, failed_at, candidates = r["status"], r["finished_at"], later(r)
         if why == "succeeded":
-            rollback = _manual_rollback(r, rows, same_target)
+            rollback = _manual_rollback(r, later(r))
             if rollback is None:
                 continue
-            why, failed_at, first_fix = "rolled back by hand", rollback["created_at"], rollback["id"]
+            why, failed_at = "rolled back by hand", rollback["created_at"]
+            candidates = later(rollback, including=True)
         fig.failures[why] = fig.failures.get(why, 0) + 1
-        fixed = next((n for n in rows if n["id"] >= first_fix and same_target(n, r)
-                      and n["status"] == "succeeded" and n["reached_backend"]
-                      and n["finished_at"] and n["finished_at"] >= failed_at), None)
+        fixed = next((n for n in candidates if n["status"] == "succeeded"
+                      and n["reached_backend"] and n["finished_at"]
+                      and n["finished_at"] >= failed_at), None)
         if fixed is None or fixed["finished_at"] > now:
             fig.not_restored += 1
         else:
@@ -157,18 +167,12 @@ def compute(rows: Iterable[dict[str, Any]], *, now: datetime, since: datetime,
     return fig
 
 
-def _manual_rollback(r: dict[str, Any], rows: list[dict[str, Any]], same_target
-                     ) -> dict[str, Any] | None:
+def _manual_rollback(r: dict[str, Any], after: Iterator[dict[str, Any]]) -> dict[str, Any] | None:
     """A rollback of r's service requested soon after r, before the next deploy of it."""
-    for n in rows:
-        if n["id"] <= r["id"] or not same_target(n, r) or not n["reached_backend"]:
-            continue
-        if n["kind"] == "deploy":
-            return None
-        if n["created_at"] - r["finished_at"] <= ROLLBACK_SOON:
-            return n
+    n = next((n for n in after if n["reached_backend"]), None)
+    if n is None or n["kind"] == "deploy" or n["created_at"] - r["finished_at"] > ROLLBACK_SOON:
         return None
-    return None
+    return n
 
 
 def _lead_times(fig: Figures, shipped: list[dict[str, Any]], in_window) -> None:
