@@ -157,3 +157,32 @@ def test_since_accepts_spans_and_iso_dates(text, expected):
 def test_since_refuses_anything_else(text):
     with pytest.raises(InputError):
         dora.parse_since(text, NOW)
+
+
+def test_the_store_keeps_first_readiness_and_knows_what_reached_the_backend():
+    from bot.models import DeploymentStatus as S
+    from bot.store import Store
+
+    clock = [at(22, 9)]
+    store = Store(":memory:", clock=lambda: clock[0])
+    store.note_ticket_ready("W-1", created_at=at(20), ready_at=None)
+    clock[0] = at(23, 9)  # sent back, ready again: the first times stay
+    store.note_ticket_ready("W-1", created_at=at(21), ready_at=at(23, 8))
+    shipped, _ = store.create_deployment(ticket_id="W-1", service="web", version="v2",
+                                         environment="production", requested_by="alice")
+    for status in (S.CHECKING, S.DEPLOYING, S.VERIFYING, S.SUCCEEDED):
+        store.transition(shipped.id, status)
+    blocked, _ = store.create_deployment(ticket_id="W-2", service="web", version="v3",
+                                         environment="production", requested_by="alice")
+    store.transition(blocked.id, S.CHECKING)
+    store.transition(blocked.id, S.BLOCKED)
+    store.create_deployment(ticket_id="W-1", service="web", version="v2",
+                            environment="production", requested_by="alice", dry_run=True)
+    first, second = store.dora_rows()  # the dry run is not there
+    assert (first["id"], first["reached_backend"], first["status"]) == (shipped.id, True,
+                                                                       "succeeded")
+    assert (first["ticket_created_at"], first["ticket_ready_at"],
+            first["ticket_first_seen_ready_at"]) == (at(20), at(23, 8), at(22, 9))
+    assert (second["id"], second["reached_backend"], second["ticket_created_at"]) == (
+        blocked.id, False, None)
+    assert first["finished_at"] == at(23, 9)

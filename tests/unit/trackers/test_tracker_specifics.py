@@ -193,3 +193,12 @@ def test_redmine_says_when_the_issue_entered_its_status() -> None:
         assert c.tracker.get_ticket(c.ref).ready_at is None  # read without the journals
         c.app.status = "Closed"  # a move no journal records: no time rather than a wrong one
         assert c.tracker.gate_data(c.ref)[0].ready_at is None
+
+
+@pytest.mark.parametrize("kind", ["github", "gitlab", "jira-cloud", "jira-dc", "redmine"])
+def test_tickets_carry_their_creation_time(kind) -> None:
+    """Lead time from creation (bot/dora.py) reads it from the issue itself."""
+    from tracker_fakes import BASE_TIME
+
+    with case(kind) as c:
+        assert c.tracker.get_ticket(c.ref).created_at == BASE_TIME
