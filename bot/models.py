@@ -129,6 +129,9 @@ class Ticket:
     labels: list[str] = field(default_factory=list)
     description: str = ""
     fields: dict[str, str] = field(default_factory=dict)
+    # For lead time (bot/dora.py), when the tracker says: None when it does not.
+    created_at: datetime | None = None
+    ready_at: datetime | None = None  # when it entered its current status (the ready one)
 
 
 @dataclass(frozen=True)

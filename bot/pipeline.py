@@ -411,6 +411,10 @@ class Pipeline:
             self._save_check(d, row)
         if ctx.previous_version != d.previous_version:
             d = self.store.update_deployment(d.id, previous_version=ctx.previous_version)
+        if rows["ticket_status"].status is CheckStatus.PASSED and ctx.ticket is not None:
+            # lead time (bot/dora.py) starts when the ticket was ready for production
+            self.store.note_ticket_ready(d.ticket_id, created_at=ctx.ticket.created_at,
+                                         ready_at=ctx.ticket.ready_at)
         failed = [r for r in rows.values() if r.status is CheckStatus.FAILED]
 
         notes_row = rows[checklist.NOTES_ITEM[0]]

@@ -148,9 +148,19 @@ def _m7_outbox(db: sqlite_utils.Database) -> None:
     db["outbox"].create_index(["state", "target", "id"])
 
 
+def _m8_ticket_times(db: sqlite_utils.Database) -> None:
+    """When each ticket was created and became ready for production, for lead time
+    (bot/dora.py): the tracker's times when it gives them, and the first time deploybot saw it
+    ready (the fallback)."""
+    db["ticket_times"].create(
+        {"ticket_id": str, "created_at": str, "ready_at": str, "first_seen_ready_at": str,
+         "updated_at": str},
+        pk="ticket_id")
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m1_initial, _m2_image_digest, _m3_schedules, _m4_evidence_and_via, _m5_image_refs,
-    _m6_recovery, _m7_outbox]
+    _m6_recovery, _m7_outbox, _m8_ticket_times]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -698,3 +708,53 @@ class Store:
                 return list(self.db.query("SELECT * FROM events ORDER BY id DESC LIMIT ?", [limit]))
             return list(self.db.query("SELECT * FROM events WHERE deployment_id = ? ORDER BY id",
                                       [deployment_id]))
+
+    def audit_trail(self, *, since: datetime | None = None,
+                    deployment_id: int | None = None) -> list[dict[str, Any]]:
+        """Every event (or one deployment's, or those since a time), oldest first: exports."""
+        where, args = [], []
+        if since is not None:
+            where.append("at >= ?")
+            args.append(_ts(since))
+        if deployment_id is not None:
+            where.append("deployment_id = ?")
+            args.append(deployment_id)
+        sql = "SELECT * FROM events" + (" WHERE " + " AND ".join(where) if where else "")
+        with self._lock:
+            return list(self.db.query(sql + " ORDER BY id", args))
+
+    # -- DORA figures (bot/dora.py) --------------------------------------------------------------
+
+    def note_ticket_ready(self, ticket_id: str, *, created_at: datetime | None,
+                          ready_at: datetime | None) -> None:
+        """The checklist saw the ticket ready for production: keep the tracker's times (when it
+        gives them) and the first time deploybot saw it ready. The first ones stay: a ticket
+        sent back and made ready again keeps its first readiness."""
+        now = _ts(self.now())
+        with self.transaction() as db:
+            row = db.execute("SELECT created_at, ready_at, first_seen_ready_at FROM ticket_times "
+                             "WHERE ticket_id = ?", [ticket_id]).fetchone()
+            old_created, old_ready, first_seen = row if row else (None, None, None)
+            db["ticket_times"].upsert({
+                "ticket_id": ticket_id, "created_at": old_created or _ts(created_at),
+                "ready_at": old_ready or _ts(ready_at),
+                "first_seen_ready_at": first_seen or now, "updated_at": now}, pk="ticket_id")
+
+    def dora_rows(self) -> list[dict[str, Any]]:
+        """Every real deployment with what bot/dora.py needs: whether it reached the backend
+        (it went through `deploying`) and its ticket's times."""
+        with self._lock:
+            rows = list(self.db.query(
+                "SELECT d.id, d.ticket_id, d.service, d.environment, d.kind, d.status, "
+                "d.created_at, d.finished_at, EXISTS (SELECT 1 FROM events e WHERE "
+                "e.deployment_id = d.id AND e.kind = 'deploying') AS reached_backend, "
+                "t.created_at AS ticket_created_at, t.ready_at AS ticket_ready_at, "
+                "t.first_seen_ready_at AS ticket_first_seen_ready_at FROM deployments d "
+                "LEFT JOIN ticket_times t ON t.ticket_id = d.ticket_id "
+                "WHERE d.dry_run = 0 ORDER BY d.id"))
+        for r in rows:
+            for key in ("created_at", "finished_at", "ticket_created_at", "ticket_ready_at",
+                        "ticket_first_seen_ready_at"):
+                r[key] = _dt(r[key])
+            r["reached_backend"] = bool(r["reached_backend"])
+        return rows

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from handlers.safe_output import escape_controls
 from bot.config import SLACK_USER_ID, Config
@@ -373,7 +373,8 @@ def history_message(config: Config, rows: list[Deployment], service: str | None)
 
 
 def home_view(config: Config, locks: list[Lock], active: list[Deployment],
-              recent: dict[str, list[Deployment]]) -> dict:
+              recent: dict[str, list[Deployment]], figures: Sequence[str] = ()) -> dict:
+    """`figures`: the DORA figures as lines (bot/dora.py as_lines), the first one a title."""
     blocks: list[dict] = [
         {"type": "header", "text": {"type": "plain_text", "text": "deploybot"}},
         _section("*Locks*\n" + ("\n".join(lock_line(config, lk) for lk in locks) or "none")),
@@ -382,6 +383,9 @@ def home_view(config: Config, locks: list[Lock], active: list[Deployment],
                                       or "none")),
         {"type": "divider"},
     ]
+    if figures:
+        text = f"*{escape(figures[0])}*\n" + "\n".join(f"• {escape(line)}" for line in figures[1:])
+        blocks += [_section(c) for c in _chunks(text)] + [{"type": "divider"}]
     for env, rows in recent.items():
         body = "\n".join(deployment_line(config, d) for d in rows) or "none yet"
         blocks += [_section(c) for c in _chunks(f"*Last deployments to {escape(env)}*\n{body}")]

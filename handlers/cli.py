@@ -19,7 +19,7 @@ from bot import outbox as outboxing
 from bot.pipeline import Pipeline
 from bot.scheduler import DeployScheduler, precheck, waiting_note
 from bot.store import Store
-from handlers import commands
+from handlers import commands, exports
 from bot.identity import Actor
 from bot.redact import slack_redactor
 from handlers.safe_output import SafeStream, is_text
@@ -354,6 +354,9 @@ def _print_outbox(pipeline: Pipeline) -> None:
 
 def cmd_history(ctx: Context, args: argparse.Namespace) -> int:
     rows = ctx.pipeline().history(args.service, args.env, args.limit)
+    if args.format:
+        exports.history(rows, args.format)
+        return EXIT_OK
     if not rows:
         print("no deployments yet")
     for d in rows:
@@ -363,6 +366,9 @@ def cmd_history(ctx: Context, args: argparse.Namespace) -> int:
 
 def cmd_show(ctx: Context, args: argparse.Namespace) -> int:
     d = ctx.store.deployment(args.deployment)
+    if args.format:
+        exports.show(ctx.store, d)
+        return EXIT_OK
     print(_line(d))
     for c in ctx.store.checks(d.id):
         print(f"  [{c.status.value:>7}] {c.title}" + (f" — {c.reason}" if c.reason else ""))
@@ -674,10 +680,13 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("service", nargs="?")
     h.add_argument("--env")
     h.add_argument("--limit", type=_bounded(int, 1, 10_000), default=20)
+    exports.add_format(h)
     h.set_defaults(func=cmd_history)
     s = sub.add_parser("show", help="one deployment: checks, gates, audit trail, record")
     s.add_argument("deployment", type=int)
+    exports.add_format(s, csv_too=False)
     s.set_defaults(func=cmd_show)
+    exports.add_parsers(sub)  # stats, events
 
     for name, func in (("lock", cmd_lock), ("unlock", cmd_unlock)):
         lk = sub.add_parser(name, help=f"{name} an environment")

@@ -16,6 +16,7 @@ import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import timedelta
 from socketserver import ThreadingMixIn
 from typing import Any, Callable, Mapping
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -50,6 +51,7 @@ from handlers.commands import (
     parse_mention,
     parse_rollback,
 )
+from bot import dora
 from bot import freeze as freezing
 from bot import outbox as outboxing
 from bot.scheduler import DeployScheduler, precheck, waiting_note
@@ -174,6 +176,9 @@ class Deliveries:
             return True
 
 
+HOME_FIGURES_WINDOW = timedelta(days=30)
+
+
 class AppHome:
     """The Home tab: locks, deployments in progress, the last ones per environment."""
 
@@ -186,7 +191,11 @@ class AppHome:
     def view(self) -> dict:
         store, config = self.front.store, self.front.config
         recent = {env: store.deployments(environment=env, limit=5) for env in config.environments}
-        return blocks.home_view(config, store.locks(), self.front.pipeline.active(), recent)
+        now = store.now()
+        figures = dora.compute(store.dora_rows(), now=now, since=now - HOME_FIGURES_WINDOW,
+                               environments=dora.production_environments(config))
+        return blocks.home_view(config, store.locks(), self.front.pipeline.active(), recent,
+                                figures=dora.as_lines(figures))
 
     def opened(self, user: str) -> None:
         with self._lock:

@@ -73,6 +73,7 @@ class GitHub(HttpTracker):
             labels=[lb["name"] if isinstance(lb, dict) else str(lb) for lb in issue.get("labels") or []],
             description=issue.get("body") or "",
             fields={"state": issue.get("state", "")},
+            created_at=parse_time(issue["created_at"]) if issue.get("created_at") else None,
         )
 
     def _page(self, tid: str, page: int):

@@ -71,7 +71,8 @@ class GitLab(HttpTracker):
         issue = self._issue(tid)
         return Ticket(id=tid, title=issue.get("title", ""), status=self._status(issue),
                       url=issue.get("web_url", ""), labels=list(issue.get("labels") or []),
-                      description=issue.get("description") or "", fields={"state": issue.get("state", "")})
+                      description=issue.get("description") or "", fields={"state": issue.get("state", "")},
+                      created_at=parse_time(issue["created_at"]) if issue.get("created_at") else None)
 
     def _page(self, tid: str, page: int):
         return self.http.request("GET", f"{self._path(tid)}/notes", ticket=tid, what="read comments",

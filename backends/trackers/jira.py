@@ -74,7 +74,7 @@ class Jira(HttpTracker):
     def get_ticket(self, ticket_id: str) -> Ticket:
         key = self.parse_ref(ticket_id)
         data = self.http.json("GET", f"{self.api}/issue/{key}", ticket=key, what="read the issue",
-                              params={"fields": "summary,status,labels,description,issuetype,priority"})
+                              params={"fields": "summary,status,labels,description,issuetype,priority,created"})
         fields = data.get("fields") or {}
         description = fields.get("description")
         return Ticket(
@@ -86,6 +86,7 @@ class Jira(HttpTracker):
             description=markup.adf_to_text(description) if self.cloud else markup.wiki_to_text(description or ""),
             fields={k: str(fields[k].get("name")) for k in ("issuetype", "priority")
                     if isinstance(fields.get(k), dict)},
+            created_at=parse_time(fields["created"]) if fields.get("created") else None,
         )
 
     def _page(self, key: str, start: int) -> dict:

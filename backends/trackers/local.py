@@ -64,7 +64,8 @@ class LocalTracker:
         return Ticket(id=row["id"], title=row["title"], status=row["status"],
                       url=f"local:{row['id']}", labels=json.loads(row["labels"] or "[]"),
                       description=row["description"] or "",
-                      fields=json.loads(row["fields"] or "{}"))
+                      fields=json.loads(row["fields"] or "{}"),
+                      created_at=datetime.fromisoformat(row["created_at"]))
 
     def comments(self, ticket_id: str) -> list[Comment]:
         with self.store.transaction() as db:

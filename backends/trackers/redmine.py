@@ -20,6 +20,7 @@ to anyone who may see that user).
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
@@ -80,7 +81,19 @@ class Redmine(HttpTracker):
             description=issue.get("description") or "",
             fields={k: str(issue[k]["name"]) for k in ("tracker", "priority", "project")
                     if isinstance(issue.get(k), dict)},
+            created_at=parse_time(issue["created_on"]) if issue.get("created_on") else None,
+            ready_at=self._entered_status(issue),
         )
+
+    @staticmethod
+    def _entered_status(issue: dict) -> datetime | None:
+        """When the issue last moved into its current status: the journals (read with the
+        comments) record each status change; None without them."""
+        current = str((issue.get("status") or {}).get("id", ""))
+        moves = [j["created_on"] for j in issue.get("journals") or []
+                 if any(d.get("property") == "attr" and d.get("name") == "status_id"
+                        and str(d.get("new_value")) == current for d in j.get("details") or [])]
+        return parse_time(max(moves, key=parse_time)) if current and moves else None
 
     def get_ticket(self, ticket_id: str) -> Ticket:
         return self._ticket(self._issue(self.parse_ref(ticket_id), journals=False))

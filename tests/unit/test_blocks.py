@@ -151,3 +151,15 @@ def test_reject_modal_carries_the_gate_and_asks_for_a_reason():
     assert json.loads(view["private_metadata"]) == {"gate_id": 3, "channel": "C1",
                                                     "thread_ts": "1.2"}
     assert view["blocks"][-1]["block_id"] == blocks.REASON_BLOCK
+
+
+def test_home_shows_the_dora_figures_as_given():
+    lines = ["DORA figures for production, 2025-01-01 to 2025-01-31 UTC",
+             "Deployment frequency: 3 successful deploy(s)", "Change failure rate: <!here> 0%"]
+    view = blocks.home_view(CONFIG, [], [], {"production": []}, figures=lines)
+    [section] = [b for b in view["blocks"] if "DORA" in json.dumps(b)]
+    assert section["text"]["text"] == ("*DORA figures for production, 2025-01-01 to 2025-01-31 "
+                                       "UTC*\n• Deployment frequency: 3 successful deploy(s)\n"
+                                       "• Change failure rate: &lt;!here&gt; 0%")
+    assert not any("DORA" in json.dumps(b) for b in blocks.home_view(
+        CONFIG, [], [], {"production": []})["blocks"])

@@ -17,7 +17,7 @@ from bot import liveness
 from bot.errors import BackendError
 from bot.models import BackendStatus, DeploymentStatus, VerificationResult
 from bot.recovery import recover
-from bot.store import Store
+from bot.store import SCHEMA_VERSION, Store
 from bot.verify import wait_healthy
 from tests.fakes.core import FakeBackend
 from tests.fakes.schedule import ScheduleWorld
@@ -387,11 +387,12 @@ def test_a_deployment_an_older_version_left_interrupted_is_rolled_back_after_the
                    "needs_recovery"):
         world.store.db.execute(f"ALTER TABLE deployments DROP COLUMN {column}")
     world.store.db.execute("DROP TABLE outbox")  # m7
+    world.store.db.execute("DROP TABLE ticket_times")  # m8
     world.store.db.execute("UPDATE meta SET value = '5' WHERE key = 'schema_version'")
     world.store.close()
     world.open()  # the upgraded deploybot starts
     try:
-        assert world.store.schema_version == 7
+        assert world.store.schema_version == SCHEMA_VERSION
         [done] = recover(world.pipeline)
         assert done.id == d.id and done.status is DeploymentStatus.ROLLED_BACK
         assert world.backend.running == "v1"

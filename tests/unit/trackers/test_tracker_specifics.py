@@ -180,3 +180,25 @@ def test_check_config_live_warns_when_redmine_markup_is_not_set(markup, tmp_path
     assert code == cli.EXIT_OK, out
     warned = "[warning] Redmine: tracker.markup is not set, so the record is written as textile" in out
     assert warned == (markup is None)
+
+
+def test_redmine_says_when_the_issue_entered_its_status() -> None:
+    """Lead time (bot/dora.py): the status journal read with the comments dates readiness."""
+    from tracker_fakes import BASE_TIME
+
+    with case("redmine") as c:
+        ticket, _ = c.tracker.gate_data(c.ref)
+        assert ticket.status == "Ready for Production"
+        assert ticket.created_at == BASE_TIME and ticket.ready_at == BASE_TIME
+        assert c.tracker.get_ticket(c.ref).ready_at is None  # read without the journals
+        c.app.status = "Closed"  # a move no journal records: no time rather than a wrong one
+        assert c.tracker.gate_data(c.ref)[0].ready_at is None
+
+
+@pytest.mark.parametrize("kind", ["github", "gitlab", "jira-cloud", "jira-dc", "redmine"])
+def test_tickets_carry_their_creation_time(kind) -> None:
+    """Lead time from creation (bot/dora.py) reads it from the issue itself."""
+    from tracker_fakes import BASE_TIME
+
+    with case(kind) as c:
+        assert c.tracker.get_ticket(c.ref).created_at == BASE_TIME

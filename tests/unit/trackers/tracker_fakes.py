@@ -414,6 +414,7 @@ class JiraApp(FakeApp):
                                         "status": {"name": self.status, "id": str(10000 + self.statuses.index(self.status)),
                                                    "statusCategory": {"key": "indeterminate"}},
                                         "issuetype": {"name": "Story"}, "priority": {"name": "Medium"},
+                                        "created": BASE_TIME.strftime("%Y-%m-%dT%H:%M:%S.000+0000"),
                                         "description": adf_text("Totals are rounded twice.") if self.cloud else
                                         "Totals are *rounded* twice."}}
         if sub is None and req.method == "PUT":
