@@ -55,7 +55,7 @@ the other commands), --log-format text|json (DEPLOYBOT_LOG_FORMAT, default text)
 
 exit codes:
   0    done (deployment succeeded, command ran)
-  1    failed (deployment failed or rolled back, check-config found problems, an error)
+  1    failed (blocked by the checklist, failed, rolled back; check-config found problems)
   2    usage or configuration error (bad arguments, invalid or missing config)
   3    pending (waiting for a gate's approval, or queued behind a lock)
   4    refused (not allowed: permissions, freeze window, trust rules)

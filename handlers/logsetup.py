@@ -20,6 +20,8 @@ FORMATS = ("text", "json")
 LEVEL_ENV, FORMAT_ENV = "DEPLOYBOT_LOG_LEVEL", "DEPLOYBOT_LOG_FORMAT"
 # Services log what they do; one-shot commands keep the terminal to their own output.
 SERVICE_COMMANDS = ("run", "scheduler")
+# Their INFO lines come every tick ("Running job ... executed successfully"): shown at DEBUG only.
+CHATTY = ("apscheduler",)
 
 
 def _timestamp(record: logging.LogRecord) -> str:
@@ -103,8 +105,11 @@ def configured(level: str, fmt: str, redact: Callable[[str], str]) -> Iterator[l
     # install_log_filter() swaps this for the config's Redactor once the config is loaded.
     handler.addFilter(RedactingFilter(redact))
     previous_level = root.level
+    chatty = {name: logging.getLogger(name).level for name in CHATTY}
     root.addHandler(handler)
     root.setLevel(level)
+    for name in chatty:
+        logging.getLogger(name).setLevel(level if level == "DEBUG" else "WARNING")
     logging.captureWarnings(True)
     try:
         yield handler
@@ -112,3 +117,5 @@ def configured(level: str, fmt: str, redact: Callable[[str], str]) -> Iterator[l
         logging.captureWarnings(False)
         root.removeHandler(handler)
         root.setLevel(previous_level)
+        for name, before in chatty.items():
+            logging.getLogger(name).setLevel(before)

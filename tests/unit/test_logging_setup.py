@@ -12,6 +12,7 @@ import threading
 import pytest
 
 from bot import logcontext
+from bot.models import DeploymentStatus
 from bot.redact import Redactor, install_log_filter
 from handlers import cli, logsetup
 from tests.unit.test_cli_inputs import Terminal
@@ -183,3 +184,92 @@ def test_json_formatter_redacts_the_message_and_keeps_one_line(capsys):
     assert got["message"] == "token [redacted]\nsecond line"
     assert (got["deployment_id"], got["ticket"], got["level"]) == (7, "DEMO-7", "WARNING")
     assert "exc_info" not in got
+
+
+@pytest.mark.realtime  # APScheduler's worker thread and its shutdown wait on the real clock
+def test_stopping_the_scheduler_says_which_deployment_it_waits_for(tmp_path, caplog):
+    from tests.fakes.schedule import ScheduleWorld
+
+    world = ScheduleWorld(tmp_path / "deploybot.db")
+    entered, release = threading.Event(), threading.Event()
+    deploy = world.backend.deploy
+
+    def slow_deploy(*args, **kwargs):
+        entered.set()
+        assert release.wait(30)
+        return deploy(*args, **kwargs)
+    world.backend.deploy = slow_deploy
+    caplog.set_level(logging.INFO, logger="deploybot")
+    d = world.request(world.ticket())
+    world.scheduler.start()
+    world.scheduler.aps.add_job(world.scheduler.execute, args=[d.id])
+    try:
+        assert entered.wait(30)
+        stopping = threading.Thread(target=world.scheduler.shutdown)
+        stopping.start()
+        waiting = f"waiting for deployment {d.id} (web@v2) to finish deploying"
+        for _ in range(300):  # until the shutdown has said it (it then waits for the job)
+            if any(r.getMessage() == waiting for r in caplog.records):
+                break
+            stopping.join(0.1)
+        said = [r.getMessage() for r in caplog.records if r.name == "deploybot.scheduler"]
+        assert said[-2:] == ["stopping the scheduler", waiting]
+        assert stopping.is_alive()  # it waits for the deployment, not past it
+        release.set()
+        stopping.join(30)
+        assert not stopping.is_alive()
+        assert world.store.deployment(d.id).status is DeploymentStatus.SUCCEEDED
+        assert caplog.records[-1].getMessage() == "the scheduler stopped"
+    finally:
+        release.set()
+        world.close()
+
+
+@pytest.mark.realtime  # the front end's worker threads
+def test_closing_the_slack_front_end_says_which_deployment_it_waits_for(tmp_path, monkeypatch,
+                                                                        caplog):
+    from bot.store import Store
+    from fakes.slack_api import FakeSlack
+    from fakes.slack_harness import ready_ticket, slack_config
+    from handlers.slack_app import SlackFrontEnd, web_client
+    from tests.fakes.core import FakeBackend, FakeProbe, InstantClock
+
+    monkeypatch.setenv("SLACK_BOT_TOKEN", TOKEN)
+    backend, entered, release = FakeBackend(running="v1"), threading.Event(), threading.Event()
+    deploy = backend.deploy
+
+    def slow_deploy(*args, **kwargs):
+        entered.set()
+        assert release.wait(30)
+        return deploy(*args, **kwargs)
+    backend.deploy = slow_deploy
+    config = slack_config(image="demo-web", ports={"staging": 9, "production": 9},
+                          prefix="closing", verify_timeout=1)
+    caplog.set_level(logging.INFO, logger="deploybot")
+    with FakeSlack(bot_token=TOKEN) as slack:
+        store = Store(tmp_path / "d.db")
+        front = SlackFrontEnd(config, store, web_client(TOKEN, slack.api_url),
+                              backend_for=lambda s, e: backend, probe=FakeProbe(backend),
+                              clock=InstantClock())
+        d = front.pipeline.request_deploy(ready_ticket(store), requested_by="alice",
+                                          target="web@v2", environment="staging")
+        front.submit(front.pipeline.run, d.id)
+        try:
+            assert entered.wait(30)
+            closing = threading.Thread(target=front.close)
+            closing.start()
+            waiting = f"waiting for deployment {d.id} (web@v2) to finish deploying"
+            for _ in range(300):
+                if any(r.getMessage() == waiting for r in caplog.records):
+                    break
+                closing.join(0.1)
+            assert any(r.getMessage() == waiting and r.name == "deploybot.slack"
+                       for r in caplog.records)
+            assert closing.is_alive()
+            release.set()
+            closing.join(30)
+            assert not closing.is_alive() and caplog.records[-1].getMessage() == "stopped"
+            assert store.deployment(d.id).status is DeploymentStatus.SUCCEEDED
+        finally:
+            release.set()
+            front.close()
