@@ -234,6 +234,22 @@ class HttpAuth(Strict):
     bearer_token_file: str | None = None  # a file holding it (a service account token)
     ca_file: str | None = None  # CA bundle for an https URL with a private CA
 
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_file_readable(cls, v: str | None) -> str | None:
+        # Checked at load: otherwise the first probe (deploy, status, check-config --live)
+        # finds out, deep inside the TLS set-up.
+        if v is None:
+            return v
+        path = Path(v)
+        if not path.exists():
+            raise ValueError(f"{v} does not exist (the CA bundle for the https URLs)")
+        if not path.is_file():
+            raise ValueError(f"{v} is not a file (give the CA bundle's PEM file)")
+        if not os.access(path, os.R_OK):
+            raise ValueError(f"{v} cannot be read by this user")
+        return v
+
     @model_validator(mode="after")
     def _one_token_source(self) -> "HttpAuth":
         if self.bearer_token_env and self.bearer_token_file:

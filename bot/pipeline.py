@@ -19,6 +19,7 @@ from bot import freeze as freezing
 from bot import outbox as outboxing
 from bot.authorization import Action, Authorization
 from bot.identity import Actor, TrackerIdentities
+from bot import logcontext
 from bot import record as records
 from bot import watch as watching
 from bot.config import Config
@@ -45,6 +46,9 @@ from bot.store import Store
 from bot.verify import SystemClock, verify, wait_healthy
 
 log = logging.getLogger("deploybot.pipeline")
+# Log lines inside these methods carry the deployment's id and ticket (bot/logcontext.py).
+_by_id = logcontext.around(
+    lambda self, deployment_id, *_, **__: self.store.deployment(deployment_id))
 
 # Docker's tag grammar: what a version may be, so it is safe in every backend and record.
 VERSION_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
@@ -75,6 +79,26 @@ class GateOutcome:
     gate: Gate
     deployment: Deployment
     decided_now: bool  # False: it was already decided (by gate.decided_by); nothing changed
+
+
+def _log_line(event: str, args: tuple) -> str:
+    """What a service's log says about a deployment's progress (the id and ticket are added
+    by the log context)."""
+    if not args or not isinstance(args[0], Deployment):
+        return ""
+    d, what = args[0], f"{args[0].kind.value} {args[0].service}@{args[0].version} to " \
+                         f"{args[0].environment}"
+    if event == "deployment_started":
+        return f"{what}: started" + (" (dry run)" if d.dry_run else "")
+    if event in ("step", "alert"):
+        return f"{what}: {args[1]}"
+    if event == "blocked":
+        return f"{what}: blocked by " + ", ".join(c.title for c in args[1])
+    if event == "gate_requested":
+        return f"{what}: waiting for gate #{args[1].id} ({args[1].kind.value})"
+    if event == "finished":
+        return f"{what}: {d.status.value}" + (f" ({d.failure})" if d.failure else "")
+    return ""
 
 
 def validate_version(version: str) -> str:
@@ -317,6 +341,7 @@ class Pipeline:
 
     # -- driving --------------------------------------------------------------------------------
 
+    @_by_id
     def run(self, deployment_id: int) -> Deployment:
         """Drive a deployment as far as it can go without waiting for a person."""
         d = self.store.deployment(deployment_id)
@@ -366,6 +391,9 @@ class Pipeline:
     def _tell(self, event: str, *args) -> None:
         """Reporters must not break a deployment: their errors are logged, not raised. With
         durable posts, alert/blocked/finished are stored in the outbox and delivered from it."""
+        line = _log_line(event, args)
+        if line:
+            log.info("%s", line)  # INFO: a terminal shows these through its reporter already
         message = self._post(event, *args)
         if message is not None:
             try:
@@ -591,6 +619,8 @@ class Pipeline:
                     raise NotAllowed(f"{actor.name} already approved deployment #{d.id}.",
                                      hint="Each approval must come from a different person.")
 
+    @logcontext.around(lambda self, gate_id, **_: self.store.deployment(
+        self.store.gate(gate_id).deployment_id))
     def decide_gate(self, gate_id: int, *, decided_by: Actor | str, approved: bool,
                     reason: str = "", resume: bool = True) -> GateOutcome:
         """A person decided a gate. Authorised once; repeated clicks change nothing."""
@@ -636,6 +666,7 @@ class Pipeline:
             d = self.run_guarded(lambda: self._resume_if_approved(d.id), d.id)
         return GateOutcome(gate, self.store.deployment(d.id), decided_now=True)
 
+    @logcontext.around(lambda self, fn, deployment_id: self.store.deployment(deployment_id))
     def run_guarded(self, fn: Callable[[], Deployment], deployment_id: int) -> Deployment:
         try:
             return fn()
@@ -1022,6 +1053,7 @@ class Pipeline:
 
     # -- people's other requests --------------------------------------------------------------------
 
+    @_by_id
     def cancel(self, deployment_id: int, *, user: Actor | str, reason: str = "") -> Deployment:
         actor = self.actor(user)
         d = self.store.deployment(deployment_id)

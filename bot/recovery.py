@@ -23,7 +23,7 @@ import os
 from datetime import datetime
 from typing import Callable
 
-from bot import liveness
+from bot import liveness, logcontext
 from bot import watch as watching
 from bot.errors import BackendError
 from bot.models import CheckStatus, Deployment, DeploymentKind, DeploymentStatus
@@ -44,7 +44,8 @@ def recover(pipeline, *, is_alive: Alive = liveness.is_alive, service: str | Non
         if claimed is None:
             continue
         try:
-            outcome = Recovery(pipeline, claimed).run()
+            with logcontext.deployment(claimed.id, claimed.ticket_id):
+                outcome = Recovery(pipeline, claimed).run()
         except Exception as exc:  # one broken recovery must not stop the others, nor the process
             # the message for people; the traceback only at debug level (never in a terminal)
             log.error("recovery of deployment #%s failed: %s: %s", d.id, type(exc).__name__, exc)

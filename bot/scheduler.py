@@ -18,6 +18,7 @@ from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from bot import freeze as freezing
+from bot import logcontext
 from bot.errors import DeploybotError, StateError
 from bot.models import Deployment, DeploymentStatus
 from bot.store import Store
@@ -46,7 +47,7 @@ class Heartbeat:
         def loop() -> None:
             while not self._stop.wait(interval):
                 self._beat()
-        self._thread = threading.Thread(target=loop, daemon=True,
+        self._thread = threading.Thread(target=logcontext.in_thread(loop), daemon=True,
                                         name=f"deploybot-heartbeat-{self.deployment_id}")
         self._thread.start()
         return self
@@ -122,7 +123,11 @@ class DeployScheduler:
 
     def shutdown(self) -> None:
         if self.aps.running:
+            log.info("stopping the scheduler")
+            for line in logcontext.waiting_for(self.store):
+                log.info("%s", line)
             self.aps.shutdown(wait=True)
+            log.info("the scheduler stopped")
 
     def jobs(self) -> list[str]:
         return sorted(j.id for j in self.aps.get_jobs())

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
+from importlib import metadata
 from typing import Callable, Iterator, Sequence
 
 from bot import config as configuration
@@ -19,13 +21,16 @@ from bot import outbox as outboxing
 from bot.pipeline import Pipeline
 from bot.scheduler import DeployScheduler, precheck, waiting_note
 from bot.store import Store
-from handlers import commands, exports
+from handlers import commands, exports, logsetup
+from handlers.logsetup import FORMAT_ENV, FORMATS, LEVEL_ENV, LEVELS
 from bot.identity import Actor
+from bot.logcontext import waiting_for
 from bot.redact import slack_redactor
 from handlers.safe_output import SafeStream, is_text
 from handlers.terminal import TerminalApprover, TerminalReporter, terminal_actor
 from handlers.wiring import build_pipeline, open_store, start_redaction
 
+log = logging.getLogger("deploybot.cli")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PENDING, EXIT_REFUSED = 0, 1, 2, 3, 4
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a killed writer
 
@@ -42,6 +47,20 @@ EPILOG = """examples:
   deploybot status | deploybot history web
   deploybot lock production --reason "release freeze" | deploybot unlock production --reason done
   deploybot ticket create "Ship v2" | ticket comment DEMO-1 --as carol "QA PASS" | ticket show DEMO-1
+  deploybot check-config --config deploybot.yaml --live
+  deploybot run --log-format json               Slack front end, JSON logs on stderr
+
+logs: stderr; --log-level (DEPLOYBOT_LOG_LEVEL, default INFO for run/scheduler, WARNING for
+the other commands), --log-format text|json (DEPLOYBOT_LOG_FORMAT, default text)
+
+exit codes:
+  0    done (deployment succeeded, command ran)
+  1    failed (blocked by the checklist, failed, rolled back; check-config found problems)
+  2    usage or configuration error (bad arguments, invalid or missing config)
+  3    pending (waiting for a gate's approval, or queued behind a lock)
+  4    refused (not allowed: permissions, freeze window, trust rules)
+  130  interrupted (Ctrl-C or SIGTERM before the rollout started)
+  141  the reader of the output went away (broken pipe, e.g. `| head`)
 """
 
 
@@ -214,6 +233,8 @@ def _stopping_gracefully(pipeline: Pipeline, d: Deployment) -> Iterator[None]:
         pipeline.stop.set(name)
         print(f"{name}: finishing the current step of deployment #{d.id}, then it completes "
               "or rolls back", file=sys.stderr, flush=True)
+        for line in waiting_for(pipeline.store):
+            log.info("%s: %s", name, line)
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -585,8 +606,11 @@ def cmd_scheduler(ctx: Context, args: argparse.Namespace,
     stop = stop or threading.Event()
     previous = signal.getsignal(signal.SIGTERM) if threading.current_thread() is \
         threading.main_thread() else None
+    def on_sigterm(*_: object) -> None:
+        log.info("SIGTERM: shutting down")
+        stop.set()
     if previous is not None:
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGTERM, on_sigterm)
     print(f"deploybot scheduler: every {args.tick:g} s; Ctrl-C stops it", flush=True)
     try:
         scheduler.run_forever(stop, on_line=lambda line: print(line, flush=True))
@@ -627,19 +651,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="deploybot", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
         description="Walks the deployment process: checklist, gates, deploy, verify, roll back, record.")
-    p.add_argument("--config", help="configuration file (default: $DEPLOYBOT_CONFIG or ./deploybot.yaml)")
-    p.add_argument("--as", dest="user", metavar="NAME",
-                   help="who you are (default: $DEPLOYBOT_USER or your login)")
-    # --as works before or after the command: `deploybot --as bob approve 3` or `approve 3 --as bob`
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    # Global options work before or after the command: `deploybot --as bob approve 3` or
+    # `approve 3 --as bob`, `check-config --config FILE`.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--as", dest="user", metavar="NAME", default=argparse.SUPPRESS,
-                        help="who you are (default: $DEPLOYBOT_USER or your login)")
+    for parser, default in ((p, None), (common, argparse.SUPPRESS)):
+        parser.add_argument("--config", default=default, help="configuration file (default: "
+                            "$DEPLOYBOT_CONFIG or ./deploybot.yaml)")
+        parser.add_argument("--as", dest="user", metavar="NAME", default=default,
+                            help="who you are (default: $DEPLOYBOT_USER or your login)")
+        parser.add_argument("--log-level", type=str.upper, choices=LEVELS, default=default,
+                            help=f"log level (default: ${LEVEL_ENV}, else INFO for run and "
+                                 "scheduler, WARNING otherwise)")
+        parser.add_argument("--log-format", choices=FORMATS, default=default,
+                            help=f"log lines as text or one JSON object per line (default: "
+                                 f"${FORMAT_ENV}, else text)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    real_add_parser = sub.add_parser
-    sub.add_parser = lambda *a, **kw: real_add_parser(*a, parents=[common], **kw)  # type: ignore
+    _with_common(sub, common)
 
     d = sub.add_parser("deploy", help="deploy a ticket")
-    d.add_argument("ticket")
+    d.add_argument("ticket", help="the ticket to deploy, like DEMO-1")
     d.add_argument("words", nargs="*", metavar="SERVICE@VERSION | to ENV",
                    help="as in Slack; service@version defaults to what the ticket says")
     d.add_argument("--env", help="environment (default: the config's default)")
@@ -654,45 +685,49 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_deploy)
 
     r = sub.add_parser("rollback", help="roll a service (or a ticket's deployment) back")
-    r.add_argument("what", metavar="SERVICE|TICKET")
+    r.add_argument("what", metavar="SERVICE|TICKET",
+                   help="the service to roll back, or the ticket whose deployment to undo")
     r.add_argument("words", nargs="*", metavar="to VERSION | in ENV", help="as in Slack")
     r.add_argument("--to", metavar="VERSION", help="default: the version before the current one")
-    r.add_argument("--env")
+    r.add_argument("--env", help="environment (default: the config's default)")
     r.set_defaults(func=cmd_rollback)
 
     for name, func, help_ in (("approve", cmd_approve, "approve a deployment's pending gates"),
                               ("reject", cmd_reject, "reject a deployment's pending gate")):
         g = sub.add_parser(name, help=help_)
-        g.add_argument("deployment", type=int)
+        g.add_argument("deployment", type=int, help="the deployment's number (#7: 7)")
         g.add_argument("--gate", type=int, help="only this gate")
-        g.add_argument("--reason", required=name == "reject")
+        g.add_argument("--reason", required=name == "reject",
+                       help="why (kept in the audit trail" + ("; required)" if name == "reject"
+                                                              else ")"))
         g.set_defaults(func=func)
 
     c = sub.add_parser("cancel", help="cancel a deployment that has not started deploying")
-    c.add_argument("deployment", type=int)
-    c.add_argument("--reason")
+    c.add_argument("deployment", type=int, help="the deployment's number")
+    c.add_argument("--reason", help="why (kept in the audit trail)")
     c.set_defaults(func=cmd_cancel)
 
     sub.add_parser("status", help="locks, deployments in progress, what runs, what the "
                    "tracker and Slack have not been told yet").set_defaults(
         func=cmd_status)
     h = sub.add_parser("history", help="past deployments")
-    h.add_argument("service", nargs="?")
-    h.add_argument("--env")
-    h.add_argument("--limit", type=_bounded(int, 1, 10_000), default=20)
+    h.add_argument("service", nargs="?", help="only this service's deployments")
+    h.add_argument("--env", help="only this environment's deployments")
+    h.add_argument("--limit", type=_bounded(int, 1, 10_000), default=20,
+                   help="at most this many, newest first (default: 20)")
     exports.add_format(h)
     h.set_defaults(func=cmd_history)
     s = sub.add_parser("show", help="one deployment: checks, gates, audit trail, record")
-    s.add_argument("deployment", type=int)
+    s.add_argument("deployment", type=int, help="the deployment's number")
     exports.add_format(s, csv_too=False)
     s.set_defaults(func=cmd_show)
     exports.add_parsers(sub)  # stats, events
 
     for name, func in (("lock", cmd_lock), ("unlock", cmd_unlock)):
         lk = sub.add_parser(name, help=f"{name} an environment")
-        lk.add_argument("env")
+        lk.add_argument("env", help="the environment")
         lk.add_argument("--service", help="only this service's lock")
-        lk.add_argument("--reason", required=True)
+        lk.add_argument("--reason", required=True, help="why (shown to whoever is blocked)")
         lk.set_defaults(func=func)
 
     cc = sub.add_parser("check-config", help="validate the configuration file")
@@ -702,24 +737,26 @@ def build_parser() -> argparse.ArgumentParser:
     cc.set_defaults(func=cmd_check_config)
 
     t = sub.add_parser("ticket", help="the embedded tracker: create, comment, status, show")
-    tsub = t.add_subparsers(dest="ticket_cmd", required=True)
-    tc = tsub.add_parser("create")
-    tc.add_argument("title")
-    tc.add_argument("--project", default="DEMO")
+    tsub = t.add_subparsers(dest="ticket_cmd", required=True, metavar="ACTION")
+    _with_common(tsub, common)
+    tc = tsub.add_parser("create", help="create a ticket; prints its id")
+    tc.add_argument("title", help="the ticket's title")
+    tc.add_argument("--project", default="DEMO", help="project key (default: DEMO)")
     tc.add_argument("--id", help="explicit ticket id, like DEMO-7")
-    tc.add_argument("--status", default="Open")
-    tc.add_argument("--description")
-    tc.add_argument("--field", action="append", metavar="KEY=VALUE")
-    tm = tsub.add_parser("comment")
-    tm.add_argument("ticket")
-    tm.add_argument("text")
+    tc.add_argument("--status", default="Open", help="initial status (default: Open)")
+    tc.add_argument("--description", help="the ticket's description")
+    tc.add_argument("--field", action="append", metavar="KEY=VALUE",
+                    help="a custom field (repeatable)")
+    tm = tsub.add_parser("comment", help="comment on a ticket (what the gates read)")
+    tm.add_argument("ticket", help="the ticket, like DEMO-1")
+    tm.add_argument("text", help="the comment, e.g. \"QA PASS\"")
     tm.add_argument("--author", "--by", metavar="NAME",
                     help="who writes it (default: you; someone else needs terminal.trust_as)")
-    ts = tsub.add_parser("status")
-    ts.add_argument("ticket")
-    ts.add_argument("status")
-    tw = tsub.add_parser("show")
-    tw.add_argument("ticket")
+    ts = tsub.add_parser("status", help="move a ticket to another status")
+    ts.add_argument("ticket", help="the ticket, like DEMO-1")
+    ts.add_argument("status", help="the new status, e.g. \"Ready for Production\"")
+    tw = tsub.add_parser("show", help="a ticket with its comments")
+    tw.add_argument("ticket", help="the ticket, like DEMO-1")
     t.set_defaults(func=cmd_ticket)
 
     sc = sub.add_parser("scheduler", help="run scheduled and queued deployments (foreground)")
@@ -729,13 +766,39 @@ def build_parser() -> argparse.ArgumentParser:
 
     rn = sub.add_parser("run", help="start the Slack front end")
     rn.add_argument("--http", action="store_true", help="serve HTTP instead of Socket Mode")
-    rn.add_argument("--host", default="127.0.0.1")
-    rn.add_argument("--port", type=_bounded(int, 0, 65535), default=3000)
+    rn.add_argument("--host", default="127.0.0.1",
+                    help="HTTP mode: the address to listen on (default: 127.0.0.1)")
+    rn.add_argument("--port", type=_bounded(int, 0, 65535), default=3000,
+                    help="HTTP mode: the port to listen on (default: 3000; 0: any free port)")
     rn.set_defaults(func=cmd_run)
 
     from handlers.demo import add_parser as add_demo_parser  # its own module: set-up, not ops
     add_demo_parser(sub)
+    co = sub.add_parser("completion", help="print a shell completion script")
+    co.add_argument("shell", choices=("bash", "zsh", "tcsh"),
+                    help="e.g. `deploybot completion bash > /etc/bash_completion.d/deploybot`")
+    co.set_defaults(func=cmd_completion)
     return p
+
+
+def _with_common(sub, common: argparse.ArgumentParser) -> None:
+    """Every parser `sub` adds takes the global options too (after the command)."""
+    real_add_parser = sub.add_parser
+    sub.add_parser = lambda *a, **kw: real_add_parser(*a, parents=[common], **kw)
+
+
+def _version() -> str:
+    try:
+        return metadata.version("deploybot")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+def cmd_completion(ctx: Context, args: argparse.Namespace) -> int:
+    import shtab
+
+    print(shtab.complete(build_parser(), shell=args.shell))
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None, *, edges: Edges | None = None) -> int:
@@ -756,8 +819,15 @@ def main(argv: Sequence[str] | None = None, *, edges: Edges | None = None) -> in
             print(f"error: argument {bad[0]} is not valid UTF-8 text", file=sys.stderr)
             return EXIT_USAGE
         args = build_parser().parse_args(argv)
-        ctx = Context(args, edges)
-        code = _run(ctx, args)
+        try:
+            level, fmt = logsetup.choose(args.command, args.log_level, args.log_format,
+                                         os.environ)
+        except InputError as exc:
+            print(f"error: {exc.message}\n  hint: {exc.hint}", file=sys.stderr)
+            return EXIT_USAGE
+        with logsetup.configured(level, fmt, lambda text: redact()(text)):
+            ctx = Context(args, edges)
+            code = _run(ctx, args)
         sys.stdout.flush()
         return code
     except BrokenPipeError:

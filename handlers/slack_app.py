@@ -53,6 +53,7 @@ from handlers.commands import (
 )
 from bot import dora
 from bot import freeze as freezing
+from bot import logcontext
 from bot import outbox as outboxing
 from bot.scheduler import DeployScheduler, precheck, waiting_note
 from handlers.slack_reporter import SlackReporter
@@ -237,6 +238,23 @@ def _retry_num(request: Any) -> int:
         return 0
 
 
+class _SameTokenUnused(logging.Filter):
+    """Bolt's App() reads SLACK_BOT_TOKEN from the environment whenever no `token` is passed
+    (there is no way to pass none), then warns "`token` will be unused" because `client` is
+    given too -- on every start. When the client carries that very token nothing is unused:
+    that warning is dropped. A different token in the environment still warns."""
+
+    def __init__(self, client_token: str | None) -> None:
+        super().__init__()
+        self.client_token = client_token
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from slack_bolt.logger.messages import warning_client_prioritized_and_token_skipped
+
+        return not (record.getMessage() == warning_client_prioritized_and_token_skipped()
+                    and (os.environ.get(BOT_TOKEN) or "").strip() == self.client_token)
+
+
 # -- the front end -------------------------------------------------------------------------------
 
 class SlackFrontEnd:
@@ -265,15 +283,21 @@ class SlackFrontEnd:
         self._claim_lock = threading.Lock()
         self._channel_names: dict[str, str] = {}
         self._groups: dict[str, tuple[float, frozenset[str]]] = {}
-        self.app = App(
-            client=client,
-            signing_secret=signing_secret or "unused-in-socket-mode",
-            request_verification_enabled=bool(signing_secret),
-            # Listeners only parse, ack and hand over to self.executor: running them before the
-            # response is as fast as it gets and leaves no ack to poll for.
-            process_before_response=True,
-            logger=logging.getLogger("deploybot.slack.bolt"),
-        )
+        bolt_log = logging.getLogger("deploybot.slack.bolt")
+        same_token = _SameTokenUnused(client.token)
+        bolt_log.addFilter(same_token)
+        try:
+            self.app = App(
+                client=client,
+                signing_secret=signing_secret or "unused-in-socket-mode",
+                request_verification_enabled=bool(signing_secret),
+                # Listeners only parse, ack and hand over to self.executor: running them before
+                # the response is as fast as it gets and leaves no ack to poll for.
+                process_before_response=True,
+                logger=bolt_log,
+            )
+        finally:
+            bolt_log.removeFilter(same_token)
         self._register()
         actions.register(self.app, self)
 
@@ -293,10 +317,15 @@ class SlackFrontEnd:
     def close(self) -> None:
         """Start nothing new; let the deployments that are running finish (they have timeouts)."""
         self.scheduler.shutdown()
+        waiting = logcontext.waiting_for(self.store)
+        for line in waiting:
+            log.info("%s", line)
         self.executor.shutdown(wait=True, cancel_futures=True)
         sender = getattr(self.reporter, "sender", None)
         if sender is not None:
+            log.info("sending what is left for Slack, then closing the connection")
             sender.close()
+        log.info("stopped")
 
     def resume(self) -> None:
         """After a start: bring the threads of open and recent deployments in line with the store."""
@@ -721,8 +750,11 @@ def _stop_on_signals(stop: threading.Event) -> Callable[[], None]:
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("%s: shutting down", signal.Signals(signum).name)
+        stop.set()
     for sig in previous:
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
 
     def restore() -> None:
         for sig, handler in previous.items():

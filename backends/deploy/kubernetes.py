@@ -287,7 +287,7 @@ def connect(opts: KubernetesBackendSettings) -> ClientKubeApi:
         path = opts.kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
         path = os.path.expanduser(path.split(os.pathsep)[0])
         if not Path(path).is_file():
-            raise BackendError(f"Kubernetes: kubeconfig {path} not found",
+            raise BackendError(f"Kubernetes: cannot reach the API: no kubeconfig at {path}",
                                hint="set backend.kubeconfig or KUBECONFIG, or use in_cluster: true")
         # persist_config=False: the bot never writes refreshed credentials into the file.
         config.load_kube_config(config_file=path, context=opts.context, persist_config=False,
@@ -892,19 +892,18 @@ class KubernetesBackend(pins.SeenBytes):
         """Nothing to drop: old ReplicaSets stay as rollout history (revisionHistoryLimit)."""
 
     def status(self) -> BackendStatus:
-        """Running only when the rollout is complete and the new ReplicaSet's pods are all ready."""
-        try:
-            dep = self._deployment(required=False)
-            if dep is None:
-                return BackendStatus(False, None, f"no {self.where}")
-            version = self._version_of(dep)
-            state = rollout_state(dep)
-            want = (dep.get("spec") or {}).get("replicas", 1)
-            new = self._new_replica_set(dep, self._replica_sets(dep))
-            pods = [p for p in self._pods(dep) if new is not None and _owned_by(p, new)
-                    and not _meta(p).get("deletionTimestamp")]
-        except BackendError as exc:
-            return BackendStatus(False, None, f"cannot read the rollout: {exc}")
+        """Running only when the rollout is complete and the new ReplicaSet's pods are all ready.
+        An API that cannot be read raises BackendError, as the Docker backend's engine does: "not
+        running, no version" would read as a first deployment and pass the health check."""
+        dep = self._deployment(required=False)
+        if dep is None:
+            return BackendStatus(False, None, f"no {self.where}")
+        version = self._version_of(dep)
+        state = rollout_state(dep)
+        want = (dep.get("spec") or {}).get("replicas", 1)
+        new = self._new_replica_set(dep, self._replica_sets(dep))
+        pods = [p for p in self._pods(dep) if new is not None and _owned_by(p, new)
+                and not _meta(p).get("deletionTimestamp")]
         ready = [p for p in pods if pod_ready(p)]
         detail = (f"{state.message}; ReplicaSet {_meta(new).get('name') if new else '(none yet)'} "
                   f"(revision {revision_of(dep)}): {len(ready)}/{want} pods ready")

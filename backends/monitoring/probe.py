@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from bot.config import Config, HttpAuth
+from bot.errors import ConfigError
 from bot.ports import ProbeResult
 
 MAX_BODY = 64 * 1024  # a health answer bigger than this is cut; we only need its start
@@ -30,7 +31,16 @@ class _Route:
 
 def _tls(ca_file: str | None) -> ssl.SSLContext | bool:
     """A private CA's bundle as an SSL context (httpx no longer takes a path)."""
-    return ssl.create_default_context(cafile=ca_file) if ca_file else True
+    if not ca_file:
+        return True
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except OSError as exc:  # gone since the config was loaded, or no certificate in it
+        what = ("no PEM certificate in it" if isinstance(exc, ssl.SSLError)
+                else exc.strerror or type(exc).__name__)
+        raise ConfigError(f"http_auth.ca_file {ca_file}: cannot be used as the CA bundle "
+                          f"({what})", hint="point http_auth.ca_file at the CA's PEM file") \
+            from None
 
 
 class HttpxProbe:

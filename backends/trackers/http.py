@@ -18,6 +18,7 @@ from typing import Any, Callable, Mapping, TypeVar
 
 import httpx
 
+from bot import logcontext
 from bot.errors import ConfigError, TrackerError
 
 T = TypeVar("T")
@@ -125,7 +126,8 @@ class Http:
         """Run independent calls at once (ticket + comments, remaining pages); first error wins."""
         if len(calls) == 1:
             return [calls[0]()]
-        futures = [self._pool.submit(call) for call in calls]
+        # each call in a copy of this thread's context: its log lines name the deployment
+        futures = [self._pool.submit(logcontext.in_thread(call)) for call in calls]
         return [f.result() for f in futures]
 
     def close(self) -> None:

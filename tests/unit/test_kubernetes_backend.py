@@ -211,9 +211,11 @@ def test_factory_builds_the_kubernetes_backend():
 
 def test_a_missing_kubeconfig_is_a_backend_error_not_a_crash(tmp_path):
     b = KubernetesBackend("web", "staging", service(kubeconfig=str(tmp_path / "nope")))
-    with pytest.raises(BackendError, match="kubeconfig .*nope not found"):
+    with pytest.raises(BackendError, match="cannot reach the API: no kubeconfig at .*nope"):
         b.current_version()
-    assert b.status().running is False
+    # not "not running, no version": that reads as a first deployment (issue 11)
+    with pytest.raises(BackendError, match="no kubeconfig at .*nope"):
+        b.status()
 
 
 # -- reading a rollout like kubectl -----------------------------------------------------------------
@@ -328,8 +330,9 @@ def test_an_unreachable_api_server_is_a_clear_error(backend, kube):
     kube.fail["get"] = urllib3.exceptions.MaxRetryError(pool, "/apis", reason=ConnectionRefusedError())
     with pytest.raises(BackendError, match="API server 127.0.0.1 is not reachable"):
         backend.prepare("v2", lambda s: None)
-    state = backend.status()
-    assert state.running is False and "not reachable" in state.detail
+    # unknown, not "not running": a missing version would read as a first deployment
+    with pytest.raises(BackendError, match="not reachable"):
+        backend.status()
 
 
 def test_an_api_timeout_is_a_clear_error(backend, kube):
