@@ -9,10 +9,11 @@ import threading
 import time
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.sync.server import serve as ws_serve
 
 from fakes.slack_api import FakeSlack, SlackRequests
-from fakes.slack_harness import ALICE
+from fakes.slack_harness import ALICE, ready_ticket
 from handlers.slack_app import serve
 from test_slack_run import SocketModeServer, context  # noqa: F401 - context: a fixture
 
@@ -65,6 +66,15 @@ def wait_until(predicate, timeout: float, what: str, failed: list):
         time.sleep(0.05)
 
 
+def scrape(url: str) -> dict[tuple, float]:
+    """/metrics as Prometheus reads it: {(sample name, sorted labels...): value}."""
+    answer = get(url)
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith("text/plain")
+    return {(s.name, *sorted(s.labels.items())): s.value
+            for family in text_string_to_metric_families(answer.text) for s in family.samples}
+
+
 def refused(url: str) -> bool:
     try:
         get(url)
@@ -96,6 +106,26 @@ def test_socket_mode_is_ready_once_connected_and_stops_serving_when_it_stops(con
             assert after.json() == {"ready": True, "checks": {"store": "ok", "slack": "ok",
                                                               "scheduler": "ok"}}
             assert get(f"{base}/slack/events").status_code == 404
+
+            # a deployment through the pipeline (a dry run, from a mention) is counted
+            ticket = ready_ticket(context.store)
+            ws.wait_ack(ws.push("events_api", {
+                "type": "event_callback", "team_id": "T0FAKE", "api_app_id": "A0",
+                "event_id": "Ev0OPS", "event_time": 1,
+                "event": {"type": "app_mention", "user": ALICE, "channel": "C0STANDUP",
+                          "text": f"<@U0BOT> deploy {ticket} web@v2 --dry-run", "ts": "1.2",
+                          "event_ts": "1.2"}}))
+            slack.wait_for(lambda: [d.status.value for d in context.store.deployments()]
+                           == ["succeeded"], 30, "the dry run to finish")
+            scraped = scrape(f"{base}/metrics")
+            assert scraped[("deploybot_deployments_total", ("dry_run", "true"),
+                            ("environment", "staging"), ("kind", "deploy"),
+                            ("outcome", "succeeded"), ("service", "web"))] == 1
+            assert scraped[("deploybot_ready",)] == 1
+            assert scraped[("deploybot_slack_api_calls_total", ("method", "auth.test"),
+                            ("outcome", "ok"))] >= 1
+            assert scraped[("deploybot_slack_api_calls_total", ("method", "chat.postMessage"),
+                            ("outcome", "ok"))] >= 1
         finally:
             ws.gate.set()
             stop.set()
@@ -118,6 +148,9 @@ def test_http_mode_serves_them_next_to_the_slack_endpoint(context, free_port):
                 get(f"{base}/readyz")), 15, "/readyz 200", failed)
             assert ready.json()["checks"] == {"store": "ok", "slack": "ok", "scheduler": "ok"}
             assert get(f"{base}/healthz").json() == {"alive": True}
+            scraped = scrape(f"{base}/metrics")
+            assert scraped[("deploybot_store_up",)] == 1
+            assert scraped[("deploybot_locks_held", ("kind", "manual"))] == 0
             assert send.command("help", user=ALICE).status_code == 200, "Slack still answered"
         finally:
             send.close()
