@@ -97,12 +97,18 @@ class StoreCollector(Collector):
             "deploybot_deployments", "Finished deployments (and manual rollbacks) by "
             "environment, service, kind, outcome (the final status) and dry_run",
             labels=["environment", "service", "kind", "outcome", "dry_run"])
+        counts: dict[tuple[str, ...], dict[str, int]] = {}
         for env, service, kind, status, dry, count in q(
                 "SELECT environment, service, kind, status, dry_run, COUNT(*) FROM deployments "
-                f"WHERE status IN ({_sql_list(s.value for s in TERMINAL_STATUSES)}) "
                 "GROUP BY 1, 2, 3, 4, 5"):
-            deployments.add_metric([env, service, kind or "deploy", status,
-                                    "true" if dry else "false"], count)
+            outcomes = counts.setdefault((env, service, kind or "deploy",
+                                          "true" if dry else "false"), {})
+            outcomes[status] = outcomes.get(status, 0) + count
+        # Every outcome of a known series from 0 on: a series that first appears at 1 is no
+        # increase() to Prometheus, and the first failure would never alert.
+        for labels, outcomes in sorted(counts.items()):
+            for status in sorted(s.value for s in TERMINAL_STATUSES):
+                deployments.add_metric([*labels[:3], status, labels[3]], outcomes.get(status, 0))
         yield deployments
 
         open_ = GaugeMetricFamily("deploybot_deployments_open",

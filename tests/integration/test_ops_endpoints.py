@@ -12,6 +12,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.sync.server import serve as ws_serve
 
+from fakes.monitoring import alert_exprs, dashboard_exprs, exposed_names, queried_metrics
 from fakes.slack_api import FakeSlack, SlackRequests
 from fakes.slack_harness import ALICE, ready_ticket
 from handlers.slack_app import serve
@@ -117,6 +118,9 @@ def test_socket_mode_is_ready_once_connected_and_stops_serving_when_it_stops(con
                           "event_ts": "1.2"}}))
             slack.wait_for(lambda: [d.status.value for d in context.store.deployments()]
                            == ["succeeded"], 30, "the dry run to finish")
+            text = get(f"{base}/metrics").text
+            missing = queried_metrics(dashboard_exprs() + alert_exprs()) - exposed_names(text)
+            assert not missing, f"the dashboard or alerts query what is not exposed: {missing}"
             scraped = scrape(f"{base}/metrics")
             assert scraped[("deploybot_deployments_total", ("dry_run", "true"),
                             ("environment", "staging"), ("kind", "deploy"),

@@ -101,6 +101,9 @@ def test_deployments_by_environment_service_kind_outcome(history):
                 ("kind", "deploy"), ("outcome", "failed"), ("service", "web"))] == 1
     assert got[("deploybot_deployments_total", ("dry_run", "true"), ("environment", "staging"),
                 ("kind", "deploy"), ("outcome", "succeeded"), ("service", "web"))] == 1
+    assert got[("deploybot_deployments_total", ("dry_run", "false"), ("environment", "staging"),
+                ("kind", "deploy"), ("outcome", "rollback_failed"), ("service", "web"))] == 0, \
+        "every outcome starts at 0, so the first failure is an increase"
     assert got[("deploybot_deployments_open", ("environment", "staging"),
                 ("status", "awaiting_approval"))] == 1
     assert got[("deploybot_store_up",)] == 1
