@@ -69,6 +69,7 @@ def test_store_probe_answers_and_fails_closed(tmp_path):
     assert not (tmp_path / "deploybot.db").exists()
 
 
+@pytest.mark.realtime  # a timed lock wait (libfaketime's shifted clock never ends it)
 def test_store_probe_of_a_busy_in_memory_store_times_out():
     store = Store(":memory:")
     assert store.ping(0.1) == store.schema_version
@@ -121,6 +122,7 @@ def test_a_taken_port_is_a_clear_error():
         first.stop()
 
 
+@pytest.mark.realtime  # APScheduler's and the scheduler's timed waits
 def test_the_foreground_scheduler_serves_them_with_metrics_port(tmp_path, monkeypatch, free_port):
     import httpx
     import yaml
