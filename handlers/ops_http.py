@@ -55,8 +55,6 @@ def ops_app(readiness: Readiness, metrics: WSGIApp | None = None,
             return _json(start_response, "200 OK", {"alive": True})
         if path == READY:
             ready, checks = readiness.report()
-            if not ready:
-                log.info("not ready: %s", {k: v for k, v in checks.items() if v != "ok"})
             return _json(start_response, "200 OK" if ready else "503 Service Unavailable",
                          {"ready": ready, "checks": checks})
         if metrics is None:

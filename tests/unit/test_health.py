@@ -157,3 +157,17 @@ def test_the_foreground_scheduler_serves_them_with_metrics_port(tmp_path, monkey
         worker.join(30)
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{url}/healthz", timeout=5)
+
+
+def test_readiness_changes_are_logged_once(caplog):
+    slack = Flag("Socket Mode not connected")
+    readiness = Readiness()
+    readiness.add("slack", slack)
+    with caplog.at_level("INFO", logger="deploybot.health"):
+        readiness.report()
+        readiness.report()
+        slack.set()
+        readiness.report()
+        readiness.report()
+    assert [r.getMessage() for r in caplog.records] == [
+        "not ready: slack: Socket Mode not connected", "ready"]
