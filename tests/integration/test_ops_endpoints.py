@@ -4,20 +4,27 @@ HTTP mode next to the Slack endpoint. Ready only once Slack is connected; gone w
 from __future__ import annotations
 
 import argparse
+import os
 import queue
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.sync.server import serve as ws_serve
 
 from fakes.monitoring import alert_exprs, dashboard_exprs, exposed_names, queried_metrics
+from fakes.processes import stop as stop_process
 from fakes.slack_api import FakeSlack, SlackRequests
 from fakes.slack_harness import ALICE, ready_ticket
 from handlers.slack_app import serve
 from test_slack_run import SocketModeServer, context  # noqa: F401 - context: a fixture
 
+ROOT = Path(__file__).resolve().parents[2]
 BOT, APP = "xoxb-test", "xapp-test-token"  # what FakeSlack accepts
 
 
@@ -161,4 +168,35 @@ def test_http_mode_serves_them_next_to_the_slack_endpoint(context, free_port):
             stop.set()
             thread.join(timeout=30)
         assert not thread.is_alive() and not failed, failed
+    assert refused(f"{base}/healthz")
+
+
+def test_the_command_in_socket_mode_takes_the_port_from_the_environment_and_stops_on_sigterm(
+        tmp_path, free_port):
+    """As a container runs it: `deploybot run`, DEPLOYBOT_METRICS_PORT, then SIGTERM."""
+    config = tmp_path / "deploybot.yaml"
+    config.write_text(yaml.safe_dump({
+        "environments": {"staging": {}},
+        "services": {"web": {"image": "demo-web-never-deployed",
+                             "backend": {"container_name": "dbt-ops-never"}}}}))
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with SocketModeServer() as ws, FakeSlack(socket_url=None) as slack:
+        slack.socket_url = ws.url
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "DEPLOYBOT_DB": str(tmp_path / "bot.db"),
+               "DEPLOYBOT_METRICS_PORT": str(port), "SLACK_BOT_TOKEN": BOT,
+               "SLACK_APP_TOKEN": APP, "SLACK_API_URL": slack.api_url}
+        proc = subprocess.Popen([sys.executable, "-m", "handlers.cli", "--config", str(config),
+                                 "run"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
+        try:
+            ready = wait_until(lambda: proc.poll() is None and (
+                lambda r: r if r.status_code == 200 else None)(get(f"{base}/readyz")), 30,
+                "/readyz 200 from the process", [])
+            assert ready.json()["ready"] is True
+            assert "deploybot_store_up 1.0" in get(f"{base}/metrics").text
+        finally:
+            output = stop_process(proc)
+    assert proc.returncode == 0, output
+    assert f"/healthz /readyz /metrics on http://127.0.0.1:{port}" in output
     assert refused(f"{base}/healthz")
