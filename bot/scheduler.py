@@ -129,6 +129,11 @@ class DeployScheduler:
             self.aps.shutdown(wait=True)
             log.info("the scheduler stopped")
 
+    @property
+    def running(self) -> bool:
+        """Started and not shut down (readiness)."""
+        return bool(self.aps.running)
+
     def jobs(self) -> list[str]:
         return sorted(j.id for j in self.aps.get_jobs())
 
