@@ -124,7 +124,7 @@ debian_base() {
   fi
   [ "$(id -u)" = 0 ] || die "--base debian builds its root filesystem as root (sudo)"
   mkdir -p "$CACHE_ROOT"
-  tarball="$CACHE_ROOT/debian-python-$SUITE-$key.tar"
+  tarball="$CACHE_ROOT/debian-python-$SUITE-$BOOTSTRAP-$key.tar"
   # Two builds at once: the second waits for the first instead of bootstrapping twice.
   exec 8>"$CACHE_ROOT/.debian-python.lock"
   flock 8
@@ -156,6 +156,8 @@ debian_base() {
       tar -C "$root" --numeric-owner -cf "$tarball.tmp" .
     fi
     mv "$tarball.tmp" "$tarball"
+    # Older recipes' tarballs of this bootstrap are of no use any more.
+    find "$CACHE_ROOT" -maxdepth 1 -name "debian-python-$SUITE-$BOOTSTRAP-*.tar" ! -path "$tarball" -delete
   fi
   say "importing $tarball as $DEBIAN_BASE"
   timeout 600 docker import \
@@ -187,11 +189,12 @@ wheels() {
     mv "$deps.tmp" "$deps"
   fi
   rm -rf "$out"
-  mkdir -p "$out"
-  cp "$deps"/*.whl "$out"/
+  mkdir -p "$out/deps" "$out/app"
+  # -p: the same files with the same times, so the engine's layer cache takes them as unchanged.
+  cp -p "$deps"/*.whl "$out/deps/"
   say "building the deploybot wheel"
   timeout 600 "$PYTHON" -m pip wheel -q --disable-pip-version-check --timeout 60 --no-deps \
-    -w "$out" "$work/src" >&2 || die "pip wheel of deploybot failed"
+    -w "$out/app" "$work/src" >&2 || die "pip wheel of deploybot failed"
 }
 
 if [ "$BASE" = debian ]; then debian_base; fi
@@ -206,7 +209,7 @@ old_id=$(docker image inspect -f '{{ .Id }}' "$TAG" 2>/dev/null || true)
 say "docker build $TAG FROM $(base_image)"
 # The classic builder: engines here have no buildx, and it needs nothing from a registry.
 DOCKER_BUILDKIT=0 timeout 1200 docker build \
-  --build-arg "BASE_IMAGE=$(base_image)" \
+  --build-arg "BASE_IMAGE=$(base_image)" --build-arg "SOURCE_HASH=$hash" \
   --label "io.deploybot.source-hash=$hash" \
   --label "org.opencontainers.image.title=deploybot" \
   --label "org.opencontainers.image.source-base=$(base_image)" \
@@ -216,8 +219,9 @@ if [ -n "$old_id" ] && [ "$old_id" != "$new_id" ]; then
   # The previous build, now untagged; kept if a container still uses it.
   docker image rm "$old_id" >/dev/null 2>&1 || true
 fi
-# The build stage's image (labelled in the Dockerfile) is no use once the image is built.
-timeout 120 docker image prune -f --filter label=io.deploybot.stage=build >/dev/null || true
+# Older build stages (labelled in the Dockerfile); this one stays as the next build's cache.
+timeout 120 docker image prune -f --filter label=io.deploybot.stage=build \
+  --filter "label!=io.deploybot.build-of=$hash" >/dev/null || true
 
 size=$(docker image inspect -f '{{ .Size }}' "$TAG")
 say "built $TAG (source hash $hash): $((size / 1000000)) MB (goal < 200 MB) in $((SECONDS - started)) s"
