@@ -44,17 +44,25 @@ SLACK_LATENCY = Histogram(
     "deploybot_slack_api_call_duration_seconds", "Time to Slack's answer (or failure)",
     ["method"], buckets=API_BUCKETS, registry=API_CALLS)
 
-# Outcomes of a deployment: its terminal statuses (bot/models.py TERMINAL_STATUSES).
-ROLLED_OUT = ("succeeded", "failed", "rolled_back", "rollback_failed", "interrupted")
+TERMINAL = frozenset(s.value for s in TERMINAL_STATUSES)
+OPEN = frozenset(s.value for s in OPEN_STATUSES)
+# Final statuses of a deployment that started rolling out (durations are of these).
+ROLLED_OUT = frozenset({"succeeded", "failed", "rolled_back", "rollback_failed", "interrupted"})
+# (kind, status) of rollbacks that happened: automatic ones end rolled_back/rollback_failed.
+ROLLBACKS = frozenset({("deploy", "rolled_back"), ("deploy", "rollback_failed"),
+                       ("rollback", "succeeded"), ("rollback", "failed"),
+                       ("rollback", "rollback_failed"), ("rollback", "interrupted")})
 
 
 def _seconds(end: str, start: str) -> str:
     return f"((julianday({end}) - julianday({start})) * 86400.0)"
 
 
-def _sql_list(values: Iterable[str]) -> str:
-    """Our own enum values (plain words) as an SQL list: no input from outside reaches it."""
-    return ", ".join(f"'{v}'" for v in sorted(values))
+def _cumulative(bounds: Iterable[float], counts) -> list[tuple[str, float]]:
+    """[(le, count)...] from per-bound SUMs (already cumulative: v <= b) and the total."""
+    bounds = list(bounds)
+    return [(str(float(b)), counts[i] or 0) for i, b in enumerate(bounds)] + \
+        [("+Inf", counts[len(bounds)] or 0)]
 
 
 def _buckets_sql(value: str, bounds: Iterable[float]) -> str:
@@ -93,48 +101,13 @@ class StoreCollector(Collector):
 
     def _read(self, conn) -> Iterator[Metric]:
         q = conn.execute
-        deployments = CounterMetricFamily(
-            "deploybot_deployments", "Finished deployments (and manual rollbacks) by "
-            "environment, service, kind, outcome (the final status) and dry_run",
-            labels=["environment", "service", "kind", "outcome", "dry_run"])
-        counts: dict[tuple[str, ...], dict[str, int]] = {}
-        for env, service, kind, status, dry, count in q(
-                "SELECT environment, service, kind, status, dry_run, COUNT(*) FROM deployments "
-                "GROUP BY 1, 2, 3, 4, 5"):
-            outcomes = counts.setdefault((env, service, kind or "deploy",
-                                          "true" if dry else "false"), {})
-            outcomes[status] = outcomes.get(status, 0) + count
-        # Every outcome of a known series from 0 on: a series that first appears at 1 is no
-        # increase() to Prometheus, and the first failure would never alert.
-        for labels, outcomes in sorted(counts.items()):
-            for status in sorted(s.value for s in TERMINAL_STATUSES):
-                deployments.add_metric([*labels[:3], status, labels[3]], outcomes.get(status, 0))
-        yield deployments
-
-        open_ = GaugeMetricFamily("deploybot_deployments_open",
-                                  "Deployments not finished yet, by environment and status",
-                                  labels=["environment", "status"])
-        for env, status, count in q(
-                "SELECT environment, status, COUNT(*) FROM deployments WHERE status IN "
-                f"({_sql_list(s.value for s in OPEN_STATUSES)}) GROUP BY 1, 2"):
-            open_.add_metric([env, status], count)
-        yield open_
-
-        yield self._histogram(
-            q, "deploybot_deployment_duration_seconds",
-            "From start (request, or its scheduled time) to the end, of real deployments that "
-            "rolled out, by environment and kind",
-            _seconds("finished_at", "MAX(created_at, COALESCE(scheduled_for, created_at))"),
-            "FROM deployments WHERE dry_run = 0 AND finished_at IS NOT NULL AND status IN "
-            f"({_sql_list(ROLLED_OUT)})",
-            ["environment", "kind"], "environment, kind", DURATION_BUCKETS)
-
+        yield from self._deployments(q)
         yield self._histogram(
             q, "deploybot_gate_wait_seconds",
             "From a gate's question to its answer, by gate kind and decision",
             _seconds("g.decided_at", "g.created_at"),
             "FROM gates g WHERE g.decided_at IS NOT NULL AND g.status != 'pending'",
-            ["kind", "decision"], "g.kind, g.status", GATE_WAIT_BUCKETS)
+            ["kind", "decision"], "g.kind AS kind, g.status AS decision", GATE_WAIT_BUCKETS)
 
         pending = GaugeMetricFamily("deploybot_gates_pending", "Gates waiting for a person",
                                     labels=["kind"])
@@ -142,21 +115,6 @@ class StoreCollector(Collector):
                              "GROUP BY 1"):
             pending.add_metric([kind], count)
         yield pending
-
-        rollbacks = CounterMetricFamily(
-            "deploybot_rollbacks", "Rollbacks by reason (verification_failed: automatic, after "
-            "a failed verification or watch; interrupted: by recovery after a crash; manual: "
-            "requested by a person) and outcome (the final status)",
-            labels=["environment", "service", "reason", "outcome"])
-        for env, service, reason, status, count in q(
-                "SELECT environment, service, CASE WHEN kind = 'rollback' THEN 'manual' "
-                "WHEN failure LIKE 'verification failed%' THEN 'verification_failed' "
-                "ELSE 'interrupted' END, status, COUNT(*) FROM deployments WHERE dry_run = 0 AND "
-                "((kind = 'deploy' AND status IN ('rolled_back', 'rollback_failed')) OR "
-                "(kind = 'rollback' AND status IN ('succeeded', 'failed', 'rollback_failed', "
-                "'interrupted'))) GROUP BY 1, 2, 3, 4"):
-            rollbacks.add_metric([env, service, reason, status], count)
-        yield rollbacks
 
         failures = CounterMetricFamily(
             "deploybot_checklist_failures", "Checklist items that failed, by environment and "
@@ -170,17 +128,81 @@ class StoreCollector(Collector):
         yield from self._outbox(q)
         yield from self._locks(q)
 
+    def _deployments(self, q) -> Iterator[Metric]:
+        """Counts, open ones, durations and rollbacks: one pass over the deployments table
+        (its rows can be wide, with records), each duration computed once."""
+        bounds = DURATION_BUCKETS
+        rows = q(
+            "WITH d AS MATERIALIZED (SELECT environment, service, kind, status, dry_run, "
+            "CASE WHEN kind = 'rollback' THEN 'manual' WHEN failure LIKE 'verification failed%' "
+            "THEN 'verification_failed' ELSE 'interrupted' END AS reason, "
+            f"{_seconds('finished_at', 'MAX(created_at, COALESCE(scheduled_for, created_at))')}"
+            " AS v FROM deployments) "
+            f"SELECT environment, service, kind, status, dry_run, reason, COUNT(*), COUNT(v), "
+            f"{_buckets_sql('v', bounds)}, TOTAL(v) FROM d GROUP BY 1, 2, 3, 4, 5, 6").fetchall()
+        counts: dict[tuple[str, ...], dict[str, int]] = {}
+        open_: dict[tuple[str, str], int] = {}
+        rollbacks: dict[tuple[str, ...], int] = {}
+        durations: dict[tuple[str, str], list[float]] = {}
+        for env, service, kind, status, dry, reason, count, timed, *buckets in rows:
+            kind = kind or "deploy"
+            outcomes = counts.setdefault((env, service, kind, "true" if dry else "false"), {})
+            outcomes[status] = outcomes.get(status, 0) + count
+            if status in OPEN:
+                open_[env, status] = open_.get((env, status), 0) + count
+            if not dry and (kind, status) in ROLLBACKS:
+                key = (env, service, reason, status)
+                rollbacks[key] = rollbacks.get(key, 0) + count
+            if not dry and status in ROLLED_OUT and timed:
+                acc = durations.setdefault((env, kind), [0.0] * (len(bounds) + 2))
+                for i, n in enumerate([*buckets[:-1], timed, buckets[-1]]):
+                    acc[i] += n or 0
+
+        family = CounterMetricFamily(
+            "deploybot_deployments", "Finished deployments (and manual rollbacks) by "
+            "environment, service, kind, outcome (the final status) and dry_run",
+            labels=["environment", "service", "kind", "outcome", "dry_run"])
+        # Every outcome of a known series from 0 on: a series that first appears at 1 is no
+        # increase() to Prometheus, and the first failure would never alert.
+        for (env, service, kind, dry), outcomes in sorted(counts.items()):
+            for status in sorted(TERMINAL):
+                family.add_metric([env, service, kind, status, dry], outcomes.get(status, 0))
+        yield family
+
+        gauge = GaugeMetricFamily("deploybot_deployments_open",
+                                  "Deployments not finished yet, by environment and status",
+                                  labels=["environment", "status"])
+        for key, count in sorted(open_.items()):
+            gauge.add_metric(list(key), count)
+        yield gauge
+
+        histogram = HistogramMetricFamily(
+            "deploybot_deployment_duration_seconds",
+            "From start (request, or its scheduled time) to the end, of real deployments that "
+            "rolled out, by environment and kind", labels=["environment", "kind"])
+        for key, acc in sorted(durations.items()):
+            histogram.add_metric(list(key), _cumulative(bounds, acc[:-1]), sum_value=acc[-1])
+        yield histogram
+
+        family = CounterMetricFamily(
+            "deploybot_rollbacks", "Rollbacks by reason (verification_failed: automatic, after "
+            "a failed verification or watch; interrupted: by recovery after a crash; manual: "
+            "requested by a person) and outcome (the final status)",
+            labels=["environment", "service", "reason", "outcome"])
+        for key, count in sorted(rollbacks.items()):
+            family.add_metric(list(key), count)
+        yield family
+
     def _histogram(self, q, name: str, documentation: str, value: str, from_where: str,
                    labels: list[str], group: str, bounds: tuple[float, ...]) -> Metric:
         family = HistogramMetricFamily(name, documentation, labels=labels)
-        rows = q(f"SELECT {group}, {_buckets_sql(value, bounds)}, COUNT(*), TOTAL({value}) "
-                 f"{from_where} GROUP BY {group}")
+        rows = q(f"WITH t AS MATERIALIZED (SELECT {group}, {value} AS v {from_where}) "
+                 f"SELECT {', '.join(labels)}, {_buckets_sql('v', bounds)}, COUNT(*), TOTAL(v) "
+                 f"FROM t GROUP BY {', '.join(labels)}")
         for row in rows:
             keys, counts = row[:len(labels)], row[len(labels):]
-            cumulative = [(str(float(b)), counts[i] or 0) for i, b in enumerate(bounds)]
-            cumulative.append(("+Inf", counts[len(bounds)]))
-            family.add_metric([str(k) for k in keys], cumulative,
-                              sum_value=counts[len(bounds) + 1] or 0.0)
+            family.add_metric([str(k) for k in keys], _cumulative(bounds, counts[:-1]),
+                              sum_value=counts[-1] or 0.0)
         return family
 
     def _outbox(self, q) -> Iterator[Metric]:

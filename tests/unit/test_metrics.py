@@ -210,3 +210,20 @@ def test_tracker_requests_are_counted_and_timed_by_outcome():
                 ("tracker", "jira-obs-test"))] == 1
     assert got[("deploybot_tracker_request_duration_seconds_count", ("method", "GET"),
                 ("tracker", "jira-obs-test"))] == 2
+
+
+def test_slack_api_calls_are_counted_by_method_and_outcome():
+    from slack_sdk.errors import SlackApiError
+
+    from fakes.slack_api import FakeSlack
+    from handlers.slack_app import web_client
+
+    def count(outcome: str) -> float:
+        return samples(metrics.API_CALLS).get(
+            ("deploybot_slack_api_calls_total", ("method", "auth.test"), ("outcome", outcome)), 0)
+    ok, refused = count("ok"), count("invalid_auth")
+    with FakeSlack() as slack:
+        assert web_client("xoxb-test", slack.api_url).auth_test()["ok"]
+        with pytest.raises(SlackApiError):
+            web_client("xoxb-wrong", slack.api_url).auth_test()
+    assert (count("ok"), count("invalid_auth")) == (ok + 1, refused + 1)
