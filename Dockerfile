@@ -6,7 +6,7 @@
 #   scripts/build-image.sh --base debian   # FROM a base made from Debian packages: no registry
 #
 # Run: docker run --read-only --tmpfs /tmp -v deploybot-data:/var/lib/deploybot \
-#        -v ./deploybot.yaml:/etc/deploybot/deploybot.yaml:ro --env-file deploybot.env deploybot:dev run
+#        -v "$PWD/deploybot.yaml:/etc/deploybot/deploybot.yaml:ro" --env-file deploybot.env deploybot:dev run
 # (deploy/compose.yaml does exactly this.)
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
