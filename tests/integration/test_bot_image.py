@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import time
 import uuid
 
 import pytest
@@ -139,3 +140,24 @@ def test_the_source_hash_follows_what_goes_into_the_image(tmp_path):
     with (tree / "Dockerfile").open("a") as f:
         f.write("# changed\n")
     assert source_hash("--base", "debian") not in (first, changed)
+
+
+def test_the_health_check_fails_when_nothing_answers_healthz(docker_client, bot_image):
+    """The image's own check (timed faster here) against a container that serves nothing."""
+    container = docker_client.containers.run(
+        bot_image, ["-c", "import time; time.sleep(60)"], entrypoint=["python3"], detach=True,
+        network_disabled=True, healthcheck={"interval": 500_000_000, "timeout": 3_000_000_000,
+                                            "retries": 2, "start_period": 1_000_000})
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            container.reload()
+            health = container.attrs["State"]["Health"]
+            if health["Status"] == "unhealthy" or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert health["Status"] == "unhealthy", health
+        assert "Connection refused" in health["Log"][-1]["Output"], health["Log"][-1]
+        assert health["Log"][-1]["ExitCode"] == 1
+    finally:
+        container.remove(force=True)
