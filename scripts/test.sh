@@ -141,6 +141,12 @@ begin "base-image"
 scripts/build-base-image.sh
 end
 
+# deploybot:dev from this clone, on a base made from Debian packages (no registry); the base's
+# root tarball and the dependencies' wheels are cached in /var/cache/deploybot.
+begin "bot-image"
+scripts/build-image.sh --base debian
+end
+
 # The Kubernetes control plane + kubelet are built from Debian's kubernetes source once and
 # cached outside the clone (/var/cache/deploybot); later runs find the cache and take seconds.
 begin "k8s-build"
