@@ -43,6 +43,7 @@ def test_run_logs_json_lines_and_stops_on_sigterm(tmp_path):
         env = {**os.environ, "SLACK_BOT_TOKEN": BOT, "SLACK_APP_TOKEN": APP,
                "SLACK_API_URL": slack.api_url, "DEPLOYBOT_DB": str(db),
                "DEPLOYBOT_CONFIG": str(config), "DEPLOYBOT_LOG_FORMAT": "json",
+               "DEPLOYBOT_METRICS_PORT": "0",  # any free port: never the default 9464 in tests
                "DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock",
                "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
         env.pop("DEPLOYBOT_LOG_LEVEL", None)
@@ -50,7 +51,7 @@ def test_run_logs_json_lines_and_stops_on_sigterm(tmp_path):
                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, stdin=subprocess.DEVNULL)
         try:
-            assert "deploybot is listening (Socket Mode)" in proc.stdout.readline()
+            assert "deploybot is listening (Socket Mode;" in proc.stdout.readline()
             assert ws.connected.wait(15)
             event = {"type": "event_callback", "team_id": "T0FAKE", "api_app_id": "A0",
                      "event_id": "Ev0RUNLOGS", "event_time": int(time.time()),
