@@ -124,6 +124,11 @@ class DeployScheduler:
         if self.aps.running:
             self.aps.shutdown(wait=True)
 
+    @property
+    def running(self) -> bool:
+        """Started and not shut down (readiness)."""
+        return bool(self.aps.running)
+
     def jobs(self) -> list[str]:
         return sorted(j.id for j in self.aps.get_jobs())
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import fields
 from datetime import datetime, timedelta, timezone
@@ -236,6 +237,29 @@ class Store:
 
     def close(self) -> None:
         self.db.conn.close()
+
+    def ping(self, timeout: float = 2.0) -> int:
+        """The schema version, read within `timeout` seconds (readiness probes): on a connection
+        of its own, so a long transaction of this process cannot hold the probe up."""
+        if self.path == ":memory:":
+            if not self._lock.acquire(timeout=timeout):
+                raise TimeoutError(f"the store was busy for {timeout:g} s")
+            try:
+                return self.schema_version
+            finally:
+                self._lock.release()
+        # mode=rw: a missing file is an error, not a new empty database.
+        uri = Path(self.path).resolve().as_uri() + "?mode=rw"
+        conn = sqlite3.connect(uri, uri=True, timeout=timeout, check_same_thread=False)
+        deadline = time.monotonic() + timeout
+        conn.set_progress_handler(lambda: time.monotonic() > deadline, 1000)
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        finally:
+            conn.close()
+        if row is None:
+            raise StateError(f"{self.path} has no schema version")
+        return int(row[0])
 
     # -- deployments ---------------------------------------------------------------------------
 

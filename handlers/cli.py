@@ -722,6 +722,11 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--http", action="store_true", help="serve HTTP instead of Socket Mode")
     rn.add_argument("--host", default="127.0.0.1")
     rn.add_argument("--port", type=_bounded(int, 0, 65535), default=3000)
+    rn.add_argument("--metrics-host", metavar="HOST",
+                    help="Socket Mode: where /healthz, /readyz, /metrics listen (default: "
+                         "$DEPLOYBOT_METRICS_HOST or 127.0.0.1; HTTP mode: on --host/--port)")
+    rn.add_argument("--metrics-port", type=_bounded(int, 0, 65535), metavar="PORT",
+                    help="Socket Mode: their port (default: $DEPLOYBOT_METRICS_PORT or 9464)")
     rn.set_defaults(func=cmd_run)
     return p
 

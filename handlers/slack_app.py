@@ -28,6 +28,7 @@ from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 from slack_sdk.webhook import WebhookClient
 
 from bot.config import Config
+from bot.health import OK, Flag, Readiness, scheduler_check, store_check
 from bot.errors import (ConfigError, DeliveryError, DeploybotError, InputError, NotAllowed,
                         StateError)
 from bot.models import CANCELLABLE, Deployment, DeploymentStatus, Gate, GateKind
@@ -53,6 +54,7 @@ from handlers.commands import (
 from bot import freeze as freezing
 from bot import outbox as outboxing
 from bot.scheduler import DeployScheduler, precheck, waiting_note
+from handlers import ops_http
 from handlers.slack_reporter import SlackReporter
 from handlers.wiring import build_pipeline
 
@@ -648,11 +650,30 @@ def refuse_malformed_signatures(wsgi_app: Callable) -> Callable:
     return guarded
 
 
-def make_http_server(app: App, host: str = "127.0.0.1", port: int = 3000) -> WSGIServer:
-    """Bolt behind the standard library's WSGI server, one thread per request."""
-    return make_server(host, port,
-                       refuse_malformed_signatures(SlackRequestHandler(app, path=EVENTS_PATH)),
+def make_http_server(app: App, host: str = "127.0.0.1", port: int = 3000,
+                     ops: Callable[[Callable], Callable] | None = None) -> WSGIServer:
+    """Bolt behind the standard library's WSGI server, one thread per request. `ops` puts
+    /healthz, /readyz and /metrics in front of it (handlers/ops_http.ops_app)."""
+    slack = refuse_malformed_signatures(SlackRequestHandler(app, path=EVENTS_PATH))
+    return make_server(host, port, ops(slack) if ops else slack,
                        server_class=_ThreadingWSGIServer, handler_class=_QuietHandler)
+
+
+def metrics_address(args, environ: Mapping[str, str]) -> tuple[str, int]:
+    """Socket Mode's /healthz, /readyz, /metrics: --metrics-host/--metrics-port, else
+    $DEPLOYBOT_METRICS_HOST/PORT, else 127.0.0.1:9464 (loopback unless told otherwise)."""
+    host = (getattr(args, "metrics_host", None) or environ.get(ops_http.METRICS_HOST_ENV, "")
+            .strip() or ops_http.DEFAULT_METRICS_HOST)
+    port = getattr(args, "metrics_port", None)
+    if port is None:
+        text = environ.get(ops_http.METRICS_PORT_ENV, "").strip()
+        if not text:
+            return host, ops_http.DEFAULT_METRICS_PORT
+        if not text.isdigit() or not 0 <= int(text) <= 65535:
+            raise ConfigError(f"{ops_http.METRICS_PORT_ENV}={text[:20]!r} is not a port number",
+                              hint="a number from 1 to 65535 (0: any free port)")
+        port = int(text)
+    return host, port
 
 
 def serve(ctx, args, *, environ: Mapping[str, str] | None = None,
@@ -661,6 +682,7 @@ def serve(ctx, args, *, environ: Mapping[str, str] | None = None,
     environ = os.environ if environ is None else environ
     http = bool(getattr(args, "http", False))
     env = SlackEnv.from_environ(environ, http=http)
+    metrics_at = None if http else metrics_address(args, environ)
     from handlers.wiring import start_redaction
 
     client = web_client(env.bot_token, env.api_url,
@@ -670,16 +692,30 @@ def serve(ctx, args, *, environ: Mapping[str, str] | None = None,
                           signing_secret=env.signing_secret if http else None, environ=environ)
     stop = stop or threading.Event()
     restore = _stop_on_signals(stop)
-    server = handler = None
+    server = handler = ops_server = None
+    readiness = Readiness()
+    readiness.add("store", store_check(ctx.store))
+    readiness.add("scheduler", scheduler_check(front.scheduler))
+    app_ready = Flag("the app is not serving yet")
+    if http:
+        readiness.add("slack", app_ready)  # auth.test passed above; ready once it serves
+    else:
+        readiness.add("slack", lambda: OK if handler is not None and handler.client.is_connected()
+                      else "Socket Mode not connected")
+    ops = lambda fallback: ops_http.ops_app(readiness, fallback=fallback)  # noqa: E731
     try:
+        if not http:  # answers (503) during recovery and the connection already
+            ops_server = ops_http.OpsServer.listen(ops(None), *metrics_at).start()
         front.resume()
         for line in front.scheduler.start():
             log.info("scheduler: %s", line)
         if http:
-            server = make_http_server(front.app, args.host, args.port)
+            server = make_http_server(front.app, args.host, args.port, ops=ops)
             threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
                              name="deploybot-http", daemon=True).start()
-            where = f"http://{args.host}:{server.server_port}{EVENTS_PATH}"
+            app_ready.set()
+            where = (f"http://{args.host}:{server.server_port}{EVENTS_PATH}; "
+                     f"{ops_http.HEALTH} {ops_http.READY} {ops_http.METRICS} on the same port")
         else:
             from slack_bolt.adapter.socket_mode import SocketModeHandler
 
@@ -690,7 +726,8 @@ def serve(ctx, args, *, environ: Mapping[str, str] | None = None,
                 raise ConfigError(f"Slack refused {APP_TOKEN} ({exc.response.get('error', '?')})",
                                   hint="create an app-level token with connections:write and "
                                        "turn Socket Mode on") from None
-            where = "Socket Mode"
+            where = (f"Socket Mode; {ops_http.HEALTH} {ops_http.READY} {ops_http.METRICS} on "
+                     f"{ops_server.url}")
         print(f"deploybot is listening ({where}) as @{identity.get('user', '?')} in "
               f"{identity.get('team', '?')}; Ctrl-C stops it", flush=True)
         if on_ready:
@@ -699,12 +736,15 @@ def serve(ctx, args, *, environ: Mapping[str, str] | None = None,
             pass
         return 0
     finally:
+        app_ready.clear("stopping")
         if handler is not None:
             handler.close()
         if server is not None:
             server.shutdown()
             server.server_close()
         front.close()
+        if ops_server is not None:  # last: /readyz says 503 while the rest stops
+            ops_server.stop()
         restore()
 
 

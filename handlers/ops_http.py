@@ -1,0 +1,116 @@
+"""`/healthz`, `/readyz` and `/metrics` over WSGI: next to the Slack endpoint in HTTP mode, on a
+server of their own (--metrics-host/--metrics-port) in Socket Mode."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+from socketserver import ThreadingMixIn
+from typing import Any, Callable
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from bot.errors import ConfigError
+from bot.health import Readiness
+
+log = logging.getLogger("deploybot.ops")
+
+HEALTH, READY, METRICS = "/healthz", "/readyz", "/metrics"
+DEFAULT_METRICS_HOST, DEFAULT_METRICS_PORT = "127.0.0.1", 9464
+METRICS_HOST_ENV, METRICS_PORT_ENV = "DEPLOYBOT_METRICS_HOST", "DEPLOYBOT_METRICS_PORT"
+
+WSGIApp = Callable[[dict, Callable], Any]
+
+
+def not_found(environ: dict, start_response: Callable) -> list[bytes]:
+    start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+    return [b"not found\n"]
+
+
+def _json(start_response: Callable, status: str, body: dict) -> list[bytes]:
+    data = json.dumps(body, sort_keys=True).encode()
+    start_response(status, [("Content-Type", "application/json"),
+                            ("Content-Length", str(len(data))), ("Cache-Control", "no-store")])
+    return [data]
+
+
+def ops_app(readiness: Readiness, metrics: WSGIApp | None = None,
+            fallback: WSGIApp | None = None) -> WSGIApp:
+    """The three endpoints (GET/HEAD only); every other path goes to `fallback` (404)."""
+    fallback = fallback or not_found
+
+    def app(environ: dict, start_response: Callable) -> Any:
+        path = environ.get("PATH_INFO", "")
+        if path not in (HEALTH, READY, METRICS):
+            return fallback(environ, start_response)
+        if environ.get("REQUEST_METHOD", "GET") not in ("GET", "HEAD"):
+            start_response("405 Method Not Allowed", [("Allow", "GET, HEAD"),
+                                                      ("Content-Type", "text/plain")])
+            return [b"method not allowed\n"]
+        if path == HEALTH:
+            return _json(start_response, "200 OK", {"alive": True})
+        if path == READY:
+            ready, checks = readiness.report()
+            if not ready:
+                log.info("not ready: %s", {k: v for k, v in checks.items() if v != "ok"})
+            return _json(start_response, "200 OK" if ready else "503 Service Unavailable",
+                         {"ready": ready, "checks": checks})
+        if metrics is None:
+            return not_found(environ, start_response)
+        return metrics(environ, start_response)
+    return app
+
+
+class ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class ThreadingWSGIServer6(ThreadingWSGIServer):
+    address_family = socket.AF_INET6
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib's signature
+        log.debug("http %s %s", self.address_string(), format % args)
+
+
+class OpsServer:
+    """The endpoints on a port of their own, in a thread; stop() closes the socket."""
+
+    def __init__(self, app: WSGIApp, host: str = DEFAULT_METRICS_HOST,
+                 port: int = DEFAULT_METRICS_PORT) -> None:
+        self.server = make_server(host, port, app, server_class=ThreadingWSGIServer6
+                                  if ":" in host else ThreadingWSGIServer,
+                                  handler_class=_QuietHandler)
+        self.host = host
+        self.port = self.server.server_port
+        self._thread = threading.Thread(target=self.server.serve_forever,
+                                        kwargs={"poll_interval": 0.2},
+                                        name="deploybot-metrics", daemon=True)
+
+    @classmethod
+    def listen(cls, app: WSGIApp, host: str, port: int) -> "OpsServer":
+        """As the constructor, with a message a person can act on when the port is taken."""
+        try:
+            return cls(app, host, port)
+        except OSError as exc:
+            raise ConfigError(f"cannot serve /healthz and /metrics on {host}:{port}: "
+                              f"{exc.strerror or exc}",
+                              hint=f"choose another --metrics-port (or ${METRICS_PORT_ENV})") \
+                from None
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def start(self) -> "OpsServer":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self.server.shutdown()
+            self._thread.join(timeout=5)
+        self.server.server_close()

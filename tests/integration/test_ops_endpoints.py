@@ -1,0 +1,127 @@
+"""`deploybot run` serves /healthz, /readyz and /metrics: in Socket Mode on --metrics-port, in
+HTTP mode next to the Slack endpoint. Ready only once Slack is connected; gone when it stops."""
+
+from __future__ import annotations
+
+import argparse
+import queue
+import threading
+import time
+
+import httpx
+from websockets.sync.server import serve as ws_serve
+
+from fakes.slack_api import FakeSlack, SlackRequests
+from fakes.slack_harness import ALICE
+from handlers.slack_app import serve
+from test_slack_run import SocketModeServer, context  # noqa: F401 - context: a fixture
+
+BOT, APP = "xoxb-test", "xapp-test-token"  # what FakeSlack accepts
+
+
+class GatedSocketModeServer(SocketModeServer):
+    """Holds every websocket handshake until `gate` is set: Slack not connected yet."""
+
+    def __init__(self) -> None:  # noqa: the parent's, with a process_request hook
+        self.gate = threading.Event()
+        self.outbox, self.acks, self.connected = queue.Queue(), {}, threading.Event()
+        self.server = ws_serve(self._session, "127.0.0.1", 0,
+                               process_request=lambda connection, request: self._hold())
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def _hold(self) -> None:
+        self.gate.wait(30)
+        return None
+
+
+def start(context, args, environ):
+    stop, failed = threading.Event(), []
+
+    def target():
+        try:
+            serve(context, args, environ=environ, stop=stop)
+        except Exception as exc:  # the test reports it
+            failed.append(exc)
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return stop, thread, failed
+
+
+def get(url: str) -> httpx.Response:
+    return httpx.get(url, timeout=5)
+
+
+def wait_until(predicate, timeout: float, what: str, failed: list):
+    deadline = time.monotonic() + timeout
+    while True:
+        assert not failed, failed
+        try:
+            value = predicate()
+        except httpx.TransportError:
+            value = None
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def refused(url: str) -> bool:
+    try:
+        get(url)
+    except httpx.ConnectError:
+        return True
+    return False
+
+
+def test_socket_mode_is_ready_once_connected_and_stops_serving_when_it_stops(context,
+                                                                               free_port):
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    args = argparse.Namespace(http=False, host="127.0.0.1", port=0, metrics_host="127.0.0.1",
+                              metrics_port=port)
+    with GatedSocketModeServer() as ws, FakeSlack(socket_url=None) as slack:
+        slack.socket_url = ws.url
+        stop, thread, failed = start(context, args, {
+            "SLACK_BOT_TOKEN": BOT, "SLACK_APP_TOKEN": APP, "SLACK_API_URL": slack.api_url})
+        try:
+            wait_until(lambda: get(f"{base}/healthz").status_code == 200, 15, "/healthz", failed)
+            before = get(f"{base}/readyz")
+            assert before.status_code == 503
+            assert before.json()["ready"] is False
+            assert before.json()["checks"]["slack"] == "Socket Mode not connected"
+            assert before.json()["checks"]["store"] == "ok"
+            ws.gate.set()
+            after = wait_until(lambda: (lambda r: r if r.status_code == 200 else None)(
+                get(f"{base}/readyz")), 15, "/readyz 200", failed)
+            assert after.json() == {"ready": True, "checks": {"store": "ok", "slack": "ok",
+                                                              "scheduler": "ok"}}
+            assert get(f"{base}/slack/events").status_code == 404
+        finally:
+            ws.gate.set()
+            stop.set()
+            thread.join(timeout=30)
+        assert not thread.is_alive() and not failed, failed
+    assert refused(f"{base}/healthz"), "the endpoints stop with the process"
+
+
+def test_http_mode_serves_them_next_to_the_slack_endpoint(context, free_port):
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    args = argparse.Namespace(http=True, host="127.0.0.1", port=port)
+    with FakeSlack() as slack:
+        stop, thread, failed = start(context, args, {
+            "SLACK_BOT_TOKEN": BOT, "SLACK_SIGNING_SECRET": "s3cret",
+            "SLACK_API_URL": slack.api_url})
+        send = SlackRequests(f"{base}/slack/events", "s3cret")
+        try:
+            ready = wait_until(lambda: (lambda r: r if r.status_code == 200 else None)(
+                get(f"{base}/readyz")), 15, "/readyz 200", failed)
+            assert ready.json()["checks"] == {"store": "ok", "slack": "ok", "scheduler": "ok"}
+            assert get(f"{base}/healthz").json() == {"alive": True}
+            assert send.command("help", user=ALICE).status_code == 200, "Slack still answered"
+        finally:
+            send.close()
+            stop.set()
+            thread.join(timeout=30)
+        assert not thread.is_alive() and not failed, failed
+    assert refused(f"{base}/healthz")
