@@ -151,3 +151,16 @@ def compose_env(tmp_path, free_port, demo_image):
                      f"{demo_image.repository}:latest")
     yield env
     env.down()
+
+
+# -- bot image: deploybot:dev built from this tree (scripts/build-image.sh --base debian) ----------
+# Used by test_bot_image.py, test_bot_compose.py and the Kubernetes tests of the bot itself. A test
+# that may pay for a cold build should carry @pytest.mark.timeout(1800).
+
+from bot_image import ensure_bot_image as _ensure_bot_image
+
+
+@_reg_pytest.fixture(scope="session")
+def bot_image(docker_client) -> str:
+    """`deploybot:dev` (or $DEPLOYBOT_BOT_IMAGE), rebuilt when missing or older than the tree."""
+    return _ensure_bot_image(docker_client)

@@ -1,0 +1,108 @@
+"""deploybot:dev, the bot's own image (Dockerfile, scripts/build-image.sh --base debian)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import docker
+import pytest
+
+from bot_image import BUILD_SCRIPT, HASH_LABEL
+
+# The first test may pay for a cold build of the image (see bot_image.py).
+pytestmark = pytest.mark.timeout(1800)
+
+SIZE_GOAL = 200_000_000
+DATA = "/var/lib/deploybot"
+CONFIG = "/etc/deploybot/deploybot.yaml"
+RUN_TIMEOUT = 60
+
+
+def run(client, image, command, *, entrypoint=None, **options) -> tuple[int, str]:
+    """Runs a container to its end: (exit code, output); removed afterwards."""
+    container = client.containers.create(image, command, entrypoint=entrypoint, **options)
+    try:
+        container.start()
+        code = container.wait(timeout=RUN_TIMEOUT)["StatusCode"]
+        return code, container.logs().decode(errors="replace")
+    finally:
+        container.remove(force=True)
+
+
+@pytest.fixture
+def volume(docker_client):
+    vol = docker_client.volumes.create(f"dbt-bot-image-{uuid.uuid4().hex[:8]}")
+    yield vol.name
+    vol.remove(force=True)
+
+
+def test_the_image_is_built_from_this_tree_and_small(docker_client, bot_image):
+    image = docker_client.images.get(bot_image)
+    size = image.attrs["Size"]
+    print(f"{bot_image}: {size / 1e6:.0f} MB, {HASH_LABEL}={image.labels[HASH_LABEL]}")
+    assert size < SIZE_GOAL, f"{bot_image} is {size / 1e6:.0f} MB, over the 200 MB goal"
+
+
+def test_runs_as_a_non_root_user(docker_client, bot_image):
+    config = docker_client.images.get(bot_image).attrs["Config"]
+    assert config["User"] == "10001:10001"
+    assert config["Entrypoint"] == ["deploybot"]
+    code, out = run(docker_client, bot_image, ["-u"], entrypoint=["id"])
+    assert (code, out.strip()) == (0, "10001")
+
+
+def test_has_no_compiler(docker_client, bot_image):
+    probe = ("import shutil, sys; found = [c for c in ('gcc', 'cc', 'c++', 'g++', 'clang', 'as', "
+             "'ld') if shutil.which(c)]; print(found); sys.exit(1 if found else 0)")
+    code, out = run(docker_client, bot_image, ["-c", probe], entrypoint=["python3"])
+    assert code == 0, f"compilers in the final stage: {out}"
+
+
+def test_help_runs(docker_client, bot_image):
+    code, out = run(docker_client, bot_image, ["--help"])
+    assert code == 0, out
+    assert "usage: deploybot" in out and "run" in out
+
+
+def test_health_check_probes_healthz_on_the_metrics_port(docker_client, bot_image):
+    config = docker_client.images.get(bot_image).attrs["Config"]
+    test = config["Healthcheck"]["Test"]
+    assert test[:2] == ["CMD", "python3"], "exec form with the venv's Python"
+    assert "/healthz" in test[-1] and "DEPLOYBOT_METRICS_PORT" in test[-1]
+    env = dict(item.split("=", 1) for item in config["Env"])
+    assert env["PYTHONDONTWRITEBYTECODE"] == "1" and env["PYTHONUNBUFFERED"] == "1"
+    assert env["DEPLOYBOT_METRICS_PORT"] == "9464" and env["DEPLOYBOT_DB"].startswith(DATA + "/")
+
+
+def test_works_on_a_read_only_root_filesystem(docker_client, bot_image, volume, tmp_path):
+    config = tmp_path / "deploybot.yaml"
+    config.write_text(json.dumps({"tracker": {"kind": "local"}, "environments": {"staging": {}},
+                                  "services": {"web": {"image": "demo-web"}}}))
+    config.chmod(0o644)
+    options = {"read_only": True, "tmpfs": {"/tmp": "rw,noexec,nosuid,size=16m"},
+               "volumes": {volume: {"bind": DATA, "mode": "rw"},
+                           str(config): {"bind": CONFIG, "mode": "ro"}},
+               "network_disabled": True}
+
+    code, out = run(docker_client, bot_image, ["ticket", "create", "read-only root", "--id",
+                                               "DEMO-7"], **options)
+    assert (code, out.strip()) == (0, "DEMO-7")
+    # A second container on the same volume reads what the first one stored.
+    code, out = run(docker_client, bot_image, ["ticket", "show", "DEMO-7"], **options)
+    assert code == 0 and "read-only root" in out, out
+    # Nothing else is writable: the root stays read-only, /tmp is the tmpfs.
+    code, out = run(docker_client, bot_image,
+                    ["-c", "open('/opt/deploybot/x', 'w')"], entrypoint=["python3"], **options)
+    assert code != 0 and "Read-only file system" in out, out
+    code, out = run(docker_client, bot_image, ["-c", "open('/tmp/x', 'w').write('ok')"],
+                    entrypoint=["python3"], **options)
+    assert code == 0, out
+
+
+def test_the_script_refuses_unknown_bases():
+    import subprocess
+
+    done = subprocess.run([str(BUILD_SCRIPT), "--base", "alpine", "--print-hash"],
+                          capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert done.returncode != 0 and "--base must be debian or python" in done.stderr
