@@ -268,3 +268,48 @@ def test_the_bot_runs_in_the_cluster_from_the_manifests(k8s_cluster, bot_namespa
         shown = kubectl(k8s_cluster, "-n", namespace, "exec", again.metadata.name, "--",
                         "deploybot", "ticket", "show", "KUBE-1")
         assert "kept on the claim" in shown.stdout, shown.stdout + shown.stderr
+
+
+def test_with_the_base_s_empty_secrets_the_bot_refuses_to_start(k8s_cluster, bot_namespace,
+                                                                 bot_image, tmp_path):
+    """Applied without an overlay's secrets, the pod fails closed: exit 2, a message naming the
+    missing tokens (never their values), never Ready."""
+    namespace, _ = bot_namespace
+    overlay = tmp_path / "bare"
+    overlay.mkdir()
+    name, _, tag = bot_image.rpartition(":")
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "namespace": namespace, "resources": [os.path.relpath(BASE, overlay)],
+        "images": [{"name": "deploybot", "newName": name, "newTag": tag}],
+        "patches": [{"target": {"kind": "Deployment", "name": "deploybot"}, "patch": yaml.safe_dump(
+            [{"op": "replace", "path": "/spec/template/spec/containers/0/imagePullPolicy",
+              "value": "Never"}])}]}))
+    applied = kubectl(k8s_cluster, "apply", "-k", str(overlay))
+    assert applied.returncode == 0, applied.stderr
+    core = k8s_cluster.core()
+
+    def exited():
+        for pod in core.list_namespaced_pod(namespace).items:
+            for status in pod.status.container_statuses or []:
+                assert not status.ready, "the bot became ready without tokens"
+                done = status.state.terminated or status.last_state.terminated
+                if done:
+                    return pod.metadata.name, done
+        return None
+
+    wait_until(exited, READY_TIMEOUT, "the bot's container to exit")
+    pod, terminated = exited()
+    assert terminated.exit_code == 2, terminated
+    said = []
+
+    def refusal_logged() -> bool:
+        # The exited run is the current one until the kubelet restarts it, then the previous one.
+        said[:] = [kubectl(k8s_cluster, "-n", namespace, "logs", pod, *flag).stdout
+                   for flag in ((), ("--previous",))]
+        return any("SLACK_BOT_TOKEN, SLACK_APP_TOKEN not set" in text for text in said)
+
+    try:
+        wait_until(refusal_logged, 30, "the refusal in the logs")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; current and previous logs: {said}") from None
