@@ -24,6 +24,7 @@ class Readiness:
     def __init__(self) -> None:
         self._checks: dict[str, Check] = {}
         self._lock = threading.Lock()
+        self._last: bool | None = None
 
     def add(self, name: str, check: Check) -> None:
         with self._lock:
@@ -40,6 +41,13 @@ class Readiness:
                 answer = f"{type(exc).__name__}: {exc}"[:300]
             results[name] = answer if isinstance(answer, str) and answer else "no answer"
         ready = bool(results) and all(v == OK for v in results.values())
+        with self._lock:  # say it when it changes, not on every probe
+            changed, self._last = self._last != ready, ready
+        if changed and ready:
+            log.info("ready")
+        elif changed:
+            log.warning("not ready: %s", "; ".join(f"{k}: {v}" for k, v in results.items()
+                                                   if v != OK))
         return ready, results
 
 

@@ -238,25 +238,33 @@ class Store:
     def close(self) -> None:
         self.db.conn.close()
 
-    def ping(self, timeout: float = 2.0) -> int:
-        """The schema version, read within `timeout` seconds (readiness probes): on a connection
-        of its own, so a long transaction of this process cannot hold the probe up."""
+    @contextmanager
+    def reading(self, timeout: float = 2.0) -> Iterator[sqlite3.Connection]:
+        """A connection for reads that must not wait long (probes, /metrics): its own, so a
+        long transaction of this process cannot hold it up (WAL), and every statement is cut
+        off after `timeout` seconds. An in-memory store has only its one connection."""
         if self.path == ":memory:":
             if not self._lock.acquire(timeout=timeout):
                 raise TimeoutError(f"the store was busy for {timeout:g} s")
             try:
-                return self.schema_version
+                yield self.db.conn
             finally:
                 self._lock.release()
+            return
         # mode=rw: a missing file is an error, not a new empty database.
         uri = Path(self.path).resolve().as_uri() + "?mode=rw"
         conn = sqlite3.connect(uri, uri=True, timeout=timeout, check_same_thread=False)
         deadline = time.monotonic() + timeout
         conn.set_progress_handler(lambda: time.monotonic() > deadline, 1000)
         try:
-            row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            yield conn
         finally:
             conn.close()
+
+    def ping(self, timeout: float = 2.0) -> int:
+        """The schema version, read within `timeout` seconds (readiness probes)."""
+        with self.reading(timeout) as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         if row is None:
             raise StateError(f"{self.path} has no schema version")
         return int(row[0])

@@ -581,12 +581,21 @@ def cmd_scheduler(ctx: Context, args: argparse.Namespace,
         threading.main_thread() else None
     if previous is not None:
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    print(f"deploybot scheduler: every {args.tick:g} s; Ctrl-C stops it", flush=True)
+    ops = None
+    if getattr(args, "metrics_port", None) is not None:  # /healthz /readyz /metrics
+        from handlers.ops_http import serve_scheduler
+
+        ops = serve_scheduler(ctx.store, scheduler, args.metrics_host or "127.0.0.1",
+                              args.metrics_port)
+    print(f"deploybot scheduler: every {args.tick:g} s; Ctrl-C stops it"
+          + (f"; /healthz /readyz /metrics on {ops.url}" if ops else ""), flush=True)
     try:
         scheduler.run_forever(stop, on_line=lambda line: print(line, flush=True))
     except KeyboardInterrupt:
         scheduler.shutdown()
     finally:
+        if ops is not None:
+            ops.stop()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     return EXIT_OK
@@ -716,6 +725,10 @@ def build_parser() -> argparse.ArgumentParser:
     sc = sub.add_parser("scheduler", help="run scheduled and queued deployments (foreground)")
     sc.add_argument("--tick", type=_bounded(float, 0.01, 3600), default=5.0, metavar="SECONDS",
                     help="how often the store is read for due and queued deployments")
+    sc.add_argument("--metrics-host", metavar="HOST", default="127.0.0.1",
+                    help="where --metrics-port listens (default 127.0.0.1)")
+    sc.add_argument("--metrics-port", type=_bounded(int, 0, 65535), metavar="PORT",
+                    help="serve /healthz, /readyz, /metrics on this port (default: none)")
     sc.set_defaults(func=cmd_scheduler)
 
     rn = sub.add_parser("run", help="start the Slack front end")

@@ -11,8 +11,11 @@ from socketserver import ThreadingMixIn
 from typing import Any, Callable
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+from prometheus_client import make_wsgi_app
+
 from bot.errors import ConfigError
-from bot.health import Readiness
+from bot.health import Readiness, scheduler_check, store_check
+from bot.metrics import registry_for
 
 log = logging.getLogger("deploybot.ops")
 
@@ -52,8 +55,6 @@ def ops_app(readiness: Readiness, metrics: WSGIApp | None = None,
             return _json(start_response, "200 OK", {"alive": True})
         if path == READY:
             ready, checks = readiness.report()
-            if not ready:
-                log.info("not ready: %s", {k: v for k, v in checks.items() if v != "ok"})
             return _json(start_response, "200 OK" if ready else "503 Service Unavailable",
                          {"ready": ready, "checks": checks})
         if metrics is None:
@@ -114,3 +115,12 @@ class OpsServer:
             self.server.shutdown()
             self._thread.join(timeout=5)
         self.server.server_close()
+
+
+def serve_scheduler(store, scheduler, host: str, port: int) -> OpsServer:
+    """`deploybot scheduler --metrics-port`: the same endpoints; ready = store + scheduler."""
+    readiness = Readiness()
+    readiness.add("store", store_check(store))
+    readiness.add("scheduler", scheduler_check(scheduler))
+    metrics = make_wsgi_app(registry_for(store, readiness))
+    return OpsServer.listen(ops_app(readiness, metrics), host, port).start()

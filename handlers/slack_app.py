@@ -20,6 +20,7 @@ from socketserver import ThreadingMixIn
 from typing import Any, Callable, Mapping
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+from prometheus_client import make_wsgi_app
 from slack_bolt import App
 from slack_bolt.adapter.wsgi import SlackRequestHandler
 from slack_sdk import WebClient
@@ -29,6 +30,7 @@ from slack_sdk.webhook import WebhookClient
 
 from bot.config import Config
 from bot.health import OK, Flag, Readiness, scheduler_check, store_check
+from bot.metrics import SLACK_CALLS, SLACK_LATENCY, registry_for
 from bot.errors import (ConfigError, DeliveryError, DeploybotError, InputError, NotAllowed,
                         StateError)
 from bot.models import CANCELLABLE, Deployment, DeploymentStatus, Gate, GateKind
@@ -121,7 +123,19 @@ class RedactingWebClient(WebClient):
             kwargs = {k: {n: v if n in CREDENTIALS else deep(v) for n, v in part.items()}
                       if k in ("data", "params", "json") and isinstance(part, dict) else part
                       for k, part in kwargs.items()}
-        return super().api_call(api_method, **kwargs)
+        started = time.perf_counter()
+        outcome = "ok"
+        try:
+            return super().api_call(api_method, **kwargs)
+        except SlackApiError as exc:
+            outcome = str(exc.response.get("error") or "error")[:40]
+            raise
+        except Exception as exc:
+            outcome = type(exc).__name__
+            raise
+        finally:  # for /metrics (bot/metrics.py)
+            SLACK_LATENCY.labels(api_method).observe(time.perf_counter() - started)
+            SLACK_CALLS.labels(api_method, outcome).inc()
 
 
 def web_client(token: str, api_url: str | None = None, redact=None, *,
@@ -702,7 +716,8 @@ def serve(ctx, args, *, environ: Mapping[str, str] | None = None,
     else:
         readiness.add("slack", lambda: OK if handler is not None and handler.client.is_connected()
                       else "Socket Mode not connected")
-    ops = lambda fallback: ops_http.ops_app(readiness, fallback=fallback)  # noqa: E731
+    metrics = make_wsgi_app(registry_for(ctx.store, readiness))
+    ops = lambda fallback: ops_http.ops_app(readiness, metrics, fallback)  # noqa: E731
     try:
         if not http:  # answers (503) during recovery and the connection already
             ops_server = ops_http.OpsServer.listen(ops(None), *metrics_at).start()

@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping, TypeVar
 import httpx
 
 from bot.errors import ConfigError, TrackerError
+from bot.metrics import TRACKER_LATENCY, TRACKER_REQUESTS
 
 T = TypeVar("T")
 
@@ -150,7 +151,7 @@ class Http:
             with self._lock:
                 self.requests += 1
             try:
-                resp = self.client.request(method, path, **kwargs)
+                resp = self._timed(method, path, **kwargs)
             except httpx.TimeoutException as exc:
                 sent = not isinstance(exc, (httpx.ConnectTimeout, httpx.PoolTimeout))
                 if attempt >= self.retries or (sent and not idempotent):
@@ -183,6 +184,26 @@ class Http:
                     return resp
             self._sleep(self.backoff * (2 ** attempt))
             attempt += 1
+
+    def _timed(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One attempt, counted and timed for /metrics (bot/metrics.py)."""
+        started = time.perf_counter()
+        outcome = "ok"
+        try:
+            resp = self.client.request(method, path, **kwargs)
+            code = resp.status_code
+            outcome = ("rate_limited" if code == 429 else "http_5xx" if code >= 500
+                       else "http_4xx" if code >= 400 else "ok")
+            return resp
+        except httpx.TimeoutException:
+            outcome = "timeout"
+            raise
+        except httpx.TransportError:
+            outcome = "connect_error"
+            raise
+        finally:
+            TRACKER_LATENCY.labels(self.tracker, method).observe(time.perf_counter() - started)
+            TRACKER_REQUESTS.labels(self.tracker, method, outcome).inc()
 
     def json(self, method: str, path: str, **kwargs: Any) -> Any:
         resp = self.request(method, path, **kwargs)

@@ -4,18 +4,27 @@ HTTP mode next to the Slack endpoint. Ready only once Slack is connected; gone w
 from __future__ import annotations
 
 import argparse
+import os
 import queue
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.sync.server import serve as ws_serve
 
+from fakes.monitoring import alert_exprs, dashboard_exprs, exposed_names, queried_metrics
+from fakes.processes import stop as stop_process
 from fakes.slack_api import FakeSlack, SlackRequests
-from fakes.slack_harness import ALICE
+from fakes.slack_harness import ALICE, ready_ticket
 from handlers.slack_app import serve
 from test_slack_run import SocketModeServer, context  # noqa: F401 - context: a fixture
 
+ROOT = Path(__file__).resolve().parents[2]
 BOT, APP = "xoxb-test", "xapp-test-token"  # what FakeSlack accepts
 
 
@@ -65,6 +74,15 @@ def wait_until(predicate, timeout: float, what: str, failed: list):
         time.sleep(0.05)
 
 
+def scrape(url: str) -> dict[tuple, float]:
+    """/metrics as Prometheus reads it: {(sample name, sorted labels...): value}."""
+    answer = get(url)
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith("text/plain")
+    return {(s.name, *sorted(s.labels.items())): s.value
+            for family in text_string_to_metric_families(answer.text) for s in family.samples}
+
+
 def refused(url: str) -> bool:
     try:
         get(url)
@@ -96,6 +114,29 @@ def test_socket_mode_is_ready_once_connected_and_stops_serving_when_it_stops(con
             assert after.json() == {"ready": True, "checks": {"store": "ok", "slack": "ok",
                                                               "scheduler": "ok"}}
             assert get(f"{base}/slack/events").status_code == 404
+
+            # a deployment through the pipeline (a dry run, from a mention) is counted
+            ticket = ready_ticket(context.store)
+            ws.wait_ack(ws.push("events_api", {
+                "type": "event_callback", "team_id": "T0FAKE", "api_app_id": "A0",
+                "event_id": "Ev0OPS", "event_time": 1,
+                "event": {"type": "app_mention", "user": ALICE, "channel": "C0STANDUP",
+                          "text": f"<@U0BOT> deploy {ticket} web@v2 --dry-run", "ts": "1.2",
+                          "event_ts": "1.2"}}))
+            slack.wait_for(lambda: [d.status.value for d in context.store.deployments()]
+                           == ["succeeded"], 30, "the dry run to finish")
+            text = get(f"{base}/metrics").text
+            missing = queried_metrics(dashboard_exprs() + alert_exprs()) - exposed_names(text)
+            assert not missing, f"the dashboard or alerts query what is not exposed: {missing}"
+            scraped = scrape(f"{base}/metrics")
+            assert scraped[("deploybot_deployments_total", ("dry_run", "true"),
+                            ("environment", "staging"), ("kind", "deploy"),
+                            ("outcome", "succeeded"), ("service", "web"))] == 1
+            assert scraped[("deploybot_ready",)] == 1
+            assert scraped[("deploybot_slack_api_calls_total", ("method", "auth.test"),
+                            ("outcome", "ok"))] >= 1
+            assert scraped[("deploybot_slack_api_calls_total", ("method", "chat.postMessage"),
+                            ("outcome", "ok"))] >= 1
         finally:
             ws.gate.set()
             stop.set()
@@ -118,10 +159,44 @@ def test_http_mode_serves_them_next_to_the_slack_endpoint(context, free_port):
                 get(f"{base}/readyz")), 15, "/readyz 200", failed)
             assert ready.json()["checks"] == {"store": "ok", "slack": "ok", "scheduler": "ok"}
             assert get(f"{base}/healthz").json() == {"alive": True}
+            scraped = scrape(f"{base}/metrics")
+            assert scraped[("deploybot_store_up",)] == 1
+            assert scraped[("deploybot_locks_held", ("kind", "manual"))] == 0
             assert send.command("help", user=ALICE).status_code == 200, "Slack still answered"
         finally:
             send.close()
             stop.set()
             thread.join(timeout=30)
         assert not thread.is_alive() and not failed, failed
+    assert refused(f"{base}/healthz")
+
+
+def test_the_command_in_socket_mode_takes_the_port_from_the_environment_and_stops_on_sigterm(
+        tmp_path, free_port):
+    """As a container runs it: `deploybot run`, DEPLOYBOT_METRICS_PORT, then SIGTERM."""
+    config = tmp_path / "deploybot.yaml"
+    config.write_text(yaml.safe_dump({
+        "environments": {"staging": {}},
+        "services": {"web": {"image": "demo-web-never-deployed",
+                             "backend": {"container_name": "dbt-ops-never"}}}}))
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with SocketModeServer() as ws, FakeSlack(socket_url=None) as slack:
+        slack.socket_url = ws.url
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "DEPLOYBOT_DB": str(tmp_path / "bot.db"),
+               "DEPLOYBOT_METRICS_PORT": str(port), "SLACK_BOT_TOKEN": BOT,
+               "SLACK_APP_TOKEN": APP, "SLACK_API_URL": slack.api_url}
+        proc = subprocess.Popen([sys.executable, "-m", "handlers.cli", "--config", str(config),
+                                 "run"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
+        try:
+            ready = wait_until(lambda: proc.poll() is None and (
+                lambda r: r if r.status_code == 200 else None)(get(f"{base}/readyz")), 30,
+                "/readyz 200 from the process", [])
+            assert ready.json()["ready"] is True
+            assert "deploybot_store_up 1.0" in get(f"{base}/metrics").text
+        finally:
+            output = stop_process(proc)
+    assert proc.returncode == 0, output
+    assert f"/healthz /readyz /metrics on http://127.0.0.1:{port}" in output
     assert refused(f"{base}/healthz")

@@ -3,7 +3,6 @@ against a real Docker engine."""
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ from datetime import datetime, timedelta, timezone
 import yaml
 
 from bot.models import DeploymentStatus
+from fakes.processes import stop as stop_process
 from tests.integration.test_docker_deploys import service  # noqa: F401 - the fixture
 
 
@@ -63,12 +63,7 @@ def test_scheduled_and_queued_deploys_run_from_the_foreground_scheduler(service,
         assert status_of(bot, 3) is DeploymentStatus.SUCCEEDED
         assert http_get(f"{bot.base}/version").text.strip() == "v2"
     finally:
-        scheduler.send_signal(signal.SIGTERM)
-        try:
-            output, _ = scheduler.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            scheduler.kill()
-            output, _ = scheduler.communicate(timeout=10)
+        output = stop_process(scheduler)
     assert scheduler.returncode == 0, output
     assert "deploybot scheduler: every 0.5 s" in output
 

@@ -69,6 +69,7 @@ def test_store_probe_answers_and_fails_closed(tmp_path):
     assert not (tmp_path / "deploybot.db").exists()
 
 
+@pytest.mark.realtime  # a timed lock wait (libfaketime's shifted clock never ends it)
 def test_store_probe_of_a_busy_in_memory_store_times_out():
     store = Store(":memory:")
     assert store.ping(0.1) == store.schema_version
@@ -119,3 +120,54 @@ def test_a_taken_port_is_a_clear_error():
             ops_http.OpsServer.listen(ops_http.ops_app(Readiness()), "127.0.0.1", first.port)
     finally:
         first.stop()
+
+
+@pytest.mark.realtime  # APScheduler's and the scheduler's timed waits
+def test_the_foreground_scheduler_serves_them_with_metrics_port(tmp_path, monkeypatch, free_port):
+    import httpx
+    import yaml
+
+    from handlers import cli
+
+    config = tmp_path / "deploybot.yaml"
+    config.write_text(yaml.safe_dump({
+        "environments": {"staging": {}},
+        "services": {"web": {"image": "demo-web", "backend": {"container_name": "dbt-never"}}}}))
+    monkeypatch.setenv("DEPLOYBOT_DB", str(tmp_path / "deploybot.db"))
+    port = free_port()
+    args = cli.build_parser().parse_args(["--config", str(config), "scheduler", "--tick", "60",
+                                          "--metrics-port", str(port)])
+    ctx, stop = cli.Context(args), threading.Event()
+    worker = threading.Thread(target=cli.cmd_scheduler, args=(ctx, args, stop))
+    worker.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(200):  # until the scheduler has started (each try waits for its answer)
+            try:
+                answer = httpx.get(f"{url}/readyz", timeout=5)
+            except httpx.ConnectError:
+                answer = None
+            if answer is not None and answer.status_code == 200:
+                break
+            stop.wait(0.05)
+        assert answer.json() == {"ready": True, "checks": {"store": "ok", "scheduler": "ok"}}
+        assert "deploybot_ready 1.0" in httpx.get(f"{url}/metrics", timeout=5).text
+    finally:
+        stop.set()
+        worker.join(30)
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{url}/healthz", timeout=5)
+
+
+def test_readiness_changes_are_logged_once(caplog):
+    slack = Flag("Socket Mode not connected")
+    readiness = Readiness()
+    readiness.add("slack", slack)
+    with caplog.at_level("INFO", logger="deploybot.health"):
+        readiness.report()
+        readiness.report()
+        slack.set()
+        readiness.report()
+        readiness.report()
+    assert [r.getMessage() for r in caplog.records] == [
+        "not ready: slack: Socket Mode not connected", "ready"]
