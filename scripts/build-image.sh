@@ -33,11 +33,14 @@ SECURITY_MIRROR=${DEPLOYBOT_DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian
 SUITE=bookworm
 DEBIAN_BASE=deploybot/debian-python:$SUITE
 PYTHON_BASE=python:3.11-slim-bookworm
-DEBIAN_PACKAGES=python3,python3-venv,ca-certificates
+# passwd: the Dockerfile's groupadd/useradd (the essential variant has no Priority: required).
+DEBIAN_PACKAGES=python3,python3-venv,ca-certificates,passwd
 # Bump when the base recipe changes, so a stale cached tarball is not reused.
-BASE_RECIPE=r1
-# Docs, man pages and translations are of no use in a container (copyright files are kept).
-DPKG_EXCLUDES=('/usr/share/doc/*' '/usr/share/man/*' '/usr/share/info/*' '/usr/share/locale/*')
+BASE_RECIPE=r2
+# Docs, man pages and translations are of no use in a container (copyright files are kept), nor
+# glibc's iconv modules (Python brings its own codecs).
+DPKG_EXCLUDES=('/usr/share/doc/*' '/usr/share/man/*' '/usr/share/info/*' '/usr/share/locale/*'
+               '/usr/lib/x86_64-linux-gnu/gconv/*')
 
 say() { echo "build-image.sh: $*" >&2; }
 die() { say "$*"; exit 1; }
@@ -121,7 +124,7 @@ debian_base() {
   fi
   [ "$(id -u)" = 0 ] || die "--base debian builds its root filesystem as root (sudo)"
   mkdir -p "$CACHE_ROOT"
-  tarball="$CACHE_ROOT/debian-python-$SUITE-$key.tar"
+  tarball="$CACHE_ROOT/debian-python-$SUITE-$BOOTSTRAP-$key.tar"
   # Two builds at once: the second waits for the first instead of bootstrapping twice.
   exec 8>"$CACHE_ROOT/.debian-python.lock"
   flock 8
@@ -130,7 +133,8 @@ debian_base() {
     say "bootstrapping Debian $SUITE with $BOOTSTRAP ($DEBIAN_PACKAGES), once: cached in $tarball"
     rm -f "$tarball.tmp"
     if [ "$BOOTSTRAP" = mmdebstrap ]; then
-      local opts=(--variant=minbase "--include=$DEBIAN_PACKAGES" --format=tar
+      # essential + the packages: no apt, e2fsprogs, mount... in an image that never installs
+      local opts=(--variant=essential "--include=$DEBIAN_PACKAGES" --format=tar
                   # merged /usr the way debootstrap does it, without the usrmerge package (and perl)
                   --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr
                   '--aptopt=APT::Install-Recommends "false"')
@@ -140,17 +144,20 @@ debian_base() {
       timeout 1200 mmdebstrap "${opts[@]}" "$SUITE" "$tarball.tmp" \
         "deb $MIRROR $SUITE main" "deb $MIRROR $SUITE-updates main" \
         "deb $SECURITY_MIRROR $SUITE-security main" </dev/null >&2 \
-        || die "mmdebstrap failed (see above)"
+        || { rm -f "$tarball.tmp"; die "mmdebstrap failed (see above)"; }
     else
       root="$work/rootfs"
       timeout 1200 debootstrap --variant=minbase --merged-usr "--include=$DEBIAN_PACKAGES" \
         "$SUITE" "$root" "$MIRROR" </dev/null >&2 || die "debootstrap failed (see above)"
-      rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* \
-        "$root"/usr/share/doc/* "$root"/usr/share/man/* "$root"/usr/share/info/* \
-        "$root"/usr/share/locale/*
+      rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
+      local p
+      # debootstrap has no path-exclude: the same patterns, expanded inside the root.
+      for p in "${DPKG_EXCLUDES[@]}"; do rm -rf -- "$root"$p; done
       tar -C "$root" --numeric-owner -cf "$tarball.tmp" .
     fi
     mv "$tarball.tmp" "$tarball"
+    # Older recipes' tarballs of this bootstrap are of no use any more.
+    find "$CACHE_ROOT" -maxdepth 1 -name "debian-python-$SUITE-$BOOTSTRAP-*.tar" ! -path "$tarball" -delete
   fi
   say "importing $tarball as $DEBIAN_BASE"
   timeout 600 docker import \
@@ -182,11 +189,12 @@ wheels() {
     mv "$deps.tmp" "$deps"
   fi
   rm -rf "$out"
-  mkdir -p "$out"
-  cp "$deps"/*.whl "$out"/
+  mkdir -p "$out/deps" "$out/app"
+  # -p: the same files with the same times, so the engine's layer cache takes them as unchanged.
+  cp -p "$deps"/*.whl "$out/deps/"
   say "building the deploybot wheel"
   timeout 600 "$PYTHON" -m pip wheel -q --disable-pip-version-check --timeout 60 --no-deps \
-    -w "$out" "$work/src" >&2 || die "pip wheel of deploybot failed"
+    -w "$out/app" "$work/src" >&2 || die "pip wheel of deploybot failed"
 }
 
 if [ "$BASE" = debian ]; then debian_base; fi
@@ -201,7 +209,7 @@ old_id=$(docker image inspect -f '{{ .Id }}' "$TAG" 2>/dev/null || true)
 say "docker build $TAG FROM $(base_image)"
 # The classic builder: engines here have no buildx, and it needs nothing from a registry.
 DOCKER_BUILDKIT=0 timeout 1200 docker build \
-  --build-arg "BASE_IMAGE=$(base_image)" \
+  --build-arg "BASE_IMAGE=$(base_image)" --build-arg "SOURCE_HASH=$hash" \
   --label "io.deploybot.source-hash=$hash" \
   --label "org.opencontainers.image.title=deploybot" \
   --label "org.opencontainers.image.source-base=$(base_image)" \
@@ -211,6 +219,9 @@ if [ -n "$old_id" ] && [ "$old_id" != "$new_id" ]; then
   # The previous build, now untagged; kept if a container still uses it.
   docker image rm "$old_id" >/dev/null 2>&1 || true
 fi
+# Older build stages (labelled in the Dockerfile); this one stays as the next build's cache.
+timeout 120 docker image prune -f --filter label=io.deploybot.stage=build \
+  --filter "label!=io.deploybot.build-of=$hash" >/dev/null || true
 
 size=$(docker image inspect -f '{{ .Size }}' "$TAG")
 say "built $TAG (source hash $hash): $((size / 1000000)) MB (goal < 200 MB) in $((SECONDS - started)) s"

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import uuid
 
-import docker
 import pytest
 
-from bot_image import BUILD_SCRIPT, HASH_LABEL
+from bot_image import BUILD_SCRIPT, HASH_LABEL, REPO_ROOT
 
 # The first test may pay for a cold build of the image (see bot_image.py).
 pytestmark = pytest.mark.timeout(1800)
@@ -101,8 +102,40 @@ def test_works_on_a_read_only_root_filesystem(docker_client, bot_image, volume, 
 
 
 def test_the_script_refuses_unknown_bases():
-    import subprocess
-
     done = subprocess.run([str(BUILD_SCRIPT), "--base", "alpine", "--print-hash"],
                           capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
     assert done.returncode != 0 and "--base must be debian or python" in done.stderr
+
+
+def test_the_source_hash_follows_what_goes_into_the_image(tmp_path):
+    """A copy of the tree: the hash changes with the code, not with tests or bytecode."""
+    tree = tmp_path / "tree"
+    for name in ("bot", "handlers", "backends", "tests/unit"):
+        shutil.copytree(REPO_ROOT / name, tree / name,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md", "Dockerfile", ".dockerignore",
+                 "scripts/build-image.sh"):
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO_ROOT / name, tree / name)
+
+    def source_hash(*base: str) -> str:
+        done = subprocess.run([str(tree / "scripts" / "build-image.sh"), *base, "--print-hash"],
+                              capture_output=True, text=True, timeout=60,
+                              stdin=subprocess.DEVNULL)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    first = source_hash("--base", "debian")
+    assert len(first) == 32 and source_hash("--base", "debian") == first
+    (tree / "tests" / "unit" / "test_new.py").write_text("def test_x(): pass\n")
+    (tree / "bot" / "__pycache__").mkdir(exist_ok=True)
+    (tree / "bot" / "__pycache__" / "store.cpython-311.pyc").write_bytes(b"\0")
+    assert source_hash("--base", "debian") == first, "tests and bytecode are not in the image"
+    assert source_hash("--base", "python") != first, "the base is part of the image"
+    with (tree / "bot" / "store.py").open("a") as f:
+        f.write("# changed\n")
+    changed = source_hash("--base", "debian")
+    assert changed != first
+    with (tree / "Dockerfile").open("a") as f:
+        f.write("# changed\n")
+    assert source_hash("--base", "debian") not in (first, changed)
