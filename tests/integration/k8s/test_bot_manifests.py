@@ -224,10 +224,14 @@ def test_the_bot_runs_in_the_cluster_from_the_manifests(k8s_cluster, bot_namespa
         assert who.stdout.split()[0] == str(BOT_UID), who
         assert "Read-only file system" in who.stderr, who.stderr
 
-        # /healthz and /readyz through the API server's proxy to the pod's metrics port.
+        # /healthz, /readyz and /metrics through the API server's proxy to the pod's metrics port.
         assert proxy_get(core, namespace, name, metrics_port, "healthz") == (200, {"alive": True})
         code, body = proxy_get(core, namespace, name, metrics_port, "readyz")
         assert code == 200 and body["ready"] is True, body
+        metrics = core.connect_get_namespaced_pod_proxy_with_path(
+            f"{name}:{metrics_port}", namespace, "metrics", _preload_content=False,
+            _request_timeout=10).data.decode()
+        assert re.search(r"^deploybot_store_up 1(\.0)?$", metrics, re.M), metrics[:2000]
 
         # The Kubernetes backend's in-cluster path, from inside the pod: the projected token of
         # the ServiceAccount, bound to rbac.yaml's Role in this namespace and nowhere else.
