@@ -316,12 +316,19 @@ def start(folder: str, node: bool, docker_host: str, bin_dir: str | None = None)
         "--profiling=false", "--v=0"])
     wait_until("the API server", lambda: (api_get(state, "/readyz", tokens["admin"])[0] == 200,
                                           "not ready"), 60, state)
-    controllers = "deployment,replicaset,garbagecollector,endpoint,namespace"
+    # deploybot's own manifests (deploy/kubernetes) need three more: persistentvolume-binder
+    # binds their PVC to a PV the test made; pvc-/pv-protection remove the finalizers the API
+    # server puts on both (else a namespace with a PVC never finishes deleting);
+    # root-ca-cert-publisher writes the ConfigMap kube-root-ca.crt into every namespace, which
+    # their projected service-account volume mounts as ca.crt.
+    controllers = ("deployment,replicaset,garbagecollector,endpoint,namespace,"
+                   "persistentvolume-binder,pvc-protection,pv-protection,root-ca-cert-publisher")
     if node:
         controllers += ",nodelifecycle"
     spawn(state, "kube-controller-manager", [
         str(b / "kube-controller-manager"), f"--kubeconfig={root / 'admin.kubeconfig'}",
-        f"--controllers={controllers}", "--leader-elect=false", "--secure-port=0", "--port=0",
+        f"--controllers={controllers}", f"--root-ca-file={pki / 'ca.crt'}",
+        "--leader-elect=false", "--secure-port=0", "--port=0",
         "--concurrent-deployment-syncs=2", "--profiling=false"])
     state.timings["control-plane"] = round(time.monotonic() - t0 - t_build, 2)
     if node:
