@@ -48,6 +48,7 @@ TERMINAL = frozenset(s.value for s in TERMINAL_STATUSES)
 OPEN = frozenset(s.value for s in OPEN_STATUSES)
 # Final statuses of a deployment that started rolling out (durations are of these).
 ROLLED_OUT = frozenset({"succeeded", "failed", "rolled_back", "rollback_failed", "interrupted"})
+AWAITING_RECOVERY = "awaiting_recovery"  # deploybot_deployments_open's status for those rows
 # (kind, status) of rollbacks that happened: automatic ones end rolled_back/rollback_failed.
 ROLLBACKS = frozenset({("deploy", "rolled_back"), ("deploy", "rollback_failed"),
                        ("rollback", "succeeded"), ("rollback", "failed"),
@@ -133,7 +134,10 @@ class StoreCollector(Collector):
         (its rows can be wide, with records), each duration computed once."""
         bounds = DURATION_BUCKETS
         rows = q(
-            "WITH d AS MATERIALIZED (SELECT environment, service, kind, status, dry_run, "
+            # A row still marked needs_recovery is not final yet (recovery may move an
+            # interrupted deployment on to rolled_back): open, so that no counter goes down.
+            "WITH d AS MATERIALIZED (SELECT environment, service, kind, CASE WHEN "
+            f"needs_recovery THEN '{AWAITING_RECOVERY}' ELSE status END AS status, dry_run, "
             "CASE WHEN kind = 'rollback' THEN 'manual' WHEN failure LIKE 'verification failed%' "
             "THEN 'verification_failed' ELSE 'interrupted' END AS reason, "
             f"{_seconds('finished_at', 'MAX(created_at, COALESCE(scheduled_for, created_at))')}"
@@ -148,7 +152,7 @@ class StoreCollector(Collector):
             kind = kind or "deploy"
             outcomes = counts.setdefault((env, service, kind, "true" if dry else "false"), {})
             outcomes[status] = outcomes.get(status, 0) + count
-            if status in OPEN:
+            if status in OPEN or status == AWAITING_RECOVERY:
                 open_[env, status] = open_.get((env, status), 0) + count
             if not dry and (kind, status) in ROLLBACKS:
                 key = (env, service, reason, status)
@@ -170,7 +174,8 @@ class StoreCollector(Collector):
         yield family
 
         gauge = GaugeMetricFamily("deploybot_deployments_open",
-                                  "Deployments not finished yet, by environment and status",
+                                  "Deployments not finished yet, by environment and status "
+                                  f"({AWAITING_RECOVERY}: its process died, recovery pending)",
                                   labels=["environment", "status"])
         for key, count in sorted(open_.items()):
             gauge.add_metric(list(key), count)

@@ -109,6 +109,22 @@ def test_deployments_by_environment_service_kind_outcome(history):
     assert got[("deploybot_store_up",)] == 1
 
 
+def test_a_deployment_awaiting_recovery_is_open_so_no_counter_ever_goes_down(store):
+    """Recovery may move an interrupted deployment on to rolled_back: counted only once final."""
+    d = deployment(store, status="interrupted", failure="interrupted while deploying")
+    store.db["deployments"].update(d, {"needs_recovery": 1})
+    outcome = ("deploybot_deployments_total", ("dry_run", "false"), ("environment", "production"),
+               ("kind", "deploy"), ("outcome", "interrupted"), ("service", "web"))
+    waiting = ("deploybot_deployments_open", ("environment", "production"),
+               ("status", "awaiting_recovery"))
+    got = samples(metrics.registry_for(store))
+    assert got[waiting] == 1 and got.get(outcome, 0) == 0
+    store.db["deployments"].update(d, {"needs_recovery": 0, "status": "rolled_back"})
+    got = samples(metrics.registry_for(store))
+    assert waiting not in got and got[outcome] == 0
+    assert got[outcome[:4] + (("outcome", "rolled_back"), ("service", "web"))] == 1
+
+
 def test_duration_histogram_buckets(history):
     got = samples(metrics.registry_for(history))
 
