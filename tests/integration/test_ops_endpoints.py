@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+from websockets.protocol import State
 from websockets.sync.server import serve as ws_serve
 
 from fakes.monitoring import alert_exprs, dashboard_exprs, exposed_names, queried_metrics
@@ -41,6 +42,30 @@ class GatedSocketModeServer(SocketModeServer):
     def _hold(self) -> None:
         self.gate.wait(30)
         return None
+
+
+class DroppingSocketModeServer(SocketModeServer):
+    """Slack's end going away: `down` closes the open connection and refuses new handshakes
+    (503) until it is cleared, as during a Slack incident or a network cut."""
+
+    def __init__(self) -> None:  # noqa: the parent's, with a process_request hook
+        self.down = threading.Event()
+        self.outbox, self.acks, self.connected = queue.Queue(), {}, threading.Event()
+        self.server = ws_serve(self._serve_unless_down, "127.0.0.1", 0,
+                               process_request=self._refuse_when_down)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def _refuse_when_down(self, connection, request):
+        return connection.respond(503, "Slack is down\n") if self.down.is_set() else None
+
+    def _serve_unless_down(self, ws) -> None:
+        def close_when_down() -> None:
+            while not self.down.wait(0.1):
+                if ws.state is State.CLOSED:
+                    return
+            ws.close()
+        threading.Thread(target=close_when_down, daemon=True).start()
+        self._session(ws)
 
 
 def start(context, args, environ):
@@ -143,6 +168,32 @@ def test_socket_mode_is_ready_once_connected_and_stops_serving_when_it_stops(con
             thread.join(timeout=30)
         assert not thread.is_alive() and not failed, failed
     assert refused(f"{base}/healthz"), "the endpoints stop with the process"
+
+
+def test_readiness_follows_the_socket_mode_connection_down_and_back(context, free_port):
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    args = argparse.Namespace(http=False, host="127.0.0.1", port=0, metrics_host="127.0.0.1",
+                              metrics_port=port)
+    ready = lambda: (lambda r: r if r.status_code == 200 else None)(get(f"{base}/readyz"))  # noqa: E731
+    not_ready = lambda: (lambda r: r if r.status_code == 503 else None)(get(f"{base}/readyz"))  # noqa: E731
+    with DroppingSocketModeServer() as ws, FakeSlack(socket_url=None) as slack:
+        slack.socket_url = ws.url
+        stop, thread, failed = start(context, args, {
+            "SLACK_BOT_TOKEN": BOT, "SLACK_APP_TOKEN": APP, "SLACK_API_URL": slack.api_url})
+        try:
+            wait_until(ready, 15, "/readyz 200", failed)
+            ws.down.set()  # the connection closes and reconnecting is refused
+            answer = wait_until(not_ready, 30, "/readyz 503 after the connection dropped", failed)
+            assert answer.json()["checks"]["slack"] == "Socket Mode not connected"
+            assert get(f"{base}/healthz").status_code == 200, "alive: only not ready"
+            ws.down.clear()  # Slack is back: the client reconnects by itself
+            wait_until(ready, 60, "/readyz 200 after reconnecting", failed)
+        finally:
+            ws.down.clear()
+            stop.set()
+            thread.join(timeout=30)
+        assert not thread.is_alive() and not failed, failed
 
 
 def test_http_mode_serves_them_next_to_the_slack_endpoint(context, free_port):
