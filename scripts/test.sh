@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # The one command that installs what the tests need and runs them (CI runs it through .ci/run):
 # Debian packages (.ci/apt-packages), a virtualenv of the clone's own with deploybot[test], a
-# private Docker engine (scripts/dockerd.sh), the busybox base image, the Kubernetes build
-# (cached), pytest, then the unit tests again with the clock ten years ahead. It stops what it
-# started and prints how long each phase took.
+# private Docker engine (scripts/dockerd.sh), the busybox base image, the bot's own image and
+# the Kubernetes build (cached), pytest, then the unit tests again with the clock ten years
+# ahead. It stops what it started and prints how long each phase took.
 #
 #   scripts/test.sh                  everything, as CI runs it
 #   scripts/test.sh tests/unit -x    the same set-up; these arguments go to the first pytest run
 #   scripts/test.sh --dry-run        checks what it needs and says what it would do; changes nothing
 #
-# Needs: root on Debian 12 or later (apt-get; dockerd runs as root); python3-venv comes with the
-# packages.
+# Needs: root on Debian 12 or later (apt-get; dockerd runs as root) and kubectl >= 1.21 on PATH;
+# python3-venv comes with the packages.
 # Settings (environment), defaults for a developer's machine:
 #   DEPLOYBOT_DOCKER_DIR / _BRIDGE / _BRIDGE_CIDR / _IPTABLES   the engine (scripts/dockerd.sh);
 #       default /tmp/deploybot-test-docker on bridge dbot-test0 172.27.0.1/24, no iptables: apart
@@ -51,6 +51,12 @@ if command -v ip >/dev/null; then  # another bridge on the same network: routes 
     '$2 != b && index($4, n) == 1 {print $2}' | head -n 1)
   [ -z "$other" ] || needs+=("a network of its own: $other already uses ${net}0/24; set DEPLOYBOT_DOCKER_BRIDGE_CIDR (e.g. 172.26.0.1/24)")
 fi
+# The test of the bot's own Kubernetes manifests renders them with kubectl's kustomize (`patches`
+# needs 1.21 or later); Debian has no kubectl package, so it cannot be installed from here.
+kubectl_minor=$(kubectl version --client -o json 2>/dev/null \
+  | sed -n 's/.*"minor": *"\([0-9]*\).*/\1/p' | head -n 1 || true)
+kubectl_found=${kubectl_minor:+1.$kubectl_minor}
+[ "${kubectl_minor:-0}" -ge 21 ] 2>/dev/null || needs+=("kubectl 1.21 or later on PATH (found: ${kubectl_found:-none}): https://kubernetes.io/docs/tasks/tools/install-kubectl-linux/")
 case "$stop_engine" in started|always) ;; *) needs+=("DEPLOYBOT_TEST_STOP_ENGINE=started or always, not '$stop_engine'") ;; esac
 if [ "${#needs[@]}" -gt 0 ]; then
   echo "test.sh: cannot run here; it needs:" >&2
@@ -65,6 +71,7 @@ if [ "$dry" = 1 ]; then
   echo "  pip          python3 -m venv $venv; pip install -e '.[test]'"
   echo "  docker-start scripts/dockerd.sh start (state $DEPLOYBOT_DOCKER_DIR, bridge $DEPLOYBOT_DOCKER_BRIDGE $DEPLOYBOT_DOCKER_BRIDGE_CIDR, iptables $DEPLOYBOT_DOCKER_IPTABLES)"
   echo "  base-image   scripts/build-base-image.sh"
+  echo "  bot-image    scripts/build-image.sh --base debian (cached in /var/cache/deploybot)"
   echo "  k8s-build    scripts/k8s-build.sh (cached in /var/cache/deploybot)"
   echo "  pytest       DEPLOYBOT_REQUIRE_DOCKER=1 python -m pytest $*"
   echo "  future-date  faketime -f +3650d python -m pytest -q -p no:cacheprovider -m 'not realtime' tests/unit"
