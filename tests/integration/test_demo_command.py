@@ -62,7 +62,8 @@ def test_demo_deploys_demo_1_and_a_second_run_reuses_everything(tmp_path, demo_p
     if host and host != "unix:///var/run/docker.sock":  # the engine the next commands need
         assert f"export DOCKER_HOST={host}" in said
     assert http_get(f"http://127.0.0.1:{demo_port}/version").text.strip() == "v1"
-    assert docker_client.containers.get("web-staging").image.tags == ["demo-web:v1"]
+    # other tests may have tagged the same bytes under their own names too
+    assert "demo-web:v1" in docker_client.containers.get("web-staging").image.tags
 
     second = demo(folder, demo_port, tmp_path)
     said = second.stdout + second.stderr
