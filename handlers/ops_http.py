@@ -65,13 +65,14 @@ def ops_app(readiness: Readiness, metrics: WSGIApp | None = None,
 
 class ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True
+    request_queue_size = 128  # 50 Slack requests at once must not overflow the listen backlog
 
 
 class ThreadingWSGIServer6(ThreadingWSGIServer):
     address_family = socket.AF_INET6
 
 
-class _QuietHandler(WSGIRequestHandler):
+class QuietHandler(WSGIRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib's signature
         log.debug("http %s %s", self.address_string(), format % args)
 
@@ -83,7 +84,7 @@ class OpsServer:
                  port: int = DEFAULT_METRICS_PORT) -> None:
         self.server = make_server(host, port, app, server_class=ThreadingWSGIServer6
                                   if ":" in host else ThreadingWSGIServer,
-                                  handler_class=_QuietHandler)
+                                  handler_class=QuietHandler)
         self.host = host
         self.port = self.server.server_port
         self._thread = threading.Thread(target=self.server.serve_forever,
@@ -117,10 +118,20 @@ class OpsServer:
         self.server.server_close()
 
 
-def serve_scheduler(store, scheduler, host: str, port: int) -> OpsServer:
-    """`deploybot scheduler --metrics-port`: the same endpoints; ready = store + scheduler."""
+def readiness_of(store, scheduler) -> Readiness:
+    """What every deploybot service needs to be ready: the store answers, the scheduler runs."""
     readiness = Readiness()
     readiness.add("store", store_check(store))
     readiness.add("scheduler", scheduler_check(scheduler))
-    metrics = make_wsgi_app(registry_for(store, readiness))
-    return OpsServer.listen(ops_app(readiness, metrics), host, port).start()
+    return readiness
+
+
+def metrics_app(store, readiness: Readiness) -> WSGIApp:
+    return make_wsgi_app(registry_for(store, readiness))
+
+
+def serve_scheduler(store, scheduler, host: str, port: int) -> OpsServer:
+    """`deploybot scheduler --metrics-port`: the same endpoints; ready = store + scheduler."""
+    readiness = readiness_of(store, scheduler)
+    return OpsServer.listen(ops_app(readiness, metrics_app(store, readiness)), host,
+                            port).start()

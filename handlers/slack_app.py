@@ -17,11 +17,9 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
-from socketserver import ThreadingMixIn
 from typing import Any, Callable, Mapping
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.simple_server import WSGIServer, make_server
 
-from prometheus_client import make_wsgi_app
 from slack_bolt import App
 from slack_bolt.adapter.wsgi import SlackRequestHandler
 from slack_sdk import WebClient
@@ -30,8 +28,8 @@ from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 from slack_sdk.webhook import WebhookClient
 
 from bot.config import Config
-from bot.health import OK, Flag, Readiness, scheduler_check, store_check
-from bot.metrics import SLACK_CALLS, SLACK_LATENCY, registry_for
+from bot.health import OK, Flag
+from bot.metrics import SLACK_CALLS, SLACK_LATENCY
 from bot.errors import (ConfigError, DeliveryError, DeploybotError, InputError, NotAllowed,
                         StateError)
 from bot.models import CANCELLABLE, Deployment, DeploymentStatus, Gate, GateKind
@@ -676,16 +674,6 @@ class SlackFrontEnd:
 
 # -- serving -------------------------------------------------------------------------------------
 
-class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-    request_queue_size = 128  # 50 requests at once must not overflow the listen backlog
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib's signature
-        log.debug("http %s %s", self.address_string(), format % args)
-
-
 def refuse_malformed_signatures(wsgi_app: Callable) -> Callable:
     """401 for a request whose X-Slack-Request-Timestamp is not a number.
 
@@ -708,7 +696,8 @@ def make_http_server(app: App, host: str = "127.0.0.1", port: int = 3000,
     /healthz, /readyz and /metrics in front of it (handlers/ops_http.ops_app)."""
     slack = refuse_malformed_signatures(SlackRequestHandler(app, path=EVENTS_PATH))
     return make_server(host, port, ops(slack) if ops else slack,
-                       server_class=_ThreadingWSGIServer, handler_class=_QuietHandler)
+                       server_class=ops_http.ThreadingWSGIServer,
+                       handler_class=ops_http.QuietHandler)
 
 
 def metrics_address(args, environ: Mapping[str, str]) -> tuple[str, int]:
@@ -745,16 +734,14 @@ def serve(ctx, args, *, environ: Mapping[str, str] | None = None,
     stop = stop or threading.Event()
     restore = _stop_on_signals(stop)
     server = handler = ops_server = None
-    readiness = Readiness()
-    readiness.add("store", store_check(ctx.store))
-    readiness.add("scheduler", scheduler_check(front.scheduler))
+    readiness = ops_http.readiness_of(ctx.store, front.scheduler)
     app_ready = Flag("the app is not serving yet")
     if http:
         readiness.add("slack", app_ready)  # auth.test passed above; ready once it serves
     else:
         readiness.add("slack", lambda: OK if handler is not None and handler.client.is_connected()
                       else "Socket Mode not connected")
-    metrics = make_wsgi_app(registry_for(ctx.store, readiness))
+    metrics = ops_http.metrics_app(ctx.store, readiness)
     ops = lambda fallback: ops_http.ops_app(readiness, metrics, fallback)  # noqa: E731
     try:
         if not http:  # answers (503) during recovery and the connection already

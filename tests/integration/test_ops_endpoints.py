@@ -9,7 +9,6 @@ import queue
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -19,6 +18,7 @@ from websockets.protocol import State
 from websockets.sync.server import serve as ws_serve
 
 from fakes.monitoring import alert_exprs, dashboard_exprs, exposed_names, queried_metrics
+from fakes import waiting
 from fakes.processes import stop as stop_process
 from fakes.slack_api import FakeSlack, SlackRequests
 from fakes.slack_harness import ALICE, ready_ticket
@@ -86,17 +86,15 @@ def get(url: str) -> httpx.Response:
 
 
 def wait_until(predicate, timeout: float, what: str, failed: list):
-    deadline = time.monotonic() + timeout
-    while True:
+    """As fakes.waiting's, failing at once when the server thread failed; a refused
+    connection is "not yet"."""
+    def attempt():
         assert not failed, failed
         try:
-            value = predicate()
+            return predicate()
         except httpx.TransportError:
-            value = None
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+            return None
+    return waiting.wait_until(attempt, timeout, what, every=0.05)
 
 
 def scrape(url: str) -> dict[tuple, float]:

@@ -5,24 +5,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from datetime import datetime, timedelta, timezone
 
 import yaml
 
 from bot.models import DeploymentStatus
 from fakes.processes import stop as stop_process
+from fakes.waiting import wait_until as wait_for
 from tests.integration.test_docker_deploys import service  # noqa: F401 - the fixture
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def status_of(bot, deployment_id: int) -> DeploymentStatus:

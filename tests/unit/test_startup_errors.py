@@ -22,7 +22,7 @@ from fakes.slack_harness import slack_config
 from handlers import cli
 from handlers.slack_app import SlackFrontEnd, web_client
 
-TOKEN = "xoxb-fake-startup-0123456789"
+TOKEN = "xoxb-startuptesttoken"
 
 
 @pytest.fixture
@@ -118,7 +118,7 @@ def test_starting_the_slack_front_end_does_not_warn_about_an_unused_token(
         try:
             assert not [r for r in caplog.records if "will be unused" in r.getMessage()]
             # a different token in the environment really is unused: that still warns
-            monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-fake-another-0123456789")
+            monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-anothertesttoken")
             other = SlackFrontEnd(config, store, web_client(TOKEN, slack.api_url))
             other.close()
             assert [r for r in caplog.records if "will be unused" in r.getMessage()]

@@ -28,13 +28,14 @@ import yaml
 from fakes.people import PEOPLE
 from fakes.slack_api import FakeSlack
 from fakes.slack_harness import ALICE
+from fakes.waiting import wait_until
 from test_slack_run import SocketModeServer
 from tests.integration.k8s.k8s_objects import demo_deployment, wait_for_rollout
 
 REPO = Path(__file__).resolve().parents[3]
 BASE = REPO / "deploy" / "kubernetes"
 BOT_UID = 10001  # the image's user, and the base's runAsUser
-BOT_TOKEN, APP_TOKEN = "xoxb-fake-kube-bot", "xapp-fake-kube-app"
+BOT_TOKEN, APP_TOKEN = "xoxb-kubetestbot", "xapp-kubetestapp"
 READY_TIMEOUT = 120
 
 
@@ -132,13 +133,6 @@ def bot_namespace(k8s_cluster, tmp_path):
     wait_until(lambda: all(n.metadata.name != name for n in core.list_namespace().items), 90,
                f"namespace {name} to go")
     core.delete_persistent_volume(pv)
-
-
-def wait_until(done, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not done():
-        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
-        time.sleep(0.5)
 
 
 def wait_ready(cluster, namespace: str, timeout: float) -> object:
