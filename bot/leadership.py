@@ -32,6 +32,16 @@ class Leadership(Protocol):
     def resign(self) -> None: ...
 
 
+def _every(seconds: float, fn: Callable[[], object], stop: threading.Event,
+           name: str) -> threading.Thread:
+    def loop() -> None:
+        while not stop.wait(seconds):
+            fn()
+    thread = threading.Thread(target=loop, name=name, daemon=True)
+    thread.start()
+    return thread
+
+
 class SoleLeader:
     """One machine's store (SQLite): every process may do the periodic work; the store's claims
     and leases already keep two processes on one file from doing the same step twice."""
@@ -81,12 +91,7 @@ class Elector:
 
     def start(self) -> "Elector":
         self.check()
-
-        def loop() -> None:
-            while not self._stop.wait(self.poll):
-                self.check()
-        self._thread = threading.Thread(target=loop, name="deploybot-leader", daemon=True)
-        self._thread.start()
+        self._thread = _every(self.poll, self.check, self._stop, "deploybot-leader")
         return self
 
     def stop(self) -> None:
@@ -119,12 +124,7 @@ class ReplicaHeartbeat:
 
     def start(self) -> "ReplicaHeartbeat":
         self.beat()
-
-        def loop() -> None:
-            while not self._stop.wait(self.every):
-                self.beat()
-        self._thread = threading.Thread(target=loop, name="deploybot-heartbeat", daemon=True)
-        self._thread.start()
+        self._thread = _every(self.every, self.beat, self._stop, "deploybot-heartbeat")
         return self
 
     def stop(self) -> None:
