@@ -207,7 +207,9 @@ def test_http_mode_serves_them_next_to_the_slack_endpoint(context, free_port):
             ready = wait_until(lambda: (lambda r: r if r.status_code == 200 else None)(
                 get(f"{base}/readyz")), 15, "/readyz 200", failed)
             assert ready.json()["checks"] == {"store": "ok", "slack": "ok", "scheduler": "ok"}
-            assert get(f"{base}/healthz").json() == {"alive": True}
+            health = get(f"{base}/healthz").json()  # served in this process
+            assert health == {"alive": True, "leader": True, "replica": health["replica"]}
+            assert health["replica"].split("/")[1] == str(os.getpid())
             scraped = scrape(f"{base}/metrics")
             assert scraped[("deploybot_store_up",)] == 1
             assert scraped[("deploybot_locks_held", ("kind", "manual"))] == 0
