@@ -10,6 +10,7 @@ import uuid
 import pytest
 
 from fakes.slack_harness import ALICE, BOB, CAROL, DANA, ready_ticket, running_bot, slack_config
+from fakes.waiting import wait_until
 
 
 @pytest.fixture
@@ -230,8 +231,9 @@ def test_blocker_is_posted_in_the_channel_and_on_the_ticket(web_config, tmp_path
         assert "QA PASS" in blocker.everything and "open_thread" in blocker.everything
         checklist = bot.wait_for_message(d.id, "Pre-deployment checklist")
         assert ":x: *QA PASS* — failed" in checklist.everything
-        assert any("QA PASS" in c.body for c in tracker.comments(ticket)
-                   if c.author == "deploybot")
+        # the ticket's comment goes through the outbox: it may land after the Slack messages
+        wait_until(lambda: any("QA PASS" in c.body for c in tracker.comments(ticket)
+                               if c.author == "deploybot"), 10, "the blocker on the ticket")
         bot.slack.wait_for(lambda: "blocked" in bot.root_of(d.id).everything, 10, "root status")
 
 
