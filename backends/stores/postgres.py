@@ -52,9 +52,19 @@ def translate(sql: str) -> str:
     return "".join(out)
 
 
-def _params(params: Sequence[Any]) -> list[Any]:
+def _param(value: Any) -> Any:
     # Flags are INTEGER columns (as on SQLite): a Python bool would be sent as boolean.
-    return [int(p) if isinstance(p, bool) else p for p in params]
+    if isinstance(value, bool):
+        return int(value)
+    # PostgreSQL text cannot hold NUL, SQLite's can: an error text or a chat message carrying
+    # one must still be stored (and the audit event with it), so it becomes U+FFFD.
+    if isinstance(value, str) and "\x00" in value:
+        return value.replace("\x00", "\ufffd")
+    return value
+
+
+def _params(params: Sequence[Any]) -> list[Any]:
+    return [_param(p) for p in params]
 
 
 class _Secrets:

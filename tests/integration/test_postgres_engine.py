@@ -75,6 +75,9 @@ def test_execute_gives_tuples_and_rowcounts_query_gives_dicts_flags_are_integers
     assert list(db.execute("SELECT k FROM t WHERE k = ?", ["zz"])) == []
     assert db.query("SELECT * FROM t WHERE k = ?", ["a"]) == [{"k": "a", "flag": 1}]
     assert "t" in db.table_names()
+    db.execute("INSERT INTO t VALUES (?, ?)", ["nul\x00byte", 0])  # PostgreSQL text has no NUL
+    assert db.execute("SELECT k FROM t WHERE k = ?", ["nul\x00byte"]).fetchone() == \
+        ("nul\ufffdbyte",)
 
 
 def test_inserts_return_generated_ids_and_explicit_ids_continue_after_reset(db):

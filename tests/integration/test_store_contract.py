@@ -88,8 +88,9 @@ def test_create_and_read_a_deployment(engine_store, store):
     assert (event["kind"], event["actor"], event["via"]) == ("requested", "ann", "slack")
     assert event["detail"] == ("deploy web@v1 to prod for T-1 (dry run) at "
                                "2026-11-26T13:00:00+00:00 (queued) (break-glass: outage)")
-    with pytest.raises(StateError, match="no deployment #999"):
-        store.deployment(999)
+    for missing in (999, 2**70):  # beyond a 64-bit id too
+        with pytest.raises(StateError, match=f"no deployment #{missing}"):
+            store.deployment(missing)
 
 
 def test_a_repeated_request_key_returns_the_first_deployment(store):
