@@ -14,6 +14,7 @@ import pytest
 from backends.stores.postgres import WRITER_LOCK_KEY, PostgresDatabase, dsn_label, translate
 from bot.errors import StateError
 from bot.sqldb import SqliteDatabase
+from bot.store import Store
 from bot.store import MIGRATIONS as SQLITE_MIGRATIONS
 from tests.fakes.postgres import PostgresServer, make_base_dir
 from tests.fakes.waiting import wait_until
@@ -305,6 +306,22 @@ def test_reconnects_after_the_server_restarts():
         server.start()
         assert db.query("SELECT v FROM t") == [{"v": "before"}]
         db.close()
+    finally:
+        server.stop()
+
+
+def test_a_store_carries_on_after_the_server_restarts():
+    server = PostgresServer(make_base_dir()).start()
+    try:
+        store = Store(PostgresDatabase(server.create_database("store_restart")))
+        store.record_event(None, "ann", "before")
+        server.restart()
+        with pytest.raises(StateError, match="unreachable"):
+            store.record_event(None, "ann", "lost")  # lost with its transaction, never half done
+        store.record_event(None, "ann", "after")
+        assert [e["kind"] for e in store.audit_trail()] == ["before", "after"]
+        assert store.ping(2.0) == store.schema_version
+        store.close()
     finally:
         server.stop()
 

@@ -574,3 +574,27 @@ def test_concurrent_one_at_a_time_creates_store_one(engine_store, store):
     assert len(refused) == 7 and all(isinstance(e, StateError) for e in refused)
     assert all("is already being deployed" in str(e) for e in refused)
     assert store.db.query("SELECT COUNT(*) AS n FROM deployments")[0]["n"] == 1
+
+
+def test_concurrent_lock_requests_give_the_lock_to_one(engine_store, store):
+    results, errors = race(engine_store, lambda s, i: s.acquire_lock(
+        "env:prod", holder=f"user{i}", reason="mine"))
+    assert errors == [None] * 8
+    winners = [lock.holder for ok, lock in results if ok]
+    assert len(winners) == 1
+    assert {lock.holder for _, lock in results} == set(winners)
+    assert [e["kind"] for e in store.audit_trail()] == ["lock.acquired"]
+
+
+def test_concurrent_deliverers_never_hold_the_same_item(engine_store, store):
+    box = OutboxTable(store)
+    for n in range(4):
+        box.add(deployment_id=None, kind="comment", target=f"ticket:{n}", key=f"k{n}",
+                payload={})
+    results, errors = race(engine_store, lambda s, i: OutboxTable(s).claim(
+        f"deliverer{i}", 30, ["comment"]))
+    assert errors == [None] * 8
+    claimed = [item.key for item in results if item is not None]
+    assert sorted(claimed) == ["k0", "k1", "k2", "k3"]
+    owners = store.db.query("SELECT key, lease_owner FROM outbox ORDER BY key")
+    assert len({row["lease_owner"] for row in owners}) == 4
