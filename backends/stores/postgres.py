@@ -124,6 +124,10 @@ class PostgresDatabase:
         self._secret = _Secrets(dsn)
         self.label = dsn_label(dsn)
         self.connect_timeout = connect_timeout
+        try:  # the DSN's own server options stay when reading() adds its timeout
+            self._options = conninfo.conninfo_to_dict(dsn).get("options") or ""
+        except psycopg.ProgrammingError:
+            self._options = ""  # _connect below says what is wrong with the DSN
         self._in_transaction = False
         self._conn: psycopg.Connection | None = None
         self._conn = self._connect()
@@ -258,7 +262,8 @@ class PostgresDatabase:
 
     @contextmanager
     def reading(self, timeout: float) -> Iterator[PostgresReader]:
-        conn = self._connect(timeout, options=f"-c statement_timeout={max(1, int(timeout * 1000))}")
+        limit = f"-c statement_timeout={max(1, int(timeout * 1000))}"
+        conn = self._connect(timeout, options=f"{self._options} {limit}".strip())
         try:
             yield PostgresReader(conn)
         finally:

@@ -244,6 +244,12 @@ def test_reading_times_out_on_a_statement_held_by_a_lock(postgres_server, databa
     db.execute("INSERT INTO t VALUES ('x')")
     with db.reading(5) as reader:  # its own connection, placeholders translated
         assert reader.execute("SELECT v FROM t WHERE v = ?", ["x"]).fetchone() == ("x",)
+        assert reader.execute("SHOW statement_timeout").fetchone() == ("5s",)
+    tuned = PostgresDatabase(postgres_server.dsn(database) + "?options=-c%20work_mem%3D8MB")
+    with tuned.reading(2) as reader:  # the DSN's own options stay
+        assert reader.execute("SHOW work_mem").fetchone() == ("8MB",)
+        assert reader.execute("SHOW statement_timeout").fetchone() == ("2s",)
+    tuned.close()
     db.begin()
     db.execute("LOCK TABLE t IN ACCESS EXCLUSIVE MODE")
     try:
