@@ -26,9 +26,14 @@ from bot.sqldb import GENERATED_IDS, PRIMARY_KEYS, Table
 # pg_advisory_xact_lock key of the store's writers: one fixed 64-bit number ("deploybot-store"
 # in ASCII, truncated), the same in every replica. Other advisory locks must use other keys.
 WRITER_LOCK_KEY = 0x6465706C6F79626F
-# Dead peers (a replica's host gone without a FIN) are noticed within about a minute.
+# Dead peers (a replica's host gone without a FIN) are noticed within about a minute, on both
+# ends: libpq's keepalives here, the server's for our sessions through SESSION_OPTIONS.
 KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
               "keepalives_count": 3}
+# The store never waits inside a transaction (no network calls there): a session idle in one
+# for a minute is a replica that hangs or is cut off, and it must not hold the writer lock.
+SESSION_OPTIONS = ("-c idle_in_transaction_session_timeout=60000 -c tcp_keepalives_idle=30 "
+                   "-c tcp_keepalives_interval=10 -c tcp_keepalives_count=3")
 UNREACHABLE_HINT = ("check that the PostgreSQL server is running and reachable, and the "
                     "DEPLOYBOT_DB address; deploybot reconnects by itself at the next operation")
 
@@ -124,23 +129,25 @@ class PostgresDatabase:
         self._secret = _Secrets(dsn)
         self.label = dsn_label(dsn)
         self.connect_timeout = connect_timeout
-        try:  # the DSN's own server options stay when reading() adds its timeout
-            self._options = conninfo.conninfo_to_dict(dsn).get("options") or ""
+        try:  # the DSN's own server options stay beside ours
+            own = conninfo.conninfo_to_dict(dsn).get("options") or ""
         except psycopg.ProgrammingError:
-            self._options = ""  # _connect below says what is wrong with the DSN
+            own = ""  # _connect below says what is wrong with the DSN
+        self._options = f"{own} {SESSION_OPTIONS}".strip()
         self._in_transaction = False
         self._conn: psycopg.Connection | None = None
         self._conn = self._connect()
 
     # -- connections --------------------------------------------------------------------------
 
-    def _connect(self, timeout: float | None = None, **options: Any) -> psycopg.Connection:
+    def _connect(self, timeout: float | None = None, options: str = "") -> psycopg.Connection:
         seconds = self.connect_timeout if timeout is None else timeout
         try:
             # libpq takes whole seconds, at least 2.
             return psycopg.connect(self._dsn, autocommit=True,
                                    connect_timeout=max(2, math.ceil(seconds)),
-                                   application_name="deploybot", **KEEPALIVES, **options)
+                                   application_name="deploybot", **KEEPALIVES,
+                                   options=f"{self._options} {options}".strip())
         except psycopg.ProgrammingError as exc:  # the DSN itself does not parse
             problem = self._secret(str(exc).strip())
             invalid = True
@@ -171,7 +178,6 @@ class PostgresDatabase:
 
     def _run(self, sql: str, params: Sequence[Any]) -> psycopg.Cursor:
         conn = self.conn
-        problem = ""
         try:
             if params:
                 return conn.execute(translate(sql), _params(params))
@@ -263,7 +269,7 @@ class PostgresDatabase:
     @contextmanager
     def reading(self, timeout: float) -> Iterator[PostgresReader]:
         limit = f"-c statement_timeout={max(1, int(timeout * 1000))}"
-        conn = self._connect(timeout, options=f"{self._options} {limit}".strip())
+        conn = self._connect(timeout, options=limit)
         try:
             yield PostgresReader(conn)
         finally:

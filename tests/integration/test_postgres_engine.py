@@ -250,6 +250,8 @@ def test_reading_times_out_on_a_statement_held_by_a_lock(postgres_server, databa
         assert reader.execute("SHOW work_mem").fetchone() == ("8MB",)
         assert reader.execute("SHOW statement_timeout").fetchone() == ("2s",)
     tuned.close()
+    # a session idle inside a transaction (a hung or cut-off replica) loses it after a minute
+    assert db.execute("SHOW idle_in_transaction_session_timeout").fetchone() == ("1min",)
     db.begin()
     db.execute("LOCK TABLE t IN ACCESS EXCLUSIVE MODE")
     try:
