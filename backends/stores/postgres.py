@@ -125,7 +125,9 @@ class PostgresDatabase:
     integrity_errors = (psycopg.errors.IntegrityError,)
 
     def __init__(self, dsn: str, *, connect_timeout: float = 5.0) -> None:
-        self._dsn = dsn
+        # With its password, for connections of their own (leadership): never show it, show
+        # `label`.
+        self.dsn = dsn
         self._secret = _Secrets(dsn)
         self.label = dsn_label(dsn)
         self.connect_timeout = connect_timeout
@@ -144,7 +146,7 @@ class PostgresDatabase:
         seconds = self.connect_timeout if timeout is None else timeout
         try:
             # libpq takes whole seconds, at least 2.
-            return psycopg.connect(self._dsn, autocommit=True,
+            return psycopg.connect(self.dsn, autocommit=True,
                                    connect_timeout=max(2, math.ceil(seconds)),
                                    application_name="deploybot", **KEEPALIVES,
                                    options=f"{self._options} {options}".strip())
