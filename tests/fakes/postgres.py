@@ -114,14 +114,29 @@ class PostgresServer:
         if self.process is not None:
             raise RuntimeError(f"the test PostgreSQL server on port {self.port} is running")
         self.bin_dir = self.bin_dir or find_bin_dir()
-        if not (self.data_dir / "PG_VERSION").exists():
+        fresh = not (self.data_dir / "PG_VERSION").exists()
+        if fresh:
             self._initdb()
         self.socket_dir.mkdir(exist_ok=True)
         if os.geteuid() == 0:
             account = _service_account()
             os.chown(self.socket_dir, account.pw_uid, account.pw_gid)
-        if self.port is None:
-            self.port = _free_port()
+        # A port picked here can be taken by someone else before postgres binds it: pick again.
+        tries = 3 if self.port is None else 1
+        for _ in range(tries):
+            if tries > 1:
+                self.port = _free_port()
+            problem = self._launch()
+            if problem is None:
+                return self
+        message = (f"the test PostgreSQL server did not start on 127.0.0.1:{self.port}: "
+                   f"{problem}\n--- {self.log_path} ---\n{self.log_tail()}")
+        if fresh:  # nothing worth keeping: the log is in the message
+            shutil.rmtree(self.base_dir, ignore_errors=True)
+        raise PostgresUnavailable(message)
+
+    def _launch(self) -> str | None:
+        """Start postgres and wait until it accepts connections; None, or what went wrong."""
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [str(self.bin_dir / "postgres"), "-D", str(self.data_dir),
@@ -135,20 +150,23 @@ class PostgresServer:
                        f"PostgreSQL to accept connections on 127.0.0.1:{self.port}", every=0.1)
         except (AssertionError, PostgresUnavailable) as exc:
             self.stop(remove_data=False)
-            raise PostgresUnavailable(
-                f"the test PostgreSQL server did not start on 127.0.0.1:{self.port}: {exc}\n"
-                f"--- {self.log_path} ---\n{self.log_tail()}") from None
-        return self
+            return str(exc)
+        return None
 
     def _accepts(self) -> bool:
         assert self.process is not None
         if self.process.poll() is not None:
             raise PostgresUnavailable(f"postgres exited with status {self.process.returncode}")
         try:
-            with psycopg.connect(self.dsn(), connect_timeout=2):
-                return True
+            with psycopg.connect(self.dsn(), connect_timeout=2) as conn:
+                # ours, not another server that had the port (ours then fails to bind)
+                row = conn.execute("SHOW data_directory").fetchone()
         except psycopg.OperationalError:
             return False
+        if Path(row[0]) != self.data_dir:
+            raise PostgresUnavailable(f"another PostgreSQL server ({row[0]}) answers on "
+                                      f"127.0.0.1:{self.port}")
+        return True
 
     def stop(self, *, remove_data: bool = True, timeout: float = 20.0) -> None:
         """Stop our postgres by its PID; remove its directory unless `remove_data` is False.

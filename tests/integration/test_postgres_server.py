@@ -5,7 +5,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from tests.fakes.postgres import PostgresServer, PostgresUnavailable
+from tests.fakes.postgres import PostgresServer, PostgresUnavailable, make_base_dir
 
 pytestmark = pytest.mark.integration
 
@@ -31,3 +31,14 @@ def test_missing_binaries_name_the_package(tmp_path, monkeypatch):
     monkeypatch.setenv("DEPLOYBOT_PG_BIN", str(tmp_path / "nowhere"))
     with pytest.raises(PostgresUnavailable, match="apt-get install postgresql"):
         PostgresServer(tmp_path).start()
+
+
+def test_a_taken_port_fails_with_the_servers_own_words(postgres_server):
+    base = make_base_dir()
+    with pytest.raises(PostgresUnavailable) as failed:
+        PostgresServer(base, port=postgres_server.port, start_timeout=10).start()
+    assert f"did not start on 127.0.0.1:{postgres_server.port}" in str(failed.value)
+    # found out by whichever comes first: the other server answering, or ours failing to bind
+    assert "another PostgreSQL server" in str(failed.value) or \
+        "could not bind" in str(failed.value)
+    assert not base.exists()
