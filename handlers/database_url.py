@@ -1,0 +1,97 @@
+"""DEPLOYBOT_DB: which engine holds the store, and where.
+
+A file path (as always), `sqlite:///ABSOLUTE/PATH` or `sqlite:RELATIVE/PATH` mean SQLite;
+`postgresql://...` / `postgres://...` mean PostgreSQL. Any other `scheme://` is refused: it used
+to become a file named after the scheme, a store nobody else would ever see.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from bot.errors import ConfigError, StateError
+from bot.redact import dsn_password
+from bot.sqldb import Database, SqliteDatabase
+
+DB_ENV = "DEPLOYBOT_DB"
+DEFAULT = "deploybot.db"
+SQLITE, POSTGRESQL = "sqlite", "postgresql"
+ACCEPTED = ("a file path, sqlite:///ABSOLUTE/PATH, sqlite:RELATIVE/PATH, "
+            "or postgresql://USER:PASSWORD@HOST:PORT/DBNAME")
+_SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*):(?P<slashes>//)?")
+_POSTGRES_SCHEMES = ("postgresql", "postgres")
+
+
+@dataclass(frozen=True)
+class Location:
+    engine: str   # SQLITE | POSTGRESQL
+    where: str    # the SQLite path, or the DSN -- with its password: print `label`, never this
+
+    @property
+    def label(self) -> str:
+        return self.where if self.engine == SQLITE else safe_dsn(self.where)
+
+
+def parse(text: str | None, *, name: str = DB_ENV) -> Location:
+    """The store's location from DEPLOYBOT_DB's forms (ConfigError for anything else)."""
+    text = text or DEFAULT
+    m = _SCHEME.match(text)
+    scheme = m.group("scheme").lower() if m else ""
+    if scheme in _POSTGRES_SCHEMES:
+        if not m.group("slashes"):
+            raise ConfigError(f"{name}: {safe_dsn(text)} is not a PostgreSQL URL",
+                              hint=f"{name} is {ACCEPTED}")
+        return Location(POSTGRESQL, text)
+    if scheme == "sqlite":
+        rest = text[m.end("scheme") + 1:]
+        if rest.startswith("///"):
+            path = rest[2:]
+        elif rest.startswith("//"):
+            raise ConfigError(f"{name}: {text} has a host part; SQLite is a local file",
+                              hint=f"{name} is {ACCEPTED}")
+        else:
+            path = rest
+        if not path:
+            raise ConfigError(f"{name}: {text} names no file", hint=f"{name} is {ACCEPTED}")
+        return Location(SQLITE, path)
+    if m and m.group("slashes"):
+        raise ConfigError(f"{name}: {safe_dsn(text)} is not a store deploybot knows "
+                          f"({scheme}://)", hint=f"{name} is {ACCEPTED}")
+    return Location(SQLITE, text)
+
+
+def safe_dsn(dsn: str) -> str:
+    """The DSN without its password (in the user part and in `?password=`)."""
+    try:
+        parts = urlsplit(dsn)
+        netloc = parts.netloc
+        if parts.password is not None:
+            user, _, host = netloc.rpartition("@")
+            netloc = f"{user.split(':', 1)[0]}:***@{host}"
+        query = urlencode([(k, "***" if k == "password" else v)
+                           for k, v in parse_qsl(parts.query, keep_blank_values=True)])
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    except ValueError:
+        return f"{dsn.split(':', 1)[0]}://(unreadable DSN)"
+
+
+def open_database(location: Location, *, connect_timeout: float = 5.0) -> Database:
+    """The engine for `location`; an unreachable PostgreSQL is a StateError naming the label."""
+    if location.engine == SQLITE:
+        return SqliteDatabase(location.where)
+    from backends.stores.postgres import PostgresDatabase
+
+    try:
+        return PostgresDatabase(location.where, connect_timeout=connect_timeout)
+    except StateError:
+        raise
+    except Exception as exc:  # psycopg's errors: the text may quote the DSN
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        secret = dsn_password(location.where)
+        if secret:
+            reason = reason.replace(secret, "***")
+        raise StateError(f"the PostgreSQL store at {location.label} is unreachable: {reason}",
+                         hint=f"check {DB_ENV} and that the server accepts connections"
+                         ) from None
