@@ -35,8 +35,13 @@ class Location:
 
 
 def parse(text: str | None, *, name: str = DB_ENV) -> Location:
-    """The store's location from DEPLOYBOT_DB's forms (ConfigError for anything else)."""
-    text = text or DEFAULT
+    """The store's location from DEPLOYBOT_DB's forms (ConfigError for anything else).
+    Unset means ./deploybot.db; set but empty is refused (an env file or Secret whose value
+    was never filled in must not quietly become a new, empty store)."""
+    if text is None:
+        text = DEFAULT
+    if not text.strip():
+        raise ConfigError(f"{name} is set but empty", hint=f"{name} is {ACCEPTED}")
     m = _SCHEME.match(text)
     scheme = m.group("scheme").lower() if m else ""
     if scheme in _POSTGRES_SCHEMES:
@@ -81,8 +86,12 @@ def open_database(location: Location, *, connect_timeout: float = 5.0) -> Databa
     """The engine for `location`; an unreachable PostgreSQL is a StateError naming the label."""
     if location.engine == SQLITE:
         return SqliteDatabase(location.where)
-    from backends.stores.postgres import PostgresDatabase
-
+    try:
+        from backends.stores.postgres import PostgresDatabase
+    except ImportError as exc:  # psycopg missing: a build without the PostgreSQL store
+        raise ConfigError(f"{DB_ENV} names a PostgreSQL store, and this deploybot cannot open "
+                          f"one ({exc})", hint="install psycopg[binary] (pyproject.toml)"
+                          ) from None
     try:
         return PostgresDatabase(location.where, connect_timeout=connect_timeout)
     except StateError:
