@@ -106,19 +106,20 @@ def copy_store(source: Store, target: Store) -> CopyResult:
     if source.schema_version != target.schema_version:
         raise StateError(f"schema versions differ: source {source.schema_version}, target "
                          f"{target.schema_version}", hint="run the same deploybot on both")
-    _with_local_tracker(source, target)
     tables = _tables(source)
-    missing = sorted(set(tables) - set(target.db.table_names()))
-    if missing:
-        raise StateError(f"the target has no table {', '.join(missing)}",
-                         hint="both sides must run the same deploybot version")
-    busy = {t: n for t in tables if (n := _count(target, t))}
+    present = set(target.db.table_names())
+    busy = {t: n for t in tables if t in present and (n := _count(target, t))}
     if busy:
         raise StateError(
             "the target is not empty (" + ", ".join(f"{t}: {n} rows" for t, n in busy.items())
             + "): a copy never merges two histories",
             hint="copy into a new, empty database (e.g. `createdb deploybot`), or drop the "
                  "target's tables first")
+    _with_local_tracker(source, target)
+    missing = sorted(set(tables) - set(target.db.table_names()))
+    if missing:
+        raise StateError(f"the target has no table {', '.join(missing)}",
+                         hint="both sides must run the same deploybot version")
     with target.transaction() as db:
         for row in source.db.query("SELECT key, value FROM meta"):
             if row["key"] not in OWN_META_KEYS:
