@@ -11,8 +11,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from bot.errors import ConfigError, StateError
-from bot.redact import dsn_password
+from bot.errors import ConfigError
 from bot.sqldb import Database, SqliteDatabase
 
 DB_ENV = "DEPLOYBOT_DB"
@@ -31,7 +30,13 @@ class Location:
 
     @property
     def label(self) -> str:
-        return self.where if self.engine == SQLITE else safe_dsn(self.where)
+        if self.engine == SQLITE:
+            return self.where
+        try:  # the engine's own label, so every message names the store the same way
+            from backends.stores.postgres import dsn_label
+        except ImportError:
+            return safe_dsn(self.where)
+        return dsn_label(self.where)
 
 
 def parse(text: str | None, *, name: str = DB_ENV) -> Location:
@@ -74,16 +79,16 @@ def safe_dsn(dsn: str) -> str:
         netloc = parts.netloc
         if parts.password is not None:
             user, _, host = netloc.rpartition("@")
-            netloc = f"{user.split(':', 1)[0]}:***@{host}"
-        query = urlencode([(k, "***" if k == "password" else v)
-                           for k, v in parse_qsl(parts.query, keep_blank_values=True)])
+            netloc = f"{user.split(':', 1)[0]}@{host}"
+        query = urlencode([(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
+                           if k != "password"])
         return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
     except ValueError:
         return f"{dsn.split(':', 1)[0]}://(unreadable DSN)"
 
 
 def open_database(location: Location, *, connect_timeout: float = 5.0) -> Database:
-    """The engine for `location`; an unreachable PostgreSQL is a StateError naming the label."""
+    """The engine for `location`; an unreachable PostgreSQL is a StateError (exit 1)."""
     if location.engine == SQLITE:
         return SqliteDatabase(location.where)
     try:
@@ -92,15 +97,5 @@ def open_database(location: Location, *, connect_timeout: float = 5.0) -> Databa
         raise ConfigError(f"{DB_ENV} names a PostgreSQL store, and this deploybot cannot open "
                           f"one ({exc})", hint="install psycopg[binary] (pyproject.toml)"
                           ) from None
-    try:
-        return PostgresDatabase(location.where, connect_timeout=connect_timeout)
-    except StateError:
-        raise
-    except Exception as exc:  # psycopg's errors: the text may quote the DSN
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        secret = dsn_password(location.where)
-        if secret:
-            reason = reason.replace(secret, "***")
-        raise StateError(f"the PostgreSQL store at {location.label} is unreachable: {reason}",
-                         hint=f"check {DB_ENV} and that the server accepts connections"
-                         ) from None
+    # Its own errors name the store by its label and say what to check (never the password).
+    return PostgresDatabase(location.where, connect_timeout=connect_timeout)

@@ -48,14 +48,18 @@ def test_anything_else_is_a_configuration_error_naming_the_forms(text, says):
 
 
 @pytest.mark.parametrize("dsn, label", [
-    (f"postgresql://bot:{PASSWORD}@db:5432/deploybot",
-     "postgresql://bot:***@db:5432/deploybot"),
-    (f"postgresql://bot@db/deploybot?sslmode=require&password={PASSWORD}",
-     "postgresql://bot@db/deploybot?sslmode=require&password=%2A%2A%2A"),
+    (f"postgresql://bot:{PASSWORD}@db:5432/deploybot", "postgresql://bot@db:5432/deploybot"),
+    (f"postgres://bot@db/deploybot?sslmode=require&password={PASSWORD}",
+     "postgresql://bot@db/deploybot"),
     ("postgresql://bot@db/deploybot", "postgresql://bot@db/deploybot"),
 ])
 def test_the_label_has_no_password(dsn, label):
     assert database_url.parse(dsn).label == label
+
+
+def test_a_dsn_of_an_unknown_kind_is_shown_without_its_password():
+    assert database_url.safe_dsn(f"mysql://bot:{PASSWORD}@db/x?password={PASSWORD}&a=1") == \
+        "mysql://bot@db/x?a=1"
 
 
 @pytest.mark.parametrize("dsn", [f"postgresql://bot:{PASSWORD}@db/deploybot",
@@ -108,7 +112,7 @@ def test_an_unknown_scheme_stops_the_cli_with_a_usage_error(no_config, monkeypat
     monkeypatch.setenv("DEPLOYBOT_DB", f"postgresqll://bot:{PASSWORD}@db/deploybot")
     assert cli.main(["history"]) == cli.EXIT_USAGE
     err = capsys.readouterr().err
-    assert "DEPLOYBOT_DB: postgresqll://bot:***@db/deploybot is not a store" in err
+    assert "DEPLOYBOT_DB: postgresqll://bot@db/deploybot is not a store" in err
     assert "hint: DEPLOYBOT_DB is a file path, sqlite:///ABSOLUTE/PATH" in err
     assert PASSWORD not in err and "Traceback" not in err
     assert list(no_config.iterdir()) == []  # no file named "postgresqll:" appeared
@@ -121,6 +125,6 @@ def test_an_unreachable_postgresql_stops_the_cli_with_the_reason(no_config, monk
     monkeypatch.setenv("DEPLOYBOT_DB", f"postgresql://bot:{PASSWORD}@127.0.0.1:{port}/deploybot")
     assert cli.main(["history"]) == cli.EXIT_FAILED
     err = capsys.readouterr().err
-    assert f"the PostgreSQL store at postgresql://bot:***@127.0.0.1:{port}/deploybot is " \
+    assert f"the PostgreSQL store at postgresql://bot@127.0.0.1:{port}/deploybot is " \
            "unreachable" in err
     assert "hint:" in err and PASSWORD not in err and "Traceback" not in err
