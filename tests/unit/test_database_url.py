@@ -108,11 +108,17 @@ def no_config(tmp_path, monkeypatch):
     return work
 
 
-def test_an_unknown_scheme_stops_the_cli_with_a_usage_error(no_config, monkeypatch, capsys):
-    monkeypatch.setenv("DEPLOYBOT_DB", f"postgresqll://bot:{PASSWORD}@db/deploybot")
+@pytest.mark.parametrize("value, says", [
+    (f"postgresqll://bot:{PASSWORD}@db/deploybot",
+     "DEPLOYBOT_DB: postgresqll://bot@db/deploybot is not a store"),
+    ("", "DEPLOYBOT_DB is set but empty"),  # a Secret whose value was never filled in
+])
+def test_an_unusable_value_stops_the_cli_with_a_usage_error(no_config, monkeypatch, capsys,
+                                                            value, says):
+    monkeypatch.setenv("DEPLOYBOT_DB", value)
     assert cli.main(["history"]) == cli.EXIT_USAGE
     err = capsys.readouterr().err
-    assert "DEPLOYBOT_DB: postgresqll://bot@db/deploybot is not a store" in err
+    assert says in err
     assert "hint: DEPLOYBOT_DB is a file path, sqlite:///ABSOLUTE/PATH" in err
     assert PASSWORD not in err and "Traceback" not in err
     assert list(no_config.iterdir()) == []  # no file named "postgresqll:" appeared
