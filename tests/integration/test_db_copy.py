@@ -88,10 +88,11 @@ def test_the_local_tracker_on_postgresql(quiet_env, pg_dsn, capsys, monkeypatch)
         "tracker": {"kind": "local"}, "default_environment": "staging",
         "environments": {"staging": {"approvals_required": 0}},
         "services": {"web": {"image": "demo-web"}},
-        "people": {"alice": {"tracker": "alice"}}}))
+        "people": {"alice": {"tracker": "alice"}}, "terminal": {"trust_as": True}}))
     monkeypatch.setenv("DEPLOYBOT_CONFIG", str(config))
     monkeypatch.setenv("DEPLOYBOT_DB", pg_dsn)
     monkeypatch.setenv("DEPLOYBOT_USER", "alice")
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{quiet_env}/no-engine.sock")  # never a real one
 
     assert cli.main(["ticket", "create", "Ship web v2", "--status", "Ready for Production",
                      "--field", "deploy=web@v2"]) == cli.EXIT_OK
@@ -105,12 +106,16 @@ def test_the_local_tracker_on_postgresql(quiet_env, pg_dsn, capsys, monkeypatch)
 
     code = cli.main(["deploy", "DEMO-1", "web@v2", "--dry-run"])
     out = capsys.readouterr()
-    assert code in (cli.EXIT_OK, cli.EXIT_FAILED), out.err
+    # blocked (no CQ approval, no engine), after reading the ticket and its comment
+    assert code == cli.EXIT_FAILED, out.out + out.err
+    assert "BLOCKED: deployment #1 stopped; nothing was deployed." in out.out
     store = Store(PostgresDatabase(pg_dsn))
     try:
         (dry,) = store.deployments(service="web")
         assert dry.dry_run and dry.ticket_id == "DEMO-1" and dry.version == "v2"
-        assert store.checks(dry.id), "the checklist ran against the local ticket"
-        assert dry.status.terminal
+        assert dry.status.value == "blocked"
+        checks = {c.name: c.status.value for c in store.checks(dry.id)}
+        assert checks["qa_pass"] == "passed" and checks["cq_approval"] == "failed"
+        assert checks["ticket_status"] == "passed"
     finally:
         store.close()
