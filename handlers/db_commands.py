@@ -160,7 +160,7 @@ def cmd_copy(source_text: str, target_text: str) -> int:
         source.close()
     for table, (there, here) in result.counts.items():
         mark = "" if there == here else "   MISMATCH"
-        print(f"  {table:<16} {there:>8} -> {here:<8}{mark}")
+        print(f"  {table:<16} {there:>8} -> {here:<8}{mark}".rstrip())
     if result.mismatches:
         print("error: the row counts differ: " + ", ".join(
             f"{t} {a} in the source, {b} in the target" for t, (a, b) in

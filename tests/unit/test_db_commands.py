@@ -3,6 +3,7 @@ tests/integration/test_db_copy.py)."""
 
 from __future__ import annotations
 
+import re
 import sqlite3
 
 import pytest
@@ -120,3 +121,21 @@ def test_info_names_engine_place_version_and_rows(source, capsys, monkeypatch):
     assert out.startswith(f"engine: sqlite\nwhere: {path}\nschema version: {version}\n")
     assert "  deployments             3 rows" in out
     assert "  ticket_comments         2 rows" in out
+
+
+def test_a_count_that_differs_after_the_copy_fails_naming_it(source, tmp_path, capsys):
+    """A target that loses rows (here a trigger eats every copied event) is caught by the
+    verification, not reported as copied."""
+    path, _ = source
+    target = tmp_path / "lossy.db"
+    Store(str(target)).close()
+    with sqlite3.connect(target) as conn:
+        conn.execute("CREATE TRIGGER eat AFTER INSERT ON events "
+                     "BEGIN DELETE FROM events WHERE id = NEW.id; END")
+    events = counts(path)["events"]
+    assert cli.main(["db", "copy", str(path), str(target)]) == cli.EXIT_FAILED
+    captured = capsys.readouterr()
+    assert re.search(rf"^  events +{events} -> 0 +MISMATCH$", captured.out, re.M)
+    assert f"the row counts differ: events {events} in the source, 0 in the target" in \
+        captured.err
+    assert "copied:" not in captured.out
