@@ -72,7 +72,8 @@ def test_a_target_with_deployments_is_refused_and_left_alone(source, tmp_path, c
     assert cli.main(["db", "copy", str(path), str(target)]) == cli.EXIT_FAILED
     err = capsys.readouterr().err
     assert "the target is not empty (deployments: 1 rows" in err
-    assert "hint: copy into a new, empty database" in err
+    assert "hint: copy into a new, empty database (e.g. `createdb deploybot`) before any " \
+        "deploybot runs on it" in err
     assert counts_of(target) == before
 
 
@@ -89,9 +90,11 @@ def test_a_missing_source_is_an_error_not_a_new_empty_store(tmp_path, capsys):
     assert not missing.exists() and not (tmp_path / "new.db").exists()
 
 
-def test_source_and_target_may_not_be_the_same(source, capsys):
-    path, _ = source
-    assert cli.main(["db", "copy", str(path), f"sqlite://{path}"]) == cli.EXIT_FAILED
+@pytest.mark.parametrize("same", ["sqlite://{path}", "old.db", "./sub/../old.db"])
+def test_source_and_target_may_not_be_the_same(source, capsys, same):
+    path, _ = source  # the working directory is the file's folder
+    (path.parent / "sub").mkdir()
+    assert cli.main(["db", "copy", str(path), same.format(path=path)]) == cli.EXIT_FAILED
     assert "SOURCE and TARGET are the same store" in capsys.readouterr().err
 
 
@@ -139,3 +142,16 @@ def test_a_count_that_differs_after_the_copy_fails_naming_it(source, tmp_path, c
     assert f"the row counts differ: events {events} in the source, 0 in the target" in \
         captured.err
     assert "copied:" not in captured.out
+
+
+def test_a_row_the_target_refuses_rolls_the_whole_copy_back(source, tmp_path, capsys):
+    path, _ = source
+    target = tmp_path / "strict.db"
+    Store(str(target)).close()
+    with sqlite3.connect(target) as conn:  # a constraint one of the source's rows breaks
+        conn.execute("CREATE TRIGGER no_dry BEFORE INSERT ON deployments WHEN NEW.dry_run = 1 "
+                     "BEGIN SELECT RAISE(ABORT, 'no dry runs here'); END")
+    assert cli.main(["db", "copy", str(path), str(target)]) == cli.EXIT_FAILED
+    err = capsys.readouterr().err
+    assert "error: copying deployments failed, nothing was copied: no dry runs here" in err
+    assert all(n == 0 for t, n in counts_of(target).items() if t != "meta")
