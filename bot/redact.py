@@ -165,9 +165,11 @@ def dsn_password(dsn: str) -> str:
         return ""
 
 
-def slack_redactor(environ: Mapping[str, str]) -> Redactor:
-    """Before a config is loaded: the Slack secrets (known by name) and the store's password."""
-    return Redactor([*(environ.get(n, "") for n in SLACK_SECRET_ENVS), store_password(environ)])
+def slack_redactor(environ: Mapping[str, str], dsns: Iterable[str] = ()) -> Redactor:
+    """Before a config is loaded: the Slack secrets (known by name), the store's password and
+    the passwords of `dsns` (stores named on the command line: `deploybot db copy`)."""
+    return Redactor([*(environ.get(n, "") for n in SLACK_SECRET_ENVS), store_password(environ),
+                     *(dsn_password(d) for d in dsns)])
 
 
 def redactor_for(config: Config, environ: Mapping[str, str]) -> Redactor:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bot.errors import StateError
+from bot.redact import slack_redactor
 from bot.sqldb import GENERATED_IDS
 from bot.store import Store
 from handlers import database_url
@@ -55,6 +56,10 @@ def add_parser(sub) -> None:
 
 
 def cmd_db(ctx, args: argparse.Namespace) -> int:
+    named = [args.where] if args.db_cmd == "info" and args.where else (
+        [args.source, args.target] if args.db_cmd == "copy" else [])
+    # Passwords typed on the command line are secrets too, in whatever is printed or logged.
+    ctx.redact = slack_redactor(os.environ, named)
     if args.db_cmd == "info":
         return cmd_info(args.where or os.environ.get(DB_ENV))
     return cmd_copy(args.source, args.target)

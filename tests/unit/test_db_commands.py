@@ -4,13 +4,16 @@ tests/integration/test_db_copy.py)."""
 from __future__ import annotations
 
 import re
+import socket
 import sqlite3
+from types import SimpleNamespace
 
 import pytest
 
+from bot.errors import StateError
 from bot.store import SCHEMA_VERSION, Store
 from fakes.filled_store import fill, fixed_clock
-from handlers import cli
+from handlers import cli, db_commands
 
 TABLES = ("deployments", "checks", "gates", "locks", "events", "outbox", "ticket_times",
           "tickets", "ticket_comments")
@@ -155,3 +158,24 @@ def test_a_row_the_target_refuses_rolls_the_whole_copy_back(source, tmp_path, ca
     err = capsys.readouterr().err
     assert "error: copying deployments failed, nothing was copied: no dry runs here" in err
     assert all(n == 0 for t, n in counts_of(target).items() if t != "meta")
+
+
+def test_a_password_on_the_command_line_is_never_printed(source, capsys):
+    path, _ = source
+    with socket.socket() as probe:  # a loopback port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    secret = "Cmd-line-Pa55word"
+    assert cli.main(["db", "copy", str(path),
+                     f"postgresql://bot:{secret}@127.0.0.1:{port}/deploybot"]) == cli.EXIT_FAILED
+    err = capsys.readouterr().err
+    assert f"the PostgreSQL store at postgresql://bot@127.0.0.1:{port}/deploybot is " \
+           "unreachable" in err
+    assert secret not in err
+    # whatever else the command prints or logs passes a redactor that knows the password
+    ctx = SimpleNamespace(redact=None)
+    args = SimpleNamespace(db_cmd="copy", source=str(path),
+                           target=f"postgresql://bot:{secret}@127.0.0.1:{port}/deploybot")
+    with pytest.raises(StateError):
+        db_commands.cmd_db(ctx, args)
+    assert ctx.redact(f"psql said {secret}") == "psql said [redacted]"
