@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from bot.errors import StateError
+from bot import store as store_module
 from bot.store import SCHEMA_VERSION, Store
 from fakes.filled_store import fill, fixed_clock
 from handlers import cli, db_commands
@@ -101,16 +102,24 @@ def test_source_and_target_may_not_be_the_same(source, capsys, same):
     assert "SOURCE and TARGET are the same store" in capsys.readouterr().err
 
 
-def test_an_older_source_is_migrated_first(source, tmp_path, capsys):
-    path, _ = source
-    with sqlite3.connect(path) as conn:  # as an older deploybot left it: no m9
-        conn.execute("DROP TABLE replicas")
-        conn.execute("ALTER TABLE deployments DROP COLUMN owner_replica")
-        conn.execute("ALTER TABLE deployments DROP COLUMN recovery_replica")
-        conn.execute("UPDATE meta SET value = '8' WHERE key = 'schema_version'")
+def test_an_older_source_is_migrated_first(tmp_path, capsys, monkeypatch):
+    path = tmp_path / "v8.db"
+    with monkeypatch.context() as older:  # as deploybot with schema version 8 left it
+        older.setattr(store_module, "MIGRATIONS", store_module.MIGRATIONS[:8])
+        older.setattr(store_module, "SCHEMA_VERSION", 8)
+        Store(str(path)).close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("INSERT INTO deployments (ticket_id, service, version, environment, "
+                     "requested_by, status, created_at, updated_at) VALUES ('OLD-1', 'web', "
+                     "'v1', 'staging', 'alice', 'succeeded', '2026-01-01T00:00:00+00:00', "
+                     "'2026-01-01T00:00:00+00:00')")
     assert cli.main(["db", "copy", str(path), str(tmp_path / "new.db")]) == cli.EXIT_OK
     assert f"(schema version {SCHEMA_VERSION})" in capsys.readouterr().out
-    assert counts(tmp_path / "new.db") == counts(path)
+    copied = Store(str(tmp_path / "new.db"))
+    try:
+        assert copied.deployment(1).ticket_id == "OLD-1"
+    finally:
+        copied.close()
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'"
                             ).fetchone() == (str(SCHEMA_VERSION),)
