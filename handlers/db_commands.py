@@ -66,9 +66,7 @@ def cmd_db(ctx, args: argparse.Namespace) -> int:
 
 
 def open_location(location: Location) -> Store:
-    target = (location.where if location.engine == database_url.SQLITE
-              else database_url.open_database(location))
-    return Store(target)
+    return Store(database_url.store_target(location))
 
 
 def _tables(store: Store) -> list[str]:

@@ -20,9 +20,7 @@ from handlers.database_url import DB_ENV
 def open_store(environ: Mapping[str, str] | None = None, clock=None) -> Store:
     """The store DEPLOYBOT_DB names (handlers/database_url.py: a path, sqlite:..., postgresql://)."""
     environ = os.environ if environ is None else environ
-    location = database_url.parse(environ.get(DB_ENV))
-    target = (location.where if location.engine == database_url.SQLITE
-              else database_url.open_database(location))
+    target = database_url.store_target(database_url.parse(environ.get(DB_ENV)))
     return Store(target, clock=clock) if clock is not None else Store(target)
 
 
