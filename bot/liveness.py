@@ -53,8 +53,14 @@ def is_alive(pid: int | None, marker: str = "") -> bool:
 
 # -- replicas (several deploybot processes, maybe on several machines, on one PostgreSQL) --------
 
+HOST_ENV = "DEPLOYBOT_REPLICA_HOST"
+
+
 def host() -> str:
-    return socket.gethostname()
+    """The machine, as replicas tell each other apart. A pod's hostname is its own; where two
+    processes share a hostname but not a process table (two containers with `--uts host`), set
+    DEPLOYBOT_REPLICA_HOST to something unique."""
+    return os.environ.get(HOST_ENV) or socket.gethostname()
 
 
 def my_replica() -> str:

@@ -223,3 +223,9 @@ def test_leader_metric():
     assert "deploybot_leader 0.0" in text()
     leading[0] = True
     assert "deploybot_leader 1.0" in text()
+
+
+def test_the_host_of_a_replica_may_be_named(monkeypatch):
+    monkeypatch.setenv("DEPLOYBOT_REPLICA_HOST", "pod-a")
+    assert liveness.my_replica().startswith(f"pod-a/{os.getpid()}/")
+    assert liveness.on_this_host("pod-a/1/2") and not liveness.on_this_host("pod-b/1/2")
