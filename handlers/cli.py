@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import atexit
 import logging
 import os
 import signal
@@ -94,6 +93,7 @@ class Context:
         self.edges = edges or Edges()
         self._config = None
         self._store: Store | None = None
+        self._role = None
         self._delivered = False
         self.redact = slack_redactor(os.environ)  # until the config names the rest
 
@@ -123,8 +123,13 @@ class Context:
 
         role = ReplicaRole(self._store, elect=False)
         if role.shared:
-            atexit.register(role.stop)
-            role.start()
+            self._role = role.start()
+
+    def close(self) -> None:
+        """The command ended: its heartbeat row goes (nothing it drove is left running)."""
+        if self._role is not None:
+            self._role.stop()
+            self._role = None
 
     def _recover(self) -> None:
         """Before any command: deployments whose process died are recovered (bot/recovery.py);
@@ -864,7 +869,10 @@ def main(argv: Sequence[str] | None = None, *, edges: Edges | None = None) -> in
             return EXIT_USAGE
         with logsetup.configured(level, fmt, lambda text: redact()(text)):
             ctx = Context(args, edges)
-            code = _run(ctx, args)
+            try:
+                code = _run(ctx, args)
+            finally:
+                ctx.close()
         sys.stdout.flush()
         return code
     except BrokenPipeError:
