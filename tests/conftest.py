@@ -189,3 +189,21 @@ def container_cleanup(docker_client):
             docker_client.containers.get(name).remove(force=True)
         except docker.errors.NotFound:
             pass
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One throwaway PostgreSQL server (tests/fakes/postgres.py) on 127.0.0.1 for the session:
+    `postgres_server.dsn(dbname)`, `.create_database(name, template=None)`. Fails, never skips,
+    when it cannot start, and says what to install."""
+    from tests.fakes.postgres import PostgresServer, PostgresUnavailable, make_base_dir
+
+    server = None
+    try:
+        server = PostgresServer(make_base_dir()).start()
+    except PostgresUnavailable as exc:
+        problem = str(exc)
+    if server is None:  # failed outside the except block: no chained traceback noise
+        pytest.fail(f"No PostgreSQL for the tests: {problem}", pytrace=False)
+    yield server
+    server.stop()
