@@ -369,8 +369,10 @@ class Replicas:
 
     def logs(self, tail: int = 3000) -> str:
         """Every replica's log tail, for failure messages."""
+        calls = "\n".join(self.compose.calls()[-12:])
         return "\n".join(f"--- {r.name} (pid {r.pid}{', killed' if r.killed else ''}) ---\n"
-                         f"{r.log()[-tail:]}" for r in self.replicas)
+                         f"{r.log()[-tail:]}" for r in self.replicas) + \
+            f"\n--- last compose calls ---\n{calls}"
 
     def wait_for(self, predicate, timeout: float, what: str):
         """wait_until, with every replica's log in the failure message."""
