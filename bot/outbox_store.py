@@ -1,7 +1,7 @@
 """The outbox table (migration m7): what waits to be told, and which deliverer holds it.
 
 A deliverer claims one item at a time with a lease (owner + lease_until) inside BEGIN
-IMMEDIATE, so two processes never hold the same item; an item whose deliverer died is claimable
+IMMEDIATE (or PostgreSQL's advisory transaction lock), so two processes never hold the same item; an item whose deliverer died is claimable
 again when its lease ends. Only the oldest undelivered item of a target (`ticket:ID`,
 `thread:DEPLOYMENT`, ...) can be claimed: a failing head holds back the rest of its target only.
 """
@@ -78,9 +78,9 @@ class OutboxTable:
         now = iso(self.store.now())
         with self.store.transaction() as db:
             cur = db.execute(
-                "INSERT OR IGNORE INTO outbox (deployment_id, kind, target, key, payload, state, "
+                "INSERT INTO outbox (deployment_id, kind, target, key, payload, state, "
                 "attempts, created_at, next_attempt_at, last_error) "
-                "VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, '')",
+                "VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, '') ON CONFLICT (key) DO NOTHING",
                 [deployment_id, kind, target, key,
                  json.dumps(_redacted(payload, self.store.redact)), PENDING, now, now])
             return cur.rowcount == 1

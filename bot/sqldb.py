@@ -104,6 +104,7 @@ class Database(Protocol):
 
     dialect: str            # "sqlite" | "postgresql"
     label: str              # where it is, safe for messages (a DSN without its password)
+    id_column: str          # DDL of a generated integer primary key column
     integrity_errors: tuple[type[BaseException], ...]
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor: ...
@@ -142,6 +143,7 @@ class SqliteDatabase:
     """The embedded default: one SQLite file (WAL) or ":memory:"."""
 
     dialect = "sqlite"
+    id_column = "INTEGER PRIMARY KEY"
     integrity_errors = (sqlite3.IntegrityError,)
 
     def __init__(self, path: str) -> None:

@@ -1,20 +1,19 @@
-"""SQLite state (sqlite-utils, WAL): deployments, check results, gates, locks and the audit trail."""
+"""All state -- deployments, check results, gates, locks and the audit trail -- in SQLite (the
+embedded default) or PostgreSQL, through bot/sqldb.py."""
 
 from __future__ import annotations
 
 import os
-import sqlite3
 import threading
-import time
 from contextlib import contextmanager
 from dataclasses import fields
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import sqlite_utils
 
 from bot import liveness
+from bot.sqldb import Database, NotFound, SqliteDatabase
 from bot.errors import StateError
 from bot.models import (
     OPEN_STATUSES,
@@ -31,6 +30,19 @@ from bot.models import (
 )
 
 DEFAULT_PATH = "deploybot.db"
+
+
+def sqlite_path(where: str) -> str:
+    """The SQLite file of `where` (a path, ":memory:" or sqlite:///path). A URL of another
+    database is refused here: only a file name may become a file."""
+    if where.startswith("sqlite:"):
+        rest = where[len("sqlite:"):]
+        return rest[2:] if rest.startswith("///") else rest
+    if "://" in where:
+        scheme = where.split("://", 1)[0]
+        raise StateError(f"{scheme}:// is not an SQLite file name",
+                         hint="a PostgreSQL store is opened by `deploybot` from DEPLOYBOT_DB")
+    return where
 
 
 def utcnow() -> datetime:
@@ -159,27 +171,33 @@ def _m8_ticket_times(db: sqlite_utils.Database) -> None:
         pk="ticket_id")
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
+# From m9 on, migrations are portable SQL statements that both engines run as they are
+# (PostgreSQL has its own DDL for m1..m8: backends/stores/postgres.py).
+_M9_REPLICAS = [
+    # One row per running deploybot process: who it is and when it last said it lives. A
+    # process on another machine is alive while its heartbeat is fresh (bot/replicas.py).
+    "CREATE TABLE replicas (id TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL, "
+    "start_marker TEXT NOT NULL DEFAULT '', version TEXT NOT NULL DEFAULT '', "
+    "started_at TEXT NOT NULL, heartbeat_at TEXT NOT NULL)",
+    "ALTER TABLE deployments ADD COLUMN owner_replica TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE deployments ADD COLUMN recovery_replica TEXT NOT NULL DEFAULT ''",
+]
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None] | list[str]] = [
     _m1_initial, _m2_image_digest, _m3_schedules, _m4_evidence_and_via, _m5_image_refs,
-    _m6_recovery, _m7_outbox, _m8_ticket_times]
+    _m6_recovery, _m7_outbox, _m8_ticket_times, _M9_REPLICAS]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
 class Store:
     """All state. One connection guarded by a lock: front ends call in from worker threads."""
 
-    def __init__(self, path: str | os.PathLike = DEFAULT_PATH, *,
+    def __init__(self, where: "str | os.PathLike | Database" = DEFAULT_PATH, *,
                  clock: Callable[[], datetime] = utcnow) -> None:
-        self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, check_same_thread=False, timeout=30,
-                               isolation_level=None)
-        self.db = sqlite_utils.Database(conn)
-        if self.path != ":memory:":
-            self.db.enable_wal()
-        conn.execute("PRAGMA foreign_keys = ON")
-        conn.execute("PRAGMA busy_timeout = 30000")
+        if isinstance(where, (str, os.PathLike)):
+            where = SqliteDatabase(sqlite_path(str(where)))
+        self.db: Database = where
+        self.path = where.label  # where the state is, for messages (never a password)
         self._lock = threading.RLock()
         self._depth = 0
         self._tx_thread = 0
@@ -196,8 +214,9 @@ class Store:
         return {k: self.redact(v) if isinstance(v, str) else v for k, v in values.items()}
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite_utils.Database]:
-        """BEGIN IMMEDIATE: other processes wait, so read-check-write sequences are atomic."""
+    def transaction(self) -> Iterator[Database]:
+        """Other writers (threads, processes, replicas) wait until it ends, so read-check-write
+        sequences are atomic (bot/sqldb.py: BEGIN IMMEDIATE / an advisory transaction lock)."""
         with self._lock:
             if self._depth:
                 self._depth += 1
@@ -206,23 +225,22 @@ class Store:
                 finally:
                     self._depth -= 1
                 return
-            self.db.conn.execute("BEGIN IMMEDIATE")
+            self.db.begin()
             self._depth = 1
             self._tx_thread = threading.get_ident()
             try:
                 yield self.db
             except BaseException:
-                self.db.conn.execute("ROLLBACK")
+                self.db.rollback()
                 raise
             else:
-                self.db.conn.execute("COMMIT")
+                self.db.commit()
             finally:
                 self._depth = 0
 
     def _migrate(self) -> None:
         with self.transaction() as db:
-            if "meta" not in db.table_names():
-                db["meta"].create({"key": str, "value": str}, pk="key")
+            db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
             row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
             current = int(row[0]) if row else 0
             if current > SCHEMA_VERSION:
@@ -230,9 +248,9 @@ class Store:
                     f"{self.path} has schema version {current}, newer than this deploybot "
                     f"({SCHEMA_VERSION})", hint="upgrade deploybot",
                 )
-            for migration in MIGRATIONS[current:]:
-                migration(db)
-            db["meta"].upsert({"key": "schema_version", "value": str(SCHEMA_VERSION)}, pk="key")
+            for version in range(current + 1, SCHEMA_VERSION + 1):
+                db.migrate_step(version, MIGRATIONS[version - 1])
+            db["meta"].upsert({"key": "schema_version", "value": str(SCHEMA_VERSION)})
 
     @property
     def in_transaction(self) -> bool:
@@ -246,30 +264,24 @@ class Store:
         return int(row[0])
 
     def close(self) -> None:
-        self.db.conn.close()
+        self.db.close()
 
     @contextmanager
-    def reading(self, timeout: float = 2.0) -> Iterator[sqlite3.Connection]:
+    def reading(self, timeout: float = 2.0) -> Iterator[Any]:
         """A connection for reads that must not wait long (probes, /metrics): its own, so a
-        long transaction of this process cannot hold it up (WAL), and every statement is cut
-        off after `timeout` seconds. An in-memory store has only its one connection."""
+        long transaction of this process cannot hold it up, and every statement is cut off
+        after `timeout` seconds. An in-memory store has only its one connection."""
         if self.path == ":memory:":
             if not self._lock.acquire(timeout=timeout):
                 raise TimeoutError(f"the store was busy for {timeout:g} s")
             try:
-                yield self.db.conn
+                with self.db.reading(timeout) as conn:
+                    yield conn
             finally:
                 self._lock.release()
             return
-        # mode=rw: a missing file is an error, not a new empty database.
-        uri = Path(self.path).resolve().as_uri() + "?mode=rw"
-        conn = sqlite3.connect(uri, uri=True, timeout=timeout, check_same_thread=False)
-        deadline = time.monotonic() + timeout
-        conn.set_progress_handler(lambda: time.monotonic() > deadline, 1000)
-        try:
+        with self.db.reading(timeout) as conn:
             yield conn
-        finally:
-            conn.close()
 
     def ping(self, timeout: float = 2.0) -> int:
         """The schema version, read within `timeout` seconds (readiness probes)."""
@@ -352,7 +364,7 @@ class Store:
         try:
             with self._lock:  # every use of the shared connection, reads too, holds the lock
                 return self._deployment(self.db["deployments"].get(deployment_id))
-        except (sqlite_utils.db.NotFoundError, OverflowError):  # OverflowError: beyond SQLite's
+        except (NotFound, OverflowError):  # OverflowError: beyond SQLite's
             raise StateError(f"no deployment #{deployment_id}") from None
 
     def transition(self, deployment_id: int, status: DeploymentStatus, *, actor: str = "deploybot",
@@ -422,7 +434,7 @@ class Store:
                 "AND status IN ('succeeded', 'rolled_back', 'rollback_failed', 'failed') "
                 "UNION ALL SELECT previous_image_ref AS ref, id FROM deployments "
                 "WHERE service = ? AND environment = ? AND previous_version = ? "
-                "AND previous_image_ref != '') ORDER BY id DESC LIMIT 1",
+                "AND previous_image_ref != '') AS refs ORDER BY id DESC LIMIT 1",
                 [service, environment, version, service, environment, version]).fetchone()
         return row[0] if row else ""
 
@@ -598,7 +610,7 @@ class Store:
         try:
             with self._lock:
                 return self._gate(self.db["gates"].get(gate_id))
-        except (sqlite_utils.db.NotFoundError, OverflowError):
+        except (NotFound, OverflowError):
             raise StateError(f"no gate #{gate_id}") from None
 
     def gates(self, deployment_id: int, *, kind: GateKind | None = None) -> list[Gate]:

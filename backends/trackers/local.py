@@ -1,4 +1,5 @@
-"""The embedded tracker: tickets, comments and statuses in deploybot's own SQLite file.
+"""The embedded tracker: tickets, comments and statuses in deploybot's own store (SQLite or
+PostgreSQL).
 
 There is no user registry: a comment's author is the login as typed (`--author`), and that
 login is both the account id and the name. Comments come in rowid order (creation order).
@@ -28,13 +29,13 @@ def _migrate(store: Store) -> None:
         row = db.execute("SELECT value FROM meta WHERE key = ?", [SCHEMA_KEY]).fetchone()
         if row and int(row[0]) >= 1:
             return
-        db["tickets"].create({"id": str, "project": str, "number": int, "title": str,
-                              "status": str, "description": str, "fields": str, "labels": str,
-                              "created_at": str}, pk="id")
-        db["ticket_comments"].create({"id": int, "ticket_id": str, "author": str, "body": str,
-                                      "key": str, "created_at": str}, pk="id",
-                                     foreign_keys=[("ticket_id", "tickets", "id")])
-        db["ticket_comments"].create_index(["ticket_id", "id"])
+        db.execute("CREATE TABLE tickets (id TEXT PRIMARY KEY, project TEXT, number INTEGER, "
+                   "title TEXT, status TEXT, description TEXT, fields TEXT, labels TEXT, "
+                   "created_at TEXT)")
+        db.execute(f"CREATE TABLE ticket_comments (id {db.id_column}, ticket_id TEXT "
+                   "REFERENCES tickets(id), author TEXT, body TEXT, key TEXT, created_at TEXT)")
+        db.execute("CREATE INDEX idx_ticket_comments_ticket_id_id ON ticket_comments "
+                   "(ticket_id, id)")
         db["meta"].upsert({"key": SCHEMA_KEY, "value": "1"}, pk="key")
 
 
