@@ -55,8 +55,17 @@ ROLLBACKS = frozenset({("deploy", "rolled_back"), ("deploy", "rollback_failed"),
                        ("rollback", "rollback_failed"), ("rollback", "interrupted")})
 
 
-def _seconds(end: str, start: str) -> str:
-    return f"((julianday({end}) - julianday({start})) * 86400.0)"
+def _seconds(end: str, start: str, dialect: str) -> str:
+    """Seconds between two stored ISO timestamps (texts). SQLite's julianday is a float of days,
+    off by some 50 us: rounded to milliseconds, whole-second spans come out exact, as on
+    PostgreSQL, so bucket bounds and sums agree on both engines."""
+    if dialect == "postgresql":
+        return f"EXTRACT(EPOCH FROM (({end})::timestamptz - ({start})::timestamptz))::float8"
+    return f"ROUND((julianday({end}) - julianday({start})) * 86400.0, 3)"
+
+
+def _later(a: str, b: str, dialect: str) -> str:
+    return f"{'GREATEST' if dialect == 'postgresql' else 'MAX'}({a}, {b})"
 
 
 def _cumulative(bounds: Iterable[float], counts) -> list[tuple[str, float]]:
@@ -67,7 +76,7 @@ def _cumulative(bounds: Iterable[float], counts) -> list[tuple[str, float]]:
 
 
 def _buckets_sql(value: str, bounds: Iterable[float]) -> str:
-    return ", ".join(f"SUM({value} <= {b})" for b in bounds)
+    return ", ".join(f"SUM(CASE WHEN {value} <= {b} THEN 1 ELSE 0 END)" for b in bounds)
 
 
 class StoreCollector(Collector):
@@ -78,6 +87,8 @@ class StoreCollector(Collector):
         self.store = store
         self.now = now or store.now
         self.timeout = timeout
+        # the SQL of durations differs between the engines (bot/sqldb.py)
+        self.dialect = getattr(store.db, "dialect", "sqlite")
 
     def describe(self) -> list[Metric]:
         return []  # collected at scrape time only; nothing to check at registration
@@ -106,14 +117,14 @@ class StoreCollector(Collector):
         yield self._histogram(
             q, "deploybot_gate_wait_seconds",
             "From a gate's question to its answer, by gate kind and decision",
-            _seconds("g.decided_at", "g.created_at"),
+            _seconds("g.decided_at", "g.created_at", self.dialect),
             "FROM gates g WHERE g.decided_at IS NOT NULL AND g.status != 'pending'",
             ["kind", "decision"], "g.kind AS kind, g.status AS decision", GATE_WAIT_BUCKETS)
 
         pending = GaugeMetricFamily("deploybot_gates_pending", "Gates waiting for a person",
                                     labels=["kind"])
         for kind, count in q("SELECT kind, COUNT(*) FROM gates WHERE status = 'pending' "
-                             "GROUP BY 1"):
+                             "GROUP BY 1 ORDER BY 1"):
             pending.add_metric([kind], count)
         yield pending
 
@@ -122,7 +133,7 @@ class StoreCollector(Collector):
             "item (dry runs included: they are the checklist too)", labels=["environment", "check"])
         for env, name, count in q(
                 "SELECT d.environment, c.name, COUNT(*) FROM checks c JOIN deployments d "
-                "ON d.id = c.deployment_id WHERE c.status = 'failed' GROUP BY 1, 2"):
+                "ON d.id = c.deployment_id WHERE c.status = 'failed' GROUP BY 1, 2 ORDER BY 1, 2"):
             failures.add_metric([env, name], count)
         yield failures
 
@@ -133,17 +144,20 @@ class StoreCollector(Collector):
         """Counts, open ones, durations and rollbacks: one pass over the deployments table
         (its rows can be wide, with records), each duration computed once."""
         bounds = DURATION_BUCKETS
+        # from the request, or from its scheduled time when it waited for one
+        started = _later("created_at", "COALESCE(scheduled_for, created_at)", self.dialect)
         rows = q(
             # A row still marked needs_recovery is not final yet (recovery may move an
             # interrupted deployment on to rolled_back): open, so that no counter goes down.
             "WITH d AS MATERIALIZED (SELECT environment, service, kind, CASE WHEN "
-            f"needs_recovery THEN '{AWAITING_RECOVERY}' ELSE status END AS status, dry_run, "
+            f"needs_recovery != 0 THEN '{AWAITING_RECOVERY}' ELSE status END AS status, dry_run, "
             "CASE WHEN kind = 'rollback' THEN 'manual' WHEN failure LIKE 'verification failed%' "
             "THEN 'verification_failed' ELSE 'interrupted' END AS reason, "
-            f"{_seconds('finished_at', 'MAX(created_at, COALESCE(scheduled_for, created_at))')}"
+            f"{_seconds('finished_at', started, self.dialect)}"
             " AS v FROM deployments) "
             f"SELECT environment, service, kind, status, dry_run, reason, COUNT(*), COUNT(v), "
-            f"{_buckets_sql('v', bounds)}, TOTAL(v) FROM d GROUP BY 1, 2, 3, 4, 5, 6").fetchall()
+            f"{_buckets_sql('v', bounds)}, COALESCE(SUM(v), 0.0) "
+            "FROM d GROUP BY 1, 2, 3, 4, 5, 6").fetchall()
         counts: dict[tuple[str, ...], dict[str, int]] = {}
         open_: dict[tuple[str, str], int] = {}
         rollbacks: dict[tuple[str, ...], int] = {}
@@ -202,8 +216,9 @@ class StoreCollector(Collector):
                    labels: list[str], group: str, bounds: tuple[float, ...]) -> Metric:
         family = HistogramMetricFamily(name, documentation, labels=labels)
         rows = q(f"WITH t AS MATERIALIZED (SELECT {group}, {value} AS v {from_where}) "
-                 f"SELECT {', '.join(labels)}, {_buckets_sql('v', bounds)}, COUNT(*), TOTAL(v) "
-                 f"FROM t GROUP BY {', '.join(labels)}")
+                 f"SELECT {', '.join(labels)}, {_buckets_sql('v', bounds)}, COUNT(*), "
+                 "COALESCE(SUM(v), 0.0) "
+                 f"FROM t GROUP BY {', '.join(labels)} ORDER BY {', '.join(labels)}")
         for row in rows:
             keys, counts = row[:len(labels)], row[len(labels):]
             family.add_metric([str(k) for k in keys], _cumulative(bounds, counts[:-1]),
@@ -221,7 +236,7 @@ class StoreCollector(Collector):
             "Age of the oldest undelivered message, by kind and state", labels=["kind", "state"])
         for kind, state, count, first in q(
                 "SELECT kind, state, COUNT(*), MIN(created_at) FROM outbox WHERE state != "
-                "'delivered' GROUP BY 1, 2"):
+                "'delivered' GROUP BY 1, 2 ORDER BY 1, 2"):
             backlog.add_metric([kind, state], count)
             oldest.add_metric([kind, state], max(0.0, (now - datetime.fromisoformat(first))
                                                  .total_seconds()))

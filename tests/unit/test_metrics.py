@@ -52,6 +52,10 @@ def store(tmp_path):
 
 @pytest.fixture
 def history(store):
+    return build_history(store)
+
+
+def build_history(store):
     """3 production web deploys (25 s, 45 s, 700 s), one failed staging deploy, a dry run,
     an automatic rollback that worked and one that failed, a manual rollback, a crash-recovery
     rollback; an open deployment; gates; checks; outbox; locks."""
