@@ -16,7 +16,7 @@ import re
 from enum import Enum
 from pathlib import Path
 from typing import Any, Iterable, Mapping
-from urllib.parse import quote, quote_plus
+from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlsplit
 
 from bot.config import Config
 from bot.envfile import env_file_values
@@ -26,6 +26,7 @@ REDACTED = "[redacted]"
 # mangle ordinary text.
 MIN_SECRET_LENGTH = 6
 SLACK_SECRET_ENVS = ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET")
+STORE_ENV = "DEPLOYBOT_DB"  # may be a PostgreSQL DSN with a password
 
 
 def _b64(text: str) -> set[str]:
@@ -146,9 +147,27 @@ def _read_small(path: str) -> str:
         return ""
 
 
+def store_password(environ: Mapping[str, str]) -> str:
+    """The password inside DEPLOYBOT_DB when it is a PostgreSQL DSN (the rest of it -- a
+    path, host, user -- is no secret and stays readable in messages)."""
+    return dsn_password(environ.get(STORE_ENV, ""))
+
+
+def dsn_password(dsn: str) -> str:
+    """The password of a postgresql:// DSN, in its user part or `?password=` ("" if none)."""
+    if not dsn.lower().startswith(("postgresql://", "postgres://")):
+        return ""
+    try:
+        parts = urlsplit(dsn)
+        # The Redactor adds the URL-quoted form of the value itself.
+        return unquote(parts.password or "") or dict(parse_qsl(parts.query)).get("password", "")
+    except ValueError:  # an unreadable DSN: the store refuses it before using it
+        return ""
+
+
 def slack_redactor(environ: Mapping[str, str]) -> Redactor:
-    """Before a config is loaded: the Slack secrets are the ones known by name."""
-    return Redactor([environ.get(n, "") for n in SLACK_SECRET_ENVS])
+    """Before a config is loaded: the Slack secrets (known by name) and the store's password."""
+    return Redactor([*(environ.get(n, "") for n in SLACK_SECRET_ENVS), store_password(environ)])
 
 
 def redactor_for(config: Config, environ: Mapping[str, str]) -> Redactor:
@@ -156,7 +175,7 @@ def redactor_for(config: Config, environ: Mapping[str, str]) -> Redactor:
     # Names people see everywhere (environments, services) are not secrets even when an env
     # file happens to hold one (APP_ENV=production).
     ordinary = {n.casefold() for n in (*config.environments, *config.services, *config.people)}
-    values = [environ.get(n, "") for n in secret_env_names(config)]
+    values = [environ.get(n, "") for n in secret_env_names(config)] + [store_password(environ)]
     for path in _env_files(config):
         values += [v for v in env_file_values(path) if v.strip().casefold() not in ordinary]
     values += [_read_small(p) for p in _token_files(config)]

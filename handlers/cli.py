@@ -792,6 +792,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from handlers.demo import add_parser as add_demo_parser  # its own module: set-up, not ops
     add_demo_parser(sub)
+    from handlers.db_commands import add_parser as add_db_parser  # db info, db copy
+    add_db_parser(sub)
     co = sub.add_parser("completion", help="print a shell completion script")
     co.add_argument("shell", choices=("bash", "zsh", "tcsh"),
                     help="e.g. `deploybot completion bash > /etc/bash_completion.d/deploybot`")

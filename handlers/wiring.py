@@ -13,14 +13,17 @@ from bot.ports import Approver, DeployBackend, Reporter, Tracker
 from bot.redact import (Redactor, RedactingReporter, RedactingTracker, install_log_filter,
                         redactor_for, secret_env_names)
 from bot.store import Store
-
-DB_ENV = "DEPLOYBOT_DB"
+from handlers import database_url
+from handlers.database_url import DB_ENV
 
 
 def open_store(environ: Mapping[str, str] | None = None, clock=None) -> Store:
+    """The store DEPLOYBOT_DB names (handlers/database_url.py: a path, sqlite:..., postgresql://)."""
     environ = os.environ if environ is None else environ
-    path = environ.get(DB_ENV) or "deploybot.db"
-    return Store(path, clock=clock) if clock is not None else Store(path)
+    location = database_url.parse(environ.get(DB_ENV))
+    target = (location.where if location.engine == database_url.SQLITE
+              else database_url.open_database(location))
+    return Store(target, clock=clock) if clock is not None else Store(target)
 
 
 def build_tracker(config: Config, store: Store, environ: Mapping[str, str]) -> Tracker:
@@ -45,8 +48,9 @@ def backend_factory(config: Config, environ: Mapping[str, str] | None = None):
     from backends.deploy import build_backend
 
     cache: dict[tuple[str, str], DeployBackend] = {}
+    # DEPLOYBOT_DB too: a PostgreSQL DSN carries the store's password.
     tools_environ = without_secrets(os.environ if environ is None else environ,
-                                    secret_env_names(config, declared=False))
+                                    [*secret_env_names(config, declared=False), DB_ENV])
 
     def backend_for(service: str, environment: str) -> DeployBackend:
         key = (service, environment)
