@@ -25,6 +25,7 @@ def replicas(request, tmp_path):
     else:
         db = str(tmp_path / "deploybot.db")
     with Replicas.create(tmp_path / "replicas", db) as running:
+        assert running.store.db.dialect == request.param
         yield running
 
 
