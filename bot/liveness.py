@@ -4,6 +4,7 @@ reused, so a process is known by its pid and its start time (/proc/PID/stat, fie
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 
@@ -48,3 +49,29 @@ def is_alive(pid: int | None, marker: str = "") -> bool:
     if fields[0] in ("Z", "X"):  # killed, not yet reaped by its parent: dead
         return False
     return not marker or fields[19] == marker
+
+
+# -- replicas (several deploybot processes, maybe on several machines, on one PostgreSQL) --------
+
+HOST_ENV = "DEPLOYBOT_REPLICA_HOST"
+
+
+def host() -> str:
+    """The machine, as replicas tell each other apart. A pod's hostname is its own; where two
+    processes share a hostname but not a process table (two containers with `--uts host`), set
+    DEPLOYBOT_REPLICA_HOST to something unique."""
+    return os.environ.get(HOST_ENV) or socket.gethostname()
+
+
+def my_replica() -> str:
+    """This process among all deploybot processes: host/pid/start (per pid, like my_marker)."""
+    return f"{host()}/{os.getpid()}/{my_marker()}"
+
+
+def replica_host(replica: str) -> str:
+    return replica.rsplit("/", 2)[0] if replica.count("/") >= 2 else ""
+
+
+def on_this_host(replica: str) -> bool:
+    """Its process table is ours: whether it runs is known now, not after a heartbeat."""
+    return replica_host(replica) == host()

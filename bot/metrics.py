@@ -282,6 +282,21 @@ class ReadinessCollector(Collector):
         yield per_check
 
 
+class LeaderCollector(Collector):
+    """deploybot_leader: 1 on the replica that does the periodic work (bot/leadership.py)."""
+
+    def __init__(self, is_leader: Callable[[], bool]) -> None:
+        self.is_leader = is_leader
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily("deploybot_leader", "1 on the replica that runs schedules, "
+                                "recovery, the outbox and health summaries", value=int(
+                                    bool(self.is_leader())))
+
+
 class BuildInfo(Collector):
     def describe(self) -> list[Metric]:
         return []
@@ -298,9 +313,11 @@ class BuildInfo(Collector):
         yield info
 
 
-def registry_for(store, readiness=None) -> CollectorRegistry:
+def registry_for(store, readiness=None, is_leader=None) -> CollectorRegistry:
     """What one `deploybot run` (or `scheduler`) serves on /metrics."""
     registry = CollectorRegistry(auto_describe=False)
+    if is_leader is not None:
+        registry.register(LeaderCollector(is_leader))
     registry.register(StoreCollector(store))
     registry.register(_Joined(API_CALLS))
     if readiness is not None:

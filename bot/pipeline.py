@@ -680,7 +680,9 @@ class Pipeline:
         if d.status is not DeploymentStatus.AWAITING_APPROVAL or \
                 any(g.status is not GateStatus.APPROVED for g in gates):
             return d
-        self.store.adopt(d.id)
+        # Two gates approved at once (two threads, two replicas): one goes on.
+        if not self.store.claim_resume(d.id):
+            return self.store.deployment(d.id)
         return self._deploy_alive(d)
 
     def _deploy_alive(self, d: Deployment) -> Deployment:

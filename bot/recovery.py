@@ -79,19 +79,22 @@ class Recovery:
         self.backend = pipeline.backend_for(d.service, d.environment)
         self.svc = pipeline.config.service(d.service, d.environment)
         self.was = d.status
-        self.said = (f"recovered by process {os.getpid()} after deploybot was interrupted while "
+        self.said = (f"recovered by process {os.getpid()} on {liveness.host()} after deploybot "
+                     "was interrupted while "
                      f"{d.status.value.replace('_', ' ')}")
 
     def run(self) -> Deployment | None:
         """The outcome; None when nothing could be done yet (the engine does not answer)."""
         d, status = self.d, self.d.status
-        if status in (DeploymentStatus.REQUESTED, DeploymentStatus.CHECKING):
+        if status in (DeploymentStatus.REQUESTED, DeploymentStatus.CHECKING,
+                      DeploymentStatus.AWAITING_APPROVAL):
             return self._nothing_touched()
         if status in (DeploymentStatus.INTERRUPTED, DeploymentStatus.ROLLBACK_FAILED):
             if engine_unreachable(self.backend):
                 self.store.release_recovery(d.id)  # try again when it answers
                 return None
-            self.said = (f"recovered by process {os.getpid()} after the deployment ended "
+            self.said = (f"recovered by process {os.getpid()} on {liveness.host()} after the "
+                         "deployment ended "
                          f"{status.value.replace('_', ' ')} earlier")
             self._move(DeploymentStatus.ROLLING_BACK, detail=self.said)
             return self._roll_back(d.failure)

@@ -103,15 +103,17 @@ class DeployScheduler:
             "coalesce": True, "max_instances": 1, "misfire_grace_time": None})
         self._busy: set[int] = set()
         self._busy_lock = threading.Lock()
+        # Several replicas: only the leader does the periodic work (bot/leadership.py).
+        self.is_leader: Callable[[], bool] = lambda: True
 
     # -- life -----------------------------------------------------------------------------------
 
     def start(self) -> list[str]:
         """Re-register every stored schedule (missed ones run within the grace or are marked
         missed), then start the periodic jobs. Returns what happened, for the log.
-        Interrupted deployments are recovered first: before anything else deploys."""
-        said = self.recover()
-        said += self.reregister()
+        Interrupted deployments are recovered first: before anything else deploys. A replica
+        that is not the leader only starts its alarm clock: the leader does the rest."""
+        said = self.recover() + self.reregister() if self.is_leader() else []
         self.aps.add_job(self.tick, IntervalTrigger(seconds=self.tick_seconds), id="tick",
                          replace_existing=True)
         if self.config.health_summary:
@@ -199,6 +201,8 @@ class DeployScheduler:
                 return
             self._busy.add(deployment_id)
         try:
+            if not self.is_leader():
+                return  # the leader's tick starts it
             d = self.store.deployment(deployment_id)
             if d.status is not DeploymentStatus.REQUESTED:
                 return
@@ -208,8 +212,8 @@ class DeployScheduler:
             if d.scheduled_for and not d.queued and now - d.scheduled_for > self.grace:
                 self._missed(d, now)  # a late wake-up (the machine slept): too late to run
                 return
-            self.store.adopt(d.id)  # this process drives it now
-            self.start_deployment(d)
+            if self.store.adopt(d.id, expect=DeploymentStatus.REQUESTED):  # this process drives it
+                self.start_deployment(d)
         except Exception:
             log.exception("scheduled start of #%s failed", deployment_id)
         finally:
@@ -265,16 +269,22 @@ class DeployScheduler:
 
     def tick(self) -> list[str]:
         """The periodic job: interrupted deployments, expired locks, due schedules, queues,
-        the outbox. Never raises."""
+        the outbox, long-dead replicas. Never raises. Only the leader's does anything."""
         said: list[str] = []
+        if not self.is_leader():
+            return said
         # Deployments first: a slow tracker must not hold back a recovery or a scheduled start.
         for step in (self.recover, self.release_expired_locks, self.run_due, self.drain_queue,
-                     self.deliver_outbox):
+                     self.deliver_outbox, self.forget_stale_replicas):
             try:
                 said += step()
             except Exception:
                 log.exception("scheduler step %s failed", step.__name__)
         return said
+
+    def forget_stale_replicas(self) -> list[str]:
+        self.store.forget_stale_replicas()
+        return []
 
     # -- health summary ---------------------------------------------------------------------------
 
@@ -297,6 +307,8 @@ class DeployScheduler:
         return "\n".join(lines)
 
     def post_health_summary(self) -> str:
+        if not self.is_leader():
+            return ""  # one summary per period, from the leader
         text = self.health_summary()
         post = self.summary or getattr(self.pipeline.reporter, "summary", None)
         if post is None:

@@ -181,6 +181,12 @@ _M9_REPLICAS = [
     "started_at TEXT NOT NULL, heartbeat_at TEXT NOT NULL)",
     "ALTER TABLE deployments ADD COLUMN owner_replica TEXT NOT NULL DEFAULT ''",
     "ALTER TABLE deployments ADD COLUMN recovery_replica TEXT NOT NULL DEFAULT ''",
+    # Claims that exactly one replica wins: opening a deployment's thread, resuming it once
+    # its gates are approved.
+    "ALTER TABLE deployments ADD COLUMN thread_claimed INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE deployments ADD COLUMN resume_claimed INTEGER NOT NULL DEFAULT 0",
+    # Requests already taken (Slack trigger and event ids): a redelivery to any replica is dropped.
+    "CREATE TABLE requests_seen (key TEXT PRIMARY KEY, seen_at TEXT NOT NULL)",
 ]
 
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None] | list[str]] = [
@@ -347,7 +353,7 @@ class Store:
                 "status": DeploymentStatus.REQUESTED.value, "kind": kind.value,
                 "dry_run": int(dry_run), "lock_scope": lock_scope, "method": method,
                 "request_key": request_key, "owner_pid": os.getpid(),
-                "owner_start": liveness.my_marker(),
+                "owner_start": liveness.my_marker(), "owner_replica": liveness.my_replica(),
                 "created_at": now, "updated_at": now, "scheduled_for": _ts(scheduled_for),
                 "queued": int(queued), "break_glass": self.redact(break_glass),
             })
@@ -396,13 +402,33 @@ class Store:
 
     def claim(self, deployment_id: int, field_name: str) -> bool:
         """Set a 0/1 flag once; True only for the caller that flipped it (exactly-once posting)."""
-        assert field_name in ("record_posted", "record_commented")
+        assert field_name in ("record_posted", "record_commented", "thread_claimed")
         with self.transaction() as db:
             cur = db.execute(
                 f"UPDATE deployments SET {field_name} = 1 WHERE id = ? AND {field_name} = 0",
                 [deployment_id],
             )
             return cur.rowcount == 1
+
+    def claim_resume(self, deployment_id: int) -> bool:
+        """All its gates are approved: True for the one process (of any replica) that goes on
+        with it; it becomes the deployment's owner in the same statement."""
+        with self.transaction() as db:
+            return db.execute(
+                "UPDATE deployments SET resume_claimed = 1, owner_pid = ?, owner_start = ?, "
+                "owner_replica = ? WHERE id = ? AND status = 'awaiting_approval' "
+                "AND resume_claimed = 0",
+                [os.getpid(), liveness.my_marker(), liveness.my_replica(), deployment_id]
+            ).rowcount == 1
+
+    def first_request(self, key: str, keep: timedelta = timedelta(hours=1)) -> bool:
+        """True the first time any replica sees `key` (a Slack trigger or event id); keys older
+        than `keep` are forgotten as new ones arrive."""
+        now = self.now()
+        with self.transaction() as db:
+            db.execute("DELETE FROM requests_seen WHERE seen_at < ?", [_ts(now - keep)])
+            return db.execute("INSERT INTO requests_seen (key, seen_at) VALUES (?, ?) "
+                              "ON CONFLICT (key) DO NOTHING", [key, _ts(now)]).rowcount == 1
 
     def deployments(self, *, service: str | None = None, environment: str | None = None,
                     statuses: set[DeploymentStatus] | None = None,
@@ -456,9 +482,11 @@ class Store:
 
     # Waiting for a person (awaiting_approval) or for a time or a lock (scheduled or queued
     # `requested`) is not being driven by a process: those are never orphans.
+    # Nor is an approved one before its resume is claimed; once claimed, its driver may die.
     _ORPHAN_SQL = (
         "(status IN ('checking', 'deploying', 'verifying', 'rolling_back') OR (status = "
-        "'requested' AND scheduled_for IS NULL AND queued = 0) OR needs_recovery = 1)")
+        "'requested' AND scheduled_for IS NULL AND queued = 0) OR (status = "
+        "'awaiting_approval' AND resume_claimed = 1) OR needs_recovery = 1)")
 
     def recovery_candidates(self, service: str | None = None,
                             environment: str | None = None) -> list[Deployment]:
@@ -476,27 +504,32 @@ class Store:
                        ) -> Deployment | None:
         """Atomically make this process the one recovering the deployment, or None: its owner
         still runs, another live process holds the claim, or it no longer needs recovering."""
-        me, mine = os.getpid(), liveness.my_marker()
+        me, mine, replica = os.getpid(), liveness.my_marker(), liveness.my_replica()
         with self.transaction() as db:
             row = db.execute(
-                f"SELECT owner_pid, owner_start, recovery_pid, recovery_start, status FROM deployments "
-                f"WHERE id = ? AND {self._ORPHAN_SQL}", [deployment_id]).fetchone()
+                "SELECT owner_pid, owner_start, owner_replica, recovery_pid, recovery_start, "
+                f"recovery_replica, status FROM deployments WHERE id = ? AND {self._ORPHAN_SQL}",
+                [deployment_id]).fetchone()
             if row is None:
                 return None
-            owner_pid, owner_start, claim_pid, claim_start, status = row
+            owner_pid, owner_start, owner_rep, claim_pid, claim_start, claim_rep, status = row
             # a finished one marked needs_recovery has no driver any more, whoever owned it
             driven = not DeploymentStatus(status).terminal
-            if driven and ((owner_pid, owner_start) == (me, mine)
-                           or is_alive(owner_pid, owner_start or "")):
+            if driven and ((owner_pid, owner_start) == (me, mine) and owner_rep in ("", replica)
+                           or self._alive(owner_rep, owner_pid, owner_start, is_alive)):
                 return None
             if claim_pid and ((claim_pid, claim_start) == (me, mine)
-                              or is_alive(claim_pid, claim_start or "")):
+                              and claim_rep in ("", replica)
+                              or self._alive(claim_rep, claim_pid, claim_start, is_alive)):
                 return None
             db["deployments"].update(deployment_id, {
-                "recovery_pid": me, "recovery_start": mine,
+                "recovery_pid": me, "recovery_start": mine, "recovery_replica": replica,
                 "recovery_claimed_at": _ts(self.now())})
+            ended = (f"replica {owner_rep}" if owner_rep and not liveness.on_this_host(owner_rep)
+                     else f"process {owner_pid}")
             self._event(deployment_id, "deploybot", "recovery.claimed",
-                        f"process {me} recovers it (process {owner_pid} ended)")
+                        f"{'replica ' + replica if owner_rep else f'process {me}'} recovers it "
+                        f"({ended} ended)")
             return self.deployment(deployment_id)
 
     def unrecorded(self, is_alive: Callable[[int | None, str], bool] = liveness.is_alive
@@ -513,14 +546,17 @@ class Store:
         # neither its owner nor a process recovering it (it writes the record before it lets
         # go of its claim) may still be about to write it
         return [self._deployment(r) for r in rows
-                if not any(pid == os.getpid() or is_alive(pid, start or "")
-                           for pid, start in ((r["owner_pid"], r["owner_start"]),
-                                              (r["recovery_pid"], r["recovery_start"])) if pid)]
+                if not any(pid == os.getpid() and rep in ("", liveness.my_replica())
+                           or self._alive(rep, pid, start, is_alive)
+                           for rep, pid, start in (
+                               (r["owner_replica"], r["owner_pid"], r["owner_start"]),
+                               (r["recovery_replica"], r["recovery_pid"], r["recovery_start"]))
+                           if pid)]
 
     def release_recovery(self, deployment_id: int, *, needs_recovery: bool | None = None) -> None:
         """The claim ends with the attempt; `needs_recovery` says whether to try again later."""
         values: dict[str, Any] = {"recovery_pid": None, "recovery_start": "",
-                                  "recovery_claimed_at": None}
+                                  "recovery_replica": "", "recovery_claimed_at": None}
         if needs_recovery is not None:
             values["needs_recovery"] = int(needs_recovery)
         with self.transaction() as db:
@@ -537,7 +573,8 @@ class Store:
                 "(needs_recovery = 1 OR status IN ('deploying', 'verifying', 'rolling_back')) "
                 "ORDER BY id", [service, environment]))
         return [self._deployment(r) for r in rows
-                if r["needs_recovery"] or not is_alive(r["owner_pid"], r["owner_start"] or "")]
+                if r["needs_recovery"] or not self._alive(r["owner_replica"], r["owner_pid"],
+                                                          r["owner_start"], is_alive)]
 
     def scheduled(self) -> list[Deployment]:
         """Deployments waiting for their time, earliest first."""
@@ -556,11 +593,66 @@ class Store:
         with self._lock:
             return [self._deployment(r) for r in self.db.query(sql + " ORDER BY id", args)]
 
-    def adopt(self, deployment_id: int) -> None:
-        """This process now drives the deployment (used when a gate decision resumes it)."""
+    def adopt(self, deployment_id: int, *, expect: DeploymentStatus | None = None) -> bool:
+        """This process now drives the deployment (a gate decision or its time resumes it).
+        With `expect`: only while it still has that status -- of two replicas starting the same
+        waiting deployment, one adopts it (True), the other leaves it (False)."""
+        sql = "UPDATE deployments SET owner_pid = ?, owner_start = ?, owner_replica = ? WHERE id = ?"
+        args: list[Any] = [os.getpid(), liveness.my_marker(), liveness.my_replica(), deployment_id]
+        if expect is not None:
+            sql += " AND status = ?"
+            args.append(expect.value)
         with self.transaction() as db:
-            db["deployments"].update(deployment_id, {"owner_pid": os.getpid(),
-                                                     "owner_start": liveness.my_marker()})
+            return db.execute(sql, args).rowcount == 1
+
+    # -- replicas (bot/replicas.py) ---------------------------------------------------------------
+
+    replica_stale_seconds = 15.0  # no heartbeat for this long: the replica is dead
+
+    def replica_beat(self, replica: str, *, version: str = "") -> None:
+        """`replica` lives (first call registers it)."""
+        now = _ts(self.now())
+        pid = replica.split("/")[-2] if replica.count("/") >= 2 else "0"
+        with self.transaction() as db:
+            if db.execute("UPDATE replicas SET heartbeat_at = ? WHERE id = ?",
+                          [now, replica]).rowcount == 0:
+                db["replicas"].insert({"id": replica, "host": liveness.replica_host(replica),
+                                       "pid": int(pid) if pid.isdigit() else 0,
+                                       "start_marker": replica.rsplit("/", 1)[-1],
+                                       "version": version, "started_at": now,
+                                       "heartbeat_at": now})
+
+    def replica_gone(self, replica: str) -> None:
+        """A clean stop: nobody needs to wait for its heartbeat to go stale."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM replicas WHERE id = ?", [replica])
+
+    def replicas(self) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self.db.query("SELECT * FROM replicas ORDER BY started_at, id")
+        stale = self.now() - timedelta(seconds=self.replica_stale_seconds)
+        for r in rows:
+            r["alive"] = _dt(r["heartbeat_at"]) >= stale
+        return rows
+
+    def forget_stale_replicas(self, older_than: timedelta = timedelta(hours=1)) -> int:
+        """Rows of replicas long dead (every restart is a new replica); their deployments are
+        judged dead either way: no row, no heartbeat."""
+        with self.transaction() as db:
+            return db.execute("DELETE FROM replicas WHERE heartbeat_at < ?",
+                              [_ts(self.now() - older_than)]).rowcount
+
+    def _alive(self, replica: str | None, pid: int | None, marker: str | None,
+               is_alive: Callable[[int | None, str], bool]) -> bool:
+        """Does the process that owns (or recovers) a deployment still run? On this machine the
+        process table says it at once; on another, its heartbeat in the replicas table does."""
+        if replica and not liveness.on_this_host(replica):
+            with self._lock:
+                row = self.db.execute("SELECT heartbeat_at FROM replicas WHERE id = ?",
+                                      [replica]).fetchone()
+            stale = self.now() - timedelta(seconds=self.replica_stale_seconds)
+            return row is not None and _dt(row[0]) >= stale
+        return is_alive(pid, marker or "")
 
     # -- checks ---------------------------------------------------------------------------------
 

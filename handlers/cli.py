@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
 import os
 import signal
@@ -108,10 +109,22 @@ class Context:
         if self._store is None:
             self._store = open_store(clock=self.edges.now)
             self._store.redact = self.redact
+            if self.args.command not in ("run", "scheduler"):  # those are replicas of their own
+                self._heartbeat()
             # `run` recovers through its Slack pipeline (DeployScheduler.start), not here.
             if self.args.command != "run":
                 self._recover()
         return self._store
+
+    def _heartbeat(self) -> None:
+        """On a shared store, a deployment this command drives must not look dead to the
+        replicas on other machines: its process heartbeats like they do (bot/leadership.py)."""
+        from handlers.wiring import ReplicaRole
+
+        role = ReplicaRole(self._store, elect=False)
+        if role.shared:
+            atexit.register(role.stop)
+            role.start()
 
     def _recover(self) -> None:
         """Before any command: deployments whose process died are recovered (bot/recovery.py);
@@ -601,8 +614,11 @@ def cmd_ticket(ctx: Context, args: argparse.Namespace) -> int:
 def cmd_scheduler(ctx: Context, args: argparse.Namespace,
                   stop: threading.Event | None = None) -> int:
     """Terminal-only teams: scheduled and queued deployments start here, in the foreground."""
+    from handlers.wiring import ReplicaRole
+
     pipeline = ctx.pipeline(interactive=False)
     scheduler = DeployScheduler(pipeline, tick_seconds=args.tick)
+    role = ReplicaRole(ctx.store, scheduler).start()
     stop = stop or threading.Event()
     previous = signal.getsignal(signal.SIGTERM) if threading.current_thread() is \
         threading.main_thread() else None
@@ -616,7 +632,7 @@ def cmd_scheduler(ctx: Context, args: argparse.Namespace,
         from handlers.ops_http import serve_scheduler
 
         ops = serve_scheduler(ctx.store, scheduler, args.metrics_host or "127.0.0.1",
-                              args.metrics_port)
+                              args.metrics_port, role)
     print(f"deploybot scheduler: every {args.tick:g} s; Ctrl-C stops it"
           + (f"; /healthz /readyz /metrics on {ops.url}" if ops else ""), flush=True)
     try:
@@ -624,6 +640,7 @@ def cmd_scheduler(ctx: Context, args: argparse.Namespace,
     except KeyboardInterrupt:
         scheduler.shutdown()
     finally:
+        role.stop()
         if ops is not None:
             ops.stop()
         if previous is not None:

@@ -39,8 +39,10 @@ def _json(start_response: Callable, status: str, body: dict) -> list[bytes]:
 
 
 def ops_app(readiness: Readiness, metrics: WSGIApp | None = None,
-            fallback: WSGIApp | None = None) -> WSGIApp:
-    """The three endpoints (GET/HEAD only); every other path goes to `fallback` (404)."""
+            fallback: WSGIApp | None = None,
+            about: Callable[[], dict] | None = None) -> WSGIApp:
+    """The three endpoints (GET/HEAD only); every other path goes to `fallback` (404).
+    `about`: more for /healthz (which replica this is, whether it leads)."""
     fallback = fallback or not_found
 
     def app(environ: dict, start_response: Callable) -> Any:
@@ -52,7 +54,7 @@ def ops_app(readiness: Readiness, metrics: WSGIApp | None = None,
                                                       ("Content-Type", "text/plain")])
             return [b"method not allowed\n"]
         if path == HEALTH:
-            return _json(start_response, "200 OK", {"alive": True})
+            return _json(start_response, "200 OK", {"alive": True, **(about() if about else {})})
         if path == READY:
             ready, checks = readiness.report()
             return _json(start_response, "200 OK" if ready else "503 Service Unavailable",
@@ -126,12 +128,13 @@ def readiness_of(store, scheduler) -> Readiness:
     return readiness
 
 
-def metrics_app(store, readiness: Readiness) -> WSGIApp:
-    return make_wsgi_app(registry_for(store, readiness))
+def metrics_app(store, readiness: Readiness, role=None) -> WSGIApp:
+    return make_wsgi_app(registry_for(store, readiness,
+                                      is_leader=(lambda: role.is_leader) if role else None))
 
 
-def serve_scheduler(store, scheduler, host: str, port: int) -> OpsServer:
+def serve_scheduler(store, scheduler, host: str, port: int, role=None) -> OpsServer:
     """`deploybot scheduler --metrics-port`: the same endpoints; ready = store + scheduler."""
     readiness = readiness_of(store, scheduler)
-    return OpsServer.listen(ops_app(readiness, metrics_app(store, readiness)), host,
-                            port).start()
+    return OpsServer.listen(ops_app(readiness, metrics_app(store, readiness, role),
+                                    about=role.about if role else None), host, port).start()

@@ -172,10 +172,12 @@ def check_bot_token(client: WebClient) -> dict:
 # -- bookkeeping ---------------------------------------------------------------------------------
 
 class Deliveries:
-    """Ids of requests already taken (trigger ids, event ids): a redelivery is dropped."""
+    """Ids of requests already taken (trigger ids, event ids): a redelivery is dropped -- by
+    this process at once, and through the store by every other replica too."""
 
-    def __init__(self, keep_seconds: float = 3600.0, limit: int = 20000) -> None:
-        self.keep_seconds, self.limit = keep_seconds, limit
+    def __init__(self, keep_seconds: float = 3600.0, limit: int = 20000,
+                 store: Store | None = None) -> None:
+        self.keep_seconds, self.limit, self.store = keep_seconds, limit, store
         self._seen: OrderedDict[str, float] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -188,7 +190,15 @@ class Deliveries:
             if key in self._seen:
                 return False
             self._seen[key] = now
+        if self.store is None:
             return True
+        try:
+            return self.store.first_request(key, keep=timedelta(seconds=self.keep_seconds))
+        except Exception:  # the store is down: nothing can be done for the request anyway
+            log.exception("could not record request %s; dropping it", key)
+            with self._lock:
+                self._seen.pop(key, None)  # a redelivery may find the store back
+            return False
 
 
 HOME_FIGURES_WINDOW = timedelta(days=30)
@@ -282,7 +292,7 @@ class SlackFrontEnd:
         self.config, self.store, self.client = config, store, client
         self.executor = ThreadPoolExecutor(max_workers=workers,
                                            thread_name_prefix="deploybot-worker")
-        self.deliveries = Deliveries()
+        self.deliveries = Deliveries(store=store)
         self.home = AppHome(self)
         self.reporter = reporter_factory(client, store, config, on_change=self.home.refresh_soon)
         self.pipeline = build_pipeline(config, store, reporter=self.reporter,
@@ -293,8 +303,6 @@ class SlackFrontEnd:
             client.redact = self.pipeline.redact  # what this front end posts itself, too
         # Scheduled and queued deployments; started by serve() (it posts health summaries too).
         self.scheduler = DeployScheduler(self.pipeline, summary=self.reporter.summary)
-        self._claimed: set[int] = set()
-        self._claim_lock = threading.Lock()
         self._channel_names: dict[str, str] = {}
         self._groups: dict[str, tuple[float, frozenset[str]]] = {}
         bolt_log = logging.getLogger("deploybot.slack.bolt")
@@ -432,12 +440,12 @@ class SlackFrontEnd:
     def start(self, d: Deployment, channel: str, user: str | None = None, *,
               response_url: str | None = None) -> bool:
         """Open the thread and drive the deployment, once, whatever the number of requests."""
-        with self._claim_lock:
-            current = self.store.deployment(d.id)
-            fresh = d.id not in self._claimed and current.status is DeploymentStatus.REQUESTED
-            if fresh:
-                self._claimed.add(d.id)
+        # One thread and one run per deployment, whichever replica got which request.
+        current = self.store.deployment(d.id)
+        fresh = current.status is DeploymentStatus.REQUESTED and \
+            self.store.claim(d.id, "thread_claimed")
         if not fresh:
+            current = self.store.deployment(d.id)
             if user:
                 self.ephemeral(channel, user, f"Already received: deployment #{d.id} is "
                                               f"{current.status.value.replace('_', ' ')}.")
@@ -549,11 +557,9 @@ class SlackFrontEnd:
     def _schedule(self, d: Deployment, channel: str, user: str,
                   response_url: str | None = None) -> None:
         """A scheduled deployment: its thread now, the checklist now as a dry run, a job."""
-        with self._claim_lock:
-            if d.id in self._claimed:
-                self.ephemeral(channel, user, f"Already received: deployment #{d.id}.")
-                return
-            self._claimed.add(d.id)
+        if not self.store.claim(d.id, "thread_claimed"):
+            self.ephemeral(channel, user, f"Already received: deployment #{d.id}.")
+            return
         if not self._open_thread(d, channel, user, response_url):
             return
         self.scheduler.add(d)
@@ -734,6 +740,9 @@ def serve(ctx, args, *, environ: Mapping[str, str] | None = None,
     stop = stop or threading.Event()
     restore = _stop_on_signals(stop)
     server = handler = ops_server = None
+    from handlers.wiring import ReplicaRole
+
+    role = ReplicaRole(ctx.store, front.scheduler, environ)
     readiness = ops_http.readiness_of(ctx.store, front.scheduler)
     app_ready = Flag("the app is not serving yet")
     if http:
@@ -741,12 +750,14 @@ def serve(ctx, args, *, environ: Mapping[str, str] | None = None,
     else:
         readiness.add("slack", lambda: OK if handler is not None and handler.client.is_connected()
                       else "Socket Mode not connected")
-    metrics = ops_http.metrics_app(ctx.store, readiness)
-    ops = lambda fallback: ops_http.ops_app(readiness, metrics, fallback)  # noqa: E731
+    metrics = ops_http.metrics_app(ctx.store, readiness, role)
+    ops = lambda fallback: ops_http.ops_app(readiness, metrics, fallback,  # noqa: E731
+                                            about=role.about)
     try:
         if not http:  # answers (503) during recovery and the connection already
             ops_server = ops_http.OpsServer.listen(ops(None), *metrics_at).start()
         front.resume()
+        role.start()  # the leader (alone: this process) recovers and starts what is due
         for line in front.scheduler.start():
             log.info("scheduler: %s", line)
         if http:
@@ -783,6 +794,7 @@ def serve(ctx, args, *, environ: Mapping[str, str] | None = None,
             server.shutdown()
             server.server_close()
         front.close()
+        role.stop()  # after the running deployments ended: nothing of ours is left to recover
         if ops_server is not None:  # last: /readyz says 503 while the rest stops
             ops_server.stop()
         restore()

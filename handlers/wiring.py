@@ -118,3 +118,82 @@ def metrics_factory(config: Config):
         return cache[(service, environment)]
 
     return metrics_for
+
+
+# -- this process as one of several replicas (bot/leadership.py) ---------------------------------
+
+LEADER_POLL_ENV = "DEPLOYBOT_LEADER_POLL_SECONDS"
+STALE_ENV = "DEPLOYBOT_REPLICA_STALE_SECONDS"
+
+
+def _seconds(environ: Mapping[str, str], name: str, default: float) -> float:
+    text = environ.get(name) or ""
+    try:
+        value = float(text) if text else default
+    except ValueError:
+        value = -1.0
+    if not 0.1 <= value <= 3600:  # also nan
+        raise ConfigError(f"{name}={text!r} is not a number of seconds from 0.1 to 3600")
+    return value
+
+
+def leadership_for(store: Store):
+    from bot.leadership import SoleLeader
+
+    if store.db.dialect == "postgresql":
+        from backends.stores.pg_leader import PostgresLeadership
+
+        return PostgresLeadership(store.db.dsn)
+    return SoleLeader()
+
+
+class ReplicaRole:
+    """This process among the replicas that share the store: its heartbeat (a shared database
+    only: on one machine the process table says who lives) and, for `run` and `scheduler`, its
+    part in the leader election -- the scheduler's periodic work runs on the leader only."""
+
+    def __init__(self, store: Store, scheduler=None,
+                 environ: Mapping[str, str] | None = None, *, elect: bool = True) -> None:
+        from bot.leadership import Elector, ReplicaHeartbeat
+
+        environ = os.environ if environ is None else environ
+        self.store = store
+        store.replica_stale_seconds = _seconds(environ, STALE_ENV, 15.0)
+        self.shared = store.db.dialect != "sqlite"
+        self.heartbeat = ReplicaHeartbeat(
+            store, every=min(5.0, store.replica_stale_seconds / 3)) if self.shared else None
+        self.elector = Elector(leadership_for(store),
+                               poll=_seconds(environ, LEADER_POLL_ENV, 5.0),
+                               on_gain=self._gained if self.shared else None) if elect else None
+        if scheduler is not None and self.elector is not None:
+            scheduler.is_leader = lambda: self.elector.is_leader
+
+    def _gained(self) -> None:
+        self.store.record_event(None, "deploybot", "leader.acquired", self.elector.replica)
+
+    @property
+    def replica(self) -> str:
+        from bot.liveness import my_replica
+
+        return my_replica()
+
+    @property
+    def is_leader(self) -> bool:
+        return bool(self.elector and self.elector.is_leader)
+
+    def about(self) -> dict:
+        """For /healthz: who this is and whether it leads."""
+        return {"replica": self.replica, "leader": self.is_leader}
+
+    def start(self) -> "ReplicaRole":
+        if self.heartbeat is not None:
+            self.heartbeat.start()
+        if self.elector is not None:
+            self.elector.start()
+        return self
+
+    def stop(self) -> None:
+        if self.elector is not None:
+            self.elector.stop()
+        if self.heartbeat is not None:
+            self.heartbeat.stop()

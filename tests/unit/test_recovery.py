@@ -384,11 +384,13 @@ def test_a_deployment_an_older_version_left_interrupted_is_rolled_back_after_the
                            [older.id])
     # the database as schema 5 had it: no recovery columns
     for column in ("owner_start", "recovery_pid", "recovery_start", "recovery_claimed_at",
-                   "needs_recovery", "owner_replica", "recovery_replica"):  # m6, m9
+                   "needs_recovery", "owner_replica", "recovery_replica", "thread_claimed",
+                   "resume_claimed"):  # m6, m9
         world.store.db.execute(f"ALTER TABLE deployments DROP COLUMN {column}")
     world.store.db.execute("DROP TABLE outbox")  # m7
     world.store.db.execute("DROP TABLE ticket_times")  # m8
     world.store.db.execute("DROP TABLE replicas")  # m9
+    world.store.db.execute("DROP TABLE requests_seen")  # m9
     world.store.db.execute("UPDATE meta SET value = '5' WHERE key = 'schema_version'")
     world.store.close()
     world.open()  # the upgraded deploybot starts
