@@ -26,9 +26,14 @@ from bot.sqldb import GENERATED_IDS, PRIMARY_KEYS, Table
 # pg_advisory_xact_lock key of the store's writers: one fixed 64-bit number ("deploybot-store"
 # in ASCII, truncated), the same in every replica. Other advisory locks must use other keys.
 WRITER_LOCK_KEY = 0x6465706C6F79626F
-# Dead peers (a replica's host gone without a FIN) are noticed within about a minute.
+# Dead peers (a replica's host gone without a FIN) are noticed within about a minute, on both
+# ends: libpq's keepalives here, the server's for our sessions through SESSION_OPTIONS.
 KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
               "keepalives_count": 3}
+# The store never waits inside a transaction (no network calls there): a session idle in one
+# for a minute is a replica that hangs or is cut off, and it must not hold the writer lock.
+SESSION_OPTIONS = ("-c idle_in_transaction_session_timeout=60000 -c tcp_keepalives_idle=30 "
+                   "-c tcp_keepalives_interval=10 -c tcp_keepalives_count=3")
 UNREACHABLE_HINT = ("check that the PostgreSQL server is running and reachable, and the "
                     "DEPLOYBOT_DB address; deploybot reconnects by itself at the next operation")
 
@@ -52,9 +57,19 @@ def translate(sql: str) -> str:
     return "".join(out)
 
 
-def _params(params: Sequence[Any]) -> list[Any]:
+def _param(value: Any) -> Any:
     # Flags are INTEGER columns (as on SQLite): a Python bool would be sent as boolean.
-    return [int(p) if isinstance(p, bool) else p for p in params]
+    if isinstance(value, bool):
+        return int(value)
+    # PostgreSQL text cannot hold NUL, SQLite's can: an error text or a chat message carrying
+    # one must still be stored (and the audit event with it), so it becomes U+FFFD.
+    if isinstance(value, str) and "\x00" in value:
+        return value.replace("\x00", "\ufffd")
+    return value
+
+
+def _params(params: Sequence[Any]) -> list[Any]:
+    return [_param(p) for p in params]
 
 
 class _Secrets:
@@ -110,23 +125,31 @@ class PostgresDatabase:
     integrity_errors = (psycopg.errors.IntegrityError,)
 
     def __init__(self, dsn: str, *, connect_timeout: float = 5.0) -> None:
-        self._dsn = dsn
+        # With its password, for connections of their own (leadership): never show it, show
+        # `label`.
+        self.dsn = dsn
         self._secret = _Secrets(dsn)
         self.label = dsn_label(dsn)
         self.connect_timeout = connect_timeout
+        try:  # the DSN's own server options stay beside ours
+            own = conninfo.conninfo_to_dict(dsn).get("options") or ""
+        except psycopg.ProgrammingError:
+            own = ""  # _connect below says what is wrong with the DSN
+        self._options = f"{own} {SESSION_OPTIONS}".strip()
         self._in_transaction = False
         self._conn: psycopg.Connection | None = None
         self._conn = self._connect()
 
     # -- connections --------------------------------------------------------------------------
 
-    def _connect(self, timeout: float | None = None, **options: Any) -> psycopg.Connection:
+    def _connect(self, timeout: float | None = None, options: str = "") -> psycopg.Connection:
         seconds = self.connect_timeout if timeout is None else timeout
         try:
             # libpq takes whole seconds, at least 2.
-            return psycopg.connect(self._dsn, autocommit=True,
+            return psycopg.connect(self.dsn, autocommit=True,
                                    connect_timeout=max(2, math.ceil(seconds)),
-                                   application_name="deploybot", **KEEPALIVES, **options)
+                                   application_name="deploybot", **KEEPALIVES,
+                                   options=f"{self._options} {options}".strip())
         except psycopg.ProgrammingError as exc:  # the DSN itself does not parse
             problem = self._secret(str(exc).strip())
             invalid = True
@@ -157,7 +180,6 @@ class PostgresDatabase:
 
     def _run(self, sql: str, params: Sequence[Any]) -> psycopg.Cursor:
         conn = self.conn
-        problem = ""
         try:
             if params:
                 return conn.execute(translate(sql), _params(params))
@@ -248,7 +270,8 @@ class PostgresDatabase:
 
     @contextmanager
     def reading(self, timeout: float) -> Iterator[PostgresReader]:
-        conn = self._connect(timeout, options=f"-c statement_timeout={max(1, int(timeout * 1000))}")
+        limit = f"-c statement_timeout={max(1, int(timeout * 1000))}"
+        conn = self._connect(timeout, options=limit)
         try:
             yield PostgresReader(conn)
         finally:

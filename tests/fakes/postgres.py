@@ -193,6 +193,9 @@ class PostgresServer:
         if template:
             statement += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
         with self._admin() as conn:
+            if conn.info.server_version >= 150000:
+                # a small database is copied faster as files than through the WAL (the default)
+                statement += sql.SQL(" STRATEGY FILE_COPY")
             conn.execute(statement)
         return self.dsn(name)
 

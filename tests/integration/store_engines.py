@@ -38,12 +38,15 @@ class EngineStore:
 
 
 @pytest.fixture(scope="session")
-def store_template(postgres_server) -> str:
+def store_template(postgres_server):
     """A PostgreSQL database with the store's whole schema: CREATE DATABASE ... TEMPLATE copies
     it in a fraction of the time the migrations take."""
-    postgres_server.create_database(TEMPLATE)
-    Store(PostgresDatabase(postgres_server.dsn(TEMPLATE))).close()  # no connection may stay
-    return TEMPLATE
+    # its own name per module that imports this fixture (each import is a fixture of its own)
+    name = f"{TEMPLATE}_{uuid.uuid4().hex[:8]}"
+    postgres_server.create_database(name)
+    Store(PostgresDatabase(postgres_server.dsn(name))).close()  # no connection may stay
+    yield name
+    postgres_server.drop_database(name)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -14,6 +14,7 @@ import pytest
 from backends.stores.postgres import WRITER_LOCK_KEY, PostgresDatabase, dsn_label, translate
 from bot.errors import StateError
 from bot.sqldb import SqliteDatabase
+from bot.store import Store
 from bot.store import MIGRATIONS as SQLITE_MIGRATIONS
 from tests.fakes.postgres import PostgresServer, make_base_dir
 from tests.fakes.waiting import wait_until
@@ -75,6 +76,9 @@ def test_execute_gives_tuples_and_rowcounts_query_gives_dicts_flags_are_integers
     assert list(db.execute("SELECT k FROM t WHERE k = ?", ["zz"])) == []
     assert db.query("SELECT * FROM t WHERE k = ?", ["a"]) == [{"k": "a", "flag": 1}]
     assert "t" in db.table_names()
+    db.execute("INSERT INTO t VALUES (?, ?)", ["nul\x00byte", 0])  # PostgreSQL text has no NUL
+    assert db.execute("SELECT k FROM t WHERE k = ?", ["nul\x00byte"]).fetchone() == \
+        ("nul\ufffdbyte",)
 
 
 def test_inserts_return_generated_ids_and_explicit_ids_continue_after_reset(db):
@@ -240,6 +244,14 @@ def test_reading_times_out_on_a_statement_held_by_a_lock(postgres_server, databa
     db.execute("INSERT INTO t VALUES ('x')")
     with db.reading(5) as reader:  # its own connection, placeholders translated
         assert reader.execute("SELECT v FROM t WHERE v = ?", ["x"]).fetchone() == ("x",)
+        assert reader.execute("SHOW statement_timeout").fetchone() == ("5s",)
+    tuned = PostgresDatabase(postgres_server.dsn(database) + "?options=-c%20work_mem%3D8MB")
+    with tuned.reading(2) as reader:  # the DSN's own options stay
+        assert reader.execute("SHOW work_mem").fetchone() == ("8MB",)
+        assert reader.execute("SHOW statement_timeout").fetchone() == ("2s",)
+    tuned.close()
+    # a session idle inside a transaction (a hung or cut-off replica) loses it after a minute
+    assert db.execute("SHOW idle_in_transaction_session_timeout").fetchone() == ("1min",)
     db.begin()
     db.execute("LOCK TABLE t IN ACCESS EXCLUSIVE MODE")
     try:
@@ -302,6 +314,22 @@ def test_reconnects_after_the_server_restarts():
         server.start()
         assert db.query("SELECT v FROM t") == [{"v": "before"}]
         db.close()
+    finally:
+        server.stop()
+
+
+def test_a_store_carries_on_after_the_server_restarts():
+    server = PostgresServer(make_base_dir()).start()
+    try:
+        store = Store(PostgresDatabase(server.create_database("store_restart")))
+        store.record_event(None, "ann", "before")
+        server.restart()
+        with pytest.raises(StateError, match="unreachable"):
+            store.record_event(None, "ann", "lost")  # lost with its transaction, never half done
+        store.record_event(None, "ann", "after")
+        assert [e["kind"] for e in store.audit_trail()] == ["before", "after"]
+        assert store.ping(2.0) == store.schema_version
+        store.close()
     finally:
         server.stop()
 

@@ -4,11 +4,13 @@ same database, as replicas have."""
 
 from __future__ import annotations
 
+import os
 import threading
 from datetime import timedelta
 
 import pytest
 
+from bot import liveness
 from bot.errors import StateError
 from bot.models import (
     CheckResult,
@@ -88,8 +90,9 @@ def test_create_and_read_a_deployment(engine_store, store):
     assert (event["kind"], event["actor"], event["via"]) == ("requested", "ann", "slack")
     assert event["detail"] == ("deploy web@v1 to prod for T-1 (dry run) at "
                                "2026-11-26T13:00:00+00:00 (queued) (break-glass: outage)")
-    with pytest.raises(StateError, match="no deployment #999"):
-        store.deployment(999)
+    for missing in (999, 2**70):  # beyond a 64-bit id too
+        with pytest.raises(StateError, match=f"no deployment #{missing}"):
+            store.deployment(missing)
 
 
 def test_a_repeated_request_key_returns_the_first_deployment(store):
@@ -279,14 +282,86 @@ def test_unrecorded_and_unresolved(store):
     assert [d.id for d in store.unresolved("web", "prod", is_alive=alive)] == [rolling.id]
 
 
+def owner(store, dep_id) -> tuple:
+    row = store.db.query("SELECT owner_pid, owner_start, owner_replica FROM deployments "
+                         "WHERE id = ?", [dep_id])[0]
+    return row["owner_pid"], row["owner_start"], row["owner_replica"]
+
+
 def test_adopt_makes_this_process_the_owner(store):
     d = create(store)
-    store.db.execute("UPDATE deployments SET owner_pid = 1, owner_start = 'x' WHERE id = ?",
-                     [d.id])
-    store.adopt(d.id)
-    row = store.db.query("SELECT owner_pid, owner_start FROM deployments WHERE id = ?",
-                         [d.id])[0]
-    assert row["owner_pid"] != 1 and row["owner_start"] not in ("", "x")
+    store.db.execute("UPDATE deployments SET owner_pid = 1, owner_start = 'x', "
+                     "owner_replica = 'elsewhere/1/x' WHERE id = ?", [d.id])
+    assert store.adopt(d.id, expect=S.CHECKING) is False  # it is requested: left alone
+    assert owner(store, d.id) == (1, "x", "elsewhere/1/x")
+    assert store.adopt(d.id, expect=S.REQUESTED) is True
+    assert owner(store, d.id) == (os.getpid(), liveness.my_marker(), liveness.my_replica())
+    assert store.adopt(d.id) is True
+
+
+def test_claim_resume_once_and_only_while_awaiting_approval(engine_store, store):
+    d = walk(store, create(store).id, S.CHECKING, S.AWAITING_APPROVAL)
+    orphan(store, d.id)
+    assert d.id not in [c.id for c in store.recovery_candidates()]  # waits for a person
+    assert engine_store.open().claim_resume(d.id) is True
+    assert store.claim_resume(d.id) is False
+    assert owner(store, d.id)[0] == os.getpid()
+    # once claimed, its driver may die: recovery looks at it
+    assert d.id in [c.id for c in store.recovery_candidates()]
+    requested = create(store, ticket="T-2")
+    assert store.claim_resume(requested.id) is False
+    assert store.claim(d.id, "thread_claimed") is True
+    assert store.claim(d.id, "thread_claimed") is False
+
+
+def test_first_request_once_per_key_and_forgotten_after_keep(engine_store, store):
+    assert store.first_request("slack:trigger-1") is True
+    assert engine_store.open().first_request("slack:trigger-1") is False
+    assert store.first_request("slack:trigger-2") is True
+    engine_store.clock.advance(hours=2)
+    assert store.first_request("slack:trigger-3") is True  # and the old keys go
+    assert store.first_request("slack:trigger-1") is True
+    keys = [r["key"] for r in store.db.query("SELECT key FROM requests_seen ORDER BY key")]
+    assert keys == ["slack:trigger-1", "slack:trigger-3"]
+
+
+def test_replicas_beat_go_stale_leave_and_are_forgotten(engine_store, store):
+    clock = engine_store.clock
+    store.replica_beat("host-a/100/m1", version="1.2")
+    clock.advance(seconds=5)
+    store.replica_beat("host-b/200/m2")
+    clock.advance(seconds=5)
+    store.replica_beat("host-a/100/m1")  # an update, not a second row
+    rows = store.replicas()
+    assert [(r["id"], r["host"], r["pid"], r["start_marker"], r["version"]) for r in rows] == [
+        ("host-a/100/m1", "host-a", 100, "m1", "1.2"), ("host-b/200/m2", "host-b", 200, "m2", "")]
+    assert rows[0]["heartbeat_at"] == (START + timedelta(seconds=10)).isoformat()
+    clock.advance(seconds=11)  # host-b: 16 s without a heartbeat
+    assert [(r["id"], r["alive"]) for r in store.replicas()] == \
+        [("host-a/100/m1", True), ("host-b/200/m2", False)]
+    store.replica_gone("host-a/100/m1")
+    assert [r["id"] for r in store.replicas()] == ["host-b/200/m2"]
+    assert store.forget_stale_replicas(timedelta(hours=1)) == 0
+    clock.advance(hours=1)
+    assert store.forget_stale_replicas(timedelta(hours=1)) == 1
+    assert store.replicas() == []
+
+
+def test_a_deployment_of_another_machine_lives_while_its_replica_beats(engine_store, store):
+    clock = engine_store.clock
+    d = walk(store, create(store, environment="prod").id, S.CHECKING, S.DEPLOYING)
+    store.db.execute("UPDATE deployments SET owner_pid = 7, owner_start = 'm', "
+                     "owner_replica = 'far-away/7/m' WHERE id = ?", [d.id])
+    store.replica_beat("far-away/7/m")
+    # the process table of this machine says nothing about another's: only the heartbeat
+    assert store.claim_recovery(d.id, is_alive=dead) is None
+    assert store.unresolved("web", "prod", is_alive=dead) == []
+    clock.advance(seconds=16)
+    assert [u.id for u in store.unresolved("web", "prod", is_alive=alive)] == [d.id]
+    claimed = engine_store.open().claim_recovery(d.id, is_alive=alive)
+    assert claimed is not None
+    assert store.events(d.id)[-1]["detail"] == \
+        f"replica {liveness.my_replica()} recovers it (replica far-away/7/m ended)"
 
 
 # -- checks and gates -----------------------------------------------------------------------------
@@ -573,3 +648,38 @@ def test_concurrent_one_at_a_time_creates_store_one(engine_store, store):
     assert len(refused) == 7 and all(isinstance(e, StateError) for e in refused)
     assert all("is already being deployed" in str(e) for e in refused)
     assert store.db.query("SELECT COUNT(*) AS n FROM deployments")[0]["n"] == 1
+
+
+def test_concurrent_lock_requests_give_the_lock_to_one(engine_store, store):
+    results, errors = race(engine_store, lambda s, i: s.acquire_lock(
+        "env:prod", holder=f"user{i}", reason="mine"))
+    assert errors == [None] * 8
+    winners = [lock.holder for ok, lock in results if ok]
+    assert len(winners) == 1
+    assert {lock.holder for _, lock in results} == set(winners)
+    assert [e["kind"] for e in store.audit_trail()] == ["lock.acquired"]
+
+
+def test_concurrent_deliverers_never_hold_the_same_item(engine_store, store):
+    box = OutboxTable(store)
+    for n in range(4):
+        box.add(deployment_id=None, kind="comment", target=f"ticket:{n}", key=f"k{n}",
+                payload={})
+    results, errors = race(engine_store, lambda s, i: OutboxTable(s).claim(
+        f"deliverer{i}", 30, ["comment"]))
+    assert errors == [None] * 8
+    claimed = [item.key for item in results if item is not None]
+    assert sorted(claimed) == ["k0", "k1", "k2", "k3"]
+    owners = store.db.query("SELECT key, lease_owner FROM outbox ORDER BY key")
+    assert len({row["lease_owner"] for row in owners}) == 4
+
+
+def test_concurrent_resumes_first_requests_and_beats_one_winner_each(engine_store, store):
+    d = walk(store, create(store).id, S.CHECKING, S.AWAITING_APPROVAL)
+    resumed, errors = race(engine_store, lambda s, i: s.claim_resume(d.id))
+    assert errors == [None] * 8 and resumed.count(True) == 1
+    firsts, errors = race(engine_store, lambda s, i: s.first_request("slack:event-9"))
+    assert errors == [None] * 8 and firsts.count(True) == 1
+    _, errors = race(engine_store, lambda s, i: s.replica_beat("host-c/300/m3"))
+    assert errors == [None] * 8
+    assert [r["id"] for r in store.replicas()] == ["host-c/300/m3"]
