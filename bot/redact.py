@@ -27,6 +27,7 @@ REDACTED = "[redacted]"
 MIN_SECRET_LENGTH = 6
 SLACK_SECRET_ENVS = ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET")
 STORE_ENV = "DEPLOYBOT_DB"  # may be a PostgreSQL DSN with a password
+STORE_SECRET_ENVS = ("PGPASSWORD",)  # libpq's: the store's password outside the DSN
 
 
 def _b64(text: str) -> set[str]:
@@ -147,10 +148,11 @@ def _read_small(path: str) -> str:
         return ""
 
 
-def store_password(environ: Mapping[str, str]) -> str:
-    """The password inside DEPLOYBOT_DB when it is a PostgreSQL DSN (the rest of it -- a
-    path, host, user -- is no secret and stays readable in messages)."""
-    return dsn_password(environ.get(STORE_ENV, ""))
+def store_secrets(environ: Mapping[str, str]) -> list[str]:
+    """The store's password: inside DEPLOYBOT_DB when it is a PostgreSQL DSN (the rest of it --
+    a path, host, user -- is no secret and stays readable in messages), or in PGPASSWORD."""
+    return [dsn_password(environ.get(STORE_ENV, "")),
+            *(environ.get(n, "") for n in STORE_SECRET_ENVS)]
 
 
 def dsn_password(dsn: str) -> str:
@@ -165,9 +167,11 @@ def dsn_password(dsn: str) -> str:
         return ""
 
 
-def slack_redactor(environ: Mapping[str, str]) -> Redactor:
-    """Before a config is loaded: the Slack secrets (known by name) and the store's password."""
-    return Redactor([*(environ.get(n, "") for n in SLACK_SECRET_ENVS), store_password(environ)])
+def slack_redactor(environ: Mapping[str, str], dsns: Iterable[str] = ()) -> Redactor:
+    """Before a config is loaded: the Slack secrets (known by name), the store's password and
+    the passwords of `dsns` (stores named on the command line: `deploybot db copy`)."""
+    return Redactor([*(environ.get(n, "") for n in SLACK_SECRET_ENVS), *store_secrets(environ),
+                     *(dsn_password(d) for d in dsns)])
 
 
 def redactor_for(config: Config, environ: Mapping[str, str]) -> Redactor:
@@ -175,7 +179,7 @@ def redactor_for(config: Config, environ: Mapping[str, str]) -> Redactor:
     # Names people see everywhere (environments, services) are not secrets even when an env
     # file happens to hold one (APP_ENV=production).
     ordinary = {n.casefold() for n in (*config.environments, *config.services, *config.people)}
-    values = [environ.get(n, "") for n in secret_env_names(config)] + [store_password(environ)]
+    values = [environ.get(n, "") for n in secret_env_names(config)] + store_secrets(environ)
     for path in _env_files(config):
         values += [v for v in env_file_values(path) if v.strip().casefold() not in ordinary]
     values += [_read_small(p) for p in _token_files(config)]

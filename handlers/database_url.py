@@ -99,3 +99,8 @@ def open_database(location: Location, *, connect_timeout: float = 5.0) -> Databa
                           ) from None
     # Its own errors name the store by its label and say what to check (never the password).
     return PostgresDatabase(location.where, connect_timeout=connect_timeout)
+
+
+def store_target(location: Location) -> "str | Database":
+    """What `Store(...)` opens: the SQLite path as it is, or the PostgreSQL engine."""
+    return location.where if location.engine == SQLITE else open_database(location)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bot.errors import StateError
+from bot.redact import slack_redactor
 from bot.sqldb import GENERATED_IDS
 from bot.store import Store
 from handlers import database_url
@@ -55,15 +56,17 @@ def add_parser(sub) -> None:
 
 
 def cmd_db(ctx, args: argparse.Namespace) -> int:
+    named = [args.where] if args.db_cmd == "info" and args.where else (
+        [args.source, args.target] if args.db_cmd == "copy" else [])
+    # Passwords typed on the command line are secrets too, in whatever is printed or logged.
+    ctx.redact = slack_redactor(os.environ, named)
     if args.db_cmd == "info":
         return cmd_info(args.where or os.environ.get(DB_ENV))
     return cmd_copy(args.source, args.target)
 
 
 def open_location(location: Location) -> Store:
-    target = (location.where if location.engine == database_url.SQLITE
-              else database_url.open_database(location))
-    return Store(target)
+    return Store(database_url.store_target(location))
 
 
 def _tables(store: Store) -> list[str]:
@@ -113,8 +116,8 @@ def copy_store(source: Store, target: Store) -> CopyResult:
         raise StateError(
             "the target is not empty (" + ", ".join(f"{t}: {n} rows" for t, n in busy.items())
             + "): a copy never merges two histories",
-            hint="copy into a new, empty database (e.g. `createdb deploybot`), or drop the "
-                 "target's tables first")
+            hint="copy into a new, empty database (e.g. `createdb deploybot`) before any "
+                 "deploybot runs on it (a running one writes heartbeats and events)")
     _with_local_tracker(source, target)
     missing = sorted(set(tables) - set(target.db.table_names()))
     if missing:
@@ -127,11 +130,16 @@ def copy_store(source: Store, target: Store) -> CopyResult:
                 db.execute("INSERT INTO meta (key, value) VALUES (?, ?)",
                            [row["key"], row["value"]])
         for table in tables:
-            rows = source.db.query(f"SELECT * FROM {table}")
-            for row in rows:
-                cols = list(row)
-                db.execute(f"INSERT INTO {table} ({', '.join(cols)}) "
-                           f"VALUES ({', '.join('?' * len(cols))})", list(row.values()))
+            try:
+                for row in source.db.query(f"SELECT * FROM {table}"):
+                    cols = list(row)
+                    db.execute(f"INSERT INTO {table} ({', '.join(cols)}) "
+                               f"VALUES ({', '.join('?' * len(cols))})", list(row.values()))
+            except target.db.integrity_errors as exc:  # rolled back: the target stays empty
+                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise StateError(f"copying {table} failed, nothing was copied: {reason}",
+                                 hint="is a deploybot running on the target? stop it, and copy "
+                                      "into a new, empty database") from None
         if target.db.dialect != "sqlite":  # SQLite continues after MAX(id) by itself
             for table in tables:
                 if table in GENERATED_IDS:
@@ -139,10 +147,16 @@ def copy_store(source: Store, target: Store) -> CopyResult:
     return CopyResult({t: (_count(source, t), _count(target, t)) for t in tables})
 
 
+def _same(a: Location, b: Location) -> bool:
+    if a.engine == b.engine == database_url.SQLITE:
+        return Path(a.where).resolve() == Path(b.where).resolve()
+    return a == b
+
+
 def cmd_copy(source_text: str, target_text: str) -> int:
     source_at = database_url.parse(source_text, name="SOURCE")
     target_at = database_url.parse(target_text, name="TARGET")
-    if source_at == target_at:
+    if _same(source_at, target_at):
         raise StateError("SOURCE and TARGET are the same store")
     if source_at.engine == database_url.SQLITE and not Path(source_at.where).is_file():
         raise StateError(f"SOURCE: no store at {source_at.label}",
@@ -160,7 +174,7 @@ def cmd_copy(source_text: str, target_text: str) -> int:
         source.close()
     for table, (there, here) in result.counts.items():
         mark = "" if there == here else "   MISMATCH"
-        print(f"  {table:<16} {there:>8} -> {here:<8}{mark}")
+        print(f"  {table:<16} {there:>8} -> {here:<8}{mark}".rstrip())
     if result.mismatches:
         print("error: the row counts differ: " + ", ".join(
             f"{t} {a} in the source, {b} in the target" for t, (a, b) in

@@ -10,8 +10,8 @@ from bot.config import Config
 from bot.errors import ConfigError
 from bot.pipeline import Pipeline
 from bot.ports import Approver, DeployBackend, Reporter, Tracker
-from bot.redact import (Redactor, RedactingReporter, RedactingTracker, install_log_filter,
-                        redactor_for, secret_env_names)
+from bot.redact import (STORE_SECRET_ENVS, Redactor, RedactingReporter, RedactingTracker,
+                        install_log_filter, redactor_for, secret_env_names)
 from bot.store import Store
 from handlers import database_url
 from handlers.database_url import DB_ENV
@@ -20,9 +20,7 @@ from handlers.database_url import DB_ENV
 def open_store(environ: Mapping[str, str] | None = None, clock=None) -> Store:
     """The store DEPLOYBOT_DB names (handlers/database_url.py: a path, sqlite:..., postgresql://)."""
     environ = os.environ if environ is None else environ
-    location = database_url.parse(environ.get(DB_ENV))
-    target = (location.where if location.engine == database_url.SQLITE
-              else database_url.open_database(location))
+    target = database_url.store_target(database_url.parse(environ.get(DB_ENV)))
     return Store(target, clock=clock) if clock is not None else Store(target)
 
 
@@ -48,9 +46,10 @@ def backend_factory(config: Config, environ: Mapping[str, str] | None = None):
     from backends.deploy import build_backend
 
     cache: dict[tuple[str, str], DeployBackend] = {}
-    # DEPLOYBOT_DB too: a PostgreSQL DSN carries the store's password.
+    # Nor the store's password (in a PostgreSQL DSN, or libpq's PGPASSWORD).
     tools_environ = without_secrets(os.environ if environ is None else environ,
-                                    [*secret_env_names(config, declared=False), DB_ENV])
+                                    [*secret_env_names(config, declared=False), DB_ENV,
+                                     *STORE_SECRET_ENVS])
 
     def backend_for(service: str, environment: str) -> DeployBackend:
         key = (service, environment)

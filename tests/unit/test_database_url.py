@@ -67,11 +67,12 @@ def test_a_dsn_of_an_unknown_kind_is_shown_without_its_password():
                                      "-", "%2D"),
                                  f"postgres://bot@db/deploybot?password={PASSWORD}"])
 def test_the_dsn_password_is_a_secret_before_and_after_the_config(dsn):
-    environ = {"DEPLOYBOT_DB": dsn}
+    environ = {"DEPLOYBOT_DB": dsn, "PGPASSWORD": "Pg-env-pa55"}
     config = configuration.parse({"environments": {"staging": {}},
                                   "services": {"web": {"image": "demo-web"}}})
     for redact in (slack_redactor(environ), redactor_for(config, environ)):
         assert PASSWORD not in redact(f"could not connect with {PASSWORD}")
+        assert redact("PGPASSWORD was Pg-env-pa55") == "PGPASSWORD was [redacted]"
     # the rest of the DSN and a SQLite path stay readable
     assert slack_redactor(environ)("db/deploybot") == "db/deploybot"
     assert slack_redactor({"DEPLOYBOT_DB": "/var/lib/deploybot/deploybot.db"})(
@@ -89,7 +90,8 @@ def test_backend_tools_do_not_get_the_store_s_dsn(monkeypatch):
     config = configuration.parse({"environments": {"staging": {}},
                                   "services": {"web": {"image": "demo-web"}}})
     backend_for = wiring.backend_factory(config, {
-        "DEPLOYBOT_DB": f"postgresql://bot:{PASSWORD}@db/deploybot", "PATH": "/usr/bin"})
+        "DEPLOYBOT_DB": f"postgresql://bot:{PASSWORD}@db/deploybot", "PGPASSWORD": PASSWORD,
+        "PATH": "/usr/bin"})
     backend_for("web", "staging")
     assert captured == {"PATH": "/usr/bin"}
 

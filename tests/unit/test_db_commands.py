@@ -3,13 +3,18 @@ tests/integration/test_db_copy.py)."""
 
 from __future__ import annotations
 
+import re
+import socket
 import sqlite3
+from types import SimpleNamespace
 
 import pytest
 
+from bot.errors import StateError
+from bot import store as store_module
 from bot.store import SCHEMA_VERSION, Store
 from fakes.filled_store import fill, fixed_clock
-from handlers import cli
+from handlers import cli, db_commands
 
 TABLES = ("deployments", "checks", "gates", "locks", "events", "outbox", "ticket_times",
           "tickets", "ticket_comments")
@@ -71,7 +76,8 @@ def test_a_target_with_deployments_is_refused_and_left_alone(source, tmp_path, c
     assert cli.main(["db", "copy", str(path), str(target)]) == cli.EXIT_FAILED
     err = capsys.readouterr().err
     assert "the target is not empty (deployments: 1 rows" in err
-    assert "hint: copy into a new, empty database" in err
+    assert "hint: copy into a new, empty database (e.g. `createdb deploybot`) before any " \
+        "deploybot runs on it" in err
     assert counts_of(target) == before
 
 
@@ -88,22 +94,32 @@ def test_a_missing_source_is_an_error_not_a_new_empty_store(tmp_path, capsys):
     assert not missing.exists() and not (tmp_path / "new.db").exists()
 
 
-def test_source_and_target_may_not_be_the_same(source, capsys):
-    path, _ = source
-    assert cli.main(["db", "copy", str(path), f"sqlite://{path}"]) == cli.EXIT_FAILED
+@pytest.mark.parametrize("same", ["sqlite://{path}", "old.db", "./sub/../old.db"])
+def test_source_and_target_may_not_be_the_same(source, capsys, same):
+    path, _ = source  # the working directory is the file's folder
+    (path.parent / "sub").mkdir()
+    assert cli.main(["db", "copy", str(path), same.format(path=path)]) == cli.EXIT_FAILED
     assert "SOURCE and TARGET are the same store" in capsys.readouterr().err
 
 
-def test_an_older_source_is_migrated_first(source, tmp_path, capsys):
-    path, _ = source
-    with sqlite3.connect(path) as conn:  # as an older deploybot left it: no m9
-        conn.execute("DROP TABLE replicas")
-        conn.execute("ALTER TABLE deployments DROP COLUMN owner_replica")
-        conn.execute("ALTER TABLE deployments DROP COLUMN recovery_replica")
-        conn.execute("UPDATE meta SET value = '8' WHERE key = 'schema_version'")
+def test_an_older_source_is_migrated_first(tmp_path, capsys, monkeypatch):
+    path = tmp_path / "v8.db"
+    with monkeypatch.context() as older:  # as deploybot with schema version 8 left it
+        older.setattr(store_module, "MIGRATIONS", store_module.MIGRATIONS[:8])
+        older.setattr(store_module, "SCHEMA_VERSION", 8)
+        Store(str(path)).close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("INSERT INTO deployments (ticket_id, service, version, environment, "
+                     "requested_by, status, created_at, updated_at) VALUES ('OLD-1', 'web', "
+                     "'v1', 'staging', 'alice', 'succeeded', '2026-01-01T00:00:00+00:00', "
+                     "'2026-01-01T00:00:00+00:00')")
     assert cli.main(["db", "copy", str(path), str(tmp_path / "new.db")]) == cli.EXIT_OK
     assert f"(schema version {SCHEMA_VERSION})" in capsys.readouterr().out
-    assert counts(tmp_path / "new.db") == counts(path)
+    copied = Store(str(tmp_path / "new.db"))
+    try:
+        assert copied.deployment(1).ticket_id == "OLD-1"
+    finally:
+        copied.close()
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'"
                             ).fetchone() == (str(SCHEMA_VERSION),)
@@ -120,3 +136,55 @@ def test_info_names_engine_place_version_and_rows(source, capsys, monkeypatch):
     assert out.startswith(f"engine: sqlite\nwhere: {path}\nschema version: {version}\n")
     assert "  deployments             3 rows" in out
     assert "  ticket_comments         2 rows" in out
+
+
+def test_a_count_that_differs_after_the_copy_fails_naming_it(source, tmp_path, capsys):
+    """A target that loses rows (here a trigger eats every copied event) is caught by the
+    verification, not reported as copied."""
+    path, _ = source
+    target = tmp_path / "lossy.db"
+    Store(str(target)).close()
+    with sqlite3.connect(target) as conn:
+        conn.execute("CREATE TRIGGER eat AFTER INSERT ON events "
+                     "BEGIN DELETE FROM events WHERE id = NEW.id; END")
+    events = counts(path)["events"]
+    assert cli.main(["db", "copy", str(path), str(target)]) == cli.EXIT_FAILED
+    captured = capsys.readouterr()
+    assert re.search(rf"^  events +{events} -> 0 +MISMATCH$", captured.out, re.M)
+    assert f"the row counts differ: events {events} in the source, 0 in the target" in \
+        captured.err
+    assert "copied:" not in captured.out
+
+
+def test_a_row_the_target_refuses_rolls_the_whole_copy_back(source, tmp_path, capsys):
+    path, _ = source
+    target = tmp_path / "strict.db"
+    Store(str(target)).close()
+    with sqlite3.connect(target) as conn:  # a constraint one of the source's rows breaks
+        conn.execute("CREATE TRIGGER no_dry BEFORE INSERT ON deployments WHEN NEW.dry_run = 1 "
+                     "BEGIN SELECT RAISE(ABORT, 'no dry runs here'); END")
+    assert cli.main(["db", "copy", str(path), str(target)]) == cli.EXIT_FAILED
+    err = capsys.readouterr().err
+    assert "error: copying deployments failed, nothing was copied: no dry runs here" in err
+    assert all(n == 0 for t, n in counts_of(target).items() if t != "meta")
+
+
+def test_a_password_on_the_command_line_is_never_printed(source, capsys):
+    path, _ = source
+    with socket.socket() as probe:  # a loopback port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    secret = "Cmd-line-Pa55word"
+    assert cli.main(["db", "copy", str(path),
+                     f"postgresql://bot:{secret}@127.0.0.1:{port}/deploybot"]) == cli.EXIT_FAILED
+    err = capsys.readouterr().err
+    assert f"the PostgreSQL store at postgresql://bot@127.0.0.1:{port}/deploybot is " \
+           "unreachable" in err
+    assert secret not in err
+    # whatever else the command prints or logs passes a redactor that knows the password
+    ctx = SimpleNamespace(redact=None)
+    args = SimpleNamespace(db_cmd="copy", source=str(path),
+                           target=f"postgresql://bot:{secret}@127.0.0.1:{port}/deploybot")
+    with pytest.raises(StateError):
+        db_commands.cmd_db(ctx, args)
+    assert ctx.redact(f"psql said {secret}") == "psql said [redacted]"
