@@ -22,7 +22,6 @@ import stat
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -275,19 +274,24 @@ class Replicas:
     compose: FakeCompose
     service: FakeService
     extra_env: dict[str, str] = field(default_factory=dict)
+    own_hosts: bool = False  # each replica names a machine of its own (replica-rN)
     replicas: list[Replica] = field(default_factory=list)
     _senders: dict[str, SlackRequests] = field(default_factory=dict)
     _store: Any = None
 
     @classmethod
     def create(cls, folder: Path, db: str, *, extra_env: dict[str, str] | None = None,
-               verify_timeout: float = 5) -> "Replicas":
+               verify_timeout: float = 5, own_hosts: bool = False) -> "Replicas":
+        """`own_hosts`: every replica says it runs on a machine of its own
+        (DEPLOYBOT_REPLICA_HOST), so the others can tell whether it lives only by its heartbeat
+        in the database, as across machines -- not by this machine's process table."""
         folder.mkdir(parents=True, exist_ok=True)
         slack = FakeSlack().start()
         compose = FakeCompose(folder / "compose")
         service = FakeService()
         config = replicas_config(folder, compose, service, verify_timeout=verify_timeout)
-        return cls(folder, db, slack, config, compose, service, dict(extra_env or {}))
+        return cls(folder, db, slack, config, compose, service, dict(extra_env or {}),
+                   own_hosts)
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items()
@@ -306,11 +310,15 @@ class Replicas:
         for _ in range(count):
             name = f"r{len(self.replicas) + 1}"
             log_path = self.folder / f"{name}.log"
+            argv = [sys.executable, "-m", "handlers.cli", "--config", str(self.config_path),
+                    "run", "--http", "--host", "127.0.0.1", "--port", "0"]
+            env = self.env()
+            if self.own_hosts:
+                env["DEPLOYBOT_REPLICA_HOST"] = f"replica-{name}"
             with open(log_path, "wb") as out:
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "handlers.cli", "--config", str(self.config_path),
-                     "run", "--http", "--host", "127.0.0.1", "--port", "0"],
-                    cwd=self.folder, env=self.env(), stdin=subprocess.DEVNULL, stdout=out,
+                    argv,
+                    cwd=self.folder, env=env, stdin=subprocess.DEVNULL, stdout=out,
                     stderr=subprocess.STDOUT)
             replica = Replica(name, proc, log_path)
             self.replicas.append(replica)
@@ -366,6 +374,27 @@ class Replicas:
         tracker.add_comment(tid, "CQ approved", author="bob")
         tracker.add_comment(tid, "QA PASS", author="carol")
         return tid
+
+    def leader(self) -> Replica | None:
+        """The live replica whose /healthz says `"leader": true` (None: none says so now)."""
+        leaders = [r for r in self.alive() if (r.healthz() or {}).get("leader") is True]
+        assert len(leaders) <= 1, f"two leaders at once: {[r.name for r in leaders]}"
+        return leaders[0] if leaders else None
+
+    def schedule_due(self, ticket: str, version: str, environment: str = "staging"):
+        """A scheduled deployment that is due now, stored the way `/deploy … at TIME` stores it
+        (chat times have minutes only; this one is due at once): only a leader starts it."""
+        from backends.deploy import build_backend
+        from bot import config as configuration
+
+        config = configuration.load(str(self.config_path))
+        backend = build_backend("web", environment, config.service("web", environment))
+        d, _ = self.store.create_deployment(
+            ticket_id=ticket, service="web", version=version, environment=environment,
+            requested_by="alice", method=backend.method,
+            lock_scope=config.lock_scope("web", environment), scheduled_for=self.store.now(),
+            one_at_a_time=True, via="test")
+        return d
 
     def logs(self, tail: int = 3000) -> str:
         """Every replica's log tail, for failure messages."""
