@@ -168,6 +168,11 @@ class FakeCompose:
     def release(self, project: str) -> None:
         (self.folder / f"{project}.hold").unlink(missing_ok=True)
 
+    def release_all(self) -> None:
+        """No `compose up` stays held (one a killed replica left behind ends by itself)."""
+        for hold in self.folder.glob("*.hold"):
+            hold.unlink(missing_ok=True)
+
     def running(self, project: str) -> str | None:
         """The image the project's web "container" runs, None without one."""
         ps = self.folder / f"{project}.json"
@@ -411,6 +416,7 @@ class Replicas:
             raise AssertionError(f"{exc}\n{self.logs()}") from None
 
     def close(self) -> None:
+        self.compose.release_all()
         for sender in self._senders.values():
             sender.close()
         for replica in self.replicas:
