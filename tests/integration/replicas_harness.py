@@ -309,14 +309,17 @@ class Replicas:
         env.update(self.extra_env)
         return env
 
-    def start(self, count: int = 1) -> list[Replica]:
-        """Start `count` more replicas at once; each is ready (serving) when this returns."""
+    def start(self, count: int = 1, *, socket_mode: bool = False) -> list[Replica]:
+        """Start `count` more replicas at once; each is ready (serving) when this returns.
+        `socket_mode`: `deploybot run` in Socket Mode (SLACK_APP_TOKEN in extra_env, the fake
+        Slack's socket_url set); its port is then the one of /healthz /readyz /metrics."""
         started = []
         for _ in range(count):
             name = f"r{len(self.replicas) + 1}"
             log_path = self.folder / f"{name}.log"
             argv = [sys.executable, "-m", "handlers.cli", "--config", str(self.config_path),
-                    "run", "--http", "--host", "127.0.0.1", "--port", "0"]
+                    "run", *(["--metrics-host", "127.0.0.1", "--metrics-port", "0"]
+                             if socket_mode else ["--http", "--host", "127.0.0.1", "--port", "0"])]
             env = self.env()
             if self.own_hosts:
                 env["DEPLOYBOT_REPLICA_HOST"] = f"replica-{name}"
@@ -336,12 +339,15 @@ class Replicas:
         """The port from the replica's "deploybot is listening (http://127.0.0.1:PORT/..." line
         (`--port 0`: the OS picked it, so no two replicas race for one)."""
         marker = "deploybot is listening (http://127.0.0.1:"
+        socket_marker = "/metrics on http://127.0.0.1:"
 
         def port() -> int | None:
             if replica.proc.poll() is not None:
                 raise AssertionError(f"replica {replica.name} exited with "
                                      f"{replica.proc.returncode}:\n{replica.log()[-4000:]}")
             text = replica.log()
+            if "deploybot is listening (Socket Mode" in text and socket_marker in text:
+                return int(text.split(socket_marker, 1)[1].split(")", 1)[0])
             if marker not in text:
                 return None
             return int(text.split(marker, 1)[1].split("/", 1)[0])

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import queue
 import subprocess
 import sys
 import threading
@@ -15,7 +14,6 @@ import httpx
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.protocol import State
-from websockets.sync.server import serve as ws_serve
 
 from fakes.monitoring import alert_exprs, dashboard_exprs, exposed_names, queried_metrics
 from fakes import waiting
@@ -32,12 +30,9 @@ BOT, APP = "xoxb-test", "xapp-test-token"  # what FakeSlack accepts
 class GatedSocketModeServer(SocketModeServer):
     """Holds every websocket handshake until `gate` is set: Slack not connected yet."""
 
-    def __init__(self) -> None:  # noqa: the parent's, with a process_request hook
+    def __init__(self) -> None:
         self.gate = threading.Event()
-        self.outbox, self.acks, self.connected = queue.Queue(), {}, threading.Event()
-        self.server = ws_serve(self._session, "127.0.0.1", 0,
-                               process_request=lambda connection, request: self._hold())
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        super().__init__(process_request=lambda connection, request: self._hold())
 
     def _hold(self) -> None:
         self.gate.wait(30)
@@ -48,12 +43,9 @@ class DroppingSocketModeServer(SocketModeServer):
     """Slack's end going away: `down` closes the open connection and refuses new handshakes
     (503) until it is cleared, as during a Slack incident or a network cut."""
 
-    def __init__(self) -> None:  # noqa: the parent's, with a process_request hook
+    def __init__(self) -> None:
         self.down = threading.Event()
-        self.outbox, self.acks, self.connected = queue.Queue(), {}, threading.Event()
-        self.server = ws_serve(self._serve_unless_down, "127.0.0.1", 0,
-                               process_request=self._refuse_when_down)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        super().__init__(handler=self._serve_unless_down, process_request=self._refuse_when_down)
 
     def _refuse_when_down(self, connection, request):
         return connection.respond(503, "Slack is down\n") if self.down.is_set() else None

@@ -224,3 +224,38 @@ def test_a_replica_killed_mid_rollout_is_recovered_by_another_within_30_s(hosts)
         [e["detail"] for e in hosts.store.events(d.id)]
     assert d.status.value == "rolled_back", (d.status, d.failure)
     assert hosts.compose.running(project) == "demo-web:v1"
+
+
+def test_socket_mode_replicas_share_slacks_events_and_each_request_happens_once(
+        tmp_path, postgres_server):
+    """Two replicas each hold a Socket Mode connection; Slack deals the envelopes out over
+    both, a redelivery (same trigger) to the other connection: every /deploy runs once."""
+    from test_slack_run import APP, SocketModeServer
+
+    with SocketModeServer() as ws, Replicas.create(
+            tmp_path / "replicas", fresh_database(postgres_server),
+            extra_env={"SLACK_APP_TOKEN": APP}) as running:
+        running.slack.socket_url = ws.url
+        running.start(2, socket_mode=True)
+        wait_until(lambda: ws.sessions == 2, 20, "both replicas connected")
+        tickets = [running.ready_ticket(f"Ship {n}") for n in range(6)]
+        envelopes = []
+        for n, ticket in enumerate(tickets):
+            command = {"command": "/deploy", "text": f"{ticket} web@v{n + 2} --dry-run",
+                       "user_id": ALICE, "channel_id": "C0STANDUP", "channel_name": "standup",
+                       "team_id": "T0FAKE", "trigger_id": f"7.{n}.socket", "api_app_id": "A0"}
+            envelopes.append(ws.push("slash_commands", command))
+            envelopes.append(ws.push("slash_commands", command))  # redelivered: next connection
+        for envelope in envelopes:
+            ws.wait_ack(envelope, 20)
+        assert set(ws.acked_by[e] for e in envelopes) == {1, 2}, "both connections served"
+        store = running.store
+
+        def finished():
+            rows = store.deployments(limit=100)
+            return rows if len(rows) >= len(tickets) and all(
+                d.status.value == "succeeded" for d in rows) else None
+        rows = running.wait_for(finished, 90, "every dry run finished")
+        assert sorted(d.ticket_id for d in rows) == sorted(tickets), "one deployment per ticket"
+        assert len({m.ts for m in running.slack.top_level()
+                    if "dry run of deploy of web" in m.text}) == len(tickets)

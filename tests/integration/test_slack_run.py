@@ -30,28 +30,44 @@ def run_args(http: bool = False, port: int = 0) -> argparse.Namespace:
 
 
 class SocketModeServer:
-    """Slack's Socket Mode end: says hello, pushes envelopes, collects the acks."""
+    """Slack's Socket Mode end: says hello, pushes envelopes, collects the acks. With several
+    connections (replicas), envelopes are dealt out to them in turn, as Slack spreads events
+    over an app's connections."""
 
-    def __init__(self) -> None:
-        self.outbox: queue.Queue[dict] = queue.Queue()
+    def __init__(self, *, handler=None, process_request=None) -> None:
+        self.outbox: queue.Queue[dict] = queue.Queue()  # before anyone connects: the first takes
         self.acks: dict[str, dict] = {}
+        self.acked_by: dict[str, int] = {}  # envelope id -> connection number (1, 2, ...)
         self.connected = threading.Event()
-        self.server = ws_serve(self._session, "127.0.0.1", 0)
+        self._queues: list[queue.Queue[dict]] = []
+        self._turn = 0
+        self._lock = threading.Lock()
+        self.server = ws_serve(handler or self._session, "127.0.0.1", 0,
+                               process_request=process_request)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.server.socket.getsockname()[1]}/link/?ticket=test"
 
+    @property
+    def sessions(self) -> int:
+        return len(self._queues)
+
     def _session(self, ws) -> None:
-        ws.send(json.dumps({"type": "hello", "num_connections": 1,
+        mine: queue.Queue[dict] = queue.Queue()
+        with self._lock:
+            self._queues.append(mine)
+            number = len(self._queues)
+        ws.send(json.dumps({"type": "hello", "num_connections": number,
                             "debug_info": {"host": "fake"}, "connection_info": {"app_id": "A0"}}))
         self.connected.set()
         while True:
-            try:
-                ws.send(json.dumps(self.outbox.get(timeout=0.05)))
-            except queue.Empty:
-                pass
+            for source in (mine, self.outbox):
+                try:
+                    ws.send(json.dumps(source.get_nowait()))
+                except queue.Empty:
+                    pass
             try:
                 message = ws.recv(timeout=0.05)
             except TimeoutError:
@@ -61,6 +77,7 @@ class SocketModeServer:
             data = json.loads(message)
             if "envelope_id" in data:
                 self.acks[data["envelope_id"]] = data
+                self.acked_by[data["envelope_id"]] = number
 
     def push(self, envelope_type: str, payload: dict, retry_attempt: int | None = None) -> str:
         envelope_id = uuid.uuid4().hex
@@ -68,7 +85,12 @@ class SocketModeServer:
                     "accepts_response_payload": envelope_type != "events_api"}
         if retry_attempt is not None:
             envelope.update(retry_attempt=retry_attempt, retry_reason="timeout")
-        self.outbox.put(envelope)
+        with self._lock:
+            if len(self._queues) > 1:
+                self._queues[self._turn % len(self._queues)].put(envelope)
+                self._turn += 1
+            else:
+                self.outbox.put(envelope)
         return envelope_id
 
     def wait_ack(self, envelope_id: str, timeout: float = 10) -> dict:
