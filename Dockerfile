@@ -14,7 +14,7 @@ ARG BASE_IMAGE=python:3.11-slim-bookworm
 FROM ${BASE_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 # The dependencies first, in a layer of their own that a change of deploybot's code reuses. Out go
-# what deploybot never runs (keeps the image under 200 MB): the kubernetes package's asyncio twin
+# what deploybot never runs (keeps the image near 200 MB): the kubernetes package's asyncio twin
 # of its client (68 MB; deploybot uses the sync one) with aiohttp, which only that needs.
 COPY build/image/wheels/deps/ /tmp/wheels/
 RUN python3 -m venv /opt/deploybot \

@@ -15,7 +15,9 @@ from bot_image import BUILD_SCRIPT, HASH_LABEL, REPO_ROOT
 # The first test may pay for a cold build of the image (see bot_image.py).
 pytestmark = pytest.mark.timeout(1800)
 
-SIZE_GOAL = 200_000_000
+# 190 MB at issue 11 with a 200 MB goal; the PostgreSQL driver (issue 12) adds 14 MB: psycopg and
+# its binary wheel's own libpq, OpenSSL and Kerberos (Debian's libpq5 would pull in as much).
+SIZE_GOAL = 215_000_000
 DATA = "/var/lib/deploybot"
 CONFIG = "/etc/deploybot/deploybot.yaml"
 RUN_TIMEOUT = 60
@@ -43,7 +45,7 @@ def test_the_image_is_built_from_this_tree_and_small(docker_client, bot_image):
     image = docker_client.images.get(bot_image)
     size = image.attrs["Size"]
     print(f"{bot_image}: {size / 1e6:.0f} MB, {HASH_LABEL}={image.labels[HASH_LABEL]}")
-    assert size < SIZE_GOAL, f"{bot_image} is {size / 1e6:.0f} MB, over the 200 MB goal"
+    assert size < SIZE_GOAL, f"{bot_image} is {size / 1e6:.0f} MB, over the {SIZE_GOAL / 1e6:.0f} MB goal"
 
 
 def test_runs_as_a_non_root_user(docker_client, bot_image):
