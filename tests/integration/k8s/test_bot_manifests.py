@@ -229,7 +229,10 @@ def test_the_bot_runs_in_the_cluster_from_the_manifests(k8s_cluster, bot_namespa
         assert "Read-only file system" in who.stderr, who.stderr
 
         # /healthz, /readyz and /metrics through the API server's proxy to the pod's metrics port.
-        assert proxy_get(core, namespace, name, metrics_port, "healthz") == (200, {"alive": True})
+        code, health = proxy_get(core, namespace, name, metrics_port, "healthz")
+        assert code == 200 and health["alive"] is True, health
+        assert health["leader"] is True, health  # one replica on SQLite leads alone
+        assert health["replica"].count("/") == 2, health  # HOST/PID/START
         code, body = proxy_get(core, namespace, name, metrics_port, "readyz")
         assert code == 200 and body["ready"] is True, body
         metrics = core.connect_get_namespaced_pod_proxy_with_path(
