@@ -32,14 +32,35 @@ class Leadership(Protocol):
     def resign(self) -> None: ...
 
 
-def _every(seconds: float, fn: Callable[[], object], stop: threading.Event,
-           name: str) -> threading.Thread:
-    def loop() -> None:
-        while not stop.wait(seconds):
-            fn()
-    thread = threading.Thread(target=loop, name=name, daemon=True)
-    thread.start()
-    return thread
+class _Periodic:
+    """Runs `_once` now and then every `_seconds()` on a daemon thread until `_end`."""
+
+    thread_name = "deploybot-periodic"
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _seconds(self) -> float:
+        raise NotImplementedError
+
+    def _once(self) -> object:
+        raise NotImplementedError
+
+    def start(self):
+        self._once()
+
+        def loop() -> None:
+            while not self._stop.wait(self._seconds()):
+                self._once()
+        self._thread = threading.Thread(target=loop, name=self.thread_name, daemon=True)
+        self._thread.start()
+        return self
+
+    def _end(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self._seconds() + 5)
 
 
 class SoleLeader:
@@ -53,7 +74,7 @@ class SoleLeader:
         pass
 
 
-class Elector:
+class Elector(_Periodic):
     """Polls `leadership` every `poll` seconds on a thread of its own. `on_gain` runs (on that
     thread) each time this process becomes the leader."""
 
@@ -63,8 +84,15 @@ class Elector:
         self.leadership, self.poll, self.on_gain = leadership, poll, on_gain
         self.replica = replica or liveness.my_replica()
         self._leader = False
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__()
+
+    thread_name = "deploybot-leader"
+
+    def _seconds(self) -> float:
+        return self.poll
+
+    def _once(self) -> bool:
+        return self.check()
 
     @property
     def is_leader(self) -> bool:
@@ -89,15 +117,8 @@ class Elector:
             log.warning("this replica (%s) is no longer the leader", self.replica)
         return now
 
-    def start(self) -> "Elector":
-        self.check()
-        self._thread = _every(self.poll, self.check, self._stop, "deploybot-leader")
-        return self
-
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=self.poll + 5)
+        self._end()
         if self._leader:
             self._leader = False
             try:
@@ -106,15 +127,22 @@ class Elector:
                 log.warning("leadership: resigning failed: %s: %s", type(exc).__name__, exc)
 
 
-class ReplicaHeartbeat:
+class ReplicaHeartbeat(_Periodic):
     """This process says it lives, in the store, every `every` seconds: on another machine, a
     deployment it drives is only taken over once the heartbeat stops (bot/store.py _alive)."""
 
     def __init__(self, store, *, every: float = HEARTBEAT_SECONDS, version: str = "") -> None:
         self.store, self.every, self.version = store, every, version
         self.replica = liveness.my_replica()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__()
+
+    thread_name = "deploybot-heartbeat"
+
+    def _seconds(self) -> float:
+        return self.every
+
+    def _once(self) -> None:
+        self.beat()
 
     def beat(self) -> None:
         try:
@@ -122,16 +150,9 @@ class ReplicaHeartbeat:
         except Exception as exc:  # the store is away: readiness says so; keep trying
             log.warning("heartbeat: %s: %s", type(exc).__name__, exc)
 
-    def start(self) -> "ReplicaHeartbeat":
-        self.beat()
-        self._thread = _every(self.every, self.beat, self._stop, "deploybot-heartbeat")
-        return self
-
     def stop(self) -> None:
         """A clean stop: the row goes, so nobody waits for it to go stale."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=self.every + 5)
+        self._end()
         try:
             self.store.replica_gone(self.replica)
         except Exception as exc:

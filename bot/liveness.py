@@ -68,8 +68,14 @@ def my_replica() -> str:
     return f"{host()}/{os.getpid()}/{my_marker()}"
 
 
+def replica_parts(replica: str) -> tuple[str, int, str]:
+    """(host, pid, start) of a replica id; ("", 0, "") parts where it has none."""
+    host, pid, start = replica.rsplit("/", 2) if replica.count("/") >= 2 else ("", "0", "")
+    return host, int(pid) if pid.isdigit() else 0, start
+
+
 def replica_host(replica: str) -> str:
-    return replica.rsplit("/", 2)[0] if replica.count("/") >= 2 else ""
+    return replica_parts(replica)[0]
 
 
 def on_this_host(replica: str) -> bool:

@@ -88,7 +88,7 @@ class StoreCollector(Collector):
         self.now = now or store.now
         self.timeout = timeout
         # the SQL of durations differs between the engines (bot/sqldb.py)
-        self.dialect = getattr(store.db, "dialect", "sqlite")
+        self.dialect = store.db.dialect
 
     def describe(self) -> list[Metric]:
         return []  # collected at scrape time only; nothing to check at registration

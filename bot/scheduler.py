@@ -105,6 +105,7 @@ class DeployScheduler:
         self._busy_lock = threading.Lock()
         # Several replicas: only the leader does the periodic work (bot/leadership.py).
         self.is_leader: Callable[[], bool] = lambda: True
+        self._housekept: datetime | None = None
 
     # -- life -----------------------------------------------------------------------------------
 
@@ -275,15 +276,21 @@ class DeployScheduler:
             return said
         # Deployments first: a slow tracker must not hold back a recovery or a scheduled start.
         for step in (self.recover, self.release_expired_locks, self.run_due, self.drain_queue,
-                     self.deliver_outbox, self.forget_stale_replicas):
+                     self.deliver_outbox, self.housekeeping):
             try:
                 said += step()
             except Exception:
                 log.exception("scheduler step %s failed", step.__name__)
         return said
 
-    def forget_stale_replicas(self) -> list[str]:
-        self.store.forget_stale_replicas()
+    HOUSEKEEPING_EVERY = timedelta(hours=1)
+
+    def housekeeping(self) -> list[str]:
+        """Rows of long-dead replicas go: hourly, not with every tick."""
+        now = self.clock.now()
+        if self._housekept is None or now - self._housekept >= self.HOUSEKEEPING_EVERY:
+            self._housekept = now
+            self.store.forget_stale_replicas()
         return []
 
     # -- health summary ---------------------------------------------------------------------------

@@ -32,18 +32,6 @@ from bot.models import (
 DEFAULT_PATH = "deploybot.db"
 
 
-def sqlite_path(where: str) -> str:
-    """The SQLite file of `where` (a path, ":memory:" or sqlite:///path). A URL of another
-    database is refused here: only a file name may become a file."""
-    if where.startswith("sqlite:"):
-        rest = where[len("sqlite:"):]
-        return rest[2:] if rest.startswith("///") else rest
-    if "://" in where:
-        scheme = where.split("://", 1)[0]
-        raise StateError(f"{scheme}:// is not an SQLite file name",
-                         hint="a PostgreSQL store is opened by `deploybot` from DEPLOYBOT_DB")
-    return where
-
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
@@ -200,8 +188,8 @@ class Store:
 
     def __init__(self, where: "str | os.PathLike | Database" = DEFAULT_PATH, *,
                  clock: Callable[[], datetime] = utcnow) -> None:
-        if isinstance(where, (str, os.PathLike)):
-            where = SqliteDatabase(sqlite_path(str(where)))
+        if isinstance(where, (str, os.PathLike)):  # DEPLOYBOT_DB's forms: handlers/database_url.py
+            where = SqliteDatabase(str(where))
         self.db: Database = where
         self.path = where.label  # where the state is, for messages (never a password)
         self._lock = threading.RLock()
@@ -612,15 +600,13 @@ class Store:
     def replica_beat(self, replica: str, *, version: str = "") -> None:
         """`replica` lives (first call registers it)."""
         now = _ts(self.now())
-        pid = replica.split("/")[-2] if replica.count("/") >= 2 else "0"
+        host, pid, marker = liveness.replica_parts(replica)
         with self.transaction() as db:
             if db.execute("UPDATE replicas SET heartbeat_at = ? WHERE id = ?",
                           [now, replica]).rowcount == 0:
-                db["replicas"].insert({"id": replica, "host": liveness.replica_host(replica),
-                                       "pid": int(pid) if pid.isdigit() else 0,
-                                       "start_marker": replica.rsplit("/", 1)[-1],
-                                       "version": version, "started_at": now,
-                                       "heartbeat_at": now})
+                db["replicas"].insert({"id": replica, "host": host, "pid": pid,
+                                       "start_marker": marker, "version": version,
+                                       "started_at": now, "heartbeat_at": now})
 
     def replica_gone(self, replica: str) -> None:
         """A clean stop: nobody needs to wait for its heartbeat to go stale."""

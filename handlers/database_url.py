@@ -32,10 +32,9 @@ class Location:
     def label(self) -> str:
         if self.engine == SQLITE:
             return self.where
-        try:  # the engine's own label, so every message names the store the same way
-            from backends.stores.postgres import dsn_label
-        except ImportError:
-            return safe_dsn(self.where)
+        # the engine's own label, so every message names the store the same way
+        from backends.stores.postgres import dsn_label
+
         return dsn_label(self.where)
 
 
@@ -91,12 +90,8 @@ def open_database(location: Location, *, connect_timeout: float = 5.0) -> Databa
     """The engine for `location`; an unreachable PostgreSQL is a StateError (exit 1)."""
     if location.engine == SQLITE:
         return SqliteDatabase(location.where)
-    try:
-        from backends.stores.postgres import PostgresDatabase
-    except ImportError as exc:  # psycopg missing: a build without the PostgreSQL store
-        raise ConfigError(f"{DB_ENV} names a PostgreSQL store, and this deploybot cannot open "
-                          f"one ({exc})", hint="install psycopg[binary] (pyproject.toml)"
-                          ) from None
+    from backends.stores.postgres import PostgresDatabase
+
     # Its own errors name the store by its label and say what to check (never the password).
     return PostgresDatabase(location.where, connect_timeout=connect_timeout)
 

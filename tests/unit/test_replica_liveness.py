@@ -229,3 +229,27 @@ def test_the_host_of_a_replica_may_be_named(monkeypatch):
     monkeypatch.setenv("DEPLOYBOT_REPLICA_HOST", "pod-a")
     assert liveness.my_replica().startswith(f"pod-a/{os.getpid()}/")
     assert liveness.on_this_host("pod-a/1/2") and not liveness.on_this_host("pod-b/1/2")
+
+
+def test_housekeeping_forgets_dead_replicas_once_an_hour():
+    from bot.scheduler import DeployScheduler
+
+    clock = ManualClock()
+    store = Store(":memory:", clock=clock.now)
+
+    class P:
+        config = type("C", (), {"schedule_grace_minutes": 10, "health_summary": None})()
+    P.store, P.clock = store, clock
+    scheduler = DeployScheduler(P())
+    store.replica_beat("gone/1/1")
+    clock.advance(hours=2)
+    scheduler.housekeeping()
+    assert store.replicas() == []
+    store.replica_beat("gone/2/2")
+    store.db.execute("UPDATE replicas SET heartbeat_at = '2000-01-01T00:00:00+00:00'")
+    clock.advance(minutes=59)  # an hour-old row, but the last housekeeping was 59 min ago
+    scheduler.housekeeping()
+    assert [r["id"] for r in store.replicas()] == ["gone/2/2"]
+    clock.advance(minutes=1)
+    scheduler.housekeeping()
+    assert store.replicas() == []
