@@ -82,7 +82,7 @@ def main() -> int:
           f"{'checklist 2nd':>14} {'re-check':>12}  outcome")
     with tempfile.TemporaryDirectory() as tmp:
         for kind in SPECS:
-            with case(kind, n_comments=args.comments, latency=args.latency) as c:
+            with case(kind, n_comments=args.comments, latency=args.latency, sockets=True) as c:
                 before = len(c.server.log)
                 started = time.perf_counter()
                 c.tracker.gate_data(c.ref)

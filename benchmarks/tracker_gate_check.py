@@ -36,7 +36,7 @@ def main() -> int:
     print(f"{'adapter':<12} {'requests':>8} {'wall s':>8} {'best s':>8}  goal")
     ok = True
     for kind in SPECS:
-        with case(kind, n_comments=args.comments, latency=args.latency) as c:
+        with case(kind, n_comments=args.comments, latency=args.latency, sockets=True) as c:
             times, requests = [], 0
             for _ in range(args.runs):
                 before = len(c.server.log)

@@ -8,7 +8,7 @@ from bot.ports import Tracker
 
 from backends.trackers import github, gitlab, jira, linear, redmine
 
-Builder = Callable[[Mapping[str, Any], Mapping[str, str]], Tracker]
+Builder = Callable[..., Tracker]  # (settings, environ, **Http seams: transport, sleep, now)
 
 KINDS: dict[str, Builder] = {
     "jira-cloud": jira.build_cloud,

@@ -185,7 +185,7 @@ class GitHub(HttpTracker):
                                         "has access to it (Issues: read and write)") from None
 
 
-def build(settings: Mapping[str, Any], environ: Mapping[str, str]) -> GitHub:
+def build(settings: Mapping[str, Any], environ: Mapping[str, str], **seams: Any) -> GitHub:
     url = base_url(settings, "GitHub", default="https://api.github.com")
     repo = str(settings.get("repo", ""))
     if repo and not re.fullmatch(_REPO, repo):
@@ -197,6 +197,7 @@ def build(settings: Mapping[str, Any], environ: Mapping[str, str]) -> GitHub:
         tracker="GitHub", url=url, settings=settings, secret_values=(token,),
         headers={"Authorization": f"Bearer {token}", "Accept": "application/vnd.github+json",
                  "X-GitHub-Api-Version": "2022-11-28"},
+        **seams,
     )
     return GitHub(http, repo=repo, web_host=web_host,
                   status_prefix=str(settings.get("status_prefix", "status:")),

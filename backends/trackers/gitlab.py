@@ -180,11 +180,11 @@ class GitLab(HttpTracker):
                                         f"{self.http.token_env} has the api scope on it") from None
 
 
-def build(settings: Mapping[str, Any], environ: Mapping[str, str]) -> GitLab:
+def build(settings: Mapping[str, Any], environ: Mapping[str, str], **seams: Any) -> GitLab:
     url = base_url(settings, "GitLab", default="https://gitlab.com")
     token = secret(settings, environ, "GitLab")
     http = Http(tracker="GitLab", url=url, headers={"PRIVATE-TOKEN": token}, settings=settings,
-                secret_values=(token,))
+                secret_values=(token,), **seams)
     return GitLab(http, url=url, project=str(settings.get("project", "")),
                   status_prefix=str(settings.get("status_prefix", "status::")),
                   statuses=list(settings.get("statuses") or []))

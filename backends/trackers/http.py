@@ -98,9 +98,14 @@ class Http:
         settings: Mapping[str, Any],
         secret_values: tuple[str, ...] = (),
         token_env: str = "",
-        body_rate_limit: Callable[[httpx.Response], float | None] | None = None,
+        body_rate_limit: Callable[[httpx.Response, float], float | None] | None = None,
+        transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        now: Callable[[], float] = time.time,
     ) -> None:
+        """`transport`, `sleep` and `now` (wall-clock epoch seconds, for reset headers) are the
+        seams tests replace: an in-memory transport and recorded waits instead of sockets and
+        real Retry-After sleeps."""
         self.tracker = tracker
         self.url = url
         self.timeout = float(settings.get("timeout", 10))
@@ -111,6 +116,7 @@ class Http:
         self._secrets = tuple(s for s in secret_values if s)
         self._body_rate_limit = body_rate_limit
         self._sleep = sleep
+        self._now = now
         self._lock = threading.Lock()
         self.requests = 0  # requests sent, retries included (the benchmark reads it)
         self.client = httpx.Client(
@@ -118,6 +124,7 @@ class Http:
             headers={"Accept": "application/json", "User-Agent": "deploybot", **headers},
             timeout=self.timeout,
             limits=httpx.Limits(max_connections=16, max_keepalive_connections=16),
+            transport=transport,
         )
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix=f"{tracker}-http")
 
@@ -224,7 +231,7 @@ class Http:
     def _rate_limit_wait(self, resp: httpx.Response) -> float | None:
         h = resp.headers
         if self._body_rate_limit is not None:
-            wait = self._body_rate_limit(resp)
+            wait = self._body_rate_limit(resp, self._now())
             if wait is not None:
                 return wait
         if resp.status_code == 429 or (
@@ -232,7 +239,7 @@ class Http:
             and (h.get("x-ratelimit-remaining") == "0" or "retry-after" in h)
         ):
             for name in ("retry-after", "x-ratelimit-reset", "ratelimit-reset"):
-                wait = parse_wait(h.get(name))
+                wait = parse_wait(h.get(name), self._now())
                 if wait is not None:
                     return wait
             return self.backoff

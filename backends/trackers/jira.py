@@ -273,7 +273,7 @@ class Jira(HttpTracker):
         return self._account(user)
 
 
-def _build(settings: Mapping[str, Any], environ: Mapping[str, str], cloud: bool) -> Jira:
+def _build(settings: Mapping[str, Any], environ: Mapping[str, str], cloud: bool, **seams: Any) -> Jira:
     name = "Jira Cloud" if cloud else "Jira Data Center"
     url = base_url(settings, name)
     token = secret(settings, environ, name)
@@ -283,16 +283,16 @@ def _build(settings: Mapping[str, Any], environ: Mapping[str, str], cloud: bool)
     else:  # Data Center personal access token
         auth = f"Bearer {token}"
     http = Http(tracker=name, url=url, headers={"Authorization": auth}, settings=settings,
-                secret_values=(token, auth))
+                secret_values=(token, auth), **seams)
     return Jira(http, url, cloud=cloud, project=str(settings.get("project", "")))
 
 
-def build_cloud(settings: Mapping[str, Any], environ: Mapping[str, str]) -> Jira:
-    return _build(settings, environ, cloud=True)
+def build_cloud(settings: Mapping[str, Any], environ: Mapping[str, str], **seams: Any) -> Jira:
+    return _build(settings, environ, cloud=True, **seams)
 
 
-def build_dc(settings: Mapping[str, Any], environ: Mapping[str, str]) -> Jira:
-    return _build(settings, environ, cloud=False)
+def build_dc(settings: Mapping[str, Any], environ: Mapping[str, str], **seams: Any) -> Jira:
+    return _build(settings, environ, cloud=False, **seams)
 
 
 build = build_cloud

@@ -63,7 +63,7 @@ UPDATE_M = """mutation Update($id: String!, $input: IssueUpdateInput!) {
   issueUpdate(id: $id, input: $input) { success } }"""
 
 
-def _rate_limited(resp: httpx.Response) -> float | None:
+def _rate_limited(resp: httpx.Response, now: float) -> float | None:
     if "json" not in resp.headers.get("content-type", ""):
         return None
     try:
@@ -73,7 +73,7 @@ def _rate_limited(resp: httpx.Response) -> float | None:
     if not any((e.get("extensions") or {}).get("code") == "RATELIMITED" for e in errors):
         return None
     for name in ("retry-after", "x-ratelimit-requests-reset", "x-ratelimit-complexity-reset"):
-        wait = parse_wait(resp.headers.get(name))
+        wait = parse_wait(resp.headers.get(name), now)
         if wait is not None:
             return wait
     return 1.0
@@ -249,12 +249,12 @@ def _not_found(error: dict) -> bool:
     return "not found" in text or "could not find" in text
 
 
-def build(settings: Mapping[str, Any], environ: Mapping[str, str]) -> Linear:
+def build(settings: Mapping[str, Any], environ: Mapping[str, str], **seams: Any) -> Linear:
     url = base_url(settings, "Linear", default="https://api.linear.app")
     token = secret(settings, environ, "Linear")
     # Personal API keys go bare in Authorization; OAuth access tokens as Bearer.
     auth = token if token.startswith("lin_api_") else f"Bearer {token}"
     http = Http(tracker="Linear", url=url, headers={"Authorization": auth}, settings=settings,
-                secret_values=(token,), body_rate_limit=_rate_limited)
+                secret_values=(token,), body_rate_limit=_rate_limited, **seams)
     return Linear(http, team=str(settings.get("team", "")),
                   web_host=str(settings.get("web_host", "linear.app")))

@@ -273,11 +273,11 @@ def _account(user: dict) -> Account:
     return Account(id=str(user["id"]), login=str(user.get("login") or ""), name=name or str(user.get("name") or ""))
 
 
-def build(settings: Mapping[str, Any], environ: Mapping[str, str]) -> Redmine:
+def build(settings: Mapping[str, Any], environ: Mapping[str, str], **seams: Any) -> Redmine:
     url = base_url(settings, "Redmine")
     key = secret(settings, environ, "Redmine")
     http = Http(tracker="Redmine", url=url, headers={"X-Redmine-API-Key": key},
-                settings=settings, secret_values=(key,))
+                settings=settings, secret_values=(key,), **seams)
     chosen = settings.get("markup")
     if chosen not in (None, "textile", "common_mark"):
         raise ConfigError(f"Redmine: tracker.markup must be textile or common_mark, got {chosen!r}",

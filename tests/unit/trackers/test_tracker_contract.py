@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from datetime import timedelta, timezone
 
 import pytest
@@ -196,9 +195,8 @@ def test_429_honours_retry_after(kind: str) -> None:
             c.server.fault(**linear_rate_limited(1.0))
         else:
             c.server.fault(429, headers={"Retry-After": "1"}, body={"message": "slow down"})
-        started = time.monotonic()
         assert c.tracker.get_ticket(c.ref).title
-        assert time.monotonic() - started >= 0.8
+        assert c.sleeps == [pytest.approx(1.0, abs=0.01)]  # the wait the tracker asked for
         assert len(c.server.log) == 2
 
 
@@ -208,25 +206,26 @@ def test_rate_limit_longer_than_max_wait_fails_at_once(kind: str) -> None:
             c.server.fault(**linear_rate_limited(3600))
         else:
             c.server.fault(429, headers={"Retry-After": "3600"})
-        started = time.monotonic()
         with pytest.raises(TrackerError) as err:
             c.tracker.get_ticket(c.ref)
-        assert "rate limit" in str(err.value) and time.monotonic() - started < 2
+        assert "rate limit" in str(err.value) and "retry in 3600 s" in err.value.hint
+        assert c.sleeps == [] and len(c.server.log) == 1  # refused without waiting or retrying
 
 
 def test_timeout_is_retried_then_reported(kind: str) -> None:
     with case(kind, timeout=0.3, retries=1) as c:
         c.server.fault(0, delay=1.0, times=1)  # slow once: retried
         assert c.tracker.get_ticket(c.ref).title
-        c.server.fault(0, delay=1.0, times=5)  # slow always: a clear error
-        started = time.monotonic()
+        assert len(c.server.log) == 2
+        c.server.fault(0, delay=1.0, times=5)  # slow always: a clear error after the retries
         with pytest.raises(TrackerError) as err:
             c.tracker.get_ticket(c.ref)
-        assert "did not answer in time" in str(err.value) and time.monotonic() - started < 2
+        assert "did not answer in time" in str(err.value)
+        assert len(c.server.log) == 4 and c.server.faults[-1].times == 3  # 1 + retries=1, no more
 
 
 def test_gate_data_fetches_concurrently(kind: str) -> None:
-    with case(kind, n_comments=500, latency=0.02) as c:
+    with case(kind, n_comments=500) as c:
         ticket, comments = c.tracker.gate_data(c.ref)
         assert ticket.status == "Ready for Production" and len(comments) == 500
         assert len(c.server.log) <= 7

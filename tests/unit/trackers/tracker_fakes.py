@@ -1,4 +1,5 @@
-"""Local HTTP servers (real sockets, real threads) that answer like each tracker's API.
+"""Fake trackers that answer like each tracker's API: in memory behind an httpx.MockTransport
+(the unit tests: no sockets, no real waits) or as local HTTP servers (the benchmarks).
 
 Payload shapes follow each API's documentation: Jira's /rest/api/{2,3}/issue/{key}/comment page
 (startAt/maxResults/total), ADF bodies; GitHub issue comments with a `Link` header; GitLab notes
@@ -9,6 +10,8 @@ stay; `app.tie_break = -1` makes fakes whose API leaves the order of equal times
 (Jira, GitLab) answer those newest first.
 Faults (5xx, 429 + Retry-After, slow answers, a write that lands but answers 502) are scripted
 per test with `server.fault(...)`. Used by the unit tests and by benchmarks/tracker_gate_check.py.
+Wall-clock values a fake hands out (reset headers) are counted from NOW, the clock the adapters
+under test are given.
 """
 
 from __future__ import annotations
@@ -25,8 +28,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 
+import httpx
+
 TOKEN = "s3cret-token-value"  # what the fakes accept; tests assert it never shows in messages
 BASE_TIME = datetime(2024, 3, 1, 9, 0, tzinfo=timezone.utc)
+NOW = BASE_TIME.timestamp() + 86400.0  # the wall clock the unit tests give the adapters
 
 PEOPLE = {  # login -> (Jira Cloud accountId, display name); the order gives the numeric ids
     "carol": ("5b10ac8d82e05b22cc7d4ef5", "Carol Reviewer"),
@@ -93,8 +99,14 @@ class Request:
     body: Any
 
 
-class FakeServer:
-    """A ThreadingHTTPServer on 127.0.0.1 with a per-request latency and scripted faults."""
+class FakeTracker:
+    """What a fake tracker does whoever carries the request: the log, scripted faults, the app.
+
+    `latency` is a real wait per request (the benchmarks' round trip); fault delays are handed
+    to `pause`, which the socket server sleeps and the in-memory transport compares with the
+    client's timeout."""
+
+    url = ""
 
     def __init__(self, app: "FakeApp", latency: float = 0.0) -> None:
         self.app = app
@@ -102,6 +114,111 @@ class FakeServer:
         self.faults: list[Fault] = []
         self.log: list[tuple[str, str]] = []
         self._lock = threading.Lock()
+
+    def fault(self, status: int = 503, *, method: str = "", path: str = "", times: int = 1,
+              headers: dict | None = None, body: Any = None, delay: float = 0.0, after: bool = False,
+              request_contains: str = "", skip: int = 0) -> None:
+        """The next `times` requests matching method/path (regex)/body text get this answer instead
+        (status 0: answer normally, after `delay`)."""
+        rx = re.compile(path) if path else None
+        self.faults.append(Fault(
+            lambda m, p, b: (not method or m == method) and (rx is None or bool(rx.search(p)))
+            and request_contains in b,
+            status, headers or {}, body, times, delay, skip, after,
+        ))
+
+    def count(self, method: str = "", path: str = "") -> int:
+        return sum(1 for m, p in self.log if (not method or m == method) and re.search(path or "", p))
+
+    def _take_fault(self, method: str, path: str, raw: bytes) -> Fault | None:
+        with self._lock:
+            for f in self.faults:
+                if f.times > 0 and f.match(method, path, raw.decode(errors="replace")):
+                    if f.skip > 0:
+                        f.skip -= 1
+                        continue
+                    f.times -= 1
+                    return f
+        return None
+
+    def respond(self, method: str, target: str, headers: dict, raw: bytes,
+                pause: Callable[[float], None]) -> tuple[int, dict, Any]:
+        """The answer to one request (method, path?query, lower-case headers, body bytes)."""
+        parts = urlsplit(target)
+        body = json.loads(raw) if raw and "json" in (headers.get("content-type") or "") else raw
+        req = Request(method, unquote(parts.path), {k: v[-1] for k, v in parse_qs(parts.query).items()},
+                      headers, body)
+        with self._lock:
+            self.log.append((req.method, req.path))
+        if self.latency:
+            time.sleep(self.latency)
+        fault = self._take_fault(req.method, req.path, raw)
+        if fault and fault.delay and not fault.after:
+            pause(fault.delay)
+        if fault and not fault.after and fault.status:
+            return fault.status, fault.headers, fault.body
+        try:
+            status, out_headers, out = self.app.handle(req, self.url)
+        except Exception as exc:  # a bug in a fake must show, not hang the client
+            status, out_headers, out = 500, {}, {"error": repr(exc)}
+        if fault and fault.after:
+            pause(fault.delay)  # committed, answered late
+            if fault.status:
+                status, out_headers, out = fault.status, fault.headers, fault.body
+        return status, out_headers, out
+
+
+def encode(out: Any) -> bytes:
+    if out is None:
+        return b""
+    if isinstance(out, (bytes, str)):
+        return out.encode() if isinstance(out, str) else out
+    return json.dumps(out).encode()
+
+
+class FakeTransport(FakeTracker):
+    """The fake behind an httpx.MockTransport: no socket, no real wait for a scripted delay.
+
+    A delay at least as long as the client's read timeout raises httpx.ReadTimeout after the
+    request was handled as the socket server would handle it (a late write still lands); a
+    shorter one is answered at once. Requests to any other origin are refused (ConnectError)."""
+
+    url = "http://tracker.test"
+
+    def __init__(self, app: "FakeApp", latency: float = 0.0) -> None:
+        super().__init__(app, latency)
+        self.transport = httpx.MockTransport(self._serve)
+
+    def __enter__(self) -> "FakeTransport":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
+
+    def _serve(self, request: httpx.Request) -> httpx.Response:
+        if f"{request.url.scheme}://{request.url.netloc.decode()}" != self.url:
+            raise httpx.ConnectError("connection refused", request=request)
+        delays: list[float] = []
+        target = request.url.raw_path.decode()
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        status, out_headers, out = self.respond(request.method, target, headers, request.read(),
+                                                delays.append)
+        timeout = (request.extensions.get("timeout") or {}).get("read")
+        if timeout is not None and sum(delays) >= timeout:
+            raise httpx.ReadTimeout("the fake answered after the client's timeout", request=request)
+        data = encode(out)
+        out_headers = {k: str(v) for k, v in out_headers.items()}
+        if data and "Content-Type" not in out_headers:
+            out_headers["Content-Type"] = "application/json; charset=utf-8"
+        return httpx.Response(status, headers=out_headers, content=data, request=request)
+
+
+class FakeServer(FakeTracker):
+    """A ThreadingHTTPServer on 127.0.0.1 with a per-request latency and scripted faults (real
+    sleeps); the benchmarks and anything that needs a real socket use it."""
+
+    def __init__(self, app: "FakeApp", latency: float = 0.0) -> None:
+        super().__init__(app, latency)
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -130,66 +247,16 @@ class FakeServer:
         self.httpd.server_close()
         self.thread.join(timeout=5)
 
-    def fault(self, status: int = 503, *, method: str = "", path: str = "", times: int = 1,
-              headers: dict | None = None, body: Any = None, delay: float = 0.0, after: bool = False,
-              request_contains: str = "", skip: int = 0) -> None:
-        """The next `times` requests matching method/path (regex)/body text get this answer instead
-        (status 0: answer normally, after `delay`)."""
-        rx = re.compile(path) if path else None
-        self.faults.append(Fault(
-            lambda m, p, b: (not method or m == method) and (rx is None or bool(rx.search(p)))
-            and request_contains in b,
-            status, headers or {}, body, times, delay, skip, after,
-        ))
-
-    def count(self, method: str = "", path: str = "") -> int:
-        return sum(1 for m, p in self.log if (not method or m == method) and re.search(path or "", p))
-
-    def _take_fault(self, method: str, path: str, raw: bytes) -> Fault | None:
-        with self._lock:
-            for f in self.faults:
-                if f.times > 0 and f.match(method, path, raw.decode(errors="replace")):
-                    if f.skip > 0:
-                        f.skip -= 1
-                        continue
-                    f.times -= 1
-                    return f
-        return None
-
     def _handle(self, h: BaseHTTPRequestHandler) -> None:
-        parts = urlsplit(h.path)
         length = int(h.headers.get("Content-Length") or 0)
         raw = h.rfile.read(length) if length else b""
-        body = json.loads(raw) if raw and "json" in (h.headers.get("Content-Type") or "") else raw
-        req = Request(h.command, unquote(parts.path), {k: v[-1] for k, v in parse_qs(parts.query).items()},
-                      {k.lower(): v for k, v in h.headers.items()}, body)
-        with self._lock:
-            self.log.append((req.method, req.path))
-        if self.latency:
-            time.sleep(self.latency)
-        fault = self._take_fault(req.method, req.path, raw)
-        if fault and fault.delay and not fault.after:
-            time.sleep(fault.delay)
-        if fault and not fault.after and fault.status:
-            return self._send(h, fault.status, fault.headers, fault.body)
-        try:
-            status, headers, out = self.app.handle(req, self.url)
-        except Exception as exc:  # a bug in a fake must show, not hang the client
-            status, headers, out = 500, {}, {"error": repr(exc)}
-        if fault and fault.after:
-            time.sleep(fault.delay)  # committed, answered late
-            if fault.status:
-                status, headers, out = fault.status, fault.headers, fault.body
-        self._send(h, status, headers, out)
+        headers = {k.lower(): v for k, v in h.headers.items()}
+        status, out_headers, out = self.respond(h.command, h.path, headers, raw, time.sleep)
+        self._send(h, status, out_headers, out)
 
     @staticmethod
     def _send(h: BaseHTTPRequestHandler, status: int, headers: dict, out: Any) -> None:
-        if out is None:
-            data = b""
-        elif isinstance(out, (bytes, str)):
-            data = out.encode() if isinstance(out, str) else out
-        else:
-            data = json.dumps(out).encode()
+        data = encode(out)
         try:
             h.send_response(status)
             if data and "Content-Type" not in headers:
@@ -724,11 +791,11 @@ class LinearApp(FakeApp):
             "userPresentableMessage": "Could not find referenced Issue."}}]}
 
 
-def linear_rate_limited(reset_in: float = 1.0) -> dict:
+def linear_rate_limited(reset_in: float = 1.0, now: float = NOW) -> dict:
     """Arguments for server.fault(): Linear's RATELIMITED answer with its reset header (epoch ms)."""
     return dict(status=400, headers={
         "X-RateLimit-Requests-Limit": "1500", "X-RateLimit-Requests-Remaining": "0",
-        "X-RateLimit-Requests-Reset": str(int((time.time() + reset_in) * 1000))},
+        "X-RateLimit-Requests-Reset": str(int((now + reset_in) * 1000))},
         body={"errors": [{"message": "Rate limit exceeded", "extensions": {
             "code": "RATELIMITED", "type": "ratelimited",
             "userPresentableMessage": "You have exceeded the rate limit."}}]})
