@@ -142,6 +142,16 @@ class BotUnderTest:
     send: SlackRequests
     store: Store
     url: str
+    workers: int = 8
+
+    def settle(self, timeout: float = 30) -> None:
+        """Return once every task handed to the front end's workers before this call is done:
+        a task on each worker meets at a barrier, and the workers take tasks in order. What a
+        request set off after its answer has then happened, with no sleep to guess its length."""
+        barrier = threading.Barrier(self.workers + 1, timeout=timeout)
+        for _ in range(self.workers):
+            self.front.submit(barrier.wait)
+        barrier.wait()
 
     def root_of(self, deployment_id: int) -> Message:
         ref = self.store.deployment(deployment_id).thread_ref
@@ -191,7 +201,7 @@ def running_bot(config: Config, db_path: Path, *, usergroups: dict[str, list[str
         thread.start()
         url = f"http://127.0.0.1:{server.server_port}/slack/events"
         send = SlackRequests(url, SECRET, hooks_url=slack.hooks_url)
-        yield BotUnderTest(slack, front, send, store, url)
+        yield BotUnderTest(slack, front, send, store, url, workers)
     finally:
         if server is not None:
             server.shutdown()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -278,15 +277,16 @@ def test_deploybot_own_comments_approve_nothing_and_announce_no_build():
         assert approvals.read(RULES.qa_pass, text) == [], text
 
 
-def test_long_hostile_lines_are_read_quickly():
+# Catastrophic backtracking would hang here, not be slow by a measurable margin: the timeout
+# (thread method: a C-level regex loop ignores signals) stops such a run; no speed is asserted.
+@pytest.mark.timeout(60, method="thread")
+def test_long_hostile_lines_are_read_without_backtracking_forever():
     lines = ["1." * 5000 + "x", ":a:" * 3000, "_*" * 5000, "no new " * 3000, "v1.2 " * 2000,
              "QA " + " " * 20000 + "x", "1/" * 5000]
-    start = time.perf_counter()
     for line in lines:
-        approvals.read(RULES.qa_pass, line)
-        approvals.read(RULES.cq_approval, line)
-        approvals.new_build_lines(RULES, line)
-    assert time.perf_counter() - start < 2.0
+        assert approvals.read(RULES.qa_pass, line) == []
+        assert approvals.read(RULES.cq_approval, line) == []
+        assert approvals.new_build_lines(RULES, line) == []
 
 
 # -- new builds -----------------------------------------------------------------------------------
