@@ -60,6 +60,7 @@ class LocalTracker:
         return rows[0]
 
     def get_ticket(self, ticket_id: str) -> Ticket:
+        ticket_id = self.parse_ref(ticket_id)  # what a person typed, as the other trackers take it
         with self.store.transaction():
             row = self._row(ticket_id)
         return Ticket(id=row["id"], title=row["title"], status=row["status"],
@@ -69,6 +70,7 @@ class LocalTracker:
                       created_at=datetime.fromisoformat(row["created_at"]))
 
     def comments(self, ticket_id: str) -> list[Comment]:
+        ticket_id = self.parse_ref(ticket_id)
         with self.store.transaction() as db:
             self._row(ticket_id)
             rows = list(db.query("SELECT * FROM ticket_comments WHERE ticket_id = ? ORDER BY id",
@@ -82,6 +84,7 @@ class LocalTracker:
 
     def add_comment(self, ticket_id: str, markdown: str, *, key: str = "",
                     author: str = "deploybot") -> str:
+        ticket_id = self.parse_ref(ticket_id)
         with self.store.transaction() as db:
             self._row(ticket_id)
             if key:
@@ -101,11 +104,13 @@ class LocalTracker:
         if canonical is None:
             raise TrackerError(f"local tracker: {status!r} is not a status",
                                hint=f"statuses: {', '.join(STATUSES)}")
+        ticket_id = self.parse_ref(ticket_id)
         with self.store.transaction() as db:
             self._row(ticket_id)
             db["tickets"].update(ticket_id, {"status": canonical})
 
     def add_labels(self, ticket_id: str, labels: list[str]) -> None:
+        ticket_id = self.parse_ref(ticket_id)
         with self.store.transaction() as db:
             current = json.loads(self._row(ticket_id)["labels"] or "[]")
             merged = current + [label for label in labels if label not in current]

@@ -1,8 +1,9 @@
-"""The local tracker's identities (logins as typed, no registry) and its comment order."""
+"""The local tracker's identities: logins as typed, no registry. (Its comment order, ties and
+a clock stepped back, is in the tracker contract, test_tracker_contract.py.)"""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 import pytest
 
@@ -37,17 +38,3 @@ def test_local_accounts_are_logins(local) -> None:
         with pytest.raises(TrackerError):
             local.resolve_account(bad)
 
-
-def test_local_comments_in_rowid_order_when_times_tie(local) -> None:
-    tid = local.create_ticket("Ship it")
-    local.add_comment(tid, "CQ approved", author="carol")
-    local.add_comment(tid, "CQ withdrawn", author="carol")
-    local.store.now.at -= timedelta(hours=1)  # a clock stepped back: the rowid still decides
-    local.add_comment(tid, "QA PASS", author="quinn")
-    comments = local.comments(tid)
-    assert [c.body for c in comments] == ["CQ approved", "CQ withdrawn", "QA PASS"]
-    assert comments[0].created_at == comments[1].created_at
-    assert [(c.author, c.author_name) for c in comments] == [("carol", "carol")] * 2 + [("quinn", "quinn")]
-    assert local.resolve_account("carol").id == comments[0].author
-    local.add_comment(tid, "record", key="k")
-    assert local.comments(tid)[-1].author == local.current_account().id

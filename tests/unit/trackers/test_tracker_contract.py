@@ -1,4 +1,5 @@
-"""The Tracker contract, run against every adapter behind its local fake server."""
+"""The Tracker contract, run against every adapter behind its fake tracker; what does not
+depend on HTTP (`any_kind`) against the embedded LocalTracker too."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import pytest
 from bot.errors import ConfigError, InputError, TrackerError
 from bot.models import Account
 from bot.ports import Tracker
-from tracker_cases import SPECS, case
+from tracker_cases import SPECS, any_case, case
 from tracker_fakes import BASE_TIME, TOKEN, linear_rate_limited
 
 KINDS = list(SPECS)
+# Where the author's shown name is the login, id and name alike or not
+LOGIN_NAMES = ("github", "linear", "local")
 RECORD = """## Deployment Record
 **Ticket:** #7
 **Deployed by:** alice
@@ -32,14 +35,19 @@ def kind(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
-def test_is_a_tracker(kind: str) -> None:
-    with case(kind) as c:
+@pytest.fixture(params=[*KINDS, "local"])
+def any_kind(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+def test_is_a_tracker(any_kind: str) -> None:
+    with any_case(any_kind) as c:
         assert isinstance(c.tracker, Tracker)
         assert c.tracker.name
 
 
-def test_parse_ref(kind: str) -> None:
-    with case(kind) as c:
+def test_parse_ref(any_kind: str) -> None:
+    with any_case(any_kind) as c:
         assert c.tracker.parse_ref(c.ref) == c.canonical
         assert c.tracker.parse_ref(f"  {c.ref} ") == c.canonical
         for bad in ("", "not a ticket", "https://elsewhere.example/x/1", "DROP TABLE;"):
@@ -47,20 +55,21 @@ def test_parse_ref(kind: str) -> None:
                 c.tracker.parse_ref(bad)
 
 
-def test_get_ticket(kind: str) -> None:
-    with case(kind) as c:
+def test_get_ticket(any_kind: str) -> None:
+    with any_case(any_kind) as c:
         ticket = c.tracker.get_ticket(c.ref)
         assert ticket.id == c.canonical
         assert ticket.title == "Checkout: fix rounding of totals"
         assert ticket.status == "Ready for Production"
-        assert ticket.url.startswith(("http://", "https://"))
+        assert ticket.url.startswith(("http://", "https://") if any_kind != "local" else "local:")
 
 
-def test_comments_authors_times_plain_text(kind: str) -> None:
-    with case(kind) as c:
+def test_comments_authors_times_plain_text(any_kind: str) -> None:
+    with any_case(any_kind) as c:
         comments = c.tracker.comments(c.ref)
-        # GitHub comments carry only the login; Linear shows the handle (displayName)
-        names = ["carol", "quinn"] if kind in ("github", "linear") else ["Carol Reviewer", "Quinn Tester"]
+        # GitHub comments carry only the login; Linear shows the handle (displayName); the
+        # local tracker knows only logins
+        names = ["carol", "quinn"] if any_kind in LOGIN_NAMES else ["Carol Reviewer", "Quinn Tester"]
         assert [x.author_name for x in comments] == names
         assert comments[0].body.startswith("CQ approved")
         assert comments[1].body == "QA PASS on staging"
@@ -70,16 +79,16 @@ def test_comments_authors_times_plain_text(kind: str) -> None:
         assert "{" not in comments[0].body  # ADF/JSON never leaks into the text
 
 
-def test_every_page_is_read_oldest_first(kind: str) -> None:
-    with case(kind, n_comments=260) as c:  # three pages of 100 (Linear: two of 250)
+def test_every_page_is_read_oldest_first(any_kind: str) -> None:
+    with any_case(any_kind, n_comments=260) as c:  # three pages of 100 (Linear: two of 250)
         comments = c.tracker.comments(c.ref)
         assert len(comments) == 260
         assert [x.created_at for x in comments] == sorted(x.created_at for x in comments)
         assert len({x.id for x in comments}) == 260
 
 
-def test_add_comment_posts_once_per_key(kind: str) -> None:
-    with case(kind) as c:
+def test_add_comment_posts_once_per_key(any_kind: str) -> None:
+    with any_case(any_kind) as c:
         c.tracker.add_comment(c.ref, RECORD, key="deploy-41")
         c.tracker.add_comment(c.ref, RECORD, key="deploy-41")  # a retried call
         comments = c.tracker.comments(c.ref)
@@ -129,8 +138,8 @@ def test_ambiguous_post_is_not_duplicated(kind: str) -> None:
         assert c.server.faults[-1].times == 0  # the fault did fire
 
 
-def test_transition_moves_and_rereads(kind: str) -> None:
-    with case(kind) as c:
+def test_transition_moves_and_rereads(any_kind: str) -> None:
+    with any_case(any_kind) as c:
         c.tracker.transition(c.ref, "Deployed")
         assert c.tracker.get_ticket(c.ref).status == "Deployed"
         c.tracker.transition(c.ref, "deployed")  # already there: nothing to do, no error
@@ -164,8 +173,8 @@ def test_missing_secret_is_a_config_error(kind: str) -> None:
         assert "TRACKER_TOKEN" in str(err.value)
 
 
-def test_unknown_ticket_says_which(kind: str) -> None:
-    with case(kind) as c:
+def test_unknown_ticket_says_which(any_kind: str) -> None:
+    with any_case(any_kind) as c:
         missing = c.tracker.parse_ref(c.ref.replace("7", "9999"))
         with pytest.raises(TrackerError) as err:
             c.tracker.get_ticket(missing)
@@ -231,8 +240,8 @@ def test_gate_data_fetches_concurrently(kind: str) -> None:
         assert len(c.server.log) <= 7
 
 
-def test_times_are_utc_aware(kind: str) -> None:
-    with case(kind) as c:
+def test_times_are_utc_aware(any_kind: str) -> None:
+    with any_case(any_kind) as c:
         created = c.tracker.comments(c.ref)[0].created_at
         assert created.utcoffset() == timezone.utc.utcoffset(None)
 
@@ -244,11 +253,12 @@ UNKNOWN_IDS = {"jira-cloud": "5b10ffffffffffffffffffff", "jira-dc": "JIRAUSER999
                "gitlab": "999999", "linear": "2f0b6a1e-0000-4000-8000-00000000dead", "redmine": "999"}
 
 
-def test_authors_are_stable_ids(kind: str) -> None:
-    with case(kind) as c:
+def test_authors_are_stable_ids(any_kind: str) -> None:
+    with any_case(any_kind) as c:
         comments = c.tracker.comments(c.ref)
         assert [x.author for x in comments] == [c.app.account_id("carol"), c.app.account_id("quinn")]
-        assert all(x.author != x.author_name for x in comments)
+        if any_kind != "local":  # a login is the local tracker's id and name at once
+            assert all(x.author != x.author_name for x in comments)
 
 
 def test_a_renamed_user_keeps_her_id_and_her_new_name_resolves_to_nobody_else(kind: str) -> None:
@@ -278,8 +288,8 @@ def test_a_renamed_user_keeps_her_id_and_her_new_name_resolves_to_nobody_else(ki
             assert kind == "jira-cloud"  # "bob" is no accountId: refused, which is fine too
 
 
-def test_resolve_by_login_and_by_id_gives_the_id_comments_carry(kind: str) -> None:
-    with case(kind) as c:
+def test_resolve_by_login_and_by_id_gives_the_id_comments_carry(any_kind: str) -> None:
+    with any_case(any_kind) as c:
         comments = c.tracker.comments(c.ref)
         for login, comment in zip(("carol", "quinn"), comments):
             by_login = c.tracker.resolve_account(c.app.login_ref(login))
@@ -308,8 +318,8 @@ def test_unknown_ref_is_a_tracker_error_naming_it(kind: str) -> None:
             c.tracker.resolve_account("  ")
 
 
-def test_current_account_is_the_author_of_deploybots_comments(kind: str) -> None:
-    with case(kind) as c:
+def test_current_account_is_the_author_of_deploybots_comments(any_kind: str) -> None:
+    with any_case(any_kind) as c:
         me = c.tracker.current_account()
         assert me.id == c.app.account_id("deploybot") and me.name
         c.tracker.add_comment(c.ref, RECORD, key="who")
@@ -332,13 +342,13 @@ def test_current_account_with_a_wrong_token_says_which_variable(kind: str) -> No
 # -- order --------------------------------------------------------------------------------------
 
 
-def test_equal_timestamps_keep_the_trackers_order(kind: str) -> None:
-    with case(kind) as c:
+def test_equal_timestamps_keep_the_trackers_order(any_kind: str) -> None:
+    with any_case(any_kind) as c:
         c.app.tie_break = -1  # where the API leaves it open (Jira, GitLab), the fake answers newest first
         when = BASE_TIME + timedelta(hours=1)
         first = c.app.add_note("carol", "approved for CQ", when)
         second = c.app.add_note("carol", "approval withdrawn: wrong build", when)
-        if kind == "linear":  # UUIDs: their lexical order means nothing, Linear's order does
+        if any_kind == "linear":  # UUIDs: their lexical order means nothing, Linear's order does
             c.app.comment_ids[first.id] = "ffffffff-ffff-4fff-bfff-ffffffffffff"
             c.app.comment_ids[second.id] = "00000000-0000-4000-8000-000000000001"
         comments = c.tracker.comments(c.ref)
@@ -346,10 +356,10 @@ def test_equal_timestamps_keep_the_trackers_order(kind: str) -> None:
         assert comments[-1].created_at == comments[-2].created_at
 
 
-@pytest.mark.parametrize("numeric", [k for k in KINDS if k != "linear"])
+@pytest.mark.parametrize("numeric", [k for k in KINDS if k != "linear"] + ["local"])
 def test_skewed_timestamps_do_not_reorder_numeric_ids(numeric: str) -> None:
     """A later comment (higher id) stamped earlier, e.g. a skewed clock: the id decides."""
-    with case(numeric) as c:
+    with any_case(numeric) as c:
         c.app.add_note("quinn", "QA FAIL", BASE_TIME + timedelta(hours=2))
         c.app.add_note("quinn", "QA PASS after the fix", BASE_TIME + timedelta(hours=1))
         comments = c.tracker.comments(c.ref)

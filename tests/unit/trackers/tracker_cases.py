@@ -7,19 +7,24 @@ Retry-After) are recorded in `sleeps` instead of slept, and its wall clock is th
 from __future__ import annotations
 
 import contextlib
+import tempfile
 from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from backends.trackers import KINDS
-from tracker_fakes import (NOW, TOKEN, FakeApp, FakeServer, FakeTracker, FakeTransport, GitHubApp,
+from backends.trackers.local import LocalTracker
+from bot.store import Store
+from tracker_fakes import (BASE_TIME, NOW, TOKEN, FakeApp, FakeServer, FakeTransport, GitHubApp,
                            GitLabApp, JiraApp, LinearApp, RedmineApp)
 
 
 @dataclass
 class Case:
     kind: str
-    app: FakeApp
-    server: FakeTracker
+    app: Any  # a FakeApp, or a LocalApp
+    server: Any  # the FakeTracker; None for the local tracker (no HTTP)
     tracker: Any
     ref: str  # what a person types
     canonical: str  # what parse_ref returns
@@ -67,3 +72,49 @@ def case(kind: str, n_comments: int = 2, latency: float = 0.0, sockets: bool = F
             yield Case(kind, app, server, tracker, ref, canonical, conf, environ, seams, sleeps)
         finally:
             tracker.close()
+
+
+class LocalApp:
+    """For LocalTracker what the fake apps are for the HTTP adapters: notes written straight to
+    the tracker's store at a given time. Logins are the ids and the names (no registry)."""
+
+    kind = "local"
+    tie_break = 1  # the store's rowid order decides; nothing to flip
+
+    def __init__(self, db: Path, n_comments: int) -> None:
+        self.at = BASE_TIME
+        self.store = Store(db, clock=self.clock)  # notes are written at the time add_note says
+        self.tracker = tracker = LocalTracker(self.store)
+        self.ticket = tracker.create_ticket("Checkout: fix rounding of totals", ticket_id="PROJ-7",
+                                            status="Ready for Production")
+        base = [("carol", "CQ approved: looks good"), ("quinn", "QA PASS on staging")]
+        for n in range(n_comments):
+            login, text = base[n] if n < len(base) else ("alice", f"progress note {n}")
+            self.add_note(login, text, BASE_TIME + timedelta(minutes=n))
+
+    def clock(self) -> datetime:
+        return self.at
+
+    def add_note(self, login: str, text: str, created: datetime | None = None) -> None:
+        self.at = created or self.at + timedelta(minutes=1)
+        self.tracker.add_comment(self.ticket, text, author=login)
+
+    def account_id(self, login: str) -> str:
+        return login
+
+    login_ref = id_ref = account_id
+
+
+@contextlib.contextmanager
+def local_case(n_comments: int = 2) -> Iterator[Case]:
+    with tempfile.TemporaryDirectory() as tmp:
+        app = LocalApp(Path(tmp) / "deploybot.db", n_comments)
+        try:
+            yield Case("local", app, None, app.tracker, "#proj-7", "PROJ-7", {}, {}, {}, [])
+        finally:
+            app.store.close()
+
+
+def any_case(kind: str, n_comments: int = 2) -> contextlib.AbstractContextManager[Case]:
+    """`case` for the HTTP adapters, `local_case` for the embedded tracker."""
+    return local_case(n_comments) if kind == "local" else case(kind, n_comments)
