@@ -138,7 +138,7 @@ def takeover(rs: Replicas) -> float | None:
 
 
 def start_postgres():
-    from tests.fakes.postgres import PostgresServer, make_base_dir
+    from fakes.postgres import PostgresServer, make_base_dir
 
     return PostgresServer(make_base_dir()).start()
 

@@ -196,7 +196,7 @@ def postgres_server():
     """One throwaway PostgreSQL server (tests/fakes/postgres.py) on 127.0.0.1 for the session:
     `postgres_server.dsn(dbname)`, `.create_database(name, template=None)`. Fails, never skips,
     when it cannot start, and says what to install."""
-    from tests.fakes.postgres import PostgresServer, PostgresUnavailable, make_base_dir
+    from fakes.postgres import PostgresServer, PostgresUnavailable, make_base_dir
 
     server = None
     try:

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 
 from bot.errors import DeliveryError, TrackerError
 from bot.models import CheckResult, Deployment
-from tests.fakes.core import RecordingReporter
-from tests.fakes.tracker import MemoryTracker
+from fakes.core import RecordingReporter
+from fakes.tracker import MemoryTracker
 
 
 @dataclass

@@ -21,7 +21,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from tests.fakes.waiting import wait_until
+from fakes.waiting import wait_until
 
 PG_ROOT = Path("/usr/lib/postgresql")
 INSTALL_HINT = "install Debian's PostgreSQL server: apt-get install postgresql"

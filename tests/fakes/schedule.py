@@ -9,7 +9,7 @@ from bot import config as configuration
 from bot.pipeline import Pipeline
 from bot.scheduler import DeployScheduler
 from bot.store import Store
-from tests.fakes.core import FakeBackend, FakeProbe, RecordingReporter, ScriptedApprover
+from fakes.core import FakeBackend, FakeProbe, RecordingReporter, ScriptedApprover
 
 # Thursday 26 November 2026, 12:00 UTC.
 START = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)

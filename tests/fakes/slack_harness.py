@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Iterator
 
 from bot import config as configuration
-from tests.fakes.core import FakeBackend, FakeProbe, InstantClock
+from fakes.core import FakeBackend, FakeProbe, InstantClock
 from bot.config import Config
 from bot.store import Store
 from backends.trackers.local import LocalTracker

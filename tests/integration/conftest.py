@@ -128,7 +128,7 @@ class ComposeEnv:
         }
         if build:
             service["build"] = build
-        from tests.fakes.people import PEOPLE
+        from fakes.people import PEOPLE
 
         return config_mod.parse({"tracker": {"kind": "local"}, "environments": {"staging": {}},
                                  "services": {"web": service}, "people": PEOPLE}, "test-config")

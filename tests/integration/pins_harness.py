@@ -14,8 +14,8 @@ import docker
 import httpx
 
 from tests.conftest import DEMO_DIR
-from tests.fakes.core import RecordingReporter, ScriptedApprover
-from tests.fakes.people import PEOPLE
+from fakes.core import RecordingReporter, ScriptedApprover
+from fakes.people import PEOPLE
 
 
 @dataclass

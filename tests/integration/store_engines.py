@@ -12,7 +12,7 @@ import pytest
 
 from backends.stores.postgres import PostgresDatabase
 from bot.store import Store
-from tests.fakes.schedule import ManualClock
+from fakes.schedule import ManualClock
 
 TEMPLATE = "deploybot_store_template"
 

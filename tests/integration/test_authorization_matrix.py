@@ -30,7 +30,7 @@ from handlers import cli
 from handlers.slack_app import SlackFrontEnd, make_http_server, web_client
 from handlers.terminal import TerminalApprover, TerminalReporter, os_login
 from handlers.wiring import build_pipeline
-from tests.fakes.core import FakeBackend, FakeProbe, InstantClock
+from fakes.core import FakeBackend, FakeProbe, InstantClock
 
 ROLES = {"requester": "alice", "approver": "bob", "admin": "erin", "anyone": "frank"}
 SLACK = {"alice": "U0ALICE", "bob": "U0BOB", "carol": "U0CAROL", "dana": "U0DANA",

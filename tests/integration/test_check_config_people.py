@@ -9,7 +9,7 @@ from bot import config as configuration
 from bot.identity import check_people
 from fakes.slack_api import FakeSlack
 from handlers import cli
-from tests.fakes.tracker import MemoryTracker
+from fakes.tracker import MemoryTracker
 
 
 def config_data(**extra) -> dict:

@@ -202,7 +202,7 @@ def test_compose_killed_during_verification_goes_back_to_the_recorded_tags(
     for tag, mode in (("v1", "healthy"), ("v2", "healthy"), ("v3", "unhealthy")):
         demo_image(tag, mode)
     from tests.integration.test_docker_deploys import Deploybot
-    from tests.fakes.people import SHARED_BOX
+    from fakes.people import SHARED_BOX
 
     base = compose_env.base
     bot = Deploybot(tmp_path, {**SHARED_BOX, "tracker": {"kind": "local", "rules": {

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from bot.store import Store
-from tests.fakes.people import SHARED_BOX
+from fakes.people import SHARED_BOX
 
 
 class Deploybot:

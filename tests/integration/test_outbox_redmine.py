@@ -13,8 +13,8 @@ import yaml
 from bot import outbox as outboxing
 from handlers import cli
 from handlers.terminal import os_login
-from tests.fakes.core import FakeProbe
-from tests.fakes.schedule import ManualClock
+from fakes.core import FakeProbe
+from fakes.schedule import ManualClock
 from tests.integration.test_redmine import _gates, _helper, _new_issue, _tracker
 
 

@@ -6,8 +6,8 @@ import json
 
 from bot import outbox as outboxing
 from fakes.slack_harness import BOB, running_bot, slack_config
-from tests.fakes.core import FakeBackend, FakeProbe
-from tests.fakes.outbox import FlakyTracker
+from fakes.core import FakeBackend, FakeProbe
+from fakes.outbox import FlakyTracker
 
 
 def test_slack_status_lists_undelivered_items(tmp_path, free_port) -> None:

@@ -16,8 +16,8 @@ from bot.errors import StateError
 from bot.sqldb import SqliteDatabase
 from bot.store import Store
 from bot.store import MIGRATIONS as SQLITE_MIGRATIONS
-from tests.fakes.postgres import PostgresServer, make_base_dir
-from tests.fakes.waiting import wait_until
+from fakes.postgres import PostgresServer, make_base_dir
+from fakes.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 

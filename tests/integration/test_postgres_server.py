@@ -5,7 +5,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from tests.fakes.postgres import PostgresServer, PostgresUnavailable, make_base_dir
+from fakes.postgres import PostgresServer, PostgresUnavailable, make_base_dir
 
 pytestmark = pytest.mark.integration
 

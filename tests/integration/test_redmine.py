@@ -264,7 +264,7 @@ def _gates(redmine, tmp_path, *, key: str | None = None, cq: tuple = ("bob",),
     from bot import config as configuration
     from bot.pipeline import Pipeline
     from bot.store import Store
-    from tests.fakes.core import FakeBackend, FakeProbe, InstantClock, RecordingReporter, \
+    from fakes.core import FakeBackend, FakeProbe, InstantClock, RecordingReporter, \
         ScriptedApprover
 
     cfg = configuration.parse({

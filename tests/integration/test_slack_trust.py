@@ -12,7 +12,7 @@ import pytest
 
 from fakes.slack_harness import ALICE, BOB, DANA, SECRET, ready_ticket, running_bot, slack_config
 from fakes.slack_api import signature
-from tests.fakes.core import FakeBackend, FakeProbe, InstantClock
+from fakes.core import FakeBackend, FakeProbe, InstantClock
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from bot.models import (
 )
 from bot.outbox_store import DELIVERED, FAILED, PENDING, OutboxTable
 from bot.store import SCHEMA_VERSION
-from tests.fakes.schedule import START
+from fakes.schedule import START
 from tests.integration.store_engines import engine_store, store_template  # noqa: F401 fixtures
 
 pytestmark = pytest.mark.integration

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bot import config as config_mod
 from bot.models import DeploymentStatus
-from tests.fakes.people import PEOPLE
+from fakes.people import PEOPLE
 
 
 def watched_config(env, image: str):

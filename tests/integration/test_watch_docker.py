@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from tests.integration.test_docker_deploys import Deploybot
-from tests.fakes.people import SHARED_BOX
+from fakes.people import SHARED_BOX
 
 WINDOW = 5.0
 INTEGRITY = ("import sys, urllib.request\n"

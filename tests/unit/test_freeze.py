@@ -10,7 +10,7 @@ from bot import config as configuration
 from bot.errors import ConfigError, NotAllowed
 from bot.freeze import FreezeWindow, frozen
 from bot.models import DeploymentStatus, GateKind, GateStatus
-from tests.fakes.schedule import CONFIG, ScheduleWorld
+from fakes.schedule import CONFIG, ScheduleWorld
 
 BERLIN = "Europe/Berlin"
 WEEKEND = [FreezeWindow(start="fri 16:00", end="mon 08:00", reason="weekend"),

@@ -14,8 +14,8 @@ from bot.identity import slack_actor
 from bot.models import CheckStatus, DeploymentStatus
 from bot.pipeline import Pipeline
 from bot.store import Store
-from tests.fakes.core import FakeBackend, FakeProbe, InstantClock, RecordingReporter, ScriptedApprover
-from tests.fakes.tracker import T0, MemoryTracker, read_approval
+from fakes.core import FakeBackend, FakeProbe, InstantClock, RecordingReporter, ScriptedApprover
+from fakes.tracker import T0, MemoryTracker, read_approval
 
 CONFIG = {
     "tracker": {"kind": "redmine", "url": "http://127.0.0.1:9", "rules": {  # default wording

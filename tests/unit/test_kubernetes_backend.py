@@ -16,7 +16,7 @@ from backends.deploy.kubernetes import (
     VERSION_ANNOTATION, KubernetesBackend, rollout_state, strip_template, tag_of, version_in)
 from bot import config as configuration
 from bot.errors import BackendError, ConfigError
-from tests.fakes.core import InstantClock
+from fakes.core import InstantClock
 
 NS, NAME = "shop", "web"
 

@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 
 from bot.models import DeploymentStatus
-from tests.fakes.schedule import START, ScheduleWorld
+from fakes.schedule import START, ScheduleWorld
 
 SCOPE = "env:staging"  # staging: lock_ttl 600 s
 

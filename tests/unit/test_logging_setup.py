@@ -188,7 +188,7 @@ def test_json_formatter_redacts_the_message_and_keeps_one_line(capsys):
 
 @pytest.mark.realtime  # APScheduler's worker thread and its shutdown wait on the real clock
 def test_stopping_the_scheduler_says_which_deployment_it_waits_for(tmp_path, caplog):
-    from tests.fakes.schedule import ScheduleWorld
+    from fakes.schedule import ScheduleWorld
 
     world = ScheduleWorld(tmp_path / "deploybot.db")
     entered, release = threading.Event(), threading.Event()
@@ -232,7 +232,7 @@ def test_closing_the_slack_front_end_says_which_deployment_it_waits_for(tmp_path
     from fakes.slack_api import FakeSlack
     from fakes.slack_harness import ready_ticket, slack_config
     from handlers.slack_app import SlackFrontEnd, web_client
-    from tests.fakes.core import FakeBackend, FakeProbe, InstantClock
+    from fakes.core import FakeBackend, FakeProbe, InstantClock
 
     monkeypatch.setenv("SLACK_BOT_TOKEN", TOKEN)
     backend, entered, release = FakeBackend(running="v1"), threading.Event(), threading.Event()

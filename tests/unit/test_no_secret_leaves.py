@@ -16,8 +16,8 @@ import yaml
 from bot.errors import BackendError, TrackerError
 from handlers import cli
 from handlers.terminal import os_login
-from tests.fakes.core import FakeBackend, FakeProbe, InstantClock
-from tests.fakes.tracker import MemoryTracker
+from fakes.core import FakeBackend, FakeProbe, InstantClock
+from fakes.tracker import MemoryTracker
 
 DB_PASSWORD = "dbP@ss/w0rd!"  # URL-quoting changes it: the quoted form must go too
 SECRETS = {
@@ -188,7 +188,7 @@ def test_no_secret_reaches_the_terminal_the_database_the_logs_or_the_ticket(worl
 def test_the_slack_client_posts_nothing_secret(tmp_path):
     from bot.redact import Redactor
     from handlers.slack_app import web_client
-    from tests.fakes.slack_api import FakeSlack
+    from fakes.slack_api import FakeSlack
 
     r = Redactor([SECRETS["REDMINE_KEY"], LINE_SECRET, SECRETS["SLACK_BOT_TOKEN"]])
     with FakeSlack(bot_token=SECRETS["SLACK_BOT_TOKEN"]) as slack:
@@ -213,7 +213,7 @@ def test_no_secret_reaches_slack(tmp_path):
     from bot import config as configuration
     from bot.store import Store
     from handlers.slack_app import SlackFrontEnd, make_http_server, web_client
-    from tests.fakes.slack_api import FakeSlack, SlackRequests
+    from fakes.slack_api import FakeSlack, SlackRequests
 
     config = configuration.parse(leaky_data(tmp_path))
     tracker, backends = leaky_edges()

@@ -14,9 +14,9 @@ from bot.outbox import Outbox
 from bot.pipeline import Pipeline
 from bot.scheduler import DeployScheduler
 from bot.store import Store
-from tests.fakes.core import FakeBackend, FakeProbe, RecordingReporter, ScriptedApprover
-from tests.fakes.outbox import FlakyPoster, FlakyTracker
-from tests.fakes.schedule import ManualClock
+from fakes.core import FakeBackend, FakeProbe, RecordingReporter, ScriptedApprover
+from fakes.outbox import FlakyPoster, FlakyTracker
+from fakes.schedule import ManualClock
 
 CONFIG = {
     "tracker": {"kind": "redmine", "url": "http://127.0.0.1:9", "rules": {

@@ -7,9 +7,9 @@ import yaml
 
 from handlers import cli
 from handlers.terminal import os_login
-from tests.fakes.core import FakeBackend, FakeProbe
-from tests.fakes.outbox import FlakyTracker
-from tests.fakes.schedule import ManualClock
+from fakes.core import FakeBackend, FakeProbe
+from fakes.outbox import FlakyTracker
+from fakes.schedule import ManualClock
 
 
 def test_status_lists_the_waiting_record_and_the_next_command_delivers_it(

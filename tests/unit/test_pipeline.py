@@ -12,7 +12,7 @@ from bot.models import CheckStatus, DeploymentStatus, GateKind, GateStatus
 from bot.pipeline import Pipeline
 from bot.ports import GateDecision
 from bot.store import Store
-from tests.fakes.core import FakeBackend, FakeProbe, InstantClock, RecordingReporter, ScriptedApprover
+from fakes.core import FakeBackend, FakeProbe, InstantClock, RecordingReporter, ScriptedApprover
 
 CONFIG = {
     "tracker": {"kind": "local", "rules": {

@@ -19,8 +19,8 @@ from bot.models import BackendStatus, DeploymentStatus, VerificationResult
 from bot.recovery import recover
 from bot.store import SCHEMA_VERSION, Store
 from bot.verify import wait_healthy
-from tests.fakes.core import FakeBackend
-from tests.fakes.schedule import ScheduleWorld
+from fakes.core import FakeBackend
+from fakes.schedule import ScheduleWorld
 
 
 class Killed(BaseException):

@@ -135,8 +135,8 @@ def test_compose_runs_without_deploybots_tokens(tmp_path):
 
 def test_integrity_checks_get_the_allow_list_by_default(tmp_path):
     from bot.pipeline import Pipeline
-    from tests.fakes.core import FakeBackend, FakeProbe, RecordingReporter, ScriptedApprover
-    from tests.fakes.tracker import MemoryTracker
+    from fakes.core import FakeBackend, FakeProbe, RecordingReporter, ScriptedApprover
+    from fakes.tracker import MemoryTracker
 
     cfg = configuration.parse({"environments": {"staging": {}}, "child_env": ["DATABASE_URL"],
                                "services": {"web": {"image": "web"}}})

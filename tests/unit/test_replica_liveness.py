@@ -15,7 +15,7 @@ from bot.models import DeploymentStatus
 from bot.store import Store
 from handlers import ops_http
 from handlers.wiring import ReplicaRole
-from tests.fakes.schedule import ManualClock
+from fakes.schedule import ManualClock
 
 ELSEWHERE = "other-machine/4242/99"  # a replica on another host: only its heartbeat tells
 

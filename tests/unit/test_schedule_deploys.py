@@ -9,7 +9,7 @@ import pytest
 from bot.errors import InputError
 from bot.models import DeploymentStatus
 from bot.scheduler import precheck
-from tests.fakes.schedule import START, ManualClock, ScheduleWorld
+from fakes.schedule import START, ManualClock, ScheduleWorld
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from bot.models import DeploymentStatus, GateStatus
 from bot.store import Store
 from handlers import cli
 from handlers.terminal import TerminalApprover, os_login, terminal_actor
-from tests.fakes.core import FakeBackend, FakeProbe, InstantClock
+from fakes.core import FakeBackend, FakeProbe, InstantClock
 
 LOGIN = os_login()
 

@@ -12,7 +12,7 @@ from bot.models import CheckStatus, DeploymentStatus
 from bot.ports import MetricsUnavailable, ProbeResult, Usage
 from bot.monitoring_setup import exposition_problem, monitoring_setup
 from bot.watch import error_patterns, fingerprint, percentile
-from tests.fakes.core import FakeBackend
+from fakes.core import FakeBackend
 from tests.unit.test_pipeline import CONFIG, World
 
 WATCHED = {"window": 60, "interval": 1, "baseline_window": 5}

@@ -22,8 +22,8 @@ from bot.models import DeploymentStatus
 from bot.pipeline import Pipeline
 from bot.store import Store
 from bot.verify import SystemClock
-from tests.fakes.core import RecordingReporter, ScriptedApprover
-from tests.fakes.people import PEOPLE
+from fakes.core import RecordingReporter, ScriptedApprover
+from fakes.people import PEOPLE
 from tests.integration.k8s.k8s_objects import demo_deployment, demo_service, grant_bot_role
 
 DEADLINE = 6  # progressDeadlineSeconds of the deploys: a bad rollout fails after a few seconds
