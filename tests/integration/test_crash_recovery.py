@@ -122,7 +122,6 @@ def test_killed_after_the_old_container_stopped_before_the_new_one_started(
 
     out, took = recover_with_next_command(bot)
     print(f"\nkilled between stop and start: the next command restored v1 in {took:.1f} s")
-    assert took < 20
     assert "was interrupted and is now rolled_back" in out.stderr
     assert http_get(f"{bot.base}/version").text.strip() == "v1"
     d = latest(bot)
