@@ -93,7 +93,11 @@ class DeployScheduler:
         self.store: Store = pipeline.store
         self.config = pipeline.config
         self.clock = pipeline.clock
-        self.start_deployment = start or (lambda d: pipeline.run(d.id))
+        if start is None:  # as every front end: through the request service
+            from bot.service import RequestService, scheduler_start
+
+            start = scheduler_start(RequestService(pipeline))
+        self.start_deployment = start
         self.summary = summary
         self.tick_seconds = tick_seconds
         self.grace = timedelta(minutes=self.config.schedule_grace_minutes)
