@@ -123,6 +123,7 @@ class Decided:
     deployment: Deployment
     approved: bool
     notes: tuple[str, ...] = ()
+    already: tuple[Gate, ...] = ()  # decided by someone else meanwhile: nothing changed
     gates: tuple[Gate, ...] = ()
     nothing_pending: bool = False
     pending: tuple[Gate, ...] = ()
@@ -277,6 +278,15 @@ class RequestService:
 
     # -- gates ----------------------------------------------------------------------------------
 
+    def may_decide(self, gate: Gate, who: Identify, *, approved: bool) -> Refused | None:
+        """Before asking for a rejection's reason: may `who` decide `gate` this way at all?"""
+        d = self.store.deployment(gate.deployment_id)
+        try:
+            self.pipeline.authorise(d, gate, self._actor(who, d.environment), approved=approved)
+        except NotAllowed as exc:
+            return Refused(exc)
+        return None
+
     def _decide(self, req: DecideRequest, who: Identify) -> Decided:
         p = self.pipeline
         d = self.store.deployment(req.deployment_id)
@@ -288,6 +298,7 @@ class RequestService:
                            gates=tuple(self.store.gates(d.id)))
         actor = self._actor(who, d.environment)
         notes: list[str] = []
+        already: list[Gate] = []
         for gate in pending:
             # Two break-glass gates: approving "all pending" must not count one person twice.
             if gate.kind is GateKind.BREAK_GLASS and any(
@@ -300,13 +311,12 @@ class RequestService:
             outcome = p.decide_gate(gate.id, decided_by=actor, approved=req.approved,
                                     reason=req.reason)
             if not outcome.decided_now:
-                notes.append(f"gate #{gate.id} was already {outcome.gate.status.value} by "
-                             f"{outcome.gate.decided_by}")
+                already.append(outcome.gate)
             if not req.approved or \
                     outcome.deployment.status is not DeploymentStatus.AWAITING_APPROVAL:
                 break
         now = self.store.deployment(d.id)
-        return Decided(now, req.approved, tuple(notes),
+        return Decided(now, req.approved, tuple(notes), tuple(already),
                        pending=tuple(p.pending_gates(d.id))
                        if now.status is DeploymentStatus.AWAITING_APPROVAL else ())
 

@@ -345,6 +345,9 @@ def _decide(ctx: Context, args: argparse.Namespace, approved: bool) -> int:
         return EXIT_FAILED
     for note in outcome.notes:
         print(note, file=sys.stderr)
+    for gate in outcome.already:
+        print(f"gate #{gate.id} was already {gate.status.value} by {gate.decided_by}",
+              file=sys.stderr)
     return _outcome(d, outcome.pending, ctx.config)
 
 
