@@ -74,6 +74,7 @@ class RunningLine:
     service: str
     version: str | None = None
     detail: str = ""
+    running: bool = False  # up, as far as the backend can tell
     error: DeploybotError | None = None  # the backend could not tell
 
 
@@ -254,7 +255,8 @@ class RequestService:
                     continue
                 try:
                     state = self.pipeline.backend_for(name, env).status()
-                    lines.append(RunningLine(env, name, state.version, state.detail))
+                    lines.append(RunningLine(env, name, state.version, state.detail,
+                                             state.running))
                 except DeploybotError as exc:
                     lines.append(RunningLine(env, name, error=exc))
         return tuple(lines)

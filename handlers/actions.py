@@ -2,8 +2,8 @@
 
 Each listener acknowledges at once and decides on a worker, through the request service
 (bot/service.py), as the slash commands do. Deciding ends in Pipeline.decide_gate, whose store
-update is atomic: a second click (or a second person) finds
-the gate decided, changes nothing and is told by whom it was decided.
+update is atomic: a second click (or a second person) finds the gate decided, changes nothing
+and is told by whom it was decided.
 """
 
 from __future__ import annotations
