@@ -262,34 +262,72 @@ PEOPLE = {"alice": {"tracker": "alice", "slack": "U0ALICE"},
           "mallory": {"tracker": "mallory", "slack": "U0MALLORY"}}
 
 
+class Terminal:
+    """deploybot at a terminal: config and database in tmp_path, fakes at the edges."""
+
+    def __init__(self, tmp_path, monkeypatch) -> None:
+        data = {"tracker": {"kind": "local"}, "channel": "#deploys",
+                "environments": {"staging": {}, "production": {
+                    "production": True, "approvers": ["bob"], "deployers": ["alice"]}},
+                "services": {"web": {"image": "demo-web"}},
+                "people": PEOPLE, "terminal": {"trust_as": True}}
+        self.path = tmp_path / "deploybot.yaml"
+        self.path.write_text(yaml.safe_dump(data))
+        monkeypatch.setenv("DEPLOYBOT_DB", str(tmp_path / "d.db"))
+        for name in ("DEPLOYBOT_USER", "SLACK_BOT_TOKEN", "DEPLOYBOT_CONFIG"):
+            monkeypatch.delenv(name, raising=False)
+        self.store = Store(tmp_path / "d.db")
+        from backends.trackers.local import LocalTracker
+
+        self.tracker = LocalTracker(self.store)
+        self.tid = self.tracker.create_ticket("Ship it", status="Ready for Production")
+        self.backend = FakeBackend(running="v1")
+        self.edges = cli.Edges(backend_for=lambda s, e: self.backend, tracker=self.tracker,
+                               probe=FakeProbe(self.backend), clock=InstantClock())
+
+    def __call__(self, *argv: str) -> int:
+        return cli.main(["--config", str(self.path), *argv], edges=self.edges)
+
+
+def test_the_terminal_builds_requests_from_its_flags(tmp_path, monkeypatch):
+    term = Terminal(tmp_path, monkeypatch)
+    asked = []
+
+    def handle(self, request, who, **kw):
+        asked.append((request, who(None)))
+        return Refused(NotAllowed("stop here"))
+    monkeypatch.setattr(RequestService, "handle", handle)
+    assert term("deploy", term.tid, "web@v2", "--env", "Production", "--queue",
+                "--break-glass", " payments down ", "--as", "alice") == cli.EXIT_REFUSED
+    assert term("rollback", "web", "--to", "v1", "--env", "staging", "--as", "bob") == \
+        cli.EXIT_REFUSED
+    assert term("rollback", "web", "to", "v1", "in", "staging", "--as", "bob") == \
+        cli.EXIT_REFUSED
+    assert term("lock", "staging", "--service", "web", "--reason", "db work") == cli.EXIT_REFUSED
+    assert term("approve", "7", "--gate", "3", "--as", "bob") == cli.EXIT_REFUSED
+    assert [r for r, _ in asked] == [
+        DeployRequest(term.tid, "web@v2", "production", queue=True, break_glass="payments down"),
+        RollbackRequest(service="web", to_version="v1", environment="staging"),
+        RollbackRequest(service="web", to_version="v1", environment="staging"),
+        LockRequest("staging", "db work", service="web"),
+        DecideRequest(7, approved=True, gate_id=3)]
+    assert [who.name for _, who in asked][:3] == ["alice", "bob", "bob"]
+    assert term("deploy", term.tid, "to", "staging", "--env", "staging") == cli.EXIT_USAGE
+    assert term("deploy", term.tid, "--dry-run", "--at", "22:00") == cli.EXIT_USAGE
+    assert len(asked) == 5  # a usage error asks nothing
+    term.store.close()
+
+
 def test_terminal_and_slack_give_the_same_refusal(tmp_path, monkeypatch, capsys):
-    data = {"tracker": {"kind": "local"}, "channel": "#deploys",
-            "environments": {"staging": {}, "production": {
-                "production": True, "approvers": ["bob"], "deployers": ["alice"]}},
-            "services": {"web": {"image": "demo-web"}},
-            "people": PEOPLE, "terminal": {"trust_as": True}}
-    path = tmp_path / "deploybot.yaml"
-    path.write_text(yaml.safe_dump(data))
-    monkeypatch.setenv("DEPLOYBOT_DB", str(tmp_path / "d.db"))
-    for name in ("DEPLOYBOT_USER", "SLACK_BOT_TOKEN", "DEPLOYBOT_CONFIG"):
-        monkeypatch.delenv(name, raising=False)
-    store = Store(tmp_path / "d.db")
-    from backends.trackers.local import LocalTracker
-
-    tracker = LocalTracker(store)
-    tid = tracker.create_ticket("Ship it", status="Ready for Production")
-    backend = FakeBackend(running="v1")
-    edges = cli.Edges(backend_for=lambda s, e: backend, tracker=tracker,
-                      probe=FakeProbe(backend), clock=InstantClock())
-
-    code = cli.main(["--config", str(path), "deploy", tid, "web@v2", "--env", "production",
-                     "--as", "mallory"], edges=edges)
+    term = Terminal(tmp_path, monkeypatch)
+    store, tracker, tid, backend = term.store, term.tracker, term.tid, term.backend
+    assert term("deploy", tid, "web@v2", "--env", "production", "--as", "mallory") == \
+        cli.EXIT_REFUSED
     terminal = capsys.readouterr().err
-    assert code == cli.EXIT_REFUSED
 
     from bot import config as configuration
 
-    config = configuration.load(str(path))
+    config = configuration.load(str(term.path))
     told: list[str] = []
     with FakeSlack(bot_token="xoxb-fake-service") as slack:
         front = SlackFrontEnd(config, store, web_client(slack.bot_token, slack.api_url),
