@@ -19,7 +19,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from bot import freeze as freezing
 from bot import logcontext
-from bot.errors import DeploybotError, StateError
+from bot.errors import StateError
 from bot.models import Deployment, DeploymentStatus
 from bot.store import Store
 
@@ -93,7 +93,11 @@ class DeployScheduler:
         self.store: Store = pipeline.store
         self.config = pipeline.config
         self.clock = pipeline.clock
-        self.start_deployment = start or (lambda d: pipeline.run(d.id))
+        if start is None:  # as every front end: through the request service
+            from bot.service import RequestService, scheduler_start
+
+            start = scheduler_start(RequestService(pipeline))
+        self.start_deployment = start
         self.summary = summary
         self.tick_seconds = tick_seconds
         self.grace = timedelta(minutes=self.config.schedule_grace_minutes)
@@ -296,21 +300,22 @@ class DeployScheduler:
     # -- health summary ---------------------------------------------------------------------------
 
     def health_summary(self) -> str:
+        from bot.service import RequestService
+
+        view = RequestService(self.pipeline).status()  # what `status` shows, by environment
         lines = [f"Health summary ({freezing.local(self.clock.now(), self.config.timezone)})"]
         for env in self.config.environments:
             lines.append(f"{env}:")
-            for name in self.config.services:
-                if not self.config.deployable(name, env):
-                    continue
-                try:
-                    state = self.pipeline.backend_for(name, env).status()
-                    mark = "ok" if state.running else "DOWN"
-                    lines.append(f"  {name}: {mark} {state.version or '-'} {state.detail}".rstrip())
-                except DeploybotError as exc:
-                    lines.append(f"  {name}: ? {exc.message}")
-            for lock in self.store.locks():
-                if lock.scope == f"env:{env}" or lock.scope.startswith(f"service:{env}:"):
-                    lines.append(f"  locked: {self.pipeline.describe_lock(lock)}")
+            for r in (r for r in view.running if r.environment == env):
+                if r.error is not None:
+                    lines.append(f"  {r.service}: ? {r.error.message}")
+                else:
+                    mark = "ok" if r.running else "DOWN"
+                    lines.append(f"  {r.service}: {mark} {r.version or '-'} {r.detail}".rstrip())
+            for line in view.locks:
+                scope = line.lock.scope
+                if scope == f"env:{env}" or scope.startswith(f"service:{env}:"):
+                    lines.append(f"  locked: {line.description}")
         return "\n".join(lines)
 
     def post_health_summary(self) -> str:

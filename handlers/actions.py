@@ -1,8 +1,9 @@
 """Button clicks and the Reject modal: approve, reject, acknowledge notes, cancel, roll back.
 
-Each listener acknowledges at once and decides on a worker. Deciding goes through
-Pipeline.decide_gate, whose store update is atomic: a second click (or a second person) finds
-the gate decided, changes nothing and is told by whom it was decided.
+Each listener acknowledges at once and decides on a worker, through the request service
+(bot/service.py), as the slash commands do. Deciding ends in Pipeline.decide_gate, whose store
+update is atomic: a second click (or a second person) finds the gate decided, changes nothing
+and is told by whom it was decided.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from bot.errors import DeploybotError, NotAllowed
 from bot.models import Gate, GateStatus
+from bot.requests import CancelRequest, DecideRequest, RollbackRequest
+from bot.service import Refused
 from handlers import blocks
 
 if TYPE_CHECKING:
@@ -69,22 +72,19 @@ def decide(front: "SlackFrontEnd", click: Click, *, approved: bool, reason: str 
 
     try:
         gate = front.store.gate(gate_id if gate_id is not None else int(click.value))
-        d = front.store.deployment(gate.deployment_id)
-        if gate.status is not GateStatus.PENDING:
-            tell(_already(front, gate))
-            return
-        actor = front.actor(click.user, d.environment)
-        outcome = front.pipeline.decide_gate(gate.id, decided_by=actor, approved=approved,
-                                             reason=reason)
-    except NotAllowed as exc:
-        tell(refusal(exc))
-        return
+        outcome = front.service.handle(
+            DecideRequest(gate.deployment_id, approved, gate_id=gate.id, reason=reason),
+            lambda env: front.actor(click.user, env))
     except (DeploybotError, ValueError) as exc:
         tell(f":warning: {blocks.escape(getattr(exc, 'message', str(exc)))}")
         return
-    if not outcome.decided_now:
-        tell(_already(front, outcome.gate))
-        front.reporter.refresh_gate(outcome.deployment, outcome.gate)
+    if isinstance(outcome, Refused):
+        tell(refusal(outcome.error))
+    elif outcome.nothing_pending:
+        tell(_already(front, next(g for g in outcome.gates if g.id == gate.id)))
+    for other in getattr(outcome, "already", ()):
+        tell(_already(front, other))
+        front.reporter.refresh_gate(outcome.deployment, other)
 
 
 def open_reject(front: "SlackFrontEnd", click: Click) -> None:
@@ -96,31 +96,38 @@ def open_reject(front: "SlackFrontEnd", click: Click) -> None:
             front.ephemeral(click.channel, click.user, _already(front, gate),
                             thread_ts=click.thread_ts)
             return
-        front.pipeline.authorise(d, gate, front.actor(click.user, d.environment), approved=False)
-    except NotAllowed as exc:
-        front.ephemeral(click.channel, click.user,
-                        refusal(exc),
-                        thread_ts=click.thread_ts)
-        return
+        refused = front.service.may_decide(gate, lambda env: front.actor(click.user, env),
+                                           approved=False)
     except (DeploybotError, ValueError) as exc:
         front.ephemeral(click.channel, click.user, f":warning: {exc}", thread_ts=click.thread_ts)
+        return
+    if refused is not None:
+        front.ephemeral(click.channel, click.user, refusal(refused.error),
+                        thread_ts=click.thread_ts)
         return
     front.reporter.call("views_open", trigger_id=click.trigger_id,
                         view=blocks.reject_modal(gate, d, channel=click.channel or "",
                                                  thread_ts=click.thread_ts or ""))
 
 
+def _failed(front: "SlackFrontEnd", click: Click, exc: Exception, *, hint: bool = False) -> None:
+    text = f":warning: {blocks.escape(getattr(exc, 'message', str(exc)))}"
+    if hint and getattr(exc, "hint", ""):
+        text += f" ({blocks.escape(exc.hint)})"
+    front.ephemeral(click.channel, click.user, text, thread_ts=click.thread_ts)
+
+
 def cancel(front: "SlackFrontEnd", click: Click) -> None:
     try:
-        d = front.store.deployment(int(click.value))
-        front.pipeline.cancel(d.id, user=front.actor(click.user, d.environment),
-                              reason="with the Cancel button in Slack")
-    except NotAllowed as exc:
-        front.ephemeral(click.channel, click.user, refusal(exc), thread_ts=click.thread_ts)
+        outcome = front.service.handle(
+            CancelRequest(deployment_id=int(click.value),
+                          reason="with the Cancel button in Slack"),
+            lambda env: front.actor(click.user, env))
     except (DeploybotError, ValueError) as exc:
-        front.ephemeral(click.channel, click.user,
-                        f":warning: {blocks.escape(getattr(exc, 'message', str(exc)))}"
-                        + (f" ({blocks.escape(exc.hint)})" if getattr(exc, "hint", "") else ""),
+        _failed(front, click, exc, hint=True)
+        return
+    if isinstance(outcome, Refused):
+        front.ephemeral(click.channel, click.user, refusal(outcome.error),
                         thread_ts=click.thread_ts)
 
 
@@ -131,20 +138,22 @@ def roll_back(front: "SlackFrontEnd", click: Click) -> None:
         if not blocks.can_roll_back(d):
             raise NotAllowed(f"deployment #{d.id} ({d.status.value}) has nothing to roll back to",
                              hint="use /rollback SERVICE to VERSION")
-        new = front.pipeline.request_rollback(
-            requested_by=front.actor(click.user, d.environment), service=d.service,
-            environment=d.environment,
-            to_version=blocks.rollback_target(d),
+        outcome = front.service.handle(
+            RollbackRequest(service=d.service, environment=d.environment,
+                            to_version=blocks.rollback_target(d)),
+            lambda env: front.actor(click.user, env),
             request_key=f"slack:rollback:{d.id}:{click.message_ts}")
     except NotAllowed as exc:
         front.ephemeral(click.channel, click.user, refusal(exc), thread_ts=click.thread_ts)
         return
     except (DeploybotError, ValueError) as exc:
-        front.ephemeral(click.channel, click.user,
-                        f":warning: {blocks.escape(getattr(exc, 'message', str(exc)))}",
+        _failed(front, click, exc)
+        return
+    if isinstance(outcome, Refused):
+        front.ephemeral(click.channel, click.user, refusal(outcome.error),
                         thread_ts=click.thread_ts)
         return
-    front.start(new, click.channel or front.reporter.default_channel, click.user)
+    front.start(outcome.deployment, click.channel or front.reporter.default_channel, click.user)
 
 
 def register(app: Any, front: "SlackFrontEnd") -> None:

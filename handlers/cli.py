@@ -9,17 +9,17 @@ import signal
 import sys
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import metadata
 from typing import Callable, Iterator, Sequence
 
 from bot import config as configuration
 from bot.errors import ConfigError, DeploybotError, InputError, NotAllowed
-from bot.models import Deployment, DeploymentStatus, GateKind
+from bot.models import Deployment, DeploymentStatus, Gate, GateKind
 from bot import freeze as freezing
 from bot import outbox as outboxing
 from bot.pipeline import Pipeline
-from bot.scheduler import DeployScheduler, precheck, waiting_note
+from bot.scheduler import DeployScheduler
 from bot.store import Store
 from handlers import commands, exports, logsetup
 from handlers.logsetup import FORMAT_ENV, FORMATS, LEVEL_ENV, LEVELS
@@ -183,15 +183,14 @@ def _deliver_waiting(pipeline: Pipeline) -> None:
               file=sys.stderr)
 
 
-def _outcome(d: Deployment, pipeline: Pipeline) -> int:
+def _outcome(d: Deployment, pending: Sequence[Gate], config: configuration.Config) -> int:
     if d.status is DeploymentStatus.SUCCEEDED:
         return EXIT_OK
     if d.status is DeploymentStatus.AWAITING_APPROVAL:
-        pending = pipeline.pending_gates(d.id)
         print(f"deployment #{d.id} is waiting for {len(pending)} gate(s):", file=sys.stderr)
         for g in pending:
             verb = "acknowledge the notes" if g.kind is GateKind.NOTES_ACK else "approve"
-            who = ("--as NAME" if pipeline.config.terminal.trust_as
+            who = ("--as NAME" if config.terminal.trust_as
                    else "(run by the approver, under their own login)")
             print(f"  gate #{g.id}: {verb}: deploybot approve {d.id} {who}", file=sys.stderr)
         return EXIT_PENDING
@@ -200,34 +199,62 @@ def _outcome(d: Deployment, pipeline: Pipeline) -> int:
 
 # -- commands ------------------------------------------------------------------------------------
 
+def _service(ctx: Context, approve_as: str | None = None, interactive: bool | None = None):
+    """The core's request service (bot/service.py) on this command's pipeline."""
+    from bot.service import RequestService
+
+    return RequestService(ctx.pipeline(approve_as, interactive))
+
+
+def _who(ctx: Context, args: argparse.Namespace) -> Callable[[str | None], Actor]:
+    """The person at the terminal, resolved by the service when a request needs them."""
+    return lambda _environment: _actor(ctx, args)
+
+
+def _allowed(outcome):
+    """A refusal leaves through _run, like every NotAllowed: one rendering, exit code 4."""
+    from bot.service import Refused
+
+    if isinstance(outcome, Refused):
+        raise outcome.error
+    return outcome
+
+
+def _env_flag(text: str | None) -> str | None:
+    return text.strip().lower() if text else None
+
+
 def cmd_deploy(ctx: Context, args: argparse.Namespace) -> int:
-    # The same grammar as `/deploy` in Slack: `deploy DEMO-1 web@v2 to production --dry-run`.
-    words = [args.ticket, *args.words]
-    if args.env:
-        words += ["to", args.env]
-    if args.dry_run:
-        words.append("--dry-run")
-    if args.at:
-        words += ["--at", args.at]
-    if args.queue:
-        words.append("--queue")
-    req = commands.parse_deploy(" ".join(words), environments=list(ctx.config.environments))
-    if not isinstance(req, commands.DeployRequest):
+    from bot.requests import StartRequest
+
+    # The words after the ticket read as in Slack (`DEMO-1 web@v2 to production`); the flags
+    # go into the request as they are.
+    said = commands.parse_deploy(" ".join([args.ticket, *args.words]),
+                                 environments=list(ctx.config.environments))
+    if not isinstance(said, commands.DeployRequest):
         raise InputError(f"{args.ticket!r} is not a ticket",
                          hint="status, history, lock and unlock are commands of their own here")
-    pipeline = ctx.pipeline(args.approve_as)
-    d = pipeline.request_deploy(req.ticket, requested_by=_actor(ctx, args), target=req.target,
-                                environment=req.environment, dry_run=req.dry_run, at=req.at,
-                                queue=req.queue, break_glass=args.break_glass or req.break_glass)
+    if args.env and said.environment:
+        raise commands.UsageError("give the environment once")
+    if args.at and said.at:
+        raise commands.UsageError("give the time once")
+    req = replace(said, environment=_env_flag(args.env) or said.environment,
+                  dry_run=args.dry_run or said.dry_run, at=args.at or said.at,
+                  queue=args.queue or said.queue,
+                  break_glass=(args.break_glass or "").strip() or said.break_glass)
+    if req.at and req.dry_run:
+        raise commands.UsageError("a dry run runs now; schedule the deployment itself")
+    service = _service(ctx, args.approve_as)
+    d = _allowed(service.handle(req, _who(ctx, args))).deployment
     if d.scheduled_for:
-        return _scheduled(ctx, pipeline, d)
-    with _stopping_gracefully(pipeline, d):
-        d = pipeline.run(d.id)
-    if d.status is DeploymentStatus.REQUESTED and d.queued:
-        print(f"deployment #{d.id} is {waiting_note(pipeline, d)}; `deploybot scheduler` (or "
+        return _scheduled(ctx, service, d)
+    with _stopping_gracefully(service.pipeline, d):
+        ran = _allowed(service.handle(StartRequest(d.id), _who(ctx, args)))
+    if ran.queued:
+        print(f"deployment #{d.id} is {ran.waiting}; `deploybot scheduler` (or "
               "`deploybot run`) starts it when the lock frees", file=sys.stderr)
         return EXIT_PENDING
-    return _outcome(d, pipeline)
+    return _outcome(ran.deployment, ran.pending, ctx.config)
 
 
 @contextmanager
@@ -269,11 +296,11 @@ def _stopping_gracefully(pipeline: Pipeline, d: Deployment) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def _scheduled(ctx: Context, pipeline: Pipeline, d: Deployment) -> int:
+def _scheduled(ctx: Context, service, d: Deployment) -> int:
     """The checklist now, as a dry run; the deployment itself waits for the scheduler."""
     print(f"deployment #{d.id} scheduled for "
           f"{freezing.local(d.scheduled_for, ctx.config.timezone)}; checking it now (dry run):")
-    dry = precheck(pipeline, d)
+    dry = service.precheck(d)
     verdict = ("passes now" if dry.status is DeploymentStatus.SUCCEEDED
                else "does not pass now; it is checked again at its time")
     print(f"deployment #{d.id}: the checklist {verdict} (dry run #{dry.id}); "
@@ -283,52 +310,45 @@ def _scheduled(ctx: Context, pipeline: Pipeline, d: Deployment) -> int:
 
 
 def cmd_rollback(ctx: Context, args: argparse.Namespace) -> int:
-    # The same grammar as `/rollback` in Slack: `rollback web to v1 in staging`.
-    words = [args.what, *args.words]
-    if args.to:
-        words += ["to", args.to]
-    if args.env:
-        words += ["in", args.env]
-    req = commands.parse_rollback(" ".join(words), services=list(ctx.config.services),
-                                  environments=list(ctx.config.environments))
-    pipeline = ctx.pipeline()
-    d = pipeline.request_rollback(requested_by=_actor(ctx, args), environment=req.environment,
-                                  to_version=req.to_version, service=req.service,
-                                  ticket_ref=req.ticket)
-    with _stopping_gracefully(pipeline, d):
-        d = pipeline.run(d.id)
-    return EXIT_OK if d.status is DeploymentStatus.SUCCEEDED else EXIT_FAILED
+    from bot.requests import StartRequest
+
+    # The words read as in Slack (`web to v1 in staging`); --to and --env as they are.
+    said = commands.parse_rollback(" ".join([args.what, *args.words]),
+                                   services=list(ctx.config.services),
+                                   environments=list(ctx.config.environments))
+    if args.to and said.to_version:
+        raise commands.UsageError("give the version once", commands.ROLLBACK_USAGE)
+    if args.env and said.environment:
+        raise commands.UsageError("give the environment once", commands.ROLLBACK_USAGE)
+    req = replace(said, to_version=args.to or said.to_version,
+                  environment=_env_flag(args.env) or said.environment)
+    service = _service(ctx)
+    d = _allowed(service.handle(req, _who(ctx, args))).deployment
+    with _stopping_gracefully(service.pipeline, d):
+        ran = _allowed(service.handle(StartRequest(d.id), _who(ctx, args)))
+    return EXIT_OK if ran.deployment.status is DeploymentStatus.SUCCEEDED else EXIT_FAILED
 
 
 def _decide(ctx: Context, args: argparse.Namespace, approved: bool) -> int:
-    pipeline = ctx.pipeline(interactive=False)
-    d = ctx.store.deployment(args.deployment)
-    pending = pipeline.pending_gates(d.id)
-    if args.gate:
-        pending = [g for g in pending if g.id == args.gate]
-    if not pending:
-        gates = ctx.store.gates(d.id)
-        decided = ", ".join(f"gate #{g.id} {g.status.value} by {g.decided_by}" for g in gates)
+    from bot.requests import DecideRequest
+
+    service = _service(ctx, interactive=False)
+    outcome = _allowed(service.handle(
+        DecideRequest(args.deployment, approved, gate_id=args.gate, reason=args.reason or ""),
+        _who(ctx, args)))
+    d = outcome.deployment
+    if outcome.nothing_pending:
+        decided = ", ".join(f"gate #{g.id} {g.status.value} by {g.decided_by}"
+                            for g in outcome.gates)
         print(f"deployment #{d.id} ({d.status.value}) has no pending gate"
               + (f": {decided}" if decided else ""), file=sys.stderr)
         return EXIT_FAILED
-    user = _actor(ctx, args)
-    for gate in pending:
-        if gate.kind is GateKind.BREAK_GLASS and any(
-                g.kind is GateKind.BREAK_GLASS and g.decided_by
-                and ctx.config.same_person(g.decided_by, user.name)
-                for g in ctx.store.gates(d.id)):
-            print(f"gate #{gate.id}: {user.name} gave one break-glass approval already; the "
-                  "other must come from someone else", file=sys.stderr)
-            continue
-        outcome = pipeline.decide_gate(gate.id, decided_by=user, approved=approved,
-                                       reason=args.reason or "")
-        if not outcome.decided_now:
-            print(f"gate #{gate.id} was already {outcome.gate.status.value} by "
-                  f"{outcome.gate.decided_by}", file=sys.stderr)
-        if not approved or outcome.deployment.status is not DeploymentStatus.AWAITING_APPROVAL:
-            break
-    return _outcome(ctx.store.deployment(d.id), pipeline)
+    for note in outcome.notes:
+        print(note, file=sys.stderr)
+    for gate in outcome.already:
+        print(f"gate #{gate.id} was already {gate.status.value} by {gate.decided_by}",
+              file=sys.stderr)
+    return _outcome(d, outcome.pending, ctx.config)
 
 
 def cmd_approve(ctx: Context, args: argparse.Namespace) -> int:
@@ -342,8 +362,11 @@ def cmd_reject(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(ctx: Context, args: argparse.Namespace) -> int:
-    d = ctx.pipeline().cancel(args.deployment, user=_actor(ctx, args), reason=args.reason or "")
-    return EXIT_OK if d.status is DeploymentStatus.CANCELLED else EXIT_FAILED
+    from bot.requests import CancelRequest
+
+    outcome = _allowed(_service(ctx).handle(
+        CancelRequest(deployment_id=args.deployment, reason=args.reason or ""), _who(ctx, args)))
+    return EXIT_OK if outcome.deployment.status is DeploymentStatus.CANCELLED else EXIT_FAILED
 
 
 def _line(d: Deployment) -> str:
@@ -357,42 +380,35 @@ def _line(d: Deployment) -> str:
 
 
 def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
-    pipeline = ctx.pipeline()
-    locks = ctx.store.locks()
-    print("Locks:" if locks else "Locks: none")
-    for lock in locks:
+    from bot.requests import StatusRequest
+
+    view = _service(ctx).handle(StatusRequest(), _who(ctx, args))
+    print("Locks:" if view.locks else "Locks: none")
+    for line in view.locks:
+        lock = line.lock
         ttl = (f"; expires {lock.expires_at:%H:%M:%S UTC} without a heartbeat"
                if lock.expires_at else "")
-        print(f"  {pipeline.describe_lock(lock)}{ttl}")
-    active = pipeline.active()
-    print("In progress:" if active else "In progress: none")
-    for d in active:
-        note = waiting_note(pipeline, d)
-        print(f"  {_line(d)}" + (f"\n       waiting: {note}" if note else ""))
+        print(f"  {line.description}{ttl}")
+    print("In progress:" if view.active else "In progress: none")
+    for a in view.active:
+        print(f"  {_line(a.deployment)}" + (f"\n       waiting: {a.waiting}" if a.waiting else ""))
     print("Running now:")
-    for name in ctx.config.services:
-        for env in ctx.config.environments:
-            if not ctx.config.deployable(name, env):
-                continue
-            try:
-                state = pipeline.backend_for(name, env).status()
-                print(f"  {env:<11} {name:<14} {state.version or '-':<12} {state.detail}")
-            except DeploybotError as exc:
-                print(f"  {env:<11} {name:<14} ?            {exc}")
-    _print_outbox(pipeline)
+    for r in view.running:
+        if r.error is not None:
+            print(f"  {r.environment:<11} {r.service:<14} ?            {r.error}")
+        else:
+            print(f"  {r.environment:<11} {r.service:<14} {r.version or '-':<12} {r.detail}")
+    print("Undelivered (outbox):" if view.undelivered else "Undelivered (outbox): none")
+    for item in view.undelivered:
+        print("  " + outboxing.waiting_line(item, view.now).replace("\n", "\n       "))
     return EXIT_OK
 
 
-def _print_outbox(pipeline: Pipeline) -> None:
-    waiting = pipeline.outbox.undelivered()
-    print("Undelivered (outbox):" if waiting else "Undelivered (outbox): none")
-    now = pipeline.store.now()
-    for item in waiting:
-        print("  " + outboxing.waiting_line(item, now).replace("\n", "\n       "))
-
-
 def cmd_history(ctx: Context, args: argparse.Namespace) -> int:
-    rows = ctx.pipeline().history(args.service, args.env, args.limit)
+    from bot.requests import HistoryRequest
+
+    rows = list(_service(ctx).handle(HistoryRequest(args.service, args.env, args.limit),
+                                     _who(ctx, args)).rows)
     if args.format:
         exports.history(rows, args.format)
         return EXIT_OK
@@ -425,15 +441,19 @@ def cmd_show(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def cmd_lock(ctx: Context, args: argparse.Namespace) -> int:
-    lock = ctx.pipeline().lock(args.env, user=_actor(ctx, args), reason=args.reason,
-                               service=args.service)
+    from bot.requests import LockRequest
+
+    lock = _allowed(_service(ctx).handle(LockRequest(args.env, args.reason, args.service),
+                                         _who(ctx, args))).lock
     print(f"locked {lock.scope}: {lock.reason}")
     return EXIT_OK
 
 
 def cmd_unlock(ctx: Context, args: argparse.Namespace) -> int:
-    lock = ctx.pipeline().unlock(args.env, user=_actor(ctx, args), reason=args.reason,
-                                 service=args.service)
+    from bot.requests import UnlockRequest
+
+    lock = _allowed(_service(ctx).handle(UnlockRequest(args.env, args.reason, args.service),
+                                         _who(ctx, args))).lock
     print(f"unlocked {lock.scope} (was held by {lock.holder}: {lock.reason})")
     return EXIT_OK
 

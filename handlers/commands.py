@@ -1,4 +1,4 @@
-"""The chat command grammar: `/deploy …` and `/rollback …` text -> request dataclasses.
+"""The chat command grammar: `/deploy …` and `/rollback …` text -> the core's requests.
 
 One parser for every front end: Slack slash commands, `@deploybot` mentions, and any terminal
 front end that takes the same words. Parsing does no I/O and changes nothing; what it cannot
@@ -13,6 +13,8 @@ from typing import Collection, Union
 
 from bot.errors import InputError
 from bot.pipeline import parse_target, validate_version
+from bot.requests import (CancelRequest, DeployRequest, HistoryRequest, LockRequest,
+                          RollbackRequest, StatusRequest, UnlockRequest)
 
 DEPLOY_USAGE = """\
 *Usage*
@@ -57,59 +59,13 @@ class UsageError(InputError):
 
 
 @dataclass(frozen=True)
-class DeployRequest:
-    ticket: str
-    target: str | None = None  # service@version; None: the ticket says
-    environment: str | None = None  # None: the config's default
-    dry_run: bool = False
-    at: str | None = None  # "22:00" or "2026-11-27T22:00": schedule it (bot/scheduler.py)
-    queue: bool = False  # wait for a held lock instead of being blocked
-    break_glass: str = ""  # the reason for deploying inside a freeze window
-
-
-@dataclass(frozen=True)
-class StatusRequest:
-    pass
-
-
-@dataclass(frozen=True)
-class HistoryRequest:
-    service: str | None = None
-    environment: str | None = None
-
-
-@dataclass(frozen=True)
-class LockRequest:
-    environment: str | None
-    reason: str
-
-
-@dataclass(frozen=True)
-class UnlockRequest:
-    environment: str | None
-    reason: str
-
-
-@dataclass(frozen=True)
-class CancelRequest:
-    ticket: str | None = None  # cancel the ticket's deployment that is in progress ...
-    deployment_id: int | None = None  # ... or this one (`/deploy cancel #7`)
-    reason: str = ""
-
-
-@dataclass(frozen=True)
 class HelpRequest:
+    """Chat only: the front end shows `usage`; the service has nothing to do."""
+
     usage: str = DEPLOY_USAGE
 
 
-@dataclass(frozen=True)
-class RollbackRequest:
-    ticket: str | None = None
-    service: str | None = None
-    to_version: str | None = None
-    environment: str | None = None
-
-
+# The requests are the core's (bot/requests.py); this module only turns words into them.
 Request = Union[DeployRequest, StatusRequest, HistoryRequest, LockRequest, UnlockRequest,
                 CancelRequest, HelpRequest, RollbackRequest]
 

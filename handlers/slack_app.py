@@ -15,7 +15,7 @@ import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any, Callable, Mapping
 from wsgiref.simple_server import WSGIServer, make_server
@@ -30,23 +30,16 @@ from slack_sdk.webhook import WebhookClient
 from bot.config import Config
 from bot.health import OK, Flag
 from bot.metrics import SLACK_CALLS, SLACK_LATENCY
-from bot.errors import (ConfigError, DeliveryError, DeploybotError, InputError, NotAllowed,
-                        StateError)
-from bot.models import CANCELLABLE, Deployment, DeploymentStatus, Gate, GateKind
+from bot.errors import ConfigError, DeliveryError, DeploybotError, InputError, NotAllowed
+from bot.models import Deployment, DeploymentStatus, Gate, GateKind
 from bot.identity import Actor, slack_actor
 from bot.store import Store
 from handlers import actions, blocks
 from handlers.commands import (
     ROLLBACK_USAGE,
-    CancelRequest,
-    DeployRequest,
     HelpRequest,
     HistoryRequest,
-    LockRequest,
     Request,
-    RollbackRequest,
-    StatusRequest,
-    UnlockRequest,
     UsageError,
     parse_deploy,
     parse_mention,
@@ -56,7 +49,10 @@ from bot import dora
 from bot import freeze as freezing
 from bot import logcontext
 from bot import outbox as outboxing
-from bot.scheduler import DeployScheduler, precheck, waiting_note
+from bot.requests import StartRequest
+from bot.scheduler import DeployScheduler
+from bot.service import (Cancelled, HistoryRows, Locked, Refused, RequestService, Requested,
+                         StatusView, Unlocked)
 from handlers import ops_http
 from handlers.slack_reporter import SlackReporter
 from handlers.wiring import build_pipeline
@@ -219,7 +215,9 @@ class AppHome:
         now = store.now()
         figures = dora.compute(store.dora_rows(), now=now, since=now - HOME_FIGURES_WINDOW,
                                environments=dora.production_environments(config))
-        return blocks.home_view(config, store.locks(), self.front.pipeline.active(), recent,
+        status = self.front.service.status(running=False)  # as `/deploy status` shows them
+        return blocks.home_view(config, [line.lock for line in status.locks],
+                                [a.deployment for a in status.active], recent,
                                 figures=dora.as_lines(figures))
 
     def opened(self, user: str) -> None:
@@ -302,6 +300,7 @@ class SlackFrontEnd:
         if isinstance(client, RedactingWebClient) and client.redact is None:
             client.redact = self.pipeline.redact  # what this front end posts itself, too
         # Scheduled and queued deployments; started by serve() (it posts health summaries too).
+        self.service = RequestService(self.pipeline)
         self.scheduler = DeployScheduler(self.pipeline, summary=self.reporter.summary)
         self._channel_names: dict[str, str] = {}
         self._groups: dict[str, tuple[float, frozenset[str]]] = {}
@@ -452,7 +451,7 @@ class SlackFrontEnd:
             return False
         if not self._open_thread(d, channel, user, response_url):
             return False
-        self.pipeline.run(d.id)
+        self.service.handle(StartRequest(d.id), lambda env: self.actor(user or "", env))
         return True
 
     def _open_thread(self, d: Deployment, channel: str, user: str | None,
@@ -495,64 +494,58 @@ class SlackFrontEnd:
 
     def _execute(self, req: Request, user: str, channel: str, key: str | None,
                  response_url: str | None = None) -> None:
-        p = self.pipeline
-        request_key = f"slack:{key}" if key else None
-        environment = getattr(req, "environment", None) or self.config.default_env
-        actor = self.actor(user, environment if environment in self.config.environments
-                           else None)
         if isinstance(req, HelpRequest):
             self.ephemeral(channel, user, req.usage)
-        elif isinstance(req, DeployRequest):
-            d = p.request_deploy(req.ticket, requested_by=actor, target=req.target,
-                                 environment=req.environment, dry_run=req.dry_run,
-                                 request_key=request_key, at=req.at, queue=req.queue,
-                                 break_glass=req.break_glass)
-            if d.scheduled_for:
-                self._schedule(d, channel, user, response_url)
+            return
+        if isinstance(req, HistoryRequest):
+            req = replace(req, limit=15)  # what fits an ephemeral message
+        outcome = self.service.handle(req, lambda env: self.actor(user, env),
+                                      request_key=f"slack:{key}" if key else None)
+        if isinstance(outcome, Refused):
+            raise outcome.error  # told as every other failure of a request (execute)
+        if isinstance(outcome, Requested):
+            if outcome.scheduled:
+                self._schedule(outcome.deployment, channel, user, response_url)
             else:
-                self.start(d, channel, user, response_url=response_url)
-        elif isinstance(req, RollbackRequest):
-            d = p.request_rollback(requested_by=actor, service=req.service, ticket_ref=req.ticket,
-                                   environment=req.environment, to_version=req.to_version,
-                                   request_key=request_key)
-            self.start(d, channel, user, response_url=response_url)
-        elif isinstance(req, StatusRequest):
-            msg = blocks.status_message(self.config, self.store.locks(), p.active(),
-                                        self._running_now())
-            waiting = [f"#{d.id} {blocks.what(d)}: {waiting_note(p, d)}" for d in p.active()
-                       if waiting_note(p, d)]
-            if waiting:
-                msg.blocks.insert(2, {"type": "section", "text": {
-                    "type": "mrkdwn", "text": "*Waiting*\n" + blocks.escape("\n".join(waiting))}})
-            undelivered = [outboxing.waiting_line(i, self.store.now())
-                           for i in p.outbox.undelivered()]
-            if undelivered:  # what the tracker (or Slack) has not been told yet
-                text = blocks.escape("\n".join(undelivered[:10]))[:2800]
-                msg.blocks.insert(3 if waiting else 2, {"type": "section", "text": {
-                    "type": "mrkdwn", "text": f"*Undelivered ({len(undelivered)})*\n{text}"}})
+                self.start(outcome.deployment, channel, user, response_url=response_url)
+        elif isinstance(outcome, StatusView):
+            self._post_status(outcome, channel, user)
+        elif isinstance(outcome, HistoryRows):
+            msg = blocks.history_message(self.config, list(outcome.rows), outcome.service)
             self.reporter.call("chat_postEphemeral", channel=channel, user=user, **msg.kwargs())
-        elif isinstance(req, HistoryRequest):
-            rows = p.history(req.service, req.environment, limit=15)
-            msg = blocks.history_message(self.config, rows, req.service)
-            self.reporter.call("chat_postEphemeral", channel=channel, user=user, **msg.kwargs())
-        elif isinstance(req, (LockRequest, UnlockRequest)):
-            locking = isinstance(req, LockRequest)
-            lock = (p.lock if locking else p.unlock)(req.environment, user=actor,
-                                                     reason=req.reason)
-            who = blocks.person(self.config, user)
+        elif isinstance(outcome, (Locked, Unlocked)):
+            lock, who = outcome.lock, blocks.person(self.config, user)
             text = (f":lock: {who} locked *{blocks.escape(lock.scope)}*: "
-                    f"{blocks.escape(req.reason)}" if locking else
+                    f"{blocks.escape(outcome.reason)}" if isinstance(outcome, Locked) else
                     f":unlock: {who} unlocked *{blocks.escape(lock.scope)}* (held by "
                     f"{blocks.person(self.config, lock.holder)}: {blocks.escape(lock.reason)}): "
-                    f"{blocks.escape(req.reason)}")
+                    f"{blocks.escape(outcome.reason)}")
             self.reporter.call("chat_postMessage", channel=channel, text=text)
             self.home.refresh_soon()
-        elif isinstance(req, CancelRequest):
-            target = self._to_cancel(req)
-            d = p.cancel(target.id, user=self.actor(user, target.environment), reason=req.reason)
+        elif isinstance(outcome, Cancelled):
+            d = outcome.deployment
             self.ephemeral(channel, user, f"Cancelled deployment #{d.id} ({blocks.what(d)}).")
-        else:  # pragma: no cover - the parser returns nothing else
-            raise InputError(f"unsupported request {req!r}")
+        else:  # pragma: no cover - the grammar makes no other request
+            raise InputError(f"unsupported outcome {outcome!r}")
+
+    def _post_status(self, view: StatusView, channel: str, user: str) -> None:
+        running = [f"*{r.environment}* {r.service}: ? {blocks.escape(r.error.message)}"
+                   if r.error is not None else
+                   f"*{r.environment}* {r.service}: {blocks.escape(r.version or '-')} "
+                   f"{blocks.escape(r.detail)}" for r in view.running]
+        msg = blocks.status_message(self.config, [line.lock for line in view.locks],
+                                    [a.deployment for a in view.active], running)
+        waiting = [f"#{a.deployment.id} {blocks.what(a.deployment)}: {a.waiting}"
+                   for a in view.waiting]
+        if waiting:
+            msg.blocks.insert(2, {"type": "section", "text": {
+                "type": "mrkdwn", "text": "*Waiting*\n" + blocks.escape("\n".join(waiting))}})
+        undelivered = [outboxing.waiting_line(i, view.now) for i in view.undelivered]
+        if undelivered:  # what the tracker (or Slack) has not been told yet
+            text = blocks.escape("\n".join(undelivered[:10]))[:2800]
+            msg.blocks.insert(3 if waiting else 2, {"type": "section", "text": {
+                "type": "mrkdwn", "text": f"*Undelivered ({len(undelivered)})*\n{text}"}})
+        self.reporter.call("chat_postEphemeral", channel=channel, user=user, **msg.kwargs())
 
     def _schedule(self, d: Deployment, channel: str, user: str,
                   response_url: str | None = None) -> None:
@@ -566,41 +559,12 @@ class SlackFrontEnd:
         when = freezing.local(d.scheduled_for, self.config.timezone)
         self.reporter.step(d, f"Scheduled for {when}: the checklist runs now as a dry run and "
                               "again at that time.")
-        dry = precheck(self.pipeline, d, run=lambda dry: self.start(dry, channel))
+        dry = self.service.precheck(d, run=lambda dry: self.start(dry, channel))
         verdict = ("passes now" if dry.status is DeploymentStatus.SUCCEEDED
                    else f"does not pass now ({dry.failure}); it runs again at {when}")
         self.reporter.step(d, f"Checklist now (dry run #{dry.id}): {verdict}.")
         self.ephemeral(channel, user, f"Scheduled deployment #{d.id} ({blocks.what(d)}) for "
                                       f"{when}. `/deploy cancel #{d.id}` cancels it.")
-
-    def _to_cancel(self, req: CancelRequest) -> Deployment:
-        if req.deployment_id is not None:
-            return self.store.deployment(req.deployment_id)
-        ticket = self.pipeline.tracker.parse_ref(req.ticket or "")
-        open_ = [d for d in self.pipeline.active()
-                 if d.ticket_id == ticket and d.status in CANCELLABLE]
-        if not open_:
-            raise StateError(f"no deployment of {ticket} is waiting to be cancelled",
-                             hint="a deployment that started deploying is rolled back instead")
-        if len(open_) > 1:
-            raise InputError(f"{ticket} has {len(open_)} deployments that can be cancelled: "
-                             + ", ".join(f"#{d.id} ({d.environment})" for d in open_),
-                             hint="say which one: /deploy cancel #ID")
-        return open_[0]
-
-    def _running_now(self) -> list[str]:
-        lines = []
-        for name in self.config.services:
-            for env in self.config.environments:
-                if not self.config.deployable(name, env):
-                    continue
-                try:
-                    state = self.pipeline.backend_for(name, env).status()
-                    lines.append(f"*{env}* {name}: {blocks.escape(state.version or '-')} "
-                                 f"{blocks.escape(state.detail)}")
-                except DeploybotError as exc:
-                    lines.append(f"*{env}* {name}: ? {blocks.escape(exc.message)}")
-        return lines
 
     # -- listeners --------------------------------------------------------------------------------
 
