@@ -21,9 +21,9 @@ from bot.service import (SCHEDULER, Cancelled, Decided, HistoryRows, Locked, Ran
 from bot.store import Store
 from handlers import cli
 from handlers.slack_app import SlackFrontEnd, explain, web_client
-from tests.fakes.core import FakeBackend, FakeProbe, InstantClock
-from tests.fakes.schedule import ScheduleWorld
-from tests.fakes.slack_api import FakeSlack
+from fakes.core import FakeBackend, FakeProbe, InstantClock
+from fakes.schedule import ScheduleWorld
+from fakes.slack_api import FakeSlack
 
 PRODUCTION = {"production": True, "approvers": ["bob", "dana", "erin"], "approvals_required": 1}
 GATED = {"environments": {"staging": {"lock_ttl": 600}, "production": PRODUCTION}}
