@@ -647,12 +647,18 @@ class KubernetesBackend(pins.SeenBytes):
             dep = self._deployment()
             sets = self._replica_sets(dep)
             new = self._new_replica_set(dep, sets)
-            pods = [p for p in self._pods(dep) if new is None or _owned_by(p, new)]
-            # Only the new ReplicaSet's own: old pods' warnings are not why this rollout failed.
+            every = self._pods(dep)
+            pods = [p for p in every if new is None or _owned_by(p, new)]
+            # Only the new ReplicaSet's own, and not a kind the old pods show too (a node's
+            # MissingClusterDNS): those are not why this version fails.
             names = {("Pod", _meta(p).get("name")) for p in pods}
             if new is not None:
                 names.add(("ReplicaSet", _meta(new).get("name")))
-            warnings = [e for e in self._event_lines(names, 50) if e.startswith("Warning")][-3:]
+            old = {("Pod", _meta(p).get("name")) for p in every} - names
+            shared = {line.split()[1] for line in self._event_lines(old, 50)
+                      if line.startswith("Warning ")} if old else set()
+            warnings = [e for e in self._event_lines(names, 50)
+                        if e.startswith("Warning ") and e.split()[1] not in shared][-3:]
         except BackendError as exc:
             return f"(could not look at the pods: {exc})"
         parts = [f"{_meta(p).get('name')}: {pod_problem(p)}" for p in pods if not pod_ready(p)][:3]

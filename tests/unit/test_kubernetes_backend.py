@@ -569,14 +569,15 @@ def test_a_healthy_rollout_is_not_failing(backend, kube):
 def test_diagnosis_names_only_the_new_replica_sets_pods_and_their_warnings(backend, kube):
     backend.deploy("v3", ticket_id="T-3", on_step=lambda s: None)
     old_pod = {"metadata": {"name": "web-v1-0", "ownerReferences": [{"uid": "rs-web-v1"}]},
-               "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "False"}]}}
+               "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}}
     kube.pods_.append(old_pod)
     events = kube.events
 
-    def with_old_warnings(namespace):
+    def with_old_warnings(namespace):  # the node's warning, on old and new pods alike
         return events(namespace) + [
             {"type": "Warning", "reason": "MissingClusterDNS", "involvedObject":
-             {"kind": "Pod", "name": "web-v1-0"}, "message": "kubelet does not have ClusterDNS"}]
+             {"kind": "Pod", "name": name}, "message": "kubelet does not have ClusterDNS"}
+            for name in ("web-v1-0", "web-v3-0")]
     kube.events = with_old_warnings
     why = backend.diagnose()
     assert "web-v3-0" in why and "Readiness probe failed" in why
