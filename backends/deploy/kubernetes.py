@@ -8,6 +8,9 @@ How a deploy goes (the same steps `kubectl` takes, so an operator can follow alo
    ticket in `kubernetes.io/change-cause`; then it waits like `kubectl rollout status`:
    observedGeneration caught up, all replicas updated and available, no old replicas left, and
    the Deployment's `progressDeadlineSeconds` not exceeded -- bounded by `rollout_timeout`.
+   New pods that cannot start (CERTAIN_FAILURES: CrashLoopBackOff, ImagePullBackOff, ...) end
+   the wait at once; `status()` then reports them as failing, and a progress deadline as
+   final, so verification decides without waiting out `verify.timeout`.
 3. **A rollout that fails or times out does not raise.** `deploy` reports it as a step and
    returns; `status()` then reports the service as not running (it is computed from the live
    Deployment and the readiness of the new ReplicaSet's pods), verification fails and the
@@ -17,7 +20,8 @@ How a deploy goes (the same steps `kubectl` takes, so an operator can follow alo
 4. `rollback(v)` does what `kubectl rollout undo --to-revision=N` does: it finds the newest
    ReplicaSet of the Deployment whose pod template runs `image:v` and puts that template back
    (a JSON patch of `/spec/template`), so the controller scales that ReplicaSet up again and it
-   becomes the newest revision; `history()` shows it. When no such revision is left, it sets the
+   becomes the newest revision with its own change-cause (as `rollout undo` keeps it);
+   `history()` shows it. When no such revision is left, it sets the
    image instead. It waits for that rollout and raises BackendError when it does not complete.
 
 The bytes, not the tag: `running_image()` reads `status.containerStatuses[].imageID` of the
