@@ -278,6 +278,9 @@ class Dependency(Strict):
 class Verification(Strict):
     timeout: float = Field(default=30.0, ge=0, le=3600)  # bounded wait for the new version
     interval: float = Field(default=1.0, gt=0, le=60)
+    # Up and failing (5xx, engine says unhealthy or exited) this many probes in a row ends the
+    # wait early; None waits out the timeout. Not up yet (refused, starting) never counts.
+    failing_probes: int | None = Field(default=3, ge=1, le=1000)
 
 
 class WatchRules(Strict):

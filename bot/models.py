@@ -231,6 +231,10 @@ class BackendStatus:
     running: bool
     version: str | None
     detail: str = ""  # what a person reads: container state, health, replicas
+    # The engine says the version is up and failing (exited, crash-looping, its own health
+    # check unhealthy), as opposed to not up yet; "" when it says no such thing.
+    failing: str = ""
+    final: bool = False  # the engine has given up itself (a progress deadline): no probe helps
 
 
 @dataclass

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 from bot.config import Service
 from bot.errors import BackendError
 from bot.models import BackendStatus, CheckStatus, VerificationResult
-from bot.ports import DeployBackend, HttpProbe, StepCallback
+from bot.ports import DeployBackend, HttpProbe, ProbeResult, StepCallback
 
 HEALTHY_WORDS = {"ok", "up", "pass", "passing", "healthy", "green", "true"}
 
@@ -69,6 +69,20 @@ def unhealthy_components(payload: object) -> list[str]:
     return bad
 
 
+def failing_now(answer: ProbeResult | None, state: BackendStatus) -> str:
+    """Why this probe shows the version up and failing; "" when it may just not be up yet.
+
+    An explicit 5xx or the engine's own verdict (exited, crash-looping, health check unhealthy)
+    is a failure; a refused connection, a timeout or a container still starting is not.
+    """
+    reasons = []
+    if answer is not None and answer.status_code is not None and answer.status_code >= 500:
+        reasons.append(f"{answer.url} answered {answer.status_code}")
+    if state.failing:
+        reasons.append(state.failing)
+    return "; ".join(reasons)
+
+
 def wait_healthy(service: Service, backend: DeployBackend, probe: HttpProbe, clock: SystemClock,
                  timeout: float, interval: float,
                  stop: Callable[[], str] | None = None) -> tuple[CheckStatus, str]:
@@ -76,9 +90,13 @@ def wait_healthy(service: Service, backend: DeployBackend, probe: HttpProbe, clo
 
     An engine that does not answer is one more failed poll, retried within the window.
     `stop` (a reason when a stop was asked for) ends the wait after the current poll.
+    `verify.failing_probes` probes in a row that show the version up and failing end it early,
+    and so does an engine that has given up itself: waiting longer would only keep a broken
+    version serving.
     """
     deadline = clock.monotonic() + timeout
-    attempts = 0
+    limit = service.verify.failing_probes
+    attempts = streak = 0
     while True:
         attempts += 1
         try:
@@ -99,6 +117,14 @@ def wait_healthy(service: Service, backend: DeployBackend, probe: HttpProbe, clo
         if not state.running or state.detail.endswith("unhealthy"):
             problems.append(f"container {state.detail}")
         last = "; ".join(problems)
+        failing = failing_now(answer, state)
+        streak = streak + 1 if failing else 0
+        if state.final and state.failing:
+            return CheckStatus.FAILED, (f"{last}; the engine gave up on it ({state.failing}), "
+                                        f"after {attempts} probe(s)")
+        if limit and streak >= limit:
+            return CheckStatus.FAILED, (f"{last}; up and failing {streak} probes in a row "
+                                        f"({failing}), after {attempts} probe(s)")
         why = stop() if stop else ""
         if why:
             return CheckStatus.FAILED, f"{last}; stopped ({why}) after {attempts} probe(s)"

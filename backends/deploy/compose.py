@@ -764,8 +764,12 @@ class ComposeBackend:
         detail = f"compose ps: {self._describe(rows)}"
         if missing:
             detail += f"; no container for {', '.join(missing)}"
+        # Exited, crash-restarting or unhealthy is up and failing; "created"/"starting" is not yet.
+        failing = [r for r in rows if r.get("State") in ("exited", "dead", "restarting")
+                   or r.get("Health") == "unhealthy"]
         return BackendStatus(running=running,
-                             version=_version_of(primary[0]) if primary else None, detail=detail)
+                             version=_version_of(primary[0]) if primary else None, detail=detail,
+                             failing=f"compose ps: {self._describe(failing)}" if failing else "")
 
     def logs(self, since: datetime) -> str:
         if since.tzinfo is None:

@@ -304,8 +304,12 @@ class DockerBackend(pins.SeenBytes):
             detail += f" (exit code {state.get('ExitCode')})"
         if health:
             detail += f", health {health}"
+        # Exited, crash-restarting or unhealthy is up and failing; "created"/"starting" is not yet.
+        failing = (state.get("Restarting") or state.get("Status") in ("exited", "dead")
+                   or health == "unhealthy")
         return BackendStatus(running=running and health != "unhealthy",
-                             version=self._version_of(c), detail=detail)
+                             version=self._version_of(c), detail=detail,
+                             failing=f"container {detail}" if failing else "")
 
     def logs(self, since: datetime) -> str:
         c = self._container(self.name)

@@ -8,6 +8,9 @@ How a deploy goes (the same steps `kubectl` takes, so an operator can follow alo
    ticket in `kubernetes.io/change-cause`; then it waits like `kubectl rollout status`:
    observedGeneration caught up, all replicas updated and available, no old replicas left, and
    the Deployment's `progressDeadlineSeconds` not exceeded -- bounded by `rollout_timeout`.
+   New pods that cannot start (CERTAIN_FAILURES: CrashLoopBackOff, ImagePullBackOff, ...) end
+   the wait at once; `status()` then reports them as failing, and a progress deadline as
+   final, so verification decides without waiting out `verify.timeout`.
 3. **A rollout that fails or times out does not raise.** `deploy` reports it as a step and
    returns; `status()` then reports the service as not running (it is computed from the live
    Deployment and the readiness of the new ReplicaSet's pods), verification fails and the
@@ -17,7 +20,8 @@ How a deploy goes (the same steps `kubectl` takes, so an operator can follow alo
 4. `rollback(v)` does what `kubectl rollout undo --to-revision=N` does: it finds the newest
    ReplicaSet of the Deployment whose pod template runs `image:v` and puts that template back
    (a JSON patch of `/spec/template`), so the controller scales that ReplicaSet up again and it
-   becomes the newest revision; `history()` shows it. When no such revision is left, it sets the
+   becomes the newest revision with its own change-cause (as `rollout undo` keeps it);
+   `history()` shows it. When no such revision is left, it sets the
    image instead. It waits for that rollout and raises BackendError when it does not complete.
 
 The bytes, not the tag: `running_image()` reads `status.containerStatuses[].imageID` of the
@@ -413,6 +417,23 @@ def pod_problem(pod: dict) -> str:
     return status.get("phase", "Pending")
 
 
+# Waiting reasons that say a pod of this version will not become ready by waiting longer: the
+# kubelet already retried (the BackOff reasons) or retrying cannot help. ErrImagePull on its own
+# is a first attempt (a registry blip) and is not here; its retry turns into ImagePullBackOff.
+CERTAIN_FAILURES = frozenset({"CrashLoopBackOff", "ImagePullBackOff", "InvalidImageName",
+                              "CreateContainerConfigError", "CreateContainerError",
+                              "RunContainerError", "ErrImageNeverPull"})
+
+
+def pod_failure(pod: dict) -> str:
+    """The certain failure of a pod (one of CERTAIN_FAILURES, in the API's words), else ""."""
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in CERTAIN_FAILURES:
+            return f"{_meta(pod).get('name')}: {pod_problem(pod)}"
+    return ""
+
+
 def strip_template(template: dict) -> dict:
     """A ReplicaSet's pod template as a Deployment template (without pod-template-hash)."""
     out = json.loads(json.dumps(template))
@@ -602,6 +623,7 @@ class KubernetesBackend(pins.SeenBytes):
         deadline = self.clock.monotonic() + timeout
         last_message = ""
         while True:
+            dep = None
             try:
                 dep = self._deployment()
                 state = rollout_state(dep)
@@ -612,6 +634,11 @@ class KubernetesBackend(pins.SeenBytes):
                 last_message = state.message
             if state.done or state.failed:
                 return state
+            failures = self._certain_failures(dep) if dep is not None else []
+            if failures:
+                on_step(f"rollout: failed: {'; '.join(failures[:3])}")
+                return RolloutState(False, True, f"pods of the new ReplicaSet cannot start: "
+                                                 f"{'; '.join(failures[:3])}")
             if self.clock.monotonic() >= deadline:
                 return RolloutState(False, True, f"rollout not complete after {timeout:g} s "
                                                  f"({state.message})")
@@ -624,12 +651,34 @@ class KubernetesBackend(pins.SeenBytes):
             dep = self._deployment()
             sets = self._replica_sets(dep)
             new = self._new_replica_set(dep, sets)
-            pods = [p for p in self._pods(dep) if new is None or _owned_by(p, new)]
+            every = self._pods(dep)
+            pods = [p for p in every if new is None or _owned_by(p, new)]
+            # Only the new ReplicaSet's own, and not a kind the old pods show too (a node's
+            # MissingClusterDNS): those are not why this version fails.
+            names = {("Pod", _meta(p).get("name")) for p in pods}
+            if new is not None:
+                names.add(("ReplicaSet", _meta(new).get("name")))
+            old = {("Pod", _meta(p).get("name")) for p in every} - names
+            shared = {line.split()[1] for line in self._event_lines(old, 50)
+                      if line.startswith("Warning ")} if old else set()
+            warnings = [e for e in self._event_lines(names, 50)
+                        if e.startswith("Warning ") and e.split()[1] not in shared][-3:]
         except BackendError as exc:
             return f"(could not look at the pods: {exc})"
         parts = [f"{_meta(p).get('name')}: {pod_problem(p)}" for p in pods if not pod_ready(p)][:3]
-        warnings = [e for e in self.events(limit=50) if e.startswith("Warning")][-3:]
         return "; ".join(parts + warnings) or "no pod problems reported"
+
+    def _new_pods(self, dep: dict) -> list[dict]:
+        new = self._new_replica_set(dep, self._replica_sets(dep))
+        return [p for p in self._pods(dep) if new is not None and _owned_by(p, new)
+                and not _meta(p).get("deletionTimestamp")]
+
+    def _certain_failures(self, dep: dict) -> list[str]:
+        """Pods of the new ReplicaSet that will not become ready by waiting (a read blip: none)."""
+        try:
+            return [f for f in map(pod_failure, self._new_pods(dep)) if f]
+        except BackendError:
+            return []
 
     # -- DeployBackend ----------------------------------------------------------------------------
 
@@ -861,7 +910,15 @@ class KubernetesBackend(pins.SeenBytes):
             template = strip_template(template_of(target))
             if image:
                 self._pin(template, to_version, image)
-            annotations[CHANGE_CAUSE] = f"deploybot: rollback to {ref}{pinned} (revision {rev})"
+            # Like `kubectl rollout undo`: the revision comes back with its own change-cause, so
+            # the history says who deployed that version and why (the step says it was an undo).
+            cause = (_meta(target).get("annotations") or {}).get(CHANGE_CAUSE)
+            if cause and image and image_of(template_of(target)) != image:
+                cause += f" as {image}"  # the same words deploy uses for a pinned image
+            if cause:
+                annotations[CHANGE_CAUSE] = cause
+            else:
+                annotations.pop(CHANGE_CAUSE, None)
             patch = [
                 {"op": "replace", "path": "/spec/template", "value": template},
                 {"op": "replace", "path": "/metadata/annotations", "value": annotations},
@@ -911,7 +968,12 @@ class KubernetesBackend(pins.SeenBytes):
         if problems:
             detail += " (" + "; ".join(problems[:3]) + ")"
         running = state.done and want > 0 and len(ready) >= want
-        return BackendStatus(running=running, version=version, detail=detail)
+        # The controller's own verdict (progress deadline) is final, as for `rollout status`;
+        # pods that cannot start are up and failing.
+        failing = state.message if state.failed else "; ".join(
+            f for f in map(pod_failure, pods) if f)
+        return BackendStatus(running=running, version=version, detail=detail,
+                             failing=failing, final=state.failed)
 
     def logs(self, since: datetime) -> str:
         dep = self._deployment(required=False)
@@ -1048,6 +1110,9 @@ class KubernetesBackend(pins.SeenBytes):
         names = {("Deployment", self.name)}
         names |= {("ReplicaSet", _meta(rs).get("name")) for rs in self._replica_sets(dep)}
         names |= {("Pod", _meta(p).get("name")) for p in self._pods(dep)}
+        return self._event_lines(names, limit)
+
+    def _event_lines(self, names: set[tuple[str, Any]], limit: int) -> list[str]:
         items = self._call(f"list the events of {self.namespace}", self._api().events, self.namespace)
         mine = [e for e in items
                 if ((e.get("involvedObject") or {}).get("kind"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -129,6 +130,24 @@ def test_unhealthy_v3_is_rolled_back_to_v2_and_the_ticket_says_why(service, http
     assert f"{web}-staging" in names and f"{web}-staging--previous" not in names
     d = bot.store().deployments(limit=1)[0]
     assert d.status.value == "rolled_back" and "answered 500" in d.failure
+
+
+def test_a_version_up_and_failing_is_rolled_back_after_three_probes_not_the_timeout(
+        service, http_get):
+    """v3 answers 500 at once: the rollback starts after 3 failing probes, while waiting out
+    the 120 s verification timeout at 0.3 s would take 400 probes (counted, not timed)."""
+    bot, web = service, service.name
+    config = yaml.safe_load(bot.config_path.read_text())
+    config["services"][web]["verify"] = {"timeout": 120, "interval": 0.3}
+    bot.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    bot("deploy", bot.ready_ticket("v2"), f"{web}@v2")
+    proc = bot("deploy", bot.ready_ticket("v3"), f"{web}@v3-unhealthy", check=1)
+    assert "rolled_back" in proc.stdout
+    assert http_get(f"{bot.base}/version").text.strip() == "v2"
+    d = bot.store().deployments(limit=1)[0]
+    assert "answered 500" in d.failure and "up and failing 3 probes in a row" in d.failure
+    probes = int(re.search(r"after (\d+) probe\(s\)", d.failure).group(1))
+    assert probes <= 3 + 10  # 3 failing ones after at most a few "not up yet" while it starts
 
 
 def test_broken_smoke_test_rolls_back(service, http_get):

@@ -173,6 +173,17 @@ def test_status_reports_ps_state(tmp_path):
     state = b.status()
     assert not state.running and state.version == "v2"
     assert state.detail == "compose ps: p-web-1 running (unhealthy), image demo-web:v2"
+    assert state.failing == "compose ps: p-web-1 running (unhealthy), image demo-web:v2"
+
+
+@pytest.mark.parametrize("row, failing", [
+    ({"State": "exited", "ExitCode": 3}, True), ({"State": "restarting"}, True),
+    ({"Health": "starting"}, False), ({"State": "created", "Health": ""}, False),
+    ({"Health": "healthy"}, False)])
+def test_status_says_up_and_failing_apart_from_not_up_yet(tmp_path, row, failing):
+    binary = fake_compose(tmp_path / "bin", ps=[PS_ROW | row])
+    state = ComposeBackend("web", "staging", service_cfg(tmp_path, binary=[str(binary)])).status()
+    assert bool(state.failing) is failing and not state.final
 
 
 def test_missing_compose_file_is_a_clear_error(tmp_path):

@@ -289,7 +289,7 @@ def test_a_rollout_that_never_becomes_available_fails_verification_then_undo_res
     history = backend.history()
     assert [h.version for h in history] == ["v1", "v3", "v2"]  # v2 is the newest revision again
     assert history[-1].revision == 4
-    assert "rollback to demo-web:v2" in history[-1].change_cause
+    assert history[-1].change_cause == "deploybot T-1: demo-web:v2"  # its own, as kubectl undo
 
 
 def test_the_rollout_timeout_bounds_the_wait_even_before_the_deadline(backend, kube):
@@ -433,7 +433,7 @@ def test_a_pinned_rollback_ends_with_the_pinned_image_in_the_template(backend, k
     assert backend.current_version() == "v2" and backend.status().running
     history = backend.history()
     assert [h.version for h in history] == ["v1", "v2", "v3", "v2"]  # a new revision: the bytes
-    assert history[-1].image == IMAGE_ID and f"pinned to {IMAGE_ID}" in history[-1].change_cause
+    assert history[-1].image == IMAGE_ID and history[-1].change_cause == f"deploybot T-1: demo-web:v2 as {IMAGE_ID}"
 
     # back on v3, then to v2 again: the pinned revision is reused as it is
     backend.deploy("v3", ticket_id="T-3", on_step=lambda s: None)
@@ -515,3 +515,70 @@ def test_a_digest_of_another_repository_is_replaced_by_the_pods_own_when_it_serv
     kube.image_ids[DIGEST] = "docker-pullable://" + elsewhere
     kube.settle()
     assert backend.running_image() == DIGEST
+
+
+# -- deciding a failed rollout as soon as it is certain -----------------------------------------
+
+
+def waiting(kube, reason, message="back-off restarting failed container", conditions=()):
+    """The controller of `kube`, with the new pods waiting for `reason` and no deadline yet."""
+    original = kube.settle
+
+    def settle():
+        original()
+        if kube.dep["status"]["availableReplicas"] == 0:
+            kube.dep["status"]["conditions"] = list(conditions)
+            for pod in kube.pods_:
+                pod["status"]["containerStatuses"][0]["state"] = {
+                    "waiting": {"reason": reason, "message": message}}
+    kube.settle = settle
+
+
+@pytest.mark.parametrize("reason", ["CrashLoopBackOff", "ImagePullBackOff", "InvalidImageName"])
+def test_pods_that_cannot_start_end_the_rollout_wait_at_once(backend, kube, reason):
+    waiting(kube, reason)
+    seen, step = steps()
+    backend.deploy("v3", ticket_id="T-3", on_step=step)
+    assert backend.clock.monotonic() == 0.0  # not the 5 s rollout timeout
+    failed = [s for s in seen if "rollout of v3 FAILED" in s]
+    assert failed and f"web-v3-0: {reason}" in failed[0]
+    state = backend.status()
+    assert not state.running and not state.final and f"web-v3-0: {reason}" in state.failing
+
+
+def test_a_first_image_pull_error_is_waited_on(backend, kube):
+    waiting(kube, "ErrImagePull", "registry timeout")
+    seen, step = steps()
+    backend.deploy("v3", ticket_id="T-3", on_step=step)
+    assert any("rollout not complete after 5 s" in s for s in seen)
+    assert backend.status().failing == ""
+
+
+def test_a_progress_deadline_is_final_for_verification(backend, kube):
+    backend.deploy("v3", ticket_id="T-3", on_step=lambda s: None)
+    state = backend.status()
+    assert state.final and "exceeded its progress deadline" in state.failing
+
+
+def test_a_healthy_rollout_is_not_failing(backend, kube):
+    backend.deploy("v2", ticket_id="T-2", on_step=lambda s: None)
+    state = backend.status()
+    assert state.running and state.failing == "" and not state.final
+
+
+def test_diagnosis_names_only_the_new_replica_sets_pods_and_their_warnings(backend, kube):
+    backend.deploy("v3", ticket_id="T-3", on_step=lambda s: None)
+    old_pod = {"metadata": {"name": "web-v1-0", "ownerReferences": [{"uid": "rs-web-v1"}]},
+               "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}}
+    kube.pods_.append(old_pod)
+    events = kube.events
+
+    def with_old_warnings(namespace):  # the node's warning, on old and new pods alike
+        return events(namespace) + [
+            {"type": "Warning", "reason": "MissingClusterDNS", "involvedObject":
+             {"kind": "Pod", "name": name}, "message": "kubelet does not have ClusterDNS"}
+            for name in ("web-v1-0", "web-v3-0")]
+    kube.events = with_old_warnings
+    why = backend.diagnose()
+    assert "web-v3-0" in why and "Readiness probe failed" in why
+    assert "web-v1-0" not in why and "MissingClusterDNS" not in why

@@ -365,7 +365,9 @@ def test_kubernetes_killed_while_the_new_replicaset_is_not_available_is_undone(t
         assert done.status is DeploymentStatus.ROLLED_BACK
         state = world.backend.status()
         assert state.running and state.version == "v2"
-        assert "rollback to demo-web:v2" in world.backend.history()[-1].change_cause
+        # like `rollout undo`: revision 2's own change-cause, with the bytes it is pinned to
+        cause = world.backend.history()[-1].change_cause
+        assert cause.startswith("deploybot DEMO-1: demo-web:v2 as sha256:")
     finally:
         world.close()
 

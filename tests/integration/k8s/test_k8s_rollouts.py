@@ -141,9 +141,13 @@ def test_bad_version_times_out_is_rolled_back_by_the_pipeline_and_history_shows_
     assert bad.status is DeploymentStatus.ROLLED_BACK, bad.failure
     assert "rolled back to v2" in bad.failure
     assert "exceeded its progress deadline" in bad.failure or "not running" in bad.failure
+    # the controller's verdict is final: verification decides at its first probe, no 8 s wait
+    assert "gave up on it" in bad.failure and "after 1 probe(s)" in bad.failure, bad.failure
     steps = [m for kind, m in reporter.events if kind == "step"]
     assert any("rollout of v3 FAILED" in s and "exceeded its progress deadline" in s for s in steps)
     assert any("Readiness probe failed" in s or "not ready" in s for s in steps)
+    failed = next(s for s in steps if "rollout of v3 FAILED" in s)
+    assert "web-" in failed and "MissingClusterDNS" not in failed  # the new pods only
     assert any("--to-revision=2" in s and f"pinned to {v2_id}" in s for s in steps)
     assert "Rolled back: v2 is running again" in bad.record
 
@@ -154,7 +158,9 @@ def test_bad_version_times_out_is_rolled_back_by_the_pipeline_and_history_shows_
     # revision 2's template with its image pinned to the bytes v2 ran as: the kubelet runs
     # `image: sha256:<id>` (a new ReplicaSet, since the template is not revision 2's any more)
     assert [h.version for h in history] == ["v1", "v2", "v3", "v2"]
-    assert history[-1].revision == 4 and "rollback to" in history[-1].change_cause
+    # like `rollout undo`: revision 2 comes back with its own change-cause (and its bytes)
+    assert history[-1].revision == 4
+    assert history[-1].change_cause == f"deploybot {good.ticket_id}: {image}:v2 as {v2_id}"
     assert history[-1].image == v2_id and backend.running_image() == v2_id
     assert all(p.version == "v2" and p.ready for p in backend.pods() if not p.terminating)
     assert probe.get(f"{proxy}/version", 5).body == "v2"
