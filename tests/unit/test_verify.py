@@ -37,7 +37,7 @@ from bot.errors import ConfigError  # noqa: E402
 from bot.models import BackendStatus, CheckStatus  # noqa: E402
 from bot.ports import ProbeResult  # noqa: E402
 from bot.verify import wait_healthy  # noqa: E402
-from tests.fakes.core import FakeBackend, InstantClock  # noqa: E402
+from fakes.core import FakeBackend, InstantClock  # noqa: E402
 
 URL = "http://127.0.0.1:9/health"
 
