@@ -35,7 +35,6 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "unit" / "trackers")]
 
 from tracker_cases import SPECS, case  # noqa: E402
 
-from backends.trackers import KINDS  # noqa: E402
 from bot import config as configuration  # noqa: E402
 from bot.pipeline import Pipeline  # noqa: E402
 from bot.store import Store  # noqa: E402
