@@ -15,11 +15,13 @@ import logging
 import re
 from enum import Enum
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlsplit
 
-from bot.config import Config
 from bot.envfile import env_file_values
+
+if TYPE_CHECKING:
+    from bot.config import Config
 
 REDACTED = "[redacted]"
 # Shorter values ("1", "true", "8080") are configuration, not secrets; replacing them would

@@ -10,25 +10,36 @@ import sys
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from importlib import metadata
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
-from bot import config as configuration
 from bot.errors import ConfigError, DeploybotError, InputError, NotAllowed
 from bot.models import Deployment, DeploymentStatus, Gate, GateKind
-from bot import freeze as freezing
-from bot import outbox as outboxing
-from bot.pipeline import Pipeline
-from bot.scheduler import DeployScheduler
-from bot.store import Store
-from handlers import commands, exports, logsetup
+from handlers import logsetup
+from handlers.lazy import Lazy
 from handlers.logsetup import FORMAT_ENV, FORMATS, LEVEL_ENV, LEVELS
-from bot.identity import Actor
 from bot.logcontext import waiting_for
 from bot.redact import slack_redactor
 from handlers.safe_output import SafeStream, is_text
-from handlers.terminal import TerminalApprover, TerminalReporter, terminal_actor
-from handlers.wiring import build_pipeline, open_store, start_redaction
+
+if TYPE_CHECKING:
+    from bot.identity import Actor
+    from bot.pipeline import Pipeline
+
+# What only some commands use is imported when first used (benchmarks/startup.py).
+configuration = Lazy("bot.config")
+freezing = Lazy("bot.freeze")
+outboxing = Lazy("bot.outbox")
+commands = Lazy("handlers.commands")
+exports = Lazy("handlers.exports")
+metadata = Lazy("importlib.metadata")
+DeployScheduler = Lazy("bot.scheduler", "DeployScheduler")
+Store = Lazy("bot.store", "Store")
+TerminalApprover = Lazy("handlers.terminal", "TerminalApprover")
+TerminalReporter = Lazy("handlers.terminal", "TerminalReporter")
+terminal_actor = Lazy("handlers.terminal", "terminal_actor")
+build_pipeline = Lazy("handlers.wiring", "build_pipeline")
+open_store = Lazy("handlers.wiring", "open_store")
+start_redaction = Lazy("handlers.wiring", "start_redaction")
 
 log = logging.getLogger("deploybot.cli")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PENDING, EXIT_REFUSED = 0, 1, 2, 3, 4
@@ -702,7 +713,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="deploybot", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
         description="Walks the deployment process: checklist, gates, deploy, verify, roll back, record.")
-    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    p.add_argument("--version", action=_VersionAction)
     # Global options work before or after the command: `deploybot --as bob approve 3` or
     # `approve 3 --as bob`, `check-config --config FILE`.
     common = argparse.ArgumentParser(add_help=False)
@@ -847,6 +858,18 @@ def _with_common(sub, common: argparse.ArgumentParser) -> None:
     """Every parser `sub` adds takes the global options too (after the command)."""
     real_add_parser = sub.add_parser
     sub.add_parser = lambda *a, **kw: real_add_parser(*a, parents=[common], **kw)
+
+
+class _VersionAction(argparse.Action):
+    """--version, the installed package read only when asked (it costs start-up time)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="show program's version number and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(f"{parser.prog} {_version()}")
+        parser.exit()
 
 
 def _version() -> str:

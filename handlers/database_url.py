@@ -12,7 +12,10 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from bot.errors import ConfigError
-from bot.sqldb import Database, SqliteDatabase
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the engines load when a store opens, not when a parser is built
+    from bot.sqldb import Database
 
 DB_ENV = "DEPLOYBOT_DB"
 DEFAULT = "deploybot.db"
@@ -89,6 +92,7 @@ def safe_dsn(dsn: str) -> str:
 def open_database(location: Location, *, connect_timeout: float = 5.0) -> Database:
     """The engine for `location`; an unreachable PostgreSQL is a StateError (exit 1)."""
     if location.engine == SQLITE:
+        from bot.sqldb import SqliteDatabase
         return SqliteDatabase(location.where)
     from backends.stores.postgres import PostgresDatabase
 

@@ -13,13 +13,20 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bot.errors import StateError
 from bot.redact import slack_redactor
-from bot.sqldb import GENERATED_IDS
-from bot.store import Store
 from handlers import database_url
 from handlers.database_url import DB_ENV, Location
+from handlers.lazy import Lazy
+
+if TYPE_CHECKING:
+    from bot.store import Store
+
+# `deploybot --help` builds this parser: the store's modules load when a db command runs.
+stores = Lazy("bot.store")
+sqldb = Lazy("bot.sqldb")
 
 # Parents before children (foreign keys); tables not named here follow in name order.
 COPY_ORDER = ("deployments", "checks", "gates", "locks", "events", "outbox", "ticket_times",
@@ -66,7 +73,7 @@ def cmd_db(ctx, args: argparse.Namespace) -> int:
 
 
 def open_location(location: Location) -> Store:
-    return Store(database_url.store_target(location))
+    return stores.Store(database_url.store_target(location))
 
 
 def _tables(store: Store) -> list[str]:
@@ -142,7 +149,7 @@ def copy_store(source: Store, target: Store) -> CopyResult:
                                       "into a new, empty database") from None
         if target.db.dialect != "sqlite":  # SQLite continues after MAX(id) by itself
             for table in tables:
-                if table in GENERATED_IDS:
+                if table in sqldb.GENERATED_IDS:
                     target.db.reset_ids(table)
     return CopyResult({t: (_count(source, t), _count(target, t)) for t in tables})
 

@@ -16,9 +16,11 @@ from dataclasses import fields
 from datetime import datetime
 from typing import Any, Iterable
 
-from bot import dora
 from bot.errors import InputError
 from bot.models import CheckResult, Deployment, Gate
+from handlers.lazy import Lazy
+
+dora = Lazy("bot.dora")  # the figures' module: loaded by the commands that compute them
 
 DEPLOYMENT_FIELDS = [f.name for f in fields(Deployment)
                      if f.name not in ("record", "thread_ref", "record_posted",

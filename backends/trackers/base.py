@@ -22,6 +22,16 @@ class RawComment:
     keys: set[str] = field(default_factory=set)
 
 
+@dataclass(frozen=True)
+class LastRead:
+    """What the last whole read of a ticket's comments saw: enough to prove that a later read
+    of only the newest comments covers everything posted since."""
+
+    count: int
+    newest_id: int
+    keys: frozenset[str]
+
+
 class HttpTracker:
     """Base of the adapters. Subclasses implement parse_ref, get_ticket, _read_comments,
     _post_comment, transition, current_account, _resolve and _check_access."""
@@ -34,11 +44,24 @@ class HttpTracker:
         self.http = http
         self._accounts: dict[str, Account] = {}  # ref -> account: each ref is resolved once
         self._accounts_lock = threading.Lock()
+        self._last_read: dict[str, LastRead] = {}  # ticket -> its last whole comment read
+        self._last_read_lock = threading.Lock()
 
     # -- Tracker protocol --------------------------------------------------------------------
 
     def comments(self, ticket_id: str) -> list[Comment]:
-        return [raw.comment for raw in self._read_comments(self.parse_ref(ticket_id))]
+        return [raw.comment for raw in self._read_all(self.parse_ref(ticket_id))]
+
+    def _read_all(self, ticket_id: str) -> list[RawComment]:
+        raws = self._read_comments(ticket_id)
+        try:
+            newest = max((int(raw.comment.id) for raw in raws), default=-1)
+        except ValueError:  # ids not in creation order (Linear): nothing to prove coverage with
+            return raws
+        keys = frozenset(k for raw in raws for k in raw.keys)
+        with self._last_read_lock:
+            self._last_read[ticket_id] = LastRead(len(raws), newest, keys)
+        return raws
 
     def add_comment(self, ticket_id: str, markdown: str, *, key: str) -> None:
         """Post once per key: look for the key first. After an ambiguous answer (timeout, dropped
@@ -66,8 +89,29 @@ class HttpTracker:
 
     def _has_key(self, ticket_id: str, token: str) -> bool:
         """Whether a comment carrying `token` is on the ticket (adapters whose marker is not in
-        the comment list override this)."""
-        return any(token in raw.keys for raw in self._read_comments(ticket_id))
+        the comment list override this).
+
+        After a whole read of the ticket's comments (the checklist's) only the newest page is
+        read: when it reaches back to that read's newest comment it holds everything posted
+        since, and the older comments were seen without the key. Anything less certain (no
+        earlier read, the key among the older comments, comments deleted so the page no longer
+        reaches back) reads every comment again."""
+        with self._last_read_lock:
+            last = self._last_read.get(ticket_id)
+        if last is not None:
+            tail = self._comments_after(ticket_id, max(0, last.count - 1))
+            if tail is not None:
+                if any(token in raw.keys for raw in tail):
+                    return True
+                oldest = min((int(raw.comment.id) for raw in tail), default=None)
+                if token not in last.keys and oldest is not None and oldest <= last.newest_id:
+                    return False
+        return any(token in raw.keys for raw in self._read_all(ticket_id))
+
+    def _comments_after(self, ticket_id: str, offset: int) -> list[RawComment] | None:
+        """The comments from position `offset` (oldest first) to the newest, in as few requests
+        as the API allows; None: this adapter cannot read only those."""
+        return None
 
     def _settle_status(self, ticket_id: str, status: str, before: str, send: Callable[[], Any]) -> None:
         """Send a status change safely retried: after an ambiguous answer re-read the status;
@@ -222,6 +266,19 @@ def sort_oldest_first(raws: list[RawComment], *, numeric_ids: bool = True) -> li
                                hint="the tracker answered something unexpected; report it") from None
 
     return sorted(raws, key=key)
+
+
+def only_status(labels: list[str], prefix: str, status: str) -> bool:
+    """Whether `status` is the one status label (PREFIX + status) among `labels`."""
+    ours = [n[len(prefix):].strip() for n in labels if n.casefold().startswith(prefix.casefold())]
+    return [n.casefold() for n in ours] == [status.casefold()]
+
+
+def json_or_none(resp: Any) -> Any:
+    try:
+        return resp.json()
+    except ValueError:
+        return None
 
 
 def refused_transition(tracker: str, ticket_id: str, current: str, status: str,

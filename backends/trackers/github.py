@@ -17,7 +17,8 @@ from bot.errors import ConfigError, InputError, TrackerError
 from bot.models import Account, Comment, Ticket
 
 from backends.trackers import markup
-from backends.trackers.base import HttpTracker, RawComment, refused_transition, sort_oldest_first
+from backends.trackers.base import (HttpTracker, RawComment, json_or_none, only_status, refused_transition,
+                                    sort_oldest_first)
 from backends.trackers.http import Http, base_url, parse_time, secret
 
 _REPO = r"[\w.-]+/[\w.-]+"
@@ -81,12 +82,19 @@ class GitHub(HttpTracker):
                                  params={"per_page": PAGE, "page": page})
 
     def _read_comments(self, ticket_id: str) -> list[RawComment]:
-        first = self._page(ticket_id, 1)
+        return self._pages_from(ticket_id, 1)
+
+    def _comments_after(self, ticket_id: str, offset: int) -> list[RawComment]:
+        return self._pages_from(ticket_id, offset // PAGE + 1)
+
+    def _pages_from(self, ticket_id: str, start: int) -> list[RawComment]:
+        first = self._page(ticket_id, start)
         responses = [first]
         last = first.links.get("last", {}).get("url")
         if last:  # `last` names the final page: fetch the rest at once
             count = int(parse_qs(urlsplit(last).query).get("page", ["1"])[0])
-            responses += self.http.parallel(*[lambda p=p: self._page(ticket_id, p) for p in range(2, count + 1)])
+            responses += self.http.parallel(*[lambda p=p: self._page(ticket_id, p)
+                                              for p in range(start + 1, count + 1)])
         else:  # no `last` (some proxies drop it): follow `next`
             nxt = first.links.get("next", {}).get("url")
             while nxt:
@@ -132,8 +140,22 @@ class GitHub(HttpTracker):
                 self.http.request("DELETE", f"{self._path(tid)}/labels/{quote(name, safe='')}",
                                   ticket=tid, write=True, accept=(404,), what=f"remove label {name!r}")
                 between = issue.get("state", "")  # no status label now: open / closed
-        self._settle_status(tid, status, between, lambda: self.add_labels(tid, [f"{self.prefix}{status}"]))
-        self._moved_or_fail(tid, status, before, hint="another actor changed the labels at the same time; retry")
+        answers: list[Any] = []
+
+        def send() -> None:
+            answers.append(self.http.request(
+                "POST", f"{self._path(tid)}/labels", ticket=tid, what="add labels", write=True,
+                json={"labels": [f"{self.prefix}{status}"]}))
+
+        self._settle_status(tid, status, between, send)
+        if not self._answer_shows(answers, status):  # else the answer proves it: no re-read
+            self._moved_or_fail(tid, status, before, hint="another actor changed the labels at the same time; retry")
+
+    def _answer_shows(self, answers: list[Any], status: str) -> bool:
+        """Whether the labels POST answered with the issue's labels, `status` its only status."""
+        labels = json_or_none(answers[-1]) if answers else None
+        return isinstance(labels, list) and only_status(
+            [lb.get("name", "") if isinstance(lb, dict) else str(lb) for lb in labels], self.prefix, status)
 
     def add_labels(self, ticket_id: str, labels: list[str]) -> None:
         tid = self.parse_ref(ticket_id)

@@ -17,7 +17,8 @@ from bot.errors import InputError, TrackerError
 from bot.models import Account, Comment, Ticket
 
 from backends.trackers import markup
-from backends.trackers.base import HttpTracker, RawComment, refused_transition, sort_oldest_first
+from backends.trackers.base import (HttpTracker, RawComment, json_or_none, only_status, refused_transition,
+                                    sort_oldest_first)
 from backends.trackers.http import Http, base_url, parse_time, secret
 
 _PROJECT = r"[\w.-]+(?:/[\w.-]+)+"
@@ -80,12 +81,19 @@ class GitLab(HttpTracker):
                                          "order_by": "created_at"})
 
     def _read_comments(self, ticket_id: str) -> list[RawComment]:
-        first = self._page(ticket_id, 1)
+        return self._pages_from(ticket_id, 1)
+
+    def _comments_after(self, ticket_id: str, offset: int) -> list[RawComment]:
+        # offset counts comments without system notes: an earlier page, never a later one
+        return self._pages_from(ticket_id, offset // PAGE + 1)
+
+    def _pages_from(self, ticket_id: str, start: int) -> list[RawComment]:
+        first = self._page(ticket_id, start)
         responses = [first]
         total_pages = first.headers.get("x-total-pages")
         if total_pages:
             responses += self.http.parallel(
-                *[lambda p=p: self._page(ticket_id, p) for p in range(2, int(total_pages) + 1)])
+                *[lambda p=p: self._page(ticket_id, p) for p in range(start + 1, int(total_pages) + 1)])
         else:  # GitLab omits totals on very large collections: follow X-Next-Page
             nxt = first.headers.get("x-next-page")
             while nxt:
@@ -123,10 +131,18 @@ class GitLab(HttpTracker):
                                      fix="add it to tracker.statuses or use one of those")
         old = [n for n in issue.get("labels") or [] if n.casefold().startswith(self.prefix.casefold())]
         # Scoped labels replace each other on Premium; remove explicitly so Free tier works too.
-        self._settle_status(tid, status, before, lambda: self.http.request(
+        answers: list[Any] = []
+        self._settle_status(tid, status, before, lambda: answers.append(self.http.request(
             "PUT", self._path(tid), ticket=tid, write=True, what=f"set the status to {status!r}",
-            json={"add_labels": f"{self.prefix}{status}", "remove_labels": ",".join(old)}))
-        self._moved_or_fail(tid, status, before, hint="another actor changed the labels at the same time; retry")
+            json={"add_labels": f"{self.prefix}{status}", "remove_labels": ",".join(old)})))
+        if not self._answer_shows(answers, status):  # else the answer proves it: no re-read
+            self._moved_or_fail(tid, status, before, hint="another actor changed the labels at the same time; retry")
+
+    def _answer_shows(self, answers: list[Any], status: str) -> bool:
+        """Whether the PUT answered with the issue, `status` its only status label."""
+        issue = json_or_none(answers[-1]) if answers else None
+        return (isinstance(issue, dict) and isinstance(issue.get("labels"), list)
+                and only_status([str(n) for n in issue["labels"]], self.prefix, status))
 
     def add_labels(self, ticket_id: str, labels: list[str]) -> None:
         tid = self.parse_ref(ticket_id)

@@ -1,0 +1,38 @@
+"""Imports a command may not need, made when first used: `deploybot --help` and `status` must
+not pay for the Slack, Kubernetes, scheduler and deployment machinery (issue 13, start-up)."""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from typing import Any
+
+_UNSET = object()
+
+
+class Lazy:
+    """A module, or one name in it, imported on the first attribute access or call."""
+
+    def __init__(self, module: str, name: str = "") -> None:
+        self._module, self._name = module, name
+        self._value: Any = _UNSET
+        self._lock = threading.Lock()
+
+    def _target(self) -> Any:
+        if self._value is _UNSET:
+            with self._lock:  # deployments run on threads: import once
+                if self._value is _UNSET:
+                    module = importlib.import_module(self._module)
+                    self._value = getattr(module, self._name) if self._name else module
+        return self._value
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("__"):  # copy, pickle and introspection ask for these
+            raise AttributeError(attr)
+        return getattr(self._target(), attr)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._target()(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<lazy {self._module}{'.' + self._name if self._name else ''}>"
