@@ -153,7 +153,7 @@ def roll_back(front: "SlackFrontEnd", click: Click) -> None:
         front.ephemeral(click.channel, click.user, refusal(outcome.error),
                         thread_ts=click.thread_ts)
         return
-    front.start(outcome.deployment, click.channel or front.reporter.default_channel, click.user)
+    front.launch(outcome.deployment, click.channel or front.reporter.default_channel, click.user)
 
 
 def register(app: Any, front: "SlackFrontEnd") -> None:

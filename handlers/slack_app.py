@@ -63,6 +63,8 @@ BOT_TOKEN, APP_TOKEN = "SLACK_BOT_TOKEN", "SLACK_APP_TOKEN"
 SIGNING_SECRET, API_URL = "SLACK_SIGNING_SECRET", "SLACK_API_URL"
 EVENTS_PATH = "/slack/events"
 WEB_API_TIMEOUT = 10.0  # seconds, every Web API call
+DEPLOY_WORKERS_ENV = "DEPLOYBOT_DEPLOY_WORKERS"
+DEFAULT_DEPLOY_WORKERS = 8
 GROUP_CACHE_SECONDS = 60.0
 
 
@@ -244,6 +246,18 @@ class AppHome:
             self.front.reporter.call("views_publish", user_id=user, view=view)
 
 
+def deploy_workers_from(environ: Mapping[str, str]) -> int:
+    """How many deployments run at once ($DEPLOYBOT_DEPLOY_WORKERS, default 8); 0 runs them on
+    the request workers, as before there was a pool of their own."""
+    text = environ.get(DEPLOY_WORKERS_ENV, "").strip()
+    if not text:
+        return DEFAULT_DEPLOY_WORKERS
+    if not text.isdigit() or int(text) > 1000:
+        raise ConfigError(f"{DEPLOY_WORKERS_ENV}={text[:20]!r} is not a number of workers",
+                          hint="a whole number from 0 to 1000 (0: no separate pool)")
+    return int(text)
+
+
 def explain(exc: DeploybotError) -> str:
     icon = ":no_entry:" if isinstance(exc, NotAllowed) else ":warning:"
     if isinstance(exc, UsageError):
@@ -284,12 +298,19 @@ class SlackFrontEnd:
 
     def __init__(self, config: Config, store: Store, client: WebClient, *,
                  signing_secret: str | None = None, environ: Mapping[str, str] | None = None,
-                 workers: int = 8, tracker=None, backend_for=None, probe=None,
-                 clock=None,
+                 workers: int = 8, deploy_workers: int | None = None, tracker=None,
+                 backend_for=None, probe=None, clock=None,
                  reporter_factory: Callable[..., SlackReporter] = SlackReporter) -> None:
         self.config, self.store, self.client = config, store, client
         self.executor = ThreadPoolExecutor(max_workers=workers,
                                            thread_name_prefix="deploybot-worker")
+        # Deployments take minutes: on workers of their own they never hold up the answers to
+        # other requests (status, locks, approvals); bounded, so many requests queue, not pile up.
+        if deploy_workers is None:
+            deploy_workers = deploy_workers_from(environ or {})
+        self.deploy_executor = ThreadPoolExecutor(
+            max_workers=deploy_workers, thread_name_prefix="deploybot-deploy") \
+            if deploy_workers > 0 else None
         self.deliveries = Deliveries(store=store)
         self.home = AppHome(self)
         self.reporter = reporter_factory(client, store, config, on_change=self.home.refresh_soon)
@@ -325,13 +346,26 @@ class SlackFrontEnd:
     # -- workers ----------------------------------------------------------------------------------
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        self._submit_to(self.executor, fn, *args)
+
+    def launch(self, d: Deployment, channel: str, user: str | None = None, *,
+               response_url: str | None = None) -> None:
+        """start() on a deployment worker (in this thread when there is no separate pool)."""
+        if self.deploy_executor is None:
+            self.start(d, channel, user, response_url=response_url)
+            return
+        self._submit_to(self.deploy_executor,
+                        lambda: self.start(d, channel, user, response_url=response_url))
+
+    @staticmethod
+    def _submit_to(executor: ThreadPoolExecutor, fn: Callable[..., Any], *args: Any) -> None:
         def guarded() -> None:
             try:
                 fn(*args)
             except Exception:
                 log.exception("worker task %s failed", getattr(fn, "__name__", fn))
         try:
-            self.executor.submit(guarded)
+            executor.submit(guarded)
         except RuntimeError:  # shutting down: nothing new starts
             log.warning("shutting down; dropped %s", getattr(fn, "__name__", fn))
 
@@ -342,6 +376,8 @@ class SlackFrontEnd:
         for line in waiting:
             log.info("%s", line)
         self.executor.shutdown(wait=True, cancel_futures=True)
+        if self.deploy_executor is not None:  # after the request workers: they hand work here
+            self.deploy_executor.shutdown(wait=True, cancel_futures=True)
         sender = getattr(self.reporter, "sender", None)
         if sender is not None:
             log.info("sending what is left for Slack, then closing the connection")
@@ -507,7 +543,7 @@ class SlackFrontEnd:
             if outcome.scheduled:
                 self._schedule(outcome.deployment, channel, user, response_url)
             else:
-                self.start(outcome.deployment, channel, user, response_url=response_url)
+                self.launch(outcome.deployment, channel, user, response_url=response_url)
         elif isinstance(outcome, StatusView):
             self._post_status(outcome, channel, user)
         elif isinstance(outcome, HistoryRows):
