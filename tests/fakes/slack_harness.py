@@ -152,6 +152,12 @@ class BotUnderTest:
         for _ in range(self.workers):
             self.front.submit(barrier.wait)
         barrier.wait()
+        pool = self.front.deploy_executor  # then the deployments those tasks handed over
+        if pool is not None:
+            barrier = threading.Barrier(pool._max_workers + 1, timeout=timeout)
+            for _ in range(pool._max_workers):
+                pool.submit(barrier.wait)
+            barrier.wait()
 
     def root_of(self, deployment_id: int) -> Message:
         ref = self.store.deployment(deployment_id).thread_ref
