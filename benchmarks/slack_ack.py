@@ -177,7 +177,9 @@ def one_round(args, shared: bool) -> dict[str, tuple]:
 
         measure(bot, unready("warm-up")[:5])  # first-call costs (imports, caches) left out
         all_done(5)
+        cpu = time.process_time()
         out["quiet"] = measure(bot, unready("quiet"))
+        out["quiet cpu"] = (time.process_time() - cpu) / n * 1000
         all_done(n + 5)
 
         ready = [ready_ticket(bot.store, f"ship {name}") for name in services[:k]]
@@ -188,7 +190,9 @@ def one_round(args, shared: bool) -> dict[str, tuple]:
             bot.slack.wait_for(lambda: inside[0] >= k or None, 120,
                                f"{k} deployments in their deploy step")
             busy = inside[0]
+            cpu = time.process_time()
             out["load"] = measure(bot, unready("measured"))
+            out["load cpu"] = (time.process_time() - cpu) / n * 1000
             out["busy"] = (busy, inside[0])
         finally:
             release.set()
@@ -214,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     n, k = args.requests, args.deployments
     latencies: dict[tuple[str, str], list[float]] = {}
     statuses: dict[tuple[str, str], list[int]] = {}
+    cpu: dict[tuple[str, str], list[float]] = {}
     busy: dict[str, list[tuple[int, int]]] = {"shared": [], "separate": []}
     for r in range(args.rounds):
         order = ("shared", "separate") if r % 2 == 0 else ("separate", "shared")
@@ -222,21 +227,25 @@ def main(argv: list[str] | None = None) -> int:
             for phase in ("quiet", "load"):
                 latencies.setdefault((name, phase), []).extend(out[phase][0])
                 statuses.setdefault((name, phase), []).extend(out[phase][1])
+                cpu.setdefault((name, phase), []).append(out[f"{phase} cpu"])
             busy[name].append(out["busy"])
             print(f"round {r + 1} {name}: deployments {', '.join(out['outcomes'])}", flush=True)
 
     print(f"requests: {n} concurrent signed /deploy (HTTP, 127.0.0.1), {args.rounds} round(s); "
           f"load: {k} deployments, {args.cpu_ms:g} ms CPU every {args.io_ms:g} ms; "
           f"request workers {args.workers}, deployment workers {args.deploy_workers or k}")
+    # cpu: the bot process's CPU (every thread) while the requests were fired, per request
     print(f"{'ack latency ms':<38} {'p50':>7} {'p99':>7} {'max':>7} {'over 3 s':>8} "
-          f"{'non-200':>7}")
+          f"{'non-200':>7} {'cpu/req':>7}")
     ok = True
     for (name, phase), values in latencies.items():
         p50, p99 = summary(values)
         slow = sum(ms > SLACK_LIMIT_S * 1000 for ms in values)
         failed = sum(s != 200 for s in statuses[(name, phase)])
         label = f"{name}, " + ("quiet" if phase == "quiet" else f"while {k} deployments run")
-        print(f"{label:<38} {p50:>7.1f} {p99:>7.1f} {max(values):>7.1f} {slow:>8} {failed:>7}")
+        per = statistics.mean(cpu[(name, phase)])
+        print(f"{label:<38} {p50:>7.1f} {p99:>7.1f} {max(values):>7.1f} {slow:>8} {failed:>7} "
+              f"{per:>7.2f}")
         ok &= slow == 0 and failed == 0
     for name in ("shared", "separate"):
         fired = "/".join(str(b[0]) for b in busy[name])

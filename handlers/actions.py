@@ -162,8 +162,9 @@ def register(app: Any, front: "SlackFrontEnd") -> None:
         def listener(ack, body):
             ack()
             click = Click.from_body(body)
-            if front.deliveries.first(click.key):
-                front.submit(lambda: work(front, click, **kwargs))
+            if front.deliveries.first_here(click.key):  # other replicas: on the worker
+                front.submit(lambda: front.deliveries.first_everywhere(click.key)
+                             and work(front, click, **kwargs))
 
     on(blocks.APPROVE, decide, approved=True)
     on(blocks.ACK_NOTES, decide, approved=True)
@@ -190,5 +191,6 @@ def register(app: Any, front: "SlackFrontEnd") -> None:
                       channel=meta.get("channel") or None, thread_ts=meta.get("thread_ts") or None,
                       message_ts=meta.get("thread_ts") or None, trigger_id=body.get("trigger_id"),
                       key=f"view:{view.get('id')}:{view.get('hash')}")
-        if front.deliveries.first(click.key):
-            front.submit(lambda: decide(front, click, approved=False, reason=reason.strip()))
+        if front.deliveries.first_here(click.key):
+            front.submit(lambda: front.deliveries.first_everywhere(click.key)
+                         and decide(front, click, approved=False, reason=reason.strip()))

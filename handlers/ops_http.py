@@ -75,6 +75,11 @@ class ThreadingWSGIServer6(ThreadingWSGIServer):
 
 
 class QuietHandler(WSGIRequestHandler):
+    # One send for status line, headers and body (wsgiref writes each unbuffered otherwise:
+    # five system calls per answer, most of an ack's time on a busy machine).
+    wbufsize = 64 * 1024
+    disable_nagle_algorithm = True
+
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib's signature
         log.debug("http %s %s", self.address_string(), format % args)
 

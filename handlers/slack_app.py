@@ -171,7 +171,9 @@ def check_bot_token(client: WebClient) -> dict:
 
 class Deliveries:
     """Ids of requests already taken (trigger ids, event ids): a redelivery is dropped -- by
-    this process at once, and through the store by every other replica too."""
+    this process at once (first_here, before the ack), and through the store by every other
+    replica too (first_everywhere, on a worker: a commit waits for the disk and for the store's
+    lock, which deployments share, and Slack only needs the ack)."""
 
     def __init__(self, keep_seconds: float = 3600.0, limit: int = 20000,
                  store: Store | None = None) -> None:
@@ -179,7 +181,7 @@ class Deliveries:
         self._seen: OrderedDict[str, float] = OrderedDict()
         self._lock = threading.Lock()
 
-    def first(self, key: str) -> bool:
+    def first_here(self, key: str) -> bool:
         now = time.monotonic()
         with self._lock:
             while self._seen and (len(self._seen) >= self.limit or
@@ -188,6 +190,10 @@ class Deliveries:
             if key in self._seen:
                 return False
             self._seen[key] = now
+        return True
+
+    def first_everywhere(self, key: str) -> bool:
+        """After first_here(key): no other replica has taken it either."""
         if self.store is None:
             return True
         try:
@@ -605,10 +611,15 @@ class SlackFrontEnd:
     # -- listeners --------------------------------------------------------------------------------
 
     def _fresh(self, key: str | None, request: Any) -> bool:
-        """False for a redelivery: a key seen before, or a retry that cannot be told apart."""
+        """False for a redelivery: a key seen here before, or a retry that cannot be told
+        apart. Other replicas are asked on the worker (_taken)."""
         if key:
-            return self.deliveries.first(key)
+            return self.deliveries.first_here(key)
         return _retry_num(request) == 0
+
+    def _taken(self, key: str | None) -> bool:
+        """On a worker: True when no other replica took the request."""
+        return key is None or self.deliveries.first_everywhere(key)
 
     def _command(self, ack, body: dict, request, parse: Callable[[str], Request]) -> None:
         trigger = body.get("trigger_id")
@@ -631,11 +642,13 @@ class SlackFrontEnd:
             ack(text=req.usage, response_type="ephemeral")
             return
         ack()
-        self.submit(lambda: self.execute(req, user, channel, key,
-                                         response_url=body.get("response_url"),
-                                         check_channel=allowed is None))
+        self.submit(lambda: self._taken(key) and self.execute(
+            req, user, channel, key, response_url=body.get("response_url"),
+            check_channel=allowed is None))
 
     def _mention(self, event: dict, key: str | None) -> None:
+        if not self._taken(key):
+            return
         user, channel = event.get("user", ""), event.get("channel", "")
         thread_ts = event.get("thread_ts")
         if not self.allowed_channel(channel):
