@@ -19,7 +19,7 @@ from bot import freeze as freezing
 from bot import outbox as outboxing
 from bot.authorization import Action, Authorization
 from bot.identity import Actor, TrackerIdentities
-from bot import logcontext
+from bot import locks, logcontext
 from bot import record as records
 from bot import watch as watching
 from bot.config import Config
@@ -43,7 +43,8 @@ from bot.ports import (Approver, DeployBackend, HttpProbe, ImageBuilder, Metrics
                        Tracker)
 from bot.outbox import Outbox
 from bot.store import Store
-from bot.verify import SystemClock, verify, wait_healthy
+from bot.clock import Clock, SystemClock
+from bot.verify import verify, wait_healthy
 
 log = logging.getLogger("deploybot.pipeline")
 # Log lines inside these methods carry the deployment's id and ticket (bot/logcontext.py).
@@ -118,7 +119,7 @@ def parse_target(text: str) -> tuple[str, str]:
 class Pipeline:
     def __init__(self, *, config: Config, store: Store, tracker: Tracker,
                  backend_for: Callable[[str, str], DeployBackend], reporter: Reporter,
-                 approver: Approver, probe: HttpProbe, clock: SystemClock | None = None,
+                 approver: Approver, probe: HttpProbe, clock: Clock | None = None,
                  environ: Mapping[str, str] | None = None,
                  image_builder: ImageBuilder | None = None, durable_posts: bool = False) -> None:
         """`durable_posts`: the reporter's alert/blocked/finished go through the outbox (Slack);
@@ -257,8 +258,7 @@ class Pipeline:
             return False
         if not d.queued or d.kind is not DeploymentKind.DEPLOY:
             return True
-        for _, text in self.store.expire_locks(d.lock_scope):
-            self._tell("step", d, text)
+        locks.expire(self.store, d.lock_scope, lambda text: self._tell("step", d, text))
         lock = self.store.lock(d.lock_scope)
         ahead = [q for q in self.store.queue(d.lock_scope) if q.id < d.id
                  and not (q.scheduled_for and q.scheduled_for > self.clock.now())]
@@ -522,28 +522,11 @@ class Pipeline:
             environ=self.environ)
 
     def _lock_outcome(self, d: Deployment, *, take: bool) -> tuple[CheckStatus, str]:
-        scope = d.lock_scope
-        for _, text in self.store.expire_locks(scope):
-            self._tell("step", d, text)
-        if take:
-            ok, lock = self.store.acquire_lock(
-                scope, holder=d.requested_by, deployment_id=d.id,
-                reason=f"deploying {d.service} {d.version} ({d.ticket_id})",
-                ttl=self.config.environments[d.environment].lock_ttl)
-            if ok:
-                return CheckStatus.PASSED, f"{scope} locked for this deployment"
-            return CheckStatus.FAILED, self.describe_lock(lock)
-        lock = self.store.lock(scope)
-        if lock and lock.deployment_id != d.id:
-            return CheckStatus.FAILED, self.describe_lock(lock)
-        return CheckStatus.SKIPPED if not d.dry_run else CheckStatus.PASSED, (
-            f"{scope} is free (not taken: {'dry run' if d.dry_run else 'blocked'})")
+        return locks.outcome_for(self.store, self.config, d, take=take,
+                                 say=lambda text: self._tell("step", d, text))
 
     def describe_lock(self, lock: Lock) -> str:
-        what = (f"deployment #{lock.deployment_id}" if lock.deployment_id
-                else "a manual lock")
-        return (f"{lock.scope} is held by {lock.holder} since "
-                f"{lock.acquired_at:%Y-%m-%d %H:%M UTC} ({what}: {lock.reason})")
+        return locks.describe(lock)
 
     def _block(self, d: Deployment, failed: list[CheckResult]) -> Deployment:
         summary = "; ".join(f"{c.title}: {c.reason}" for c in failed)
@@ -687,12 +670,10 @@ class Pipeline:
 
     def _deploy_alive(self, d: Deployment) -> Deployment:
         """Re-check, then deploy while a heartbeat keeps the lock from expiring."""
-        from bot.scheduler import Heartbeat
-
         changed = self._recheck(d)
         if changed is not None:
             return self._block(d, [changed])
-        with Heartbeat(self.store, d.id, self.config.environments[d.environment].lock_ttl):
+        with locks.Heartbeat(self.store, d.id, self.config.environments[d.environment].lock_ttl):
             return self._deploy(d)
 
     RECHECK_ITEM = ("rollout_recheck", "Still true when the rollout starts")

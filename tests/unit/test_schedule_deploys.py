@@ -140,7 +140,7 @@ def test_a_job_missed_beyond_the_grace_period_is_marked_missed_and_said_so(tmp_p
 @pytest.mark.realtime
 def test_apscheduler_fires_a_scheduled_deploy_in_real_time(tmp_path):
     """The real BackgroundScheduler, real clock: a job one second ahead runs by itself."""
-    from bot.verify import SystemClock
+    from bot.clock import SystemClock
 
     class RealClock(SystemClock):
         def sleep(self, seconds: float) -> None:  # verification waits stay short

@@ -9,7 +9,8 @@ import pytest
 from bot import config as configuration
 from bot.errors import ConfigError
 from bot.models import CheckStatus, DeploymentStatus
-from bot.ports import MetricsUnavailable, ProbeResult, Usage
+from bot.errors import MetricsUnavailable
+from bot.ports import ProbeResult, Usage
 from bot.monitoring_setup import exposition_problem, monitoring_setup
 from bot.watch import error_patterns, fingerprint, percentile
 from tests.fakes.core import FakeBackend
