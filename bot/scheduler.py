@@ -159,8 +159,8 @@ class DeployScheduler:
             d = self.store.transition(d.id, DeploymentStatus.FAILED, failure=text, detail=text)
         except StateError:
             return f"deployment #{d.id}: {self.store.deployment(d.id).status.value}"
-        self.pipeline._tell("alert", d, f"deployment #{d.id} {text}")
-        self.pipeline._tell("finished", d, "")
+        self.pipeline.report.alert(d, f"deployment #{d.id} {text}")
+        self.pipeline.report.finished(d, "")
         return f"deployment #{d.id} {text}"
 
     def execute(self, deployment_id: int) -> None:
@@ -207,7 +207,7 @@ class DeployScheduler:
             said.append(text)
             if lock.deployment_id:
                 holder = self.store.deployment(lock.deployment_id)
-                self.pipeline._tell("alert", holder, text)
+                self.pipeline.report.alert(holder, text)
             else:
                 log.warning("%s", text)
         return said

@@ -185,7 +185,7 @@ def test_two_schedulers_start_a_due_deployment_once(tmp_path):
         clock.advance(hours=7, minutes=1)
         stale = one.store.deployment(d.id)  # `one` read it as requested ...
         two.scheduler.tick()  # ... and `two` started (and finished) it meanwhile
-        assert one.pipeline._check(stale).status is DeploymentStatus.SUCCEEDED
+        assert one.pipeline.checklist.run(stale).status is DeploymentStatus.SUCCEEDED
         assert one.store.deployment(d.id).failure == ""
         assert one.backend.calls.count("deploy v2") == 1
     finally:
