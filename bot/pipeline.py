@@ -6,23 +6,20 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
-from datetime import datetime
 from typing import Callable, Mapping
 
-from bot import checks as checklist
-from bot import freeze as freezing
 from bot import locks, logcontext
 from bot import watch as watching
 from bot.authorization import Action, Authorization
 from bot.checklist_run import ChecklistRun
 from bot.clock import Clock, SystemClock
 from bot.config import Config
-from bot.errors import InputError, NotAllowed, StateError, TrackerError
+from bot.errors import InputError, StateError
 from bot.finishing import Finishing
 from bot.gating import GateOutcome, Gating
 from bot.identity import Actor, TrackerIdentities
+from bot.intake import Intake, parse_target, validate_version  # noqa: F401  (handlers/commands.py imports them here)
 from bot.models import CANCELLABLE, Deployment, DeploymentKind, DeploymentStatus, Gate, Lock
 from bot.outbox import Outbox
 from bot.ports import (Approver, DeployBackend, HttpProbe, ImageBuilder, MetricsSource, Reporter,
@@ -38,26 +35,9 @@ log = logging.getLogger("deploybot.pipeline")
 _by_id = logcontext.around(
     lambda self, deployment_id, *_, **__: self.store.deployment(deployment_id))
 
-# Docker's tag grammar: what a version may be, so it is safe in every backend and record.
-VERSION_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-TARGET_RE = re.compile(r"^(?P<service>[a-z0-9][a-z0-9_-]{0,62})@(?P<version>.+)$")
 ACTIVE = {DeploymentStatus.REQUESTED, DeploymentStatus.CHECKING,
           DeploymentStatus.AWAITING_APPROVAL, DeploymentStatus.DEPLOYING,
           DeploymentStatus.VERIFYING, DeploymentStatus.ROLLING_BACK}
-
-
-def validate_version(version: str) -> str:
-    if not VERSION_RE.match(version):
-        raise InputError(f"{version!r} is not a valid version",
-                         hint="use an image tag: letters, digits, '_', '.', '-', at most 128")
-    return version
-
-
-def parse_target(text: str) -> tuple[str, str]:
-    m = TARGET_RE.match(text.strip())
-    if not m:
-        raise InputError(f"{text!r} is not service@version", hint="for example web@v2.1.0")
-    return m.group("service"), validate_version(m.group("version"))
 
 
 class Pipeline:
@@ -107,6 +87,7 @@ class Pipeline:
         self.gating = Gating(self.context, self.finishing, self.rollout, approver=approver,
                              guard=self.run_guarded)
         self.checklist = ChecklistRun(self.context, self.finishing, self.gating)
+        self.intake = Intake(self.context)
 
     def _recover(self, service: str, environment: str) -> None:
         from bot.recovery import recover
@@ -117,106 +98,37 @@ class Pipeline:
         """Front ends pass an Actor they established; a plain name is trusted (tests, core)."""
         return Actor.named(self.config, who)
 
-    # -- input validation -----------------------------------------------------------------------
+    # -- input validation and requests (bot/intake.py) ------------------------------------------
 
     def environment(self, name: str | None) -> str:
-        env = name or self.config.default_env
-        if env not in self.config.environments:
-            raise InputError(f"unknown environment {env!r}",
-                             hint=f"known: {', '.join(self.config.environments)}")
-        return env
+        return self.intake.environment(name)
 
     def service_name(self, name: str, environment: str) -> str:
-        if name not in self.config.services:
-            raise InputError(f"unknown service {name!r}",
-                             hint=f"known: {', '.join(self.config.services)}")
-        if not self.config.deployable(name, environment):
-            raise InputError(f"{name} is not deployed to {environment}")
-        return name
+        return self.intake.service_name(name, environment)
 
     def check_version_allowed(self, version: str, environment: str) -> None:
         """Production refuses tags that name whatever was pushed last (`latest`, `main`, …)."""
-        env = self.config.environments[environment]
-        policy = env.versions
-        allow = policy.allow_mutable if policy.allow_mutable is not None else not env.production
-        if allow:
-            return
-        mutable = version.casefold() in {t.casefold() for t in policy.mutable_tags} or bool(
-            policy.mutable_pattern and re.search(policy.mutable_pattern, version))
-        if mutable:
-            raise InputError(
-                f"{version!r} is a mutable tag: it names whatever was pushed last, so "
-                f"{environment} would not get a known build",
-                hint=f"deploy an immutable version (v1.4.2, a commit sha); or set "
-                     f"environments.{environment}.versions.allow_mutable: true")
-
-    # -- requests -------------------------------------------------------------------------------
+        self.intake.check_version_allowed(version, environment)
 
     def request_deploy(self, ticket_ref: str, *, requested_by: Actor | str,
                        target: str | None = None,
                        environment: str | None = None, dry_run: bool = False,
                        request_key: str | None = None, at: str | None = None,
                        queue: bool = False, break_glass: str = "") -> Deployment:
-        """Validate a deploy request and store it. InputError changes nothing.
+        """Stored as `requested` once valid (bot/intake.py Intake.request_deploy)."""
+        return self.intake.request_deploy(
+            ticket_ref, requested_by=requested_by, target=target, environment=environment,
+            dry_run=dry_run, request_key=request_key, at=at, queue=queue,
+            break_glass=break_glass)
 
-        `at`: not before this time (bot/scheduler.py starts it); `queue`: wait for a held lock
-        instead of being blocked; `break_glass`: the reason for deploying inside a freeze window.
-        """
-        actor = self.actor(requested_by)
-        ticket_id = self.tracker.parse_ref(ticket_ref)
-        env = self.environment(environment)
-        if not dry_run:
-            self.auth.require(Action.DEPLOY, actor, env)
-        if target:
-            service, version = parse_target(target)
-            self.service_name(service, env)
-        scheduled_for = (freezing.parse_when(at, now=self.clock.now(), tz=self.config.timezone)
-                         if at else None)
-        if not dry_run:
-            self._refuse_if_frozen(env, scheduled_for or self.clock.now(), break_glass)
-        try:
-            # A ticket that does not exist (or a tracker that refuses us) changes nothing.
-            ticket, comments = self.tracker.gate_data(ticket_id)
-        except TrackerError as exc:
-            raise InputError(f"cannot read {ticket_id}: {exc.message}", hint=exc.hint) from None
-        if not target:
-            found = checklist.version_from_ticket(ticket, comments, self.config.tracker.rules)
-            if not found:
-                raise InputError(
-                    f"{ticket_id} does not say what to deploy",
-                    hint="add a comment 'deploy: SERVICE@VERSION' or give SERVICE@VERSION")
-            if len({f for f in found}) > 1:
-                listed = ", ".join(f"{s}@{v}" for s, v in found)
-                raise InputError(f"{ticket_id} names more than one deployment: {listed}",
-                                 hint="say which one: deploy TICKET SERVICE@VERSION")
-            service, version = found[0]
-            validate_version(version)
-        self.service_name(service, env)
-        self.check_version_allowed(version, env)
-        backend = self.backend_for(service, env)
-        deployment, _ = self.store.create_deployment(
-            ticket_id=ticket_id, service=service, version=version, environment=env,
-            requested_by=actor.name, dry_run=dry_run, method=backend.method,
-            lock_scope=self.config.lock_scope(service, env), request_key=request_key,
-            scheduled_for=scheduled_for, queued=queue and not dry_run,
-            break_glass=break_glass.strip(), one_at_a_time=not dry_run, via=actor.audit())
-        return deployment
-
-    def _refuse_if_frozen(self, env: str, at: datetime, break_glass: str) -> None:
-        why = freezing.frozen(self.config.environments[env].freeze, at, self.config.timezone)
-        if why is None:
-            return
-        when = freezing.local(at, self.config.timezone)
-        if not break_glass.strip():
-            raise NotAllowed(f"{env} is frozen at {when}: {why}",
-                             hint="deploy after the window, or break glass with a reason "
-                                  "(--break-glass REASON); two approvers must then approve")
-        env_cfg = self.config.environments[env]
-        if len(env_cfg.approvers) < 2 and not env_cfg.approver_groups:
-            raise NotAllowed(f"{env} is frozen at {when}: {why}; break-glass needs two "
-                             f"authorised approvers but {env} names "
-                             f"{len(env_cfg.approvers)}", hint=f"add approvers to "
-                             f"environments.{env}.approvers")
+    def request_rollback(self, *, requested_by: Actor | str, service: str | None = None,
+                         ticket_ref: str | None = None, environment: str | None = None,
+                         to_version: str | None = None,
+                         request_key: str | None = None) -> Deployment:
+        """A manual rollback: back to `to_version` or to what ran before the current version."""
+        return self.intake.request_rollback(
+            requested_by=requested_by, service=service, ticket_ref=ticket_ref,
+            environment=environment, to_version=to_version, request_key=request_key)
 
     def queue_position(self, d: Deployment) -> int | None:
         """1 for the next deployment to take the lock; None when it is not queued."""
@@ -224,68 +136,6 @@ class Pipeline:
             return None
         waiting = [q.id for q in self.store.queue(d.lock_scope)]
         return waiting.index(d.id) + 1 if d.id in waiting else None
-
-    def request_rollback(self, *, requested_by: Actor | str, service: str | None = None,
-                         ticket_ref: str | None = None, environment: str | None = None,
-                         to_version: str | None = None,
-                         request_key: str | None = None) -> Deployment:
-        """A manual rollback: back to `to_version` or to what ran before the current version."""
-        actor = self.actor(requested_by)
-        env = self.environment(environment) if environment or not ticket_ref else None
-        if ticket_ref:
-            ticket_id = self.tracker.parse_ref(ticket_ref)
-            done = [d for d in self.store.deployments(limit=500, statuses={DeploymentStatus.SUCCEEDED})
-                    if d.ticket_id == ticket_id and not d.dry_run
-                    and (env is None or d.environment == env)
-                    and (service is None or d.service == service)]
-            if not done:
-                raise InputError(f"no successful deployment of {ticket_id} to roll back")
-            last = done[0]
-            service, env = last.service, last.environment
-        assert env is not None
-        if not service:
-            raise InputError("say which service (or ticket) to roll back")
-        self.service_name(service, env)
-        self.auth.require(Action.ROLLBACK, actor, env)
-        backend = self.backend_for(service, env)
-        current = backend.current_version()
-        if to_version:
-            target = validate_version(to_version)
-        else:
-            target = self._previous_from_history(service, env, current)
-            if target is None:
-                raise InputError(
-                    f"no previous version of {service} in {env} is known "
-                    f"(running: {current or 'nothing'})",
-                    hint="give the version: rollback SERVICE --to VERSION")
-        if target == current:
-            raise InputError(f"{service} in {env} already runs {target}")
-        related = self.store.last_succeeded(service, env)
-        deployment, _ = self.store.create_deployment(
-            ticket_id=related.ticket_id if related else "none", service=service, version=target,
-            environment=env, requested_by=actor.name, kind=DeploymentKind.ROLLBACK,
-            method=backend.method, lock_scope=self.config.lock_scope(service, env),
-            request_key=request_key, via=actor.audit())
-        self.store.update_deployment(deployment.id, previous_version=current)
-        return self.store.deployment(deployment.id)
-
-    def _previous_from_history(self, service: str, env: str, current: str | None) -> str | None:
-        """The newest version known to have run well here that is not `current`: succeeded
-        deployments and what ran before any rollout (interrupted, failed or rolled back ones
-        included), so it survives any interruption, kept container or not."""
-        good: list[str] = []
-        touched = {DeploymentStatus.SUCCEEDED, DeploymentStatus.ROLLED_BACK,
-                   DeploymentStatus.ROLLBACK_FAILED, DeploymentStatus.INTERRUPTED,
-                   DeploymentStatus.FAILED}
-        for d in self.store.deployments(service=service, environment=env, statuses=touched,
-                                        limit=200):
-            if d.dry_run:
-                continue
-            if d.status is DeploymentStatus.SUCCEEDED:
-                good.append(d.version)
-            if d.kind is DeploymentKind.DEPLOY and d.previous_version:
-                good.append(d.previous_version)
-        return next((v for v in good if v != current), None)
 
     # -- driving --------------------------------------------------------------------------------
 
