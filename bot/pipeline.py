@@ -19,7 +19,8 @@ from bot.errors import InputError, StateError
 from bot.finishing import Finishing
 from bot.gating import GateOutcome, Gating
 from bot.identity import Actor, TrackerIdentities
-from bot.intake import Intake, parse_target, validate_version  # noqa: F401  (handlers/commands.py imports them here)
+# parse_target, validate_version: handlers/commands.py imports them from here
+from bot.intake import Intake, parse_target, validate_version  # noqa: F401
 from bot.models import CANCELLABLE, Deployment, DeploymentKind, DeploymentStatus, Gate, Lock
 from bot.outbox import Outbox
 from bot.ports import (Approver, DeployBackend, HttpProbe, ImageBuilder, MetricsSource, Reporter,
@@ -179,8 +180,8 @@ class Pipeline:
         if rollout:
             self._recover(d.service, d.environment)
             return self.store.deployment(d.id)
-        return self.finishing.finish(d, None, post_record=d.status is not DeploymentStatus.FAILED
-                            or bool(d.previous_version))
+        record = d.status is not DeploymentStatus.FAILED or bool(d.previous_version)
+        return self.finishing.finish(d, None, post_record=record)
 
     def describe_lock(self, lock: Lock) -> str:
         return locks.describe(lock)
