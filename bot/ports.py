@@ -191,16 +191,6 @@ class HttpProbe(Protocol):
     def get(self, url: str, timeout: float) -> ProbeResult: ...
 
 
-class Clock(Protocol):
-    def now(self) -> datetime: ...
-
-    def sleep(self, seconds: float) -> None: ...
-
-
-class MetricsUnavailable(Exception):
-    """A metrics source could not be asked (unreachable, bad answer): the signal is inconclusive."""
-
-
 @runtime_checkable
 class MetricsSource(Protocol):
     """A time-series database answering instant queries (Prometheus's HTTP API)."""
@@ -208,7 +198,7 @@ class MetricsSource(Protocol):
     def query(self, expression: str) -> float | None:
         """The single value of an instant query; None when the result is empty.
 
-        Raises MetricsUnavailable when the source cannot be asked.
+        Raises bot.errors.MetricsUnavailable when the source cannot be asked.
         """
         ...
 

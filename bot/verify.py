@@ -3,30 +3,16 @@
 from __future__ import annotations
 
 import json
-import time
-from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Callable
 from urllib.parse import urlsplit, urlunsplit
 
+from bot.clock import Clock
 from bot.config import Service
 from bot.errors import BackendError
 from bot.models import BackendStatus, CheckStatus, VerificationResult
 from bot.ports import DeployBackend, HttpProbe, ProbeResult, StepCallback
 
 HEALTHY_WORDS = {"ok", "up", "pass", "passing", "healthy", "green", "true"}
-
-
-@dataclass
-class SystemClock:
-    def now(self) -> datetime:
-        return datetime.now(timezone.utc)
-
-    def sleep(self, seconds: float) -> None:
-        time.sleep(seconds)
-
-    def monotonic(self) -> float:
-        return time.monotonic()
 
 
 def detailed_url(health_url: str, path: str) -> str:
@@ -83,7 +69,7 @@ def failing_now(answer: ProbeResult | None, state: BackendStatus) -> str:
     return "; ".join(reasons)
 
 
-def wait_healthy(service: Service, backend: DeployBackend, probe: HttpProbe, clock: SystemClock,
+def wait_healthy(service: Service, backend: DeployBackend, probe: HttpProbe, clock: Clock,
                  timeout: float, interval: float,
                  stop: Callable[[], str] | None = None) -> tuple[CheckStatus, str]:
     """Poll until the backend reports running and the health URL answers 2xx, or time out.
@@ -133,7 +119,7 @@ def wait_healthy(service: Service, backend: DeployBackend, probe: HttpProbe, clo
         clock.sleep(min(interval, max(0.0, deadline - clock.monotonic())))
 
 
-def verify(service: Service, backend: DeployBackend, probe: HttpProbe, clock: SystemClock,
+def verify(service: Service, backend: DeployBackend, probe: HttpProbe, clock: Clock,
            on_step: StepCallback, *, timeout: float | None = None,
            stop: Callable[[], str] | None = None) -> VerificationResult:
     result = VerificationResult()

@@ -1,0 +1,122 @@
+"""The pipeline's phase modules: typed reporter events (bot/reporting.py), one tracker read per
+phase (bot/checklist_run.py gate_inputs), the re-check's evidence rules (bot/gating.py)."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+
+from bot import checks as checklist
+from bot.gating import evidence_change, evidence_holds
+from bot.models import CheckResult, CheckStatus, Comment, DeploymentStatus
+from bot.outbox import Outbox
+from bot.reporting import SafeReporter
+from fakes.core import RecordingReporter
+from tests.unit.test_pipeline import World
+
+
+class BrokenReporter(RecordingReporter):
+    """Records, then fails: a chat that is down."""
+
+    def __getattribute__(self, name):
+        attr = super().__getattribute__(name)
+        if name in ("deployment_started", "checklist_updated", "step", "finished", "alert",
+                    "blocked", "gate_requested", "gate_decided"):
+            def failing(*args):
+                attr(*args)
+                raise RuntimeError(f"{name} is down")
+            return failing
+        return attr
+
+
+def test_a_failing_reporter_is_logged_and_the_deployment_goes_on(tmp_path, caplog):
+    world = World(tmp_path)
+    broken = BrokenReporter()
+    world.pipeline.report.reporter = broken
+    with caplog.at_level(logging.ERROR, logger="deploybot.pipeline"):
+        d = world.deploy(world.ticket())
+    assert d.status is DeploymentStatus.SUCCEEDED
+    assert broken.kinds()[0] == "started" and broken.kinds()[-1] == "finished"
+    failed = {r.getMessage() for r in caplog.records}
+    assert {"reporter failed on step", "reporter failed on finished",
+            "reporter failed on deployment_started"} <= failed
+
+
+def test_a_durable_reporter_gets_alerts_through_the_outbox_once_per_text(tmp_path):
+    world = World(tmp_path)
+    told = RecordingReporter()
+    outbox = Outbox(world.store, world.tracker, world.config.outbox, poster=told)
+    report = SafeReporter(told, outbox)
+    d = world.pipeline.request_deploy(world.ticket(), requested_by="alice", target="web@v2",
+                                      environment="staging")
+    report.alert(d, "rollback!")
+    report.alert(d, "rollback!")
+    report.step(d, "pulling")
+    assert told.events == [("alert", "rollback!"), ("step", "pulling")]
+    assert [i.kind for i in outbox.undelivered(d.id)] == []  # delivered, and only once
+
+
+def test_a_direct_reporter_is_told_at_once_and_gets_no_outbox_items(tmp_path):
+    world = World(tmp_path)
+    report = world.pipeline.report
+    assert not report.durable
+    d = world.pipeline.request_deploy(world.ticket(), requested_by="alice", target="web@v2",
+                                      environment="staging")
+    assert report.alert_post(d, "x") is None and report.finished_post(d, "") is None
+    report.finished_direct(d, "")
+    assert world.reporter.events == [("finished", "requested")]
+
+
+class CountingTracker:
+    def __init__(self, tracker):
+        self.tracker, self.calls = tracker, []
+
+    def __getattr__(self, name):
+        attr = getattr(self.tracker, name)
+        if name in ("current_account", "gate_data", "get_ticket", "comments"):
+            def counted(*args, **kwargs):
+                self.calls.append(name)
+                return attr(*args, **kwargs)
+            return counted
+        return attr
+
+
+def test_the_checklist_and_the_recheck_read_the_ticket_once_each(tmp_path):
+    world = World(tmp_path)
+    tid = world.ticket()
+    d = world.pipeline.request_deploy(tid, requested_by="alice", target="web@v2",
+                                      environment="staging")
+    counting = CountingTracker(world.tracker)
+    world.pipeline.context.tracker = counting
+    d = world.pipeline.run(d.id)
+    assert d.status is DeploymentStatus.SUCCEEDED
+    # checklist: account + ticket and comments; re-check: the same; the record: the ticket
+    assert counting.calls == ["current_account", "gate_data", "current_account", "gate_data",
+                              "get_ticket"]
+
+
+AT = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)
+
+
+def test_an_edited_approval_no_longer_holds_and_the_change_names_its_comment():
+    approval = Comment(id="5", author="bob", body="CQ approved", created_at=AT)
+    before = CheckResult(1, "cq_approval", "CQ", 1, CheckStatus.PASSED, "ok",
+                         evidence=checklist.comment_digest(approval))
+    edited = Comment(id="5", author="bob", body="CQ approved (not really)", created_at=AT)
+    now = checklist.Outcome(CheckStatus.PASSED, "approved by bob", "x")
+
+    class Inputs:
+        comments = [approval]
+    assert evidence_holds("cq_approval", before.evidence, now, Inputs)
+    Inputs.comments = [edited]
+    assert not evidence_holds("cq_approval", before.evidence, now, Inputs)
+    assert evidence_change("cq_approval", before, now) == (
+        "the comment it counted (#5) was edited or deleted; now approved by bob")
+
+
+def test_a_ticket_status_holds_whatever_its_case():
+    now = checklist.Outcome(CheckStatus.PASSED, "ok", "ready for production")
+    assert evidence_holds("ticket_status", "Ready for Production", now, None)
+    before = CheckResult(1, "ticket_status", "Status", 1, evidence="Ready for Production")
+    assert evidence_change("ticket_status", before, checklist.Outcome(
+        CheckStatus.PASSED, "ok", "Done")) == "status was 'Ready for Production', is 'Done'"
