@@ -21,14 +21,18 @@ if TYPE_CHECKING:
 log = logging.getLogger("deploybot.pipeline")
 
 
-def gate_inputs(ctx: RunContext, d: Deployment) -> checklist.CheckContext:
+def gate_inputs(ctx: RunContext, d: Deployment, *, fresh: bool = True) -> checklist.CheckContext:
     """The one read of the tracker per phase (the checklist, the re-check before the rollout):
     deploybot's own account (which also proves its credentials: a wrong key fails here even
-    where anonymous reads would work), the ticket and its comments in the tracker's order."""
+    where anonymous reads would work), the ticket and its comments in the tracker's order.
+    fresh=False (the checklist): the account this process already knows and the request's read
+    of seconds ago when there is one; the re-check before the rollout asks both again."""
     ticket, comments, ticket_error, bot = None, [], "", None
     try:
-        bot = ctx.tracker.current_account()
-        ticket, comments = ctx.tracker.gate_data(d.ticket_id)
+        bot = ctx.reads.me(ctx.tracker, fresh=fresh)
+        reused = None if fresh else ctx.reads.for_checklist(d.id)
+        ticket, comments = reused or ctx.tracker.gate_data(d.ticket_id)
+        ctx.reads.seen(d.id, ticket)
     except DeploybotError as exc:
         ticket, comments = None, []
         ticket_error = (f"cannot read {d.ticket_id} on {ctx.tracker.name}: {exc.message}"
@@ -94,7 +98,7 @@ class ChecklistRun:
             ctx.store.save_check(row)
         ctx.report.checklist_updated(d, ctx.store.checks(d.id))
 
-        inputs = gate_inputs(ctx, d)
+        inputs = gate_inputs(ctx, d, fresh=False)
         for item in checklist.CHECKLIST:
             row = rows[item.name]
             row.status, row.reason = CheckStatus.RUNNING, ""

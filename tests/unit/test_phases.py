@@ -81,7 +81,7 @@ class CountingTracker:
         return attr
 
 
-def test_the_checklist_and_the_recheck_read_the_ticket_once_each(tmp_path):
+def test_the_checklist_reuses_the_requests_read_and_the_recheck_reads_again(tmp_path):
     world = World(tmp_path)
     tid = world.ticket()
     d = world.pipeline.request_deploy(tid, requested_by="alice", target="web@v2",
@@ -90,9 +90,48 @@ def test_the_checklist_and_the_recheck_read_the_ticket_once_each(tmp_path):
     world.pipeline.context.tracker = counting
     d = world.pipeline.run(d.id)
     assert d.status is DeploymentStatus.SUCCEEDED
-    # checklist: account + ticket and comments; re-check: the same; the record: the ticket
-    assert counting.calls == ["current_account", "gate_data", "current_account", "gate_data",
-                              "get_ticket"]
+    # checklist: the account, the request's read of seconds ago; re-check: the account again
+    # (a revoked key must block even where reads work anonymously) and a read of its own;
+    # the record: the re-check's ticket
+    assert counting.calls == ["current_account", "current_account", "gate_data"]
+    assert "Ship it" in world.store.deployment(d.id).record
+
+
+def test_an_old_requests_read_is_read_again_by_the_checklist(tmp_path):
+    world = World(tmp_path)
+    tid = world.ticket()
+    d = world.pipeline.request_deploy(tid, requested_by="alice", target="web@v2",
+                                      environment="staging")
+    world.pipeline.clock.sleep(31)  # a scheduled or queued start: the ticket may have moved on
+    counting = CountingTracker(world.tracker)
+    world.pipeline.context.tracker = counting
+    world.pipeline.run(d.id)
+    assert counting.calls == ["current_account", "gate_data", "current_account", "gate_data"]
+
+
+def test_a_change_after_the_request_blocks_when_the_checklist_reads_again(tmp_path):
+    """Another process ran the request: this one's checklist has no read to reuse."""
+    world = World(tmp_path)
+    tid = world.ticket()
+    d = world.pipeline.request_deploy(tid, requested_by="alice", target="web@v2",
+                                      environment="staging")
+    other = World(tmp_path)
+    world.tracker.transition(tid, "Open")
+    d = other.pipeline.run(d.id)
+    assert d.status is DeploymentStatus.BLOCKED
+    assert "Open" in world.check(d, "ticket_status").reason
+
+
+def test_the_checklist_asks_the_account_once_per_process(tmp_path):
+    world = World(tmp_path)
+    counting = CountingTracker(world.tracker)
+    world.pipeline.context.tracker = counting
+    for version in ("v2", "v3"):
+        d = world.pipeline.request_deploy(world.ticket(), requested_by="alice",
+                                          target=f"web@{version}", environment="staging",
+                                          dry_run=True)
+        assert world.pipeline.run(d.id).status is DeploymentStatus.SUCCEEDED
+    assert counting.calls.count("current_account") == 1
 
 
 AT = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)
