@@ -102,7 +102,11 @@ class Tracker(Protocol):
         """Post once per `key`: a retried call with the same key must not post a second comment."""
         ...
 
-    def transition(self, ticket_id: str, status: str) -> None: ...
+    def transition(self, ticket_id: str, status: str, *, only_from: str = "") -> str:
+        """Move the ticket to `status`; returns the status it was in before. A ticket already in
+        `status` is left as it is; with `only_from`, so is one no longer in `only_from` (a person
+        moved it meanwhile). The check uses the read the move needs anyway: no extra request."""
+        ...
 
     def add_labels(self, ticket_id: str, labels: list[str]) -> None:
         """Add labels (trackers without labels raise TrackerError saying so)."""

@@ -281,6 +281,12 @@ def json_or_none(resp: Any) -> Any:
         return None
 
 
+def stays(before: str, status: str, only_from: str) -> bool:
+    """Whether a move to `status` is left out: already there, or no longer where it was seen."""
+    return before.casefold() == status.casefold() or bool(
+        only_from and before.casefold() != only_from.casefold())
+
+
 def refused_transition(tracker: str, ticket_id: str, current: str, status: str,
                        allowed: list[str], fix: str) -> TrackerError:
     options = ", ".join(repr(a) for a in allowed) or "none"

@@ -18,7 +18,7 @@ from bot.models import Account, Comment, Ticket
 
 from backends.trackers import markup
 from backends.trackers.base import (HttpTracker, RawComment, json_or_none, only_status, refused_transition,
-                                    sort_oldest_first)
+                                    sort_oldest_first, stays)
 from backends.trackers.http import Http, base_url, parse_time, secret
 
 _REPO = r"[\w.-]+/[\w.-]+"
@@ -123,12 +123,12 @@ class GitHub(HttpTracker):
         self.http.request("POST", f"{self._path(ticket_id)}/comments", ticket=ticket_id, idempotent=False,
                           what="add a comment", json={"body": markup.with_marker(markdown, key)})
 
-    def transition(self, ticket_id: str, status: str) -> None:
+    def transition(self, ticket_id: str, status: str, *, only_from: str = "") -> str:
         tid = self.parse_ref(ticket_id)
         issue = self.http.json("GET", self._path(tid), ticket=tid, what="read the issue")
         before = self._status(issue)
-        if before.casefold() == status.casefold():
-            return
+        if stays(before, status, only_from):
+            return before
         if self.statuses and status.casefold() not in {s.casefold() for s in self.statuses}:
             raise refused_transition(self.name, tid, before, status, self.statuses,
                                      fix="add it to tracker.statuses or use one of those")
@@ -150,6 +150,7 @@ class GitHub(HttpTracker):
         self._settle_status(tid, status, between, send)
         if not self._answer_shows(answers, status):  # else the answer proves it: no re-read
             self._moved_or_fail(tid, status, before, hint="another actor changed the labels at the same time; retry")
+        return before
 
     def _answer_shows(self, answers: list[Any], status: str) -> bool:
         """Whether the labels POST answered with the issue's labels, `status` its only status."""

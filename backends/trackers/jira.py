@@ -27,7 +27,7 @@ from bot.errors import InputError, TrackerError
 from bot.models import Account, Comment, Ticket
 
 from backends.trackers import markup
-from backends.trackers.base import HttpTracker, RawComment, refused_transition, sort_oldest_first
+from backends.trackers.base import HttpTracker, RawComment, refused_transition, sort_oldest_first, stays
 from backends.trackers.http import Http, base_url, parse_time, secret
 
 _KEY = re.compile(r"([A-Za-z][A-Za-z0-9_]*)-(\d+)")
@@ -185,11 +185,11 @@ class Jira(HttpTracker):
             json={"body": body, "properties": [{"key": PROPERTY, "value": {"key": key}}]},
         )
 
-    def transition(self, ticket_id: str, status: str) -> None:
+    def transition(self, ticket_id: str, status: str, *, only_from: str = "") -> str:
         key = self.parse_ref(ticket_id)
         before = self.get_ticket(key).status
-        if before.casefold() == status.casefold():
-            return
+        if stays(before, status, only_from):
+            return before
         data = self.http.json("GET", f"{self.api}/issue/{key}/transitions", ticket=key,
                               what="list workflow transitions")
         options = data.get("transitions") or []
@@ -209,6 +209,7 @@ class Jira(HttpTracker):
             what=f"move to {status!r}", json={"transition": {"id": str(match[0]["id"])}}))
         self._moved_or_fail(key, target, before,
                             hint="a workflow validator or post function may have refused it")
+        return before
 
     def add_labels(self, ticket_id: str, labels: list[str]) -> None:
         key = self.parse_ref(ticket_id)

@@ -25,7 +25,7 @@ import httpx
 from bot.errors import InputError, TrackerError
 from bot.models import Account, Comment, Ticket
 
-from backends.trackers.base import HttpTracker, RawComment, refused_transition, sort_oldest_first
+from backends.trackers.base import HttpTracker, RawComment, refused_transition, sort_oldest_first, stays
 from backends.trackers.http import Http, base_url, parse_time, parse_wait, secret
 
 _ID = re.compile(r"([A-Za-z][A-Za-z0-9]*)-(\d+)")
@@ -180,14 +180,14 @@ class Linear(HttpTracker):
         if not (data.get("commentCreate") or {}).get("success"):
             raise TrackerError(f"Linear did not add the comment to {ticket_id}", hint="retry; see Linear's status")
 
-    def transition(self, ticket_id: str, status: str) -> None:
+    def transition(self, ticket_id: str, status: str, *, only_from: str = "") -> str:
         ident = self.parse_ref(ticket_id)
         issue = self._gql(STATES_Q, {"id": ident}, ticket=ident, what="list workflow states").get("issue")
         if not issue:
             raise TrackerError(f"Linear has no issue {ident}", hint="check the issue identifier")
         before = (issue.get("state") or {}).get("name", "")
-        if before.casefold() == status.casefold():
-            return
+        if stays(before, status, only_from):
+            return before
         states = ((issue.get("team") or {}).get("states") or {}).get("nodes") or []
         match = [s for s in states if s["name"].casefold() == status.casefold()]
         if not match:
@@ -197,6 +197,7 @@ class Linear(HttpTracker):
             UPDATE_M, {"id": issue["id"], "input": {"stateId": match[0]["id"]}}, ticket=ident,
             write=True, what=f"move to {status!r}"))
         self._moved_or_fail(ident, status, before, hint="an automation may have moved it back")
+        return before
 
     def add_labels(self, ticket_id: str, labels: list[str]) -> None:
         ident = self.parse_ref(ticket_id)
