@@ -26,12 +26,19 @@ def gate_inputs(ctx: RunContext, d: Deployment, *, fresh: bool = True) -> checkl
     deploybot's own account (which also proves its credentials: a wrong key fails here even
     where anonymous reads would work), the ticket and its comments in the tracker's order.
     fresh=False (the checklist): the account this process already knows and the request's read
-    of seconds ago when there is one; the re-check before the rollout asks both again."""
+    of seconds ago when there is one; the re-check before the rollout asks both again, the
+    comments as what changed since the checklist's read (Tracker.changes_since)."""
     ticket, comments, ticket_error, bot = None, [], "", None
     try:
         bot = ctx.reads.me(ctx.tracker, fresh=fresh)
-        reused = None if fresh else ctx.reads.for_checklist(d.id)
-        ticket, comments = reused or ctx.tracker.gate_data(d.ticket_id)
+        if fresh:
+            checked = ctx.reads.checked_comments(d.id)
+            ticket, comments = (ctx.tracker.gate_data(d.ticket_id) if checked is None
+                                else ctx.tracker.changes_since(d.ticket_id, checked))
+        else:
+            ticket, comments = (ctx.reads.for_checklist(d.id)
+                                or ctx.tracker.gate_data(d.ticket_id))
+            ctx.reads.checked(d.id, comments)
         ctx.reads.seen(d.id, ticket)
     except DeploybotError as exc:
         ticket, comments = None, []

@@ -98,6 +98,12 @@ class Tracker(Protocol):
         tracker allows: what the checklist and the re-check before the rollout read."""
         ...
 
+    def changes_since(self, ticket_id: str, seen: list[Comment]) -> tuple[Ticket, list[Comment]]:
+        """What gate_data would answer now, `seen` being every comment of an earlier read: the
+        ticket, then only the comments created or edited since, plus proof that none of `seen`
+        was deleted (else, or where the tracker cannot say, a whole read). The re-check."""
+        ...
+
     def add_comment(self, ticket_id: str, markdown: str, *, key: str) -> None:
         """Post once per `key`: a retried call with the same key must not post a second comment."""
         ...

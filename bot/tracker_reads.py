@@ -1,6 +1,7 @@
 """What a deployment read from the tracker, kept so the next phase in the same process does not
-read it again: the request's read for the checklist that follows seconds later, the re-check's
-ticket for the record, and deploybot's own account (it does not change while a process runs).
+read it again: the request's read for the checklist that follows seconds later, the checklist's
+comments for the re-check (which then asks only what changed since), the re-check's ticket for
+the record, and deploybot's own account (it does not change while a process runs).
 
 Never a way around a fresh read where one is needed: the request's read is handed out once, only
 while it is young (a scheduled or queued deployment reads again), and the re-check before the
@@ -35,6 +36,7 @@ class TrackerReads:
         self._lock = threading.Lock()
         self._requested: OrderedDict[int, Read] = OrderedDict()
         self._tickets: OrderedDict[int, Ticket] = OrderedDict()
+        self._checked: OrderedDict[int, list[Comment]] = OrderedDict()
         self._me: Account | None = None
 
     @staticmethod
@@ -57,6 +59,15 @@ class TrackerReads:
         if read is None or self.clock.monotonic() - read.at > FRESH_SECONDS:
             return None
         return read.ticket, list(read.comments)
+
+    def checked(self, deployment_id: int, comments: list[Comment]) -> None:
+        """The comments the checklist read: the re-check reads only what changed since."""
+        with self._lock:
+            self._keep(self._checked, deployment_id, list(comments))
+
+    def checked_comments(self, deployment_id: int) -> list[Comment] | None:
+        with self._lock:
+            return self._checked.pop(deployment_id, None)
 
     def seen(self, deployment_id: int, ticket: Ticket) -> None:
         """The ticket the latest phase read (the record shows its title and link)."""

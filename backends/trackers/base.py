@@ -148,6 +148,10 @@ class HttpTracker:
         ticket, comments = self.http.parallel(lambda: self.get_ticket(tid), lambda: self.comments(tid))
         return ticket, comments
 
+    def changes_since(self, ticket_id: str, seen: list[Comment]) -> tuple[Ticket, list[Comment]]:
+        """A whole read; adapters whose API can list only the changed comments override it."""
+        return self.gate_data(ticket_id)
+
     def close(self) -> None:
         self.http.close()
 

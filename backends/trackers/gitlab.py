@@ -69,7 +69,9 @@ class GitLab(HttpTracker):
 
     def get_ticket(self, ticket_id: str) -> Ticket:
         tid = self.parse_ref(ticket_id)
-        issue = self._issue(tid)
+        return self._ticket(tid, self._issue(tid))
+
+    def _ticket(self, tid: str, issue: dict) -> Ticket:
         return Ticket(id=tid, title=issue.get("title", ""), status=self._status(issue),
                       url=issue.get("web_url", ""), labels=list(issue.get("labels") or []),
                       description=issue.get("description") or "", fields={"state": issue.get("state", "")},
@@ -106,15 +108,50 @@ class GitLab(HttpTracker):
                 if note.get("system") or note["id"] in seen:
                     continue
                 seen.add(note["id"])
-                author = note.get("author") or {}
-                body = note.get("body") or ""
-                raws.append(RawComment(
-                    Comment(id=str(note["id"]), author=str(author.get("id", "")),
-                            author_name=author.get("name", ""), body=markup.strip_markers(body),
-                            created_at=parse_time(note["created_at"])),
-                    markup.markers(body),
-                ))
+                raws.append(self._raw(note))
         return sort_oldest_first(raws)
+
+    @staticmethod
+    def _raw(note: dict) -> RawComment:
+        author = note.get("author") or {}
+        body = note.get("body") or ""
+        return RawComment(
+            Comment(id=str(note["id"]), author=str(author.get("id", "")),
+                    author_name=author.get("name", ""), body=markup.strip_markers(body),
+                    created_at=parse_time(note["created_at"])),
+            markup.markers(body),
+        )
+
+    def changes_since(self, ticket_id: str, seen: list[Comment]) -> tuple[Ticket, list[Comment]]:
+        """The issue and the notes by last update, newest first, down to the newest creation
+        time among `seen` (a time GitLab itself wrote, so no clock skew); the issue's
+        `user_notes_count` proves none of `seen` was deleted. Anything less sure: a whole read."""
+        tid = self.parse_ref(ticket_id)
+        if not seen:
+            return self.gate_data(tid)
+        since = max(c.created_at for c in seen)
+        issue, first = self.http.parallel(lambda: self._issue(tid), lambda: self._recent(tid, 1))
+        now = {c.id: c for c in seen}
+        page, resp = 1, first
+        while True:
+            notes = resp.json()
+            for note in notes:
+                if not note.get("system"):
+                    now[str(note["id"])] = self._raw(note).comment
+            older = any(parse_time(n["updated_at"]) < since for n in notes)
+            if older or not notes or not resp.headers.get("x-next-page"):
+                break
+            page += 1
+            resp = self._recent(tid, page)
+        if len(now) != issue.get("user_notes_count"):  # one was deleted (or came in meanwhile)
+            return self.gate_data(tid)
+        return self._ticket(tid, issue), [raw.comment for raw in sort_oldest_first(
+            [RawComment(c) for c in now.values()])]
+
+    def _recent(self, tid: str, page: int):
+        return self.http.request("GET", f"{self._path(tid)}/notes", ticket=tid, what="read comments",
+                                 params={"per_page": PAGE, "page": page, "sort": "desc",
+                                         "order_by": "updated_at"})
 
     def _post_comment(self, ticket_id: str, markdown: str, key: str) -> None:
         self.http.request("POST", f"{self._path(ticket_id)}/notes", ticket=ticket_id, idempotent=False,

@@ -84,6 +84,9 @@ class LocalTracker:
     def gate_data(self, ticket_id: str) -> tuple[Ticket, list[Comment]]:
         return self.get_ticket(ticket_id), self.comments(ticket_id)
 
+    def changes_since(self, ticket_id: str, seen: list[Comment]) -> tuple[Ticket, list[Comment]]:
+        return self.gate_data(ticket_id)  # one local query: nothing to save
+
     def add_comment(self, ticket_id: str, markdown: str, *, key: str = "",
                     author: str = "deploybot") -> str:
         ticket_id = self.parse_ref(ticket_id)

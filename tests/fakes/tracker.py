@@ -71,6 +71,9 @@ class MemoryTracker:
     def gate_data(self, ticket_id: str) -> tuple[Ticket, list[Comment]]:
         return self.get_ticket(ticket_id), self.comments(ticket_id)
 
+    def changes_since(self, ticket_id: str, seen: list[Comment]) -> tuple[Ticket, list[Comment]]:
+        return self.gate_data(ticket_id)
+
     def add_comment(self, ticket_id: str, markdown: str, *, key: str) -> None:
         if not self.credentials_ok:
             raise TrackerError("Redmine answered 401 Unauthorized")

@@ -73,7 +73,7 @@ class CountingTracker:
 
     def __getattr__(self, name):
         attr = getattr(self.tracker, name)
-        if name in ("current_account", "gate_data", "get_ticket", "comments"):
+        if name in ("current_account", "gate_data", "changes_since", "get_ticket", "comments"):
             def counted(*args, **kwargs):
                 self.calls.append(name)
                 return attr(*args, **kwargs)
@@ -91,9 +91,9 @@ def test_the_checklist_reuses_the_requests_read_and_the_recheck_reads_again(tmp_
     d = world.pipeline.run(d.id)
     assert d.status is DeploymentStatus.SUCCEEDED
     # checklist: the account, the request's read of seconds ago; re-check: the account again
-    # (a revoked key must block even where reads work anonymously) and a read of its own;
-    # the record: the re-check's ticket
-    assert counting.calls == ["current_account", "current_account", "gate_data"]
+    # (a revoked key must block even where reads work anonymously) and what changed since the
+    # checklist's read; the record: the re-check's ticket
+    assert counting.calls == ["current_account", "current_account", "changes_since"]
     assert "Ship it" in world.store.deployment(d.id).record
 
 
@@ -106,7 +106,21 @@ def test_an_old_requests_read_is_read_again_by_the_checklist(tmp_path):
     counting = CountingTracker(world.tracker)
     world.pipeline.context.tracker = counting
     world.pipeline.run(d.id)
-    assert counting.calls == ["current_account", "gate_data", "current_account", "gate_data"]
+    assert counting.calls == ["current_account", "gate_data", "current_account", "changes_since"]
+
+
+def test_a_recheck_in_another_process_reads_everything(tmp_path):
+    """The gate decided where the checklist did not run: no checklist read to compare with."""
+    world = World(tmp_path)
+    d = world.deploy(world.ticket(), env="production")
+    assert d.status is DeploymentStatus.AWAITING_APPROVAL
+    other = World(tmp_path)
+    counting = CountingTracker(other.tracker)
+    other.pipeline.context.tracker = counting
+    gate = other.pipeline.pending_gates(d.id)[0]
+    d = other.pipeline.decide_gate(gate.id, decided_by="bob", approved=True).deployment
+    assert d.status is DeploymentStatus.SUCCEEDED
+    assert counting.calls == ["current_account", "gate_data"]
 
 
 def test_a_change_after_the_request_blocks_when_the_checklist_reads_again(tmp_path):
