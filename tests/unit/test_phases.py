@@ -173,3 +173,20 @@ def test_a_ticket_status_holds_whatever_its_case():
     before = CheckResult(1, "ticket_status", "Status", 1, evidence="Ready for Production")
     assert evidence_change("ticket_status", before, checklist.Outcome(
         CheckStatus.PASSED, "ok", "Done")) == "status was 'Ready for Production', is 'Done'"
+
+
+def test_a_manual_rollback_records_its_own_request_not_the_ticket_it_leaves(tmp_path):
+    world = World(tmp_path)
+    world.backend.running = "v1"
+    labels = []
+    deploy = world.backend.deploy
+
+    def labelled(version, *, ticket_id, **kw):
+        labels.append(ticket_id)  # Kubernetes writes it into the change-cause
+        return deploy(version, ticket_id=ticket_id, **kw)
+    world.backend.deploy = labelled
+    tid = world.ticket()
+    world.deploy(tid)
+    d = world.pipeline.request_rollback(requested_by="alice", service="web", environment="staging")
+    assert world.pipeline.run(d.id).status is DeploymentStatus.SUCCEEDED
+    assert labels == [tid, "rollback by alice"]
