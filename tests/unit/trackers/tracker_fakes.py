@@ -502,7 +502,8 @@ class JiraApp(FakeApp):
         if sub == "/comment" and req.method == "GET":
             start = int(req.query.get("startAt", 0))
             size = min(int(req.query.get("maxResults", 5000)), self.page_cap)
-            notes = self.by_created()  # orderBy=created: equal times in no promised order
+            # orderBy=created: equal times in no promised order; -created: newest first
+            notes = self.by_created(reverse=req.query.get("orderBy") == "-created")
             page = notes[start:start + size]
             return 200, {}, {"startAt": start, "maxResults": size, "total": len(notes),
                              # expand= documents only renderedBody here: never properties

@@ -1,0 +1,77 @@
+"""Jira's post-once check (the key in a comment property) after a whole read: the newest page
+down to that read, then the properties of deploybot's own comments only."""
+
+from __future__ import annotations
+
+import pytest
+
+from tracker_cases import case
+
+KEY = "deploybot-record-5"
+JIRA = ["jira-cloud", "jira-dc"]
+
+
+def _keyed(c) -> int:
+    return sum(1 for n in c.app.notes if n.login == "deploybot" and KEY in str(n.props))
+
+
+def _pages(c) -> int:
+    return c.server.count("GET", r"/issue/PROJ-7/comment$")
+
+
+def _read_whole(c) -> None:
+    c.tracker.current_account()  # the checklist asks it first: whose comments may hold a key
+    c.tracker.comments(c.ref)
+
+
+@pytest.mark.parametrize("kind", JIRA)
+def test_after_a_whole_read_the_check_reads_the_newest_page_only(kind: str) -> None:
+    with case(kind, n_comments=500) as c:
+        _read_whole(c)
+        before = len(c.server.log)
+        c.tracker.add_comment(c.ref, "record", key=KEY)
+        # one page newest first, no property reads (deploybot had no comment), the post
+        assert len(c.server.log) - before == 2 and _keyed(c) == 1
+        before = _pages(c)
+        c.tracker.add_comment(c.ref, "record", key=KEY)  # the outbox retries
+        assert _pages(c) - before == 1 and _keyed(c) == 1
+
+
+@pytest.mark.parametrize("kind", JIRA)
+def test_a_key_posted_before_the_read_is_found_through_its_property(kind: str) -> None:
+    with case(kind, n_comments=50) as c:
+        c.tracker.add_comment(c.ref, "record", key=KEY)
+        _read_whole(c)
+        for n in range(150):
+            c.app.add_note("alice", f"note {n}")
+        c.tracker.add_comment(c.ref, "record", key=KEY)
+        assert _keyed(c) == 1
+
+
+@pytest.mark.parametrize("kind", JIRA)
+def test_a_key_another_process_posted_after_the_read_is_found(kind: str) -> None:
+    with case(kind, n_comments=250) as c:
+        _read_whole(c)
+        other = c.build()
+        try:
+            other.add_comment(c.ref, "record", key=KEY)
+        finally:
+            other.close()
+        for n in range(150):  # more than a page after it
+            c.app.add_note("alice", f"note {n}")
+        c.tracker.add_comment(c.ref, "record", key=KEY)
+        assert _keyed(c) == 1
+
+
+@pytest.mark.parametrize("kind", JIRA)
+def test_deleted_comments_make_it_read_everything_again(kind: str) -> None:
+    with case(kind, n_comments=250) as c:
+        _read_whole(c)
+        del c.app.notes[:250]  # nothing the read saw is left to reach back to
+        other = c.build()
+        try:
+            other.add_comment(c.ref, "record", key=KEY)
+        finally:
+            other.close()
+        c.tracker.add_comment(c.ref, "record", key=KEY)
+        assert _keyed(c) == 1
