@@ -19,6 +19,21 @@ def _pages(c) -> int:
     return c.server.count("GET", r"/issue/PROJ-7/comment$")
 
 
+def _posted_by_another_process(c) -> None:
+    other = c.build()
+    try:
+        other.add_comment(c.ref, "record", key=KEY)
+    finally:
+        other.close()
+
+
+def _more_notes_then_post_again(c) -> None:
+    for n in range(150):  # more than a page after what was read
+        c.app.add_note("alice", f"note {n}")
+    c.tracker.add_comment(c.ref, "record", key=KEY)
+    assert _keyed(c) == 1
+
+
 def _read_whole(c) -> None:
     c.tracker.current_account()  # the checklist asks it first: whose comments may hold a key
     c.tracker.comments(c.ref)
@@ -42,25 +57,15 @@ def test_a_key_posted_before_the_read_is_found_through_its_property(kind: str) -
     with case(kind, n_comments=50) as c:
         c.tracker.add_comment(c.ref, "record", key=KEY)
         _read_whole(c)
-        for n in range(150):
-            c.app.add_note("alice", f"note {n}")
-        c.tracker.add_comment(c.ref, "record", key=KEY)
-        assert _keyed(c) == 1
+        _more_notes_then_post_again(c)
 
 
 @pytest.mark.parametrize("kind", JIRA)
 def test_a_key_another_process_posted_after_the_read_is_found(kind: str) -> None:
     with case(kind, n_comments=250) as c:
         _read_whole(c)
-        other = c.build()
-        try:
-            other.add_comment(c.ref, "record", key=KEY)
-        finally:
-            other.close()
-        for n in range(150):  # more than a page after it
-            c.app.add_note("alice", f"note {n}")
-        c.tracker.add_comment(c.ref, "record", key=KEY)
-        assert _keyed(c) == 1
+        _posted_by_another_process(c)
+        _more_notes_then_post_again(c)
 
 
 @pytest.mark.parametrize("kind", JIRA)
@@ -68,10 +73,6 @@ def test_deleted_comments_make_it_read_everything_again(kind: str) -> None:
     with case(kind, n_comments=250) as c:
         _read_whole(c)
         del c.app.notes[:250]  # nothing the read saw is left to reach back to
-        other = c.build()
-        try:
-            other.add_comment(c.ref, "record", key=KEY)
-        finally:
-            other.close()
+        _posted_by_another_process(c)
         c.tracker.add_comment(c.ref, "record", key=KEY)
         assert _keyed(c) == 1
