@@ -19,7 +19,7 @@ TIMEOUT = 0.3
 # Where each adapter posts a comment: (method, path regex, text the request body contains)
 POST = {"redmine": ("PUT", r"/issues/7\.json", "notes"), "linear": ("POST", "/graphql", "mutation Comment")}
 # Where it reads the comments it looks for its key in.
-READ = {"redmine": ("GET", r"/issues/7\.json", ""), "linear": ("POST", "/graphql", "query Comments"),
+READ = {"redmine": ("GET", r"/issues/7\.json", ""), "linear": ("POST", "/graphql", "query CommentById"),
         "github": ("GET", "/comments", ""), "gitlab": ("GET", "/notes", "")}
 # Where it moves the ticket.
 MOVE = {"jira-cloud": ("POST", "/transitions", ""), "jira-dc": ("POST", "/transitions", ""),

@@ -782,7 +782,14 @@ class LinearApp(FakeApp):
                 name = lid.removeprefix("lbl-")
                 if name not in self.labels:
                     self.labels.append(name)
-            return 200, {}, {"data": {"issueUpdate": {"success": True}}}
+            return 200, {}, {"data": {"issueUpdate": {"success": True, "issue": {
+                "state": {"name": self.status, "type": "started"}}}}}
+        if q.lstrip().startswith("query CommentById("):
+            if not any(self._cid(n) == v.get("id") for n in self.notes):
+                return 200, {}, {"data": None, "errors": [{"message": "Entity not found: Comment", "extensions": {
+                    "type": "invalid input", "code": "INVALID_INPUT",
+                    "userPresentableMessage": "Could not find referenced Comment."}}]}
+            return 200, {}, {"data": {"comment": {"id": v["id"]}}}
         if v.get("id") not in (self.ident, self.issue_uuid):
             return 200, {}, self._not_found()
         if "query Comments" in q:

@@ -1,5 +1,6 @@
-"""Jira's post-once check (the key in a comment property) after a whole read: the newest page
-down to that read, then the properties of deploybot's own comments only."""
+"""Cheap post-once checks. Jira (the key in a comment property) after a whole read: the newest
+page down to that read, then the properties of deploybot's own comments only. Linear (the key
+is the comment's id): that one comment asked for. The status move the answer proves."""
 
 from __future__ import annotations
 
@@ -76,3 +77,22 @@ def test_deleted_comments_make_it_read_everything_again(kind: str) -> None:
         _posted_by_another_process(c)
         c.tracker.add_comment(c.ref, "record", key=KEY)
         assert _keyed(c) == 1
+
+
+def test_linear_asks_for_the_keyed_comment_only() -> None:
+    with case("linear", n_comments=500) as c:
+        c.tracker.get_ticket(c.ref)  # the phases read the issue: its id is known
+        before = len(c.server.log)
+        c.tracker.add_comment(c.ref, "record", key=KEY)
+        assert len(c.server.log) - before == 2  # the comment asked for, then posted
+        before = len(c.server.log)
+        c.tracker.add_comment(c.ref, "record", key=KEY)  # the outbox retries: found
+        assert len(c.server.log) - before == 1
+        assert sum(1 for n in c.app.notes if n.login == "deploybot") == 1
+
+
+def test_linear_move_the_answer_proves_is_not_read_back() -> None:
+    with case("linear") as c:
+        before = len(c.server.log)
+        assert c.tracker.transition(c.ref, "Deployed") == "Ready for Production"
+        assert len(c.server.log) - before == 2 and c.app.status == "Deployed"
