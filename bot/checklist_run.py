@@ -30,7 +30,9 @@ def gate_inputs(ctx: RunContext, d: Deployment, *, fresh: bool = True) -> checkl
     comments as what changed since the checklist's read (Tracker.changes_since)."""
     ticket, comments, ticket_error, bot = None, [], "", None
     try:
-        bot = ctx.reads.me(ctx.tracker, fresh=fresh)
+        # Fresh where a wrong key could still read (unknown trackers: assume it could).
+        bot = ctx.reads.me(ctx.tracker,
+                           fresh=fresh and getattr(ctx.tracker, "anonymous_reads", True))
         if fresh:
             checked = ctx.reads.checked_comments(d.id)
             ticket, comments = (ctx.tracker.gate_data(d.ticket_id) if checked is None

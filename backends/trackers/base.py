@@ -37,6 +37,9 @@ class HttpTracker:
     _post_comment, transition, current_account, _resolve and _check_access."""
 
     name = "tracker"
+    # Whether a wrong token may still read (a public Redmine project): then only asking whose
+    # the token is proves it works. Elsewhere every authenticated read answers 401 for it.
+    anonymous_reads = False
     # What a person must fix when the tracker refuses to say whose the credentials are (403).
     forbidden_whoami = "the account may be locked or deactivated, or the token lacks the scope to read its own profile"
 

@@ -40,6 +40,7 @@ RESOLVE_HINT = ("in people:, give the numeric Redmine user id (shown in the prof
 
 class Redmine(HttpTracker):
     name = "Redmine"
+    anonymous_reads = True  # a public project answers a wrong key's reads as anonymous
 
     def __init__(self, http: Http, url: str, project: str = "", markup: str | None = None) -> None:
         super().__init__(http)

@@ -190,3 +190,16 @@ def test_a_manual_rollback_records_its_own_request_not_the_ticket_it_leaves(tmp_
     d = world.pipeline.request_rollback(requested_by="alice", service="web", environment="staging")
     assert world.pipeline.run(d.id).status is DeploymentStatus.SUCCEEDED
     assert labels == [tid, "rollback by alice"]
+
+
+def test_where_a_wrong_token_cannot_read_the_recheck_does_not_ask_the_account_again(tmp_path):
+    """GitHub, GitLab, Jira, Linear answer 401 to every read with a wrong token: the re-check's
+    read proves the credentials. (Redmine, and any tracker that does not say: asked again.)"""
+    world = World(tmp_path)
+    d = world.pipeline.request_deploy(world.ticket(), requested_by="alice", target="web@v2",
+                                      environment="staging")
+    counting = CountingTracker(world.tracker)
+    counting.anonymous_reads = False
+    world.pipeline.context.tracker = counting
+    assert world.pipeline.run(d.id).status is DeploymentStatus.SUCCEEDED
+    assert counting.calls == ["current_account", "changes_since"]
