@@ -231,11 +231,13 @@ class Jira(HttpTracker):
 
     def transition(self, ticket_id: str, status: str, *, only_from: str = "") -> str:
         key = self.parse_ref(ticket_id)
-        before = self.get_ticket(key).status
+        # the status and the transitions offered from it, in one request
+        data = self.http.json("GET", f"{self.api}/issue/{key}", ticket=key,
+                              what="read the status and its workflow transitions",
+                              params={"fields": "status", "expand": "transitions"})
+        before = ((data.get("fields") or {}).get("status") or {}).get("name", "")
         if stays(before, status, only_from):
             return before
-        data = self.http.json("GET", f"{self.api}/issue/{key}/transitions", ticket=key,
-                              what="list workflow transitions")
         options = data.get("transitions") or []
         match = [t for t in options if (t.get("to") or {}).get("name", "").casefold() == status.casefold()]
         match = match or [t for t in options if t.get("name", "").casefold() == status.casefold()]

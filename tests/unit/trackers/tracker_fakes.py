@@ -409,6 +409,12 @@ class JiraApp(FakeApp):
 
     list_page = 50  # "Get comments by IDs" answers a page (PageBeanComment) of this many
 
+    def _transitions(self) -> list[dict]:
+        return [{"id": str(11 + self.statuses.index(to)), "name": f"Move to {to}",
+                 "to": {"name": to, "id": str(10000 + self.statuses.index(to))},
+                 "hasScreen": False, "isGlobal": False, "isInitial": False, "isAvailable": True,
+                 "isConditional": False} for to in self.workflow[self.status]]
+
     def _comment(self, n: Note, base: str, expand: str = "") -> dict:
         if n.raw is not None:
             body = n.raw
@@ -485,6 +491,9 @@ class JiraApp(FakeApp):
             return 404, {}, {"errorMessages": ["Issue does not exist or you do not have permission to see it."],
                              "errors": {}}
         sub = m.group(2)
+        if sub is None and req.method == "GET" and "transitions" in req.query.get("expand", ""):
+            return 200, {}, {"id": "10007", "key": self.key, "transitions": self._transitions(),
+                             "fields": {"status": {"name": self.status}}}
         if sub is None and req.method == "GET":
             return 200, {}, {"id": "10007", "key": self.key, "self": f"{base}{self.api}/issue/10007",
                              "fields": {"summary": self.title, "labels": self.labels,
@@ -515,11 +524,7 @@ class JiraApp(FakeApp):
             n = self.add_note("deploybot", "", raw=body, props=req.body.get("properties") or [])
             return 201, {}, self._comment(n, base)
         if sub == "/transitions" and req.method == "GET":
-            return 200, {}, {"expand": "transitions", "transitions": [
-                {"id": str(11 + self.statuses.index(to)), "name": f"Move to {to}",
-                 "to": {"name": to, "id": str(10000 + self.statuses.index(to))},
-                 "hasScreen": False, "isGlobal": False, "isInitial": False, "isAvailable": True,
-                 "isConditional": False} for to in self.workflow[self.status]]}
+            return 200, {}, {"expand": "transitions", "transitions": self._transitions()}
         if sub == "/transitions" and req.method == "POST":
             tid = int(req.body["transition"]["id"]) - 11
             target = self.statuses[tid] if 0 <= tid < len(self.statuses) else ""
