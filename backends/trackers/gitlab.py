@@ -86,8 +86,13 @@ class GitLab(HttpTracker):
         return self._pages_from(ticket_id, 1)
 
     def _comments_after(self, ticket_id: str, offset: int) -> list[RawComment]:
-        # offset counts comments without system notes: an earlier page, never a later one
-        return self._pages_from(ticket_id, offset // PAGE + 1)
+        """The newest page, newest first (system notes would push the offset's page later): it
+        reaches back to the whole read's newest unless a page of notes came since, which the
+        caller checks."""
+        resp = self.http.request("GET", f"{self._path(ticket_id)}/notes", ticket=ticket_id,
+                                 what="read the newest comments",
+                                 params={"per_page": PAGE, "page": 1, "sort": "desc", "order_by": "created_at"})
+        return [self._raw(note) for note in resp.json() if not note.get("system")]
 
     def _pages_from(self, ticket_id: str, start: int) -> list[RawComment]:
         first = self._page(ticket_id, start)
