@@ -23,16 +23,17 @@ log = logging.getLogger("deploybot.pipeline")
 
 def gate_inputs(ctx: RunContext, d: Deployment, *, fresh: bool = True) -> checklist.CheckContext:
     """The one read of the tracker per phase (the checklist, the re-check before the rollout):
-    deploybot's own account (which also proves its credentials: a wrong key fails here even
-    where anonymous reads would work), the ticket and its comments in the tracker's order.
-    fresh=False (the checklist): the account this process already knows and the request's read
-    of seconds ago when there is one; the re-check before the rollout asks both again, the
-    comments as what changed since the checklist's read (Tracker.changes_since)."""
+    deploybot's own account, the ticket and its comments in the tracker's order.
+
+    The account is asked once per process where every read with a wrong key fails anyway, and
+    each time where a wrong key could still read (a public Redmine project): there asking it
+    is what proves the credentials. fresh=False (the checklist): the request's read of seconds
+    ago when this process has it; fresh (the re-check): what changed since the checklist's read
+    (Tracker.changes_since), or a whole read when this process did not run the checklist."""
     ticket, comments, ticket_error, bot = None, [], "", None
     try:
-        # Fresh where a wrong key could still read (unknown trackers: assume it could).
-        bot = ctx.reads.me(ctx.tracker,
-                           fresh=fresh and getattr(ctx.tracker, "anonymous_reads", True))
+        # unknown trackers: assume a wrong key could still read
+        bot = ctx.reads.me(ctx.tracker, fresh=getattr(ctx.tracker, "anonymous_reads", True))
         if fresh:
             checked = ctx.reads.checked_comments(d.id)
             ticket, comments = (ctx.tracker.gate_data(d.ticket_id) if checked is None

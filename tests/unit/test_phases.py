@@ -1,5 +1,6 @@
 """The pipeline's phase modules: typed reporter events (bot/reporting.py), one tracker read per
-phase (bot/checklist_run.py gate_inputs), the re-check's evidence rules (bot/gating.py)."""
+phase (bot/checklist_run.py gate_inputs, bot/tracker_reads.py), the re-check's evidence rules
+(bot/gating.py), what a manual rollback records as its request (bot/rollout.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from bot.models import CheckResult, CheckStatus, Comment, DeploymentStatus
 from bot.outbox import Outbox
 from bot.reporting import SafeReporter
 from fakes.core import RecordingReporter
+from tests.unit.test_gate_trust import World as RedmineWorld
 from tests.unit.test_pipeline import World
 
 
@@ -90,9 +92,9 @@ def test_the_checklist_reuses_the_requests_read_and_the_recheck_reads_again(tmp_
     world.pipeline.context.tracker = counting
     d = world.pipeline.run(d.id)
     assert d.status is DeploymentStatus.SUCCEEDED
-    # checklist: the account, the request's read of seconds ago; re-check: the account again
-    # (a revoked key must block even where reads work anonymously) and what changed since the
-    # checklist's read; the record: the re-check's ticket
+    # checklist: the account (asked each time: LocalTracker does not say a wrong key cannot
+    # read), the request's read of seconds ago; re-check: the account again and what changed
+    # since the checklist's read; the record: the re-check's ticket
     assert counting.calls == ["current_account", "current_account", "changes_since"]
     assert "Ship it" in world.store.deployment(d.id).record
 
@@ -136,9 +138,10 @@ def test_a_change_after_the_request_blocks_when_the_checklist_reads_again(tmp_pa
     assert "Open" in world.check(d, "ticket_status").reason
 
 
-def test_the_checklist_asks_the_account_once_per_process(tmp_path):
+def test_the_account_is_asked_once_per_process_where_a_wrong_token_cannot_read(tmp_path):
     world = World(tmp_path)
     counting = CountingTracker(world.tracker)
+    counting.anonymous_reads = False
     world.pipeline.context.tracker = counting
     for version in ("v2", "v3"):
         d = world.pipeline.request_deploy(world.ticket(), requested_by="alice",
@@ -203,3 +206,17 @@ def test_where_a_wrong_token_cannot_read_the_recheck_does_not_ask_the_account_ag
     world.pipeline.context.tracker = counting
     assert world.pipeline.run(d.id).status is DeploymentStatus.SUCCEEDED
     assert counting.calls == ["current_account", "changes_since"]
+
+
+def test_a_key_revoked_after_an_earlier_deployment_still_blocks_where_reads_stay_anonymous(
+        tmp_path):
+    """A long-running process knows its account already; a public Redmine project still
+    answers the revoked key's reads, so the checklist asks whose the key is again."""
+    world = RedmineWorld(tmp_path)
+    assert world.deploy(world.ready()).status is DeploymentStatus.SUCCEEDED
+    tid = world.ready()
+    world.tracker.credentials_ok = False
+    d = world.pipeline.request_deploy(tid, requested_by="alice", target="web@v3",
+                                      environment="staging", dry_run=True)
+    d = world.pipeline.run(d.id)
+    assert d.status is DeploymentStatus.BLOCKED and "401" in world.check(d, "cq_approval").reason
