@@ -21,14 +21,28 @@ if TYPE_CHECKING:
 log = logging.getLogger("deploybot.pipeline")
 
 
-def gate_inputs(ctx: RunContext, d: Deployment) -> checklist.CheckContext:
+def gate_inputs(ctx: RunContext, d: Deployment, *, fresh: bool = True) -> checklist.CheckContext:
     """The one read of the tracker per phase (the checklist, the re-check before the rollout):
-    deploybot's own account (which also proves its credentials: a wrong key fails here even
-    where anonymous reads would work), the ticket and its comments in the tracker's order."""
+    deploybot's own account, the ticket and its comments in the tracker's order.
+
+    The account is asked once per process where every read with a wrong key fails anyway, and
+    each time where a wrong key could still read (a public Redmine project): there asking it
+    is what proves the credentials. fresh=False (the checklist): the request's read of seconds
+    ago when this process has it; fresh (the re-check): what changed since the checklist's read
+    (Tracker.changes_since), or a whole read when this process did not run the checklist."""
     ticket, comments, ticket_error, bot = None, [], "", None
     try:
-        bot = ctx.tracker.current_account()
-        ticket, comments = ctx.tracker.gate_data(d.ticket_id)
+        # unknown trackers: assume a wrong key could still read
+        bot = ctx.reads.me(ctx.tracker, fresh=getattr(ctx.tracker, "anonymous_reads", True))
+        if fresh:
+            checked = ctx.reads.checked_comments(d.id)
+            ticket, comments = (ctx.tracker.gate_data(d.ticket_id) if checked is None
+                                else ctx.tracker.changes_since(d.ticket_id, checked))
+        else:
+            ticket, comments = (ctx.reads.for_checklist(d.id)
+                                or ctx.tracker.gate_data(d.ticket_id))
+            ctx.reads.checked(d.id, comments)
+        ctx.reads.seen(d.id, ticket)
     except DeploybotError as exc:
         ticket, comments = None, []
         ticket_error = (f"cannot read {d.ticket_id} on {ctx.tracker.name}: {exc.message}"
@@ -94,7 +108,7 @@ class ChecklistRun:
             ctx.store.save_check(row)
         ctx.report.checklist_updated(d, ctx.store.checks(d.id))
 
-        inputs = gate_inputs(ctx, d)
+        inputs = gate_inputs(ctx, d, fresh=False)
         for item in checklist.CHECKLIST:
             row = rows[item.name]
             row.status, row.reason = CheckStatus.RUNNING, ""

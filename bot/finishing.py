@@ -53,9 +53,15 @@ class Finishing:
         return self.finish(d, None)
 
     def _ticket(self, d: Deployment) -> Ticket | None:
-        """The record's one read of the ticket; the record is written without it if it fails."""
+        """The ticket the re-check (or checklist) just read, else the record's one read of it;
+        the record is written without it if that fails."""
+        if d.ticket_id == "none":
+            return None
+        seen = self.ctx.reads.last_ticket(d.id)
+        if seen is not None:
+            return seen
         try:
-            return self.ctx.tracker.get_ticket(d.ticket_id) if d.ticket_id != "none" else None
+            return self.ctx.tracker.get_ticket(d.ticket_id)
         except DeploybotError:
             return None
 

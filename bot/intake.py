@@ -113,12 +113,14 @@ class Intake:
         self.service_name(service, env)
         self.check_version_allowed(version, env)
         backend = self.ctx.backend_for(service, env)
-        deployment, _ = self.ctx.store.create_deployment(
+        deployment, created = self.ctx.store.create_deployment(
             ticket_id=ticket_id, service=service, version=version, environment=env,
             requested_by=actor.name, dry_run=dry_run, method=backend.method,
             lock_scope=self.ctx.config.lock_scope(service, env), request_key=request_key,
             scheduled_for=scheduled_for, queued=queue and not dry_run,
             break_glass=break_glass.strip(), one_at_a_time=not dry_run, via=actor.audit())
+        if created:  # the checklist's read, when it runs in this process
+            self.ctx.reads.requested(deployment.id, ticket, comments)
         return deployment
 
     def refuse_if_frozen(self, env: str, at: datetime, break_glass: str) -> None:

@@ -98,11 +98,21 @@ class Tracker(Protocol):
         tracker allows: what the checklist and the re-check before the rollout read."""
         ...
 
+    def changes_since(self, ticket_id: str, seen: list[Comment]) -> tuple[Ticket, list[Comment]]:
+        """What gate_data would answer now, `seen` being every comment of an earlier read: the
+        ticket, then only the comments created or edited since, plus proof that none of `seen`
+        was deleted (else, or where the tracker cannot say, a whole read). The re-check."""
+        ...
+
     def add_comment(self, ticket_id: str, markdown: str, *, key: str) -> None:
         """Post once per `key`: a retried call with the same key must not post a second comment."""
         ...
 
-    def transition(self, ticket_id: str, status: str) -> None: ...
+    def transition(self, ticket_id: str, status: str, *, only_from: str = "") -> str:
+        """Move the ticket to `status`; returns the status it was in before. A ticket already in
+        `status` is left as it is; with `only_from`, so is one no longer in `only_from` (a person
+        moved it meanwhile). The check uses the read the move needs anyway: no extra request."""
+        ...
 
     def add_labels(self, ticket_id: str, labels: list[str]) -> None:
         """Add labels (trackers without labels raise TrackerError saying so)."""

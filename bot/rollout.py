@@ -9,12 +9,21 @@ from typing import Callable
 
 from bot import watch as watching
 from bot.childenv import allowed_environ
+from bot.config import Config
 from bot.errors import BackendError, StateError
 from bot.finishing import Finishing
 from bot.models import CheckStatus, Deployment, DeploymentKind, DeploymentStatus, VerificationResult
 from bot.ports import DeployBackend, ImageBuilder, MetricsSource, StepCallback
 from bot.run_context import RunContext
 from bot.verify import verify, wait_healthy
+
+
+def request_label(config: Config, d: Deployment) -> str:
+    """What the backend records as the request (Kubernetes' change-cause, a container label):
+    a deploy's ticket; a manual rollback's own request, never the ticket of the version left."""
+    if d.kind is DeploymentKind.ROLLBACK:
+        return f"rollback by {config.canonical(d.requested_by)}"
+    return d.ticket_id
 
 
 class StopRequest:
@@ -117,7 +126,8 @@ class Rollout:
                                        f"{previous or 'nothing'} is still running, nothing changed")
         baseline = self._baseline(d, backend, step)
         try:
-            backend.deploy(d.version, ticket_id=d.ticket_id, on_step=step, image=pin)
+            backend.deploy(d.version, ticket_id=request_label(ctx.config, d), on_step=step,
+                           image=pin)
         except BackendError as exc:
             return finishing.failed(d, f"deploying {d.version} failed: {exc}")
         d = ctx.store.transition(d.id, DeploymentStatus.VERIFYING,
@@ -127,7 +137,7 @@ class Rollout:
                         stop=lambda: self.stop.why if self.stop else "")
         if baseline is not None and not result.failed:
             self._watch(d, backend, baseline, result, step)
-        summary = "; ".join(f"{k}: {v}" for k, v in (("health", result.health_reason),
+        summary = "; ".join(f"{k}: {v}" for k, v in ((result.health_label, result.health_reason),
                                                      ("smoke", result.smoke_reason)))
         if not result.failed:
             try:

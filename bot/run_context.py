@@ -3,7 +3,7 @@ bot/rollout.py, bot/finishing.py): built once by the Pipeline, shared, never reb
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 from bot.authorization import Authorization
@@ -15,6 +15,7 @@ from bot.outbox import Outbox
 from bot.ports import DeployBackend, HttpProbe, StepCallback, Tracker
 from bot.reporting import SafeReporter
 from bot.store import Store
+from bot.tracker_reads import TrackerReads
 
 
 @dataclass
@@ -30,6 +31,12 @@ class RunContext:
     environ: Mapping[str, str]
     identities: TrackerIdentities
     auth: Authorization
+    # what the phases read from the tracker, handed on to the next phase (bot/tracker_reads.py)
+    reads: TrackerReads = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.reads is None:
+            self.reads = TrackerReads(self.clock)
 
     def save_check(self, d: Deployment, check: CheckResult) -> None:
         self.store.save_check(check)

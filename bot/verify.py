@@ -119,14 +119,32 @@ def wait_healthy(service: Service, backend: DeployBackend, probe: HttpProbe, clo
         clock.sleep(min(interval, max(0.0, deadline - clock.monotonic())))
 
 
+class LastAnswer:
+    """A probe that remembers its last answer: the failure says which check really failed."""
+
+    def __init__(self, probe: HttpProbe) -> None:
+        self.probe = probe
+        self.answer: ProbeResult | None = None
+
+    def get(self, url: str, timeout: float) -> ProbeResult:
+        self.answer = self.probe.get(url, timeout)
+        return self.answer
+
+
 def verify(service: Service, backend: DeployBackend, probe: HttpProbe, clock: Clock,
            on_step: StepCallback, *, timeout: float | None = None,
            stop: Callable[[], str] | None = None) -> VerificationResult:
     result = VerificationResult()
     timeout = service.verify.timeout if timeout is None else timeout
     on_step(f"verifying: waiting up to {timeout:.0f} s for health")
+    last = LastAnswer(probe)
     result.health, result.health_reason = wait_healthy(
-        service, backend, probe, clock, timeout, service.verify.interval, stop)
+        service, backend, last, clock, timeout, service.verify.interval, stop)
+    if result.health is CheckStatus.FAILED and last.answer is not None and last.answer.ok:
+        # the URL was fine (old pods may answer it): what failed is the new version's rollout
+        result.health_label = "rollout"
+        result.health_reason = (f"{last.answer.url} answered {last.answer.status_code}, but "
+                                f"the new version failed: {result.health_reason}")
     if result.health is CheckStatus.FAILED:
         result.smoke_reason = "not run: health failed"
         return result
