@@ -96,9 +96,8 @@ def build_pipeline(config: Config, store: Store, *, reporter: Reporter, approver
                         reporter=reporter,
                         approver=approver, probe=probe or HttpxProbe.for_config(config, environ),
                         environ=environ, image_builder=build_image_builder(environ), clock=clock,
-                        durable_posts=durable_posts)
-    pipeline.metrics_for = metrics_factory(config)
-    pipeline.redact = redact
+                        durable_posts=durable_posts, metrics_for=metrics_factory(config),
+                        redact=redact)
     return pipeline
 
 
