@@ -15,7 +15,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
-import sqlite_utils
 
 # Primary keys of the store's tables: `db[table].get/update/delete` address rows by them.
 PRIMARY_KEYS: dict[str, tuple[str, ...]] = {
@@ -153,10 +152,9 @@ class SqliteDatabase:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.conn = sqlite3.connect(path, check_same_thread=False, timeout=30,
                                     isolation_level=None)
-        # sqlite-utils runs the released SQLite migrations (m1..m8), written against its API.
-        self.utils = sqlite_utils.Database(self.conn)
-        if path != ":memory:":
-            self.utils.enable_wal()
+        self._utils = None
+        if path != ":memory:" and self.conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            self.conn.execute("PRAGMA journal_mode=wal")
         self.conn.execute("PRAGMA foreign_keys = ON")
         self.conn.execute("PRAGMA busy_timeout = 30000")
 
@@ -200,6 +198,16 @@ class SqliteDatabase:
                 self.conn.execute(statement)
         else:
             migration(self.utils)
+
+    @property
+    def utils(self) -> Any:
+        """sqlite-utils runs the released SQLite migrations (m1..m8), written against its API;
+        imported only when one runs: reads and writes do not need it (start-up, issue 13)."""
+        if self._utils is None:
+            import sqlite_utils
+
+            self._utils = sqlite_utils.Database(self.conn)
+        return self._utils
 
     @contextmanager
     def reading(self, timeout: float) -> Iterator[sqlite3.Connection]:

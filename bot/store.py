@@ -8,9 +8,7 @@ import threading
 from contextlib import contextmanager
 from dataclasses import fields
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Iterator
-
-import sqlite_utils
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from bot import liveness
 from bot.sqldb import Database, NotFound, SqliteDatabase
@@ -28,6 +26,9 @@ from bot.models import (
     GateStatus,
     Lock,
 )
+
+if TYPE_CHECKING:  # the migrations' API, imported only when one runs (bot/sqldb.py)
+    import sqlite_utils
 
 DEFAULT_PATH = "deploybot.db"
 
