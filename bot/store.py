@@ -750,9 +750,10 @@ class Store:
             return True, self.lock(scope)
 
     def heartbeat(self, deployment_id: int, ttl: float) -> int:
-        """The running deployment is alive: push its locks' expiry `ttl` seconds ahead."""
+        """The running deployment is alive: push its locks' expiry `ttl` seconds ahead. Relaxed:
+        a heartbeat lost with the machine only lets the lock expire sooner, as it should."""
         now = self.now()
-        with self.transaction() as db:
+        with self.transaction(relaxed=True) as db:
             cur = db.execute(
                 "UPDATE locks SET heartbeat_at = ?, expires_at = ? "
                 "WHERE deployment_id = ? AND expires_at IS NOT NULL",
