@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 from backends.deploy.docker import DockerBackend  # noqa: E402
 from backends.monitoring.probe import HttpxProbe  # noqa: E402
 from bot.config import Service  # noqa: E402
-from bot.verify import SystemClock  # noqa: E402
+from bot.clock import SystemClock  # noqa: E402
 from bot.watch import Watcher  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 

@@ -32,7 +32,8 @@ from backends.deploy.docker import DockerBackend  # noqa: E402
 from backends.monitoring.probe import HttpxProbe  # noqa: E402
 from benchmarks.detection_and_restore import answering  # noqa: E402
 from bot.config import Service  # noqa: E402
-from bot.verify import SystemClock, verify  # noqa: E402
+from bot.clock import SystemClock  # noqa: E402
+from bot.verify import verify  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 
 

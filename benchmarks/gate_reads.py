@@ -53,7 +53,7 @@ def deploy(c, pipeline: Pipeline, version: str) -> tuple[int, float, int, float,
     """(checklist requests, seconds, re-check requests, seconds, outcome) of one deployment."""
     log = c.server.log
     marks: dict[str, tuple[int, float]] = {}
-    real_recheck = pipeline._recheck
+    real_recheck = pipeline.gating.recheck
 
     def timed_recheck(d):
         marks["recheck"] = (len(log), time.perf_counter())
@@ -61,7 +61,7 @@ def deploy(c, pipeline: Pipeline, version: str) -> tuple[int, float, int, float,
         marks["done"] = (len(log), time.perf_counter())
         return out
 
-    pipeline._recheck = timed_recheck
+    pipeline.gating.recheck = timed_recheck
     d = pipeline.request_deploy(c.ref, requested_by="alice", target=f"web@{version}")
     start = (len(log), time.perf_counter())
     d = pipeline.run(d.id)

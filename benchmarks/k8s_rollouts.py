@@ -41,7 +41,8 @@ from backends.deploy.kubernetes import KubernetesBackend  # noqa: E402
 from backends.monitoring.probe import HttpxProbe  # noqa: E402
 from bot import config as configuration  # noqa: E402
 from bot.models import CheckStatus  # noqa: E402
-from bot.verify import SystemClock, verify, wait_healthy  # noqa: E402
+from bot.clock import SystemClock  # noqa: E402
+from bot.verify import verify, wait_healthy  # noqa: E402
 from tests.integration.k8s.k8s_objects import (  # noqa: E402
     demo_deployment, demo_service, grant_bot_role, wait_for_rollout)
 

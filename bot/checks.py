@@ -13,7 +13,7 @@ from typing import Callable, Mapping
 from bot import approvals
 from bot.childenv import allowed_environ
 from bot.config import CommentRule, Config, Environment, Service, TrackerRules
-from bot.envfile import env_file_problem, read_env_file  # noqa: F401 - backends import it here
+from bot.envfile import env_file_problem, read_env_file
 from bot.errors import InputError, TrackerError
 from bot.redact import clip
 from bot.identity import TrackerIdentities

@@ -22,6 +22,7 @@ from pydantic import (
 from bot.envfile import env_file_problem
 from bot.errors import ConfigError
 from bot.freeze import FreezeWindow, zone
+from bot.validation import error_lines
 
 DEFAULT_PATH = "deploybot.yaml"
 
@@ -613,25 +614,6 @@ def _deep_merge(base: dict, override: dict) -> dict:
     return out
 
 
-def _format_errors(exc: ValidationError, prefix: tuple = ()) -> list[str]:
-    lines = []
-    for err in exc.errors():
-        # Drop pydantic's union-member names so the path reads as the YAML file does.
-        loc = [str(p) for p in prefix + tuple(err["loc"])
-               if p not in ("docker", "compose", "kubernetes")
-               and not str(p).startswith(("function-", "nullable["))]
-        path = ".".join(loc) or "(top level)"
-        msg = err["msg"]
-        if msg.startswith("Value error, "):
-            msg = msg[len("Value error, "):]
-        if err["type"] == "url_parsing" or err["type"].startswith("url_"):
-            msg = f"not a URL ({msg})"
-        if err["type"] == "extra_forbidden":
-            msg = "unknown setting (check the spelling)"
-        lines.append(f"{path}: {msg}")
-    return sorted(set(lines), key=lines.index)
-
-
 def parse(data: Any, source: str = "<config>") -> Config:
     """Validate a loaded YAML document; ConfigError lists every problem with its path."""
     if not isinstance(data, dict):
@@ -643,7 +625,7 @@ def parse(data: Any, source: str = "<config>") -> Config:
         cfg = Config.model_validate({**data, "source_path": source})
     except ValidationError as exc:
         raise ConfigError(
-            f"{source} has {len(exc.errors())} error(s):\n" + "\n".join(_format_errors(exc))
+            f"{source} has {len(exc.errors())} error(s):\n" + "\n".join(error_lines(exc))
         ) from None
     resolved: dict[tuple[str, str], Service] = {}
     if not isinstance(overrides, dict):
@@ -666,7 +648,7 @@ def parse(data: Any, source: str = "<config>") -> Config:
             try:
                 resolved[(svc_name, env)] = Service.model_validate(_deep_merge(raw, patch))
             except ValidationError as exc:
-                errors.extend(_format_errors(exc, ("overrides", env, svc_name)))
+                errors.extend(error_lines(exc, ("overrides", env, svc_name)))
     if errors:
         raise ConfigError(f"{source} has {len(errors)} error(s):\n" + "\n".join(errors))
     cfg._resolved = resolved

@@ -49,3 +49,7 @@ class DeliveryError(DeploybotError):
         super().__init__(message, hint)
         self.retry_after = retry_after
         self.permanent = permanent  # retrying cannot help (channel_not_found, 404 ticket)
+
+
+class MetricsUnavailable(Exception):
+    """A metrics source could not be asked (unreachable, bad answer): the signal is inconclusive."""

@@ -243,6 +243,8 @@ class VerificationResult:
 
     health: CheckStatus = CheckStatus.SKIPPED
     health_reason: str = ""
+    # "rollout" when the health URL answered 2xx but the engine failed the new version
+    health_label: str = "health"
     smoke: CheckStatus = CheckStatus.SKIPPED
     smoke_reason: str = ""
     error_rate: CheckStatus = CheckStatus.SKIPPED
@@ -262,7 +264,7 @@ class VerificationResult:
     @property
     def failure_reasons(self) -> list[str]:
         pairs = [
-            ("health", self.health, self.health_reason),
+            (self.health_label, self.health, self.health_reason),
             ("smoke", self.smoke, self.smoke_reason),
             ("error rate", self.error_rate, self.error_rate_reason),
             ("latency", self.latency, self.latency_reason),

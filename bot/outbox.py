@@ -218,13 +218,14 @@ class Outbox:
             self.tracker.add_comment(p["ticket_id"], p["markdown"], key=item.key)
             return ""
         if item.kind == TRANSITION:
-            status = self.tracker.get_ticket(p["ticket_id"]).status
+            # the adapter checks `from` on the read the move needs anyway: no read of its own
+            status = self.tracker.transition(p["ticket_id"], p["status"],
+                                             only_from=p.get("from") or "")
             if status.casefold() == p["status"].casefold():
                 return f"{p['ticket_id']} was {status!r} already"
             if p.get("from") and status.casefold() != p["from"].casefold():
                 return (f"not moved: {p['ticket_id']} is {status!r} now, no longer "
                         f"{p['from']!r} (moved by someone meanwhile)")
-            self.tracker.transition(p["ticket_id"], p["status"])
             return ""
         if self.poster is None:  # claim() only hands posts to a process that has a poster
             raise DeliveryError("no reporter to post with")

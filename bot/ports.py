@@ -98,11 +98,21 @@ class Tracker(Protocol):
         tracker allows: what the checklist and the re-check before the rollout read."""
         ...
 
+    def changes_since(self, ticket_id: str, seen: list[Comment]) -> tuple[Ticket, list[Comment]]:
+        """What gate_data would answer now, `seen` being every comment of an earlier read: the
+        ticket, then only the comments created or edited since, plus proof that none of `seen`
+        was deleted (else, or where the tracker cannot say, a whole read). The re-check."""
+        ...
+
     def add_comment(self, ticket_id: str, markdown: str, *, key: str) -> None:
         """Post once per `key`: a retried call with the same key must not post a second comment."""
         ...
 
-    def transition(self, ticket_id: str, status: str) -> None: ...
+    def transition(self, ticket_id: str, status: str, *, only_from: str = "") -> str:
+        """Move the ticket to `status`; returns the status it was in before. A ticket already in
+        `status` is left as it is; with `only_from`, so is one no longer in `only_from` (a person
+        moved it meanwhile). The check uses the read the move needs anyway: no extra request."""
+        ...
 
     def add_labels(self, ticket_id: str, labels: list[str]) -> None:
         """Add labels (trackers without labels raise TrackerError saying so)."""
@@ -191,16 +201,6 @@ class HttpProbe(Protocol):
     def get(self, url: str, timeout: float) -> ProbeResult: ...
 
 
-class Clock(Protocol):
-    def now(self) -> datetime: ...
-
-    def sleep(self, seconds: float) -> None: ...
-
-
-class MetricsUnavailable(Exception):
-    """A metrics source could not be asked (unreachable, bad answer): the signal is inconclusive."""
-
-
 @runtime_checkable
 class MetricsSource(Protocol):
     """A time-series database answering instant queries (Prometheus's HTTP API)."""
@@ -208,7 +208,7 @@ class MetricsSource(Protocol):
     def query(self, expression: str) -> float | None:
         """The single value of an instant query; None when the result is empty.
 
-        Raises MetricsUnavailable when the source cannot be asked.
+        Raises bot.errors.MetricsUnavailable when the source cannot be asked.
         """
         ...
 

@@ -58,7 +58,7 @@ def recover(pipeline, *, is_alive: Alive = liveness.is_alive, service: str | Non
         if service is not None and (d.service, d.environment) != (service, environment):
             continue
         try:  # safe twice: the record_posted claim and the outbox keys post once
-            done.append(pipeline._finish(d, None))
+            done.append(pipeline.finishing.finish(d, None))
         except Exception as exc:
             log.error("the record of deployment #%s could not be written: %s: %s", d.id,
                       type(exc).__name__, exc)
@@ -121,8 +121,8 @@ class Recovery:
         text = (f"interrupted while {self.was.value}: the deploybot process ended before "
                 f"anything was deployed; {self.d.service} is unchanged, request it again")
         self._move(DeploymentStatus.INTERRUPTED, failure=text, detail=self.said)
-        self.pipeline._tell("alert", self.d, f"deployment #{self.d.id} {text} ({self.said})")
-        self.pipeline._finish(self.d, None, post_record=not self.d.dry_run)
+        self.pipeline.report.alert(self.d, f"deployment #{self.d.id} {text} ({self.said})")
+        self.pipeline.finishing.finish(self.d, None, post_record=not self.d.dry_run)
         return self._done()
 
     def _window_left(self) -> float:
@@ -135,7 +135,7 @@ class Recovery:
         return min(self.svc.verify.timeout, max(0.0, self.svc.verify.timeout - elapsed))
 
     def _finish_verification(self) -> Deployment:
-        d, step = self.d, self.pipeline._step(self.d)
+        d, step = self.d, self.pipeline.context.step_for(self.d)
         left = self._window_left()
         try:
             running = self.backend.current_version()
@@ -155,9 +155,9 @@ class Recovery:
                     result.notes.append(f"could not clean up after the deploy: {exc}")
                 result.notes.append(self.said)
                 self._move(DeploymentStatus.SUCCEEDED, verification=summary, detail=self.said)
-                self.pipeline._tell("alert", self.d, f"deployment #{d.id} {self.said}: "
+                self.pipeline.report.alert(self.d, f"deployment #{d.id} {self.said}: "
                                                      f"{d.version} passed verification")
-                self.pipeline._finish(self.d, result)
+                self.pipeline.finishing.finish(self.d, result)
                 return self._done()
             reasons = "; ".join(result.failure_reasons)
             self._move(DeploymentStatus.ROLLING_BACK, verification=summary,
@@ -172,9 +172,9 @@ class Recovery:
         return self._roll_back(f"verification did not complete ({why})")
 
     def _roll_back(self, reason: str, result=None) -> Deployment:
-        d, step = self.d, self.pipeline._step(self.d)
+        d, step = self.d, self.pipeline.context.step_for(self.d)
         previous = d.previous_version
-        self.pipeline._tell("alert", d, f"deployment #{d.id} {self.said}: {reason}; rolling "
+        self.pipeline.report.alert(d, f"deployment #{d.id} {self.said}: {reason}; rolling "
                                         f"{d.service} in {d.environment} back to "
                                         f"{previous or 'nothing'}")
         try:
@@ -194,23 +194,23 @@ class Recovery:
             self._move(DeploymentStatus.ROLLBACK_FAILED, detail=self.said,
                        failure=f"{reason}; the rollback to {previous or 'nothing'} failed: {exc}"
                                + ("; retried when the engine answers again" if down else ""))
-            self.pipeline._tell("alert", self.d, f"ROLLBACK FAILED for {d.service} in "
+            self.pipeline.report.alert(self.d, f"ROLLBACK FAILED for {d.service} in "
                                                  f"{d.environment} ({self.said}): {exc}. "
                                 + ("deploybot retries when the engine answers again."
                                    if down else "The service needs a person now."))
-            self.pipeline._finish(self.d, result)
+            self.pipeline.finishing.finish(self.d, result)
             return self._done(needs_recovery=down)
         back = f"rolled back to {previous or 'nothing'}"
         self._move(DeploymentStatus.ROLLED_BACK, detail=self.said,
                    failure=f"{reason}; {self.said}; {back}")
-        self.pipeline._tell("alert", self.d, f"deployment #{d.id} {self.said}: {back}"
+        self.pipeline.report.alert(self.d, f"deployment #{d.id} {self.said}: {back}"
                                              + (f"; {previous} is healthy" if previous else ""))
-        self.pipeline._finish(self.d, result)
+        self.pipeline.finishing.finish(self.d, result)
         return self._done()
 
     def _complete_manual_rollback(self) -> Deployment:
         """A manual rollback goes forward: the version asked for is what should run."""
-        d, step = self.d, self.pipeline._step(self.d)
+        d, step = self.d, self.pipeline.context.step_for(self.d)
         pin = self.store.known_image(d.service, d.environment, d.version) or None
         try:
             if self.backend.current_version() != d.version:
@@ -226,14 +226,14 @@ class Recovery:
         result.notes.append(self.said)
         self._move(DeploymentStatus.SUCCEEDED, detail=self.said,
                    verification=f"health: {result.health_reason}")
-        self.pipeline._tell("alert", self.d, f"manual rollback #{d.id} {self.said}: "
+        self.pipeline.report.alert(self.d, f"manual rollback #{d.id} {self.said}: "
                                              f"{d.version} runs and passed verification")
-        self.pipeline._finish(self.d, result)
+        self.pipeline.finishing.finish(self.d, result)
         return self._done()
 
     def _manual_failed(self, text: str, result=None) -> Deployment:
         self._move(DeploymentStatus.FAILED, failure=f"{text} ({self.said})", detail=self.said)
-        self.pipeline._tell("alert", self.d, f"manual rollback #{self.d.id}: {text} "
+        self.pipeline.report.alert(self.d, f"manual rollback #{self.d.id}: {text} "
                                              f"({self.said}); people decide what runs now")
-        self.pipeline._finish(self.d, result)
+        self.pipeline.finishing.finish(self.d, result)
         return self._done(needs_recovery=False)

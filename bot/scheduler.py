@@ -22,38 +22,6 @@ from bot.store import Store
 log = logging.getLogger("deploybot.scheduler")
 
 
-class Heartbeat:
-    """While a deployment runs, push its lock's expiry ahead every ttl/3 seconds."""
-
-    def __init__(self, store: Store, deployment_id: int, ttl: float) -> None:
-        self.store, self.deployment_id, self.ttl = store, deployment_id, ttl
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def _beat(self) -> None:
-        try:
-            self.store.heartbeat(self.deployment_id, self.ttl)
-        except Exception:  # a missed beat only shortens the lock's life; never stop a deploy
-            log.exception("heartbeat of #%s failed", self.deployment_id)
-
-    def __enter__(self) -> "Heartbeat":
-        self._beat()
-        interval = max(1.0, self.ttl / 3)
-
-        def loop() -> None:
-            while not self._stop.wait(interval):
-                self._beat()
-        self._thread = threading.Thread(target=logcontext.in_thread(loop), daemon=True,
-                                        name=f"deploybot-heartbeat-{self.deployment_id}")
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-
 def precheck(pipeline, d: Deployment,
              run: Callable[[Deployment], object] | None = None) -> Deployment:
     """The checklist at request time for a scheduled deployment: a dry run of the same request.
@@ -198,8 +166,8 @@ class DeployScheduler:
             d = self.store.transition(d.id, DeploymentStatus.FAILED, failure=text, detail=text)
         except StateError:
             return f"deployment #{d.id}: {self.store.deployment(d.id).status.value}"
-        self.pipeline._tell("alert", d, f"deployment #{d.id} {text}")
-        self.pipeline._tell("finished", d, "")
+        self.pipeline.report.alert(d, f"deployment #{d.id} {text}")
+        self.pipeline.report.finished(d, "")
         return f"deployment #{d.id} {text}"
 
     def execute(self, deployment_id: int) -> None:
@@ -246,7 +214,7 @@ class DeployScheduler:
             said.append(text)
             if lock.deployment_id:
                 holder = self.store.deployment(lock.deployment_id)
-                self.pipeline._tell("alert", holder, text)
+                self.pipeline.report.alert(holder, text)
             else:
                 log.warning("%s", text)
         return said

@@ -3,30 +3,16 @@
 from __future__ import annotations
 
 import json
-import time
-from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Callable
 from urllib.parse import urlsplit, urlunsplit
 
+from bot.clock import Clock
 from bot.config import Service
 from bot.errors import BackendError
 from bot.models import BackendStatus, CheckStatus, VerificationResult
 from bot.ports import DeployBackend, HttpProbe, ProbeResult, StepCallback
 
 HEALTHY_WORDS = {"ok", "up", "pass", "passing", "healthy", "green", "true"}
-
-
-@dataclass
-class SystemClock:
-    def now(self) -> datetime:
-        return datetime.now(timezone.utc)
-
-    def sleep(self, seconds: float) -> None:
-        time.sleep(seconds)
-
-    def monotonic(self) -> float:
-        return time.monotonic()
 
 
 def detailed_url(health_url: str, path: str) -> str:
@@ -83,7 +69,7 @@ def failing_now(answer: ProbeResult | None, state: BackendStatus) -> str:
     return "; ".join(reasons)
 
 
-def wait_healthy(service: Service, backend: DeployBackend, probe: HttpProbe, clock: SystemClock,
+def wait_healthy(service: Service, backend: DeployBackend, probe: HttpProbe, clock: Clock,
                  timeout: float, interval: float,
                  stop: Callable[[], str] | None = None) -> tuple[CheckStatus, str]:
     """Poll until the backend reports running and the health URL answers 2xx, or time out.
@@ -133,14 +119,32 @@ def wait_healthy(service: Service, backend: DeployBackend, probe: HttpProbe, clo
         clock.sleep(min(interval, max(0.0, deadline - clock.monotonic())))
 
 
-def verify(service: Service, backend: DeployBackend, probe: HttpProbe, clock: SystemClock,
+class LastAnswer:
+    """A probe that remembers its last answer: the failure says which check really failed."""
+
+    def __init__(self, probe: HttpProbe) -> None:
+        self.probe = probe
+        self.answer: ProbeResult | None = None
+
+    def get(self, url: str, timeout: float) -> ProbeResult:
+        self.answer = self.probe.get(url, timeout)
+        return self.answer
+
+
+def verify(service: Service, backend: DeployBackend, probe: HttpProbe, clock: Clock,
            on_step: StepCallback, *, timeout: float | None = None,
            stop: Callable[[], str] | None = None) -> VerificationResult:
     result = VerificationResult()
     timeout = service.verify.timeout if timeout is None else timeout
     on_step(f"verifying: waiting up to {timeout:.0f} s for health")
+    last = LastAnswer(probe)
     result.health, result.health_reason = wait_healthy(
-        service, backend, probe, clock, timeout, service.verify.interval, stop)
+        service, backend, last, clock, timeout, service.verify.interval, stop)
+    if result.health is CheckStatus.FAILED and last.answer is not None and last.answer.ok:
+        # the URL was fine (old pods may answer it): what failed is the new version's rollout
+        result.health_label = "rollout"
+        result.health_reason = (f"{last.answer.url} answered {last.answer.status_code}, but "
+                                f"the new version failed: {result.health_reason}")
     if result.health is CheckStatus.FAILED:
         result.smoke_reason = "not run: health failed"
         return result

@@ -18,13 +18,13 @@ from typing import Callable, Mapping
 
 from bot.childenv import allowed_environ
 from bot.config import Service
+from bot.errors import MetricsUnavailable
 from bot.redact import clip
 from bot.models import CheckStatus, VerificationResult
 from bot.ports import (
     DeployBackend,
     HttpProbe,
     MetricsSource,
-    MetricsUnavailable,
     ResourceUsage,
     StepCallback,
     Usage,

@@ -580,7 +580,7 @@ def _check_monitoring_setup(cfg) -> int:
     from backends.monitoring.probe import HttpxProbe
     from backends.monitoring.prometheus import PrometheusSource
     from bot.monitoring_setup import monitoring_setup
-    from bot.ports import MetricsUnavailable
+    from bot.errors import MetricsUnavailable
 
     probe, count = HttpxProbe.for_config(cfg, os.environ), 0
     try:

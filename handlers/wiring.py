@@ -97,10 +97,8 @@ def build_pipeline(config: Config, store: Store, *, reporter: Reporter, approver
                         approver=approver, probe=probe or _probe(config, environ),
                         environ=environ, image_builder=Deferred(
                             lambda: build_image_builder(environ), "DockerImageBuilder"),
-                        clock=clock,
-                        durable_posts=durable_posts)
-    pipeline.metrics_for = metrics_factory(config)
-    pipeline.redact = redact
+                        clock=clock, durable_posts=durable_posts,
+                        metrics_for=metrics_factory(config), redact=redact)
     return pipeline
 
 

@@ -52,6 +52,7 @@ from bot.envfile import env_file_problem
 from bot.errors import BackendError, ConfigError
 from bot.models import BackendStatus
 from bot.ports import StepCallback
+from bot.validation import error_lines
 
 from backends.deploy import pins
 
@@ -119,17 +120,14 @@ def parse_settings(service: str, settings: Service) -> ComposeSettings:
     try:
         return ComposeSettings.model_validate(raw)
     except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            path = ".".join(str(p) for p in ("services", service, "backend", *err["loc"]))
-            msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                msg = "unknown setting (check the spelling)"
-            elif err["type"] == "missing":
-                msg = "required (the compose file to deploy with)" if err["loc"] == ("file",) \
-                    else "required"
-            lines.append(f"{path}: {msg}")
+        lines = error_lines(exc, ("services", service, "backend"), explain=_explain)
         raise ConfigError("\n".join(lines)) from None
+
+
+def _explain(err: dict) -> str | None:
+    if err["type"] != "missing":
+        return None
+    return "required (the compose file to deploy with)" if err["loc"] == ("file",) else "required"
 
 
 # -- the compose binary ---------------------------------------------------------------------------

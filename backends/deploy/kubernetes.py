@@ -50,7 +50,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -59,11 +58,13 @@ from typing import Any, Callable, Literal, Protocol
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from bot.clock import Clock, SystemClock
 from bot.config import Service
 from bot.errors import BackendError, ConfigError
 from bot.models import BackendStatus
 from bot.ports import StepCallback
 from bot.redact import clip
+from bot.validation import error_lines
 
 from backends.deploy import pins
 
@@ -116,15 +117,9 @@ def load_settings(service: str, settings: Service) -> KubernetesBackendSettings:
     try:
         opts = KubernetesBackendSettings.model_validate(raw)
     except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            path = ".".join(str(p) for p in err["loc"])
-            msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                msg = "unknown setting (check the spelling)"
-            elif err["type"] == "string_pattern_mismatch":
-                msg = "not a valid Kubernetes name (lower case letters, digits and '-')"
-            lines.append(f"services.{service}.backend.{path}: {msg}")
+        lines = error_lines(exc, ("services", service, "backend"), messages={
+            "string_pattern_mismatch":
+                "not a valid Kubernetes name (lower case letters, digits and '-')"})
         raise ConfigError("\n".join(lines)) from None
     if opts.in_cluster and (opts.kubeconfig or opts.context):
         raise ConfigError(f"services.{service}.backend.in_cluster: cannot be combined with "
@@ -475,14 +470,6 @@ def _owned_by(obj: dict, owner: dict) -> bool:
 # -- the backend ----------------------------------------------------------------------------------
 
 
-class _MonotonicClock:
-    def monotonic(self) -> float:
-        return time.monotonic()
-
-    def sleep(self, seconds: float) -> None:
-        time.sleep(seconds)
-
-
 @dataclass
 class KubernetesBackend(pins.SeenBytes):
     """DeployBackend for one Deployment (one container of it) in one namespace."""
@@ -491,7 +478,7 @@ class KubernetesBackend(pins.SeenBytes):
     environment: str
     settings: Service
     api: KubeApi | None = None  # injected in tests; built from the kubeconfig on first use
-    clock: Any = field(default_factory=_MonotonicClock)
+    clock: Clock = field(default_factory=SystemClock)
     method: str = "Kubernetes"
 
     def __post_init__(self) -> None:

@@ -6,7 +6,7 @@ import math
 
 import httpx
 
-from bot.ports import MetricsUnavailable
+from bot.errors import MetricsUnavailable
 
 
 class PrometheusSource:

@@ -37,6 +37,9 @@ class HttpTracker:
     _post_comment, transition, current_account, _resolve and _check_access."""
 
     name = "tracker"
+    # Whether a wrong token may still read (a public Redmine project): then only asking whose
+    # the token is proves it works. Elsewhere every authenticated read answers 401 for it.
+    anonymous_reads = False
     # What a person must fix when the tracker refuses to say whose the credentials are (403).
     forbidden_whoami = "the account may be locked or deactivated, or the token lacks the scope to read its own profile"
 
@@ -147,6 +150,10 @@ class HttpTracker:
         tid = self.parse_ref(ticket_id)
         ticket, comments = self.http.parallel(lambda: self.get_ticket(tid), lambda: self.comments(tid))
         return ticket, comments
+
+    def changes_since(self, ticket_id: str, seen: list[Comment]) -> tuple[Ticket, list[Comment]]:
+        """A whole read; adapters whose API can list only the changed comments override it."""
+        return self.gate_data(ticket_id)
 
     def close(self) -> None:
         self.http.close()
@@ -279,6 +286,12 @@ def json_or_none(resp: Any) -> Any:
         return resp.json()
     except ValueError:
         return None
+
+
+def stays(before: str, status: str, only_from: str) -> bool:
+    """Whether a move to `status` is left out: already there, or no longer where it was seen."""
+    return before.casefold() == status.casefold() or bool(
+        only_from and before.casefold() != only_from.casefold())
 
 
 def refused_transition(tracker: str, ticket_id: str, current: str, status: str,

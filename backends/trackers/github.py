@@ -10,6 +10,7 @@ or a numeric id (GET /user/{id}): all digits always mean an id.
 from __future__ import annotations
 
 import re
+from datetime import timedelta, timezone
 from typing import Any, Mapping
 from urllib.parse import parse_qs, quote, urlsplit
 
@@ -18,7 +19,7 @@ from bot.models import Account, Comment, Ticket
 
 from backends.trackers import markup
 from backends.trackers.base import (HttpTracker, RawComment, json_or_none, only_status, refused_transition,
-                                    sort_oldest_first)
+                                    sort_oldest_first, stays)
 from backends.trackers.http import Http, base_url, parse_time, secret
 
 _REPO = r"[\w.-]+/[\w.-]+"
@@ -65,9 +66,14 @@ class GitHub(HttpTracker):
                 return name[len(self.prefix):].strip()
         return issue.get("state", "")  # no status label: open / closed
 
+    def _issue(self, tid: str) -> dict:
+        return self.http.json("GET", self._path(tid), ticket=tid, what="read the issue")
+
     def get_ticket(self, ticket_id: str) -> Ticket:
         tid = self.parse_ref(ticket_id)
-        issue = self.http.json("GET", self._path(tid), ticket=tid, what="read the issue")
+        return self._ticket(tid, self._issue(tid))
+
+    def _ticket(self, tid: str, issue: dict) -> Ticket:
         return Ticket(
             id=tid, title=issue.get("title", ""), status=self._status(issue),
             url=issue.get("html_url", ""),
@@ -77,9 +83,12 @@ class GitHub(HttpTracker):
             created_at=parse_time(issue["created_at"]) if issue.get("created_at") else None,
         )
 
-    def _page(self, tid: str, page: int):
+    def _page(self, tid: str, page: int, since: str = ""):
+        params: dict[str, Any] = {"per_page": PAGE, "page": page}
+        if since:
+            params["since"] = since
         return self.http.request("GET", f"{self._path(tid)}/comments", ticket=tid, what="read comments",
-                                 params={"per_page": PAGE, "page": page})
+                                 params=params)
 
     def _read_comments(self, ticket_id: str) -> list[RawComment]:
         return self._pages_from(ticket_id, 1)
@@ -87,13 +96,31 @@ class GitHub(HttpTracker):
     def _comments_after(self, ticket_id: str, offset: int) -> list[RawComment]:
         return self._pages_from(ticket_id, offset // PAGE + 1)
 
-    def _pages_from(self, ticket_id: str, start: int) -> list[RawComment]:
-        first = self._page(ticket_id, start)
+    def changes_since(self, ticket_id: str, seen: list[Comment]) -> tuple[Ticket, list[Comment]]:
+        """The issue and the comments updated at or after the newest creation time among `seen`
+        (the `since` parameter: a time GitHub itself wrote, so no clock skew), concurrently. The
+        issue's `comments` count proves none of `seen` was deleted; else a whole read."""
+        tid = self.parse_ref(ticket_id)
+        if not seen:
+            return self.gate_data(tid)
+        # a second earlier: GitHub keeps whole seconds
+        newest = max(c.created_at for c in seen).astimezone(timezone.utc) - timedelta(seconds=1)
+        since = newest.strftime("%Y-%m-%dT%H:%M:%SZ")
+        issue, recent = self.http.parallel(lambda: self._issue(tid),
+                                           lambda: self._pages_from(tid, 1, since))
+        now = {c.id: c for c in seen} | {raw.comment.id: raw.comment for raw in recent}
+        if len(now) != issue.get("comments"):  # one was deleted (or came in meanwhile)
+            return self.gate_data(tid)
+        return self._ticket(tid, issue), [raw.comment for raw in sort_oldest_first(
+            [RawComment(c) for c in now.values()])]
+
+    def _pages_from(self, ticket_id: str, start: int, since: str = "") -> list[RawComment]:
+        first = self._page(ticket_id, start, since)
         responses = [first]
         last = first.links.get("last", {}).get("url")
         if last:  # `last` names the final page: fetch the rest at once
             count = int(parse_qs(urlsplit(last).query).get("page", ["1"])[0])
-            responses += self.http.parallel(*[lambda p=p: self._page(ticket_id, p)
+            responses += self.http.parallel(*[lambda p=p: self._page(ticket_id, p, since)
                                               for p in range(start + 1, count + 1)])
         else:  # no `last` (some proxies drop it): follow `next`
             nxt = first.links.get("next", {}).get("url")
@@ -123,12 +150,12 @@ class GitHub(HttpTracker):
         self.http.request("POST", f"{self._path(ticket_id)}/comments", ticket=ticket_id, idempotent=False,
                           what="add a comment", json={"body": markup.with_marker(markdown, key)})
 
-    def transition(self, ticket_id: str, status: str) -> None:
+    def transition(self, ticket_id: str, status: str, *, only_from: str = "") -> str:
         tid = self.parse_ref(ticket_id)
-        issue = self.http.json("GET", self._path(tid), ticket=tid, what="read the issue")
+        issue = self._issue(tid)
         before = self._status(issue)
-        if before.casefold() == status.casefold():
-            return
+        if stays(before, status, only_from):
+            return before
         if self.statuses and status.casefold() not in {s.casefold() for s in self.statuses}:
             raise refused_transition(self.name, tid, before, status, self.statuses,
                                      fix="add it to tracker.statuses or use one of those")
@@ -150,6 +177,7 @@ class GitHub(HttpTracker):
         self._settle_status(tid, status, between, send)
         if not self._answer_shows(answers, status):  # else the answer proves it: no re-read
             self._moved_or_fail(tid, status, before, hint="another actor changed the labels at the same time; retry")
+        return before
 
     def _answer_shows(self, answers: list[Any], status: str) -> bool:
         """Whether the labels POST answered with the issue's labels, `status` its only status."""

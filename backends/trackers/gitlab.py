@@ -18,7 +18,7 @@ from bot.models import Account, Comment, Ticket
 
 from backends.trackers import markup
 from backends.trackers.base import (HttpTracker, RawComment, json_or_none, only_status, refused_transition,
-                                    sort_oldest_first)
+                                    sort_oldest_first, stays)
 from backends.trackers.http import Http, base_url, parse_time, secret
 
 _PROJECT = r"[\w.-]+(?:/[\w.-]+)+"
@@ -69,7 +69,9 @@ class GitLab(HttpTracker):
 
     def get_ticket(self, ticket_id: str) -> Ticket:
         tid = self.parse_ref(ticket_id)
-        issue = self._issue(tid)
+        return self._ticket(tid, self._issue(tid))
+
+    def _ticket(self, tid: str, issue: dict) -> Ticket:
         return Ticket(id=tid, title=issue.get("title", ""), status=self._status(issue),
                       url=issue.get("web_url", ""), labels=list(issue.get("labels") or []),
                       description=issue.get("description") or "", fields={"state": issue.get("state", "")},
@@ -84,8 +86,13 @@ class GitLab(HttpTracker):
         return self._pages_from(ticket_id, 1)
 
     def _comments_after(self, ticket_id: str, offset: int) -> list[RawComment]:
-        # offset counts comments without system notes: an earlier page, never a later one
-        return self._pages_from(ticket_id, offset // PAGE + 1)
+        """The newest page, newest first (system notes would push the offset's page later): it
+        reaches back to the whole read's newest unless a page of notes came since, which the
+        caller checks."""
+        resp = self.http.request("GET", f"{self._path(ticket_id)}/notes", ticket=ticket_id,
+                                 what="read the newest comments",
+                                 params={"per_page": PAGE, "page": 1, "sort": "desc", "order_by": "created_at"})
+        return [self._raw(note) for note in resp.json() if not note.get("system")]
 
     def _pages_from(self, ticket_id: str, start: int) -> list[RawComment]:
         first = self._page(ticket_id, start)
@@ -106,26 +113,61 @@ class GitLab(HttpTracker):
                 if note.get("system") or note["id"] in seen:
                     continue
                 seen.add(note["id"])
-                author = note.get("author") or {}
-                body = note.get("body") or ""
-                raws.append(RawComment(
-                    Comment(id=str(note["id"]), author=str(author.get("id", "")),
-                            author_name=author.get("name", ""), body=markup.strip_markers(body),
-                            created_at=parse_time(note["created_at"])),
-                    markup.markers(body),
-                ))
+                raws.append(self._raw(note))
         return sort_oldest_first(raws)
+
+    @staticmethod
+    def _raw(note: dict) -> RawComment:
+        author = note.get("author") or {}
+        body = note.get("body") or ""
+        return RawComment(
+            Comment(id=str(note["id"]), author=str(author.get("id", "")),
+                    author_name=author.get("name", ""), body=markup.strip_markers(body),
+                    created_at=parse_time(note["created_at"])),
+            markup.markers(body),
+        )
+
+    def changes_since(self, ticket_id: str, seen: list[Comment]) -> tuple[Ticket, list[Comment]]:
+        """The issue and the notes by last update, newest first, down to the newest creation
+        time among `seen` (a time GitLab itself wrote, so no clock skew); the issue's
+        `user_notes_count` proves none of `seen` was deleted. Anything less sure: a whole read."""
+        tid = self.parse_ref(ticket_id)
+        if not seen:
+            return self.gate_data(tid)
+        since = max(c.created_at for c in seen)
+        issue, first = self.http.parallel(lambda: self._issue(tid), lambda: self._recent(tid, 1))
+        now = {c.id: c for c in seen}
+        page, resp = 1, first
+        while True:
+            notes = resp.json()
+            for note in notes:
+                if not note.get("system"):
+                    now[str(note["id"])] = self._raw(note).comment
+            older = any(parse_time(n["updated_at"]) < since for n in notes)
+            if older or not notes or not resp.headers.get("x-next-page"):
+                break
+            page += 1
+            resp = self._recent(tid, page)
+        if len(now) != issue.get("user_notes_count"):  # one was deleted (or came in meanwhile)
+            return self.gate_data(tid)
+        return self._ticket(tid, issue), [raw.comment for raw in sort_oldest_first(
+            [RawComment(c) for c in now.values()])]
+
+    def _recent(self, tid: str, page: int):
+        return self.http.request("GET", f"{self._path(tid)}/notes", ticket=tid, what="read comments",
+                                 params={"per_page": PAGE, "page": page, "sort": "desc",
+                                         "order_by": "updated_at"})
 
     def _post_comment(self, ticket_id: str, markdown: str, key: str) -> None:
         self.http.request("POST", f"{self._path(ticket_id)}/notes", ticket=ticket_id, idempotent=False,
                           what="add a comment", json={"body": markup.with_marker(markdown, key)})
 
-    def transition(self, ticket_id: str, status: str) -> None:
+    def transition(self, ticket_id: str, status: str, *, only_from: str = "") -> str:
         tid = self.parse_ref(ticket_id)
         issue = self._issue(tid)
         before = self._status(issue)
-        if before.casefold() == status.casefold():
-            return
+        if stays(before, status, only_from):
+            return before
         if self.statuses and status.casefold() not in {s.casefold() for s in self.statuses}:
             raise refused_transition(self.name, tid, before, status, self.statuses,
                                      fix="add it to tracker.statuses or use one of those")
@@ -137,6 +179,7 @@ class GitLab(HttpTracker):
             json={"add_labels": f"{self.prefix}{status}", "remove_labels": ",".join(old)})))
         if not self._answer_shows(answers, status):  # else the answer proves it: no re-read
             self._moved_or_fail(tid, status, before, hint="another actor changed the labels at the same time; retry")
+        return before
 
     def _answer_shows(self, answers: list[Any], status: str) -> bool:
         """Whether the PUT answered with the issue, `status` its only status label."""

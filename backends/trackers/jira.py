@@ -27,7 +27,7 @@ from bot.errors import InputError, TrackerError
 from bot.models import Account, Comment, Ticket
 
 from backends.trackers import markup
-from backends.trackers.base import HttpTracker, RawComment, refused_transition, sort_oldest_first
+from backends.trackers.base import HttpTracker, RawComment, refused_transition, sort_oldest_first, stays
 from backends.trackers.http import Http, base_url, parse_time, secret
 
 _KEY = re.compile(r"([A-Za-z][A-Za-z0-9_]*)-(\d+)")
@@ -47,6 +47,8 @@ class Jira(HttpTracker):
         self.api = "/rest/api/3" if cloud else "/rest/api/2"
         self.project = project.upper()
         self._me = ""  # deploybot's own account id, read once: whose comments may carry a key
+        # ticket -> (newest comment id, deploybot's comment ids) of the last whole read
+        self._mine_at_read: dict[str, tuple[int, tuple[str, ...]]] = {}
 
     # -- references --------------------------------------------------------------------------
 
@@ -128,18 +130,60 @@ class Jira(HttpTracker):
 
     # -- post-once keys ----------------------------------------------------------------------
 
+    def _read_all(self, ticket_id: str) -> list[RawComment]:
+        raws = super()._read_all(ticket_id)
+        if self._me and raws:
+            mine = tuple(r.comment.id for r in raws if r.comment.author == self._me)
+            with self._last_read_lock:
+                self._mine_at_read[ticket_id] = (max(int(r.comment.id) for r in raws), mine)
+        return raws
+
     def _has_key(self, ticket_id: str, token: str) -> bool:
+        """After a whole read (the checklist's, the re-check's): the newest comments down to
+        that read's newest (orderBy=-created, one page as a rule), then the properties of
+        deploybot's comments only (those the read saw and those since). Else every comment."""
+        with self._last_read_lock:
+            last, seen = self._last_read.get(ticket_id), self._mine_at_read.get(ticket_id)
+        if last is not None and seen is not None and self._me:
+            tail = self._newest_down_to(ticket_id, seen[0])
+            if tail is not None:
+                if token in last.keys or any(token in raw.keys for raw in tail):
+                    return True
+                ids = list(dict.fromkeys([*seen[1], *(raw.comment.id for raw in tail
+                                                      if raw.comment.author == self._me)]))
+                return self._key_among(ids, token)
+        return self._key_in_every_comment(ticket_id, token)
+
+    def _newest_down_to(self, ticket_id: str, newest_id: int, pages: int = 3) -> list[RawComment] | None:
+        """The comments newer than `newest_id` and at least one not newer (proof that the page
+        reaches back); None when `pages` pages do not reach back."""
+        raws: list[RawComment] = []
+        for n in range(pages):
+            page = self.http.json("GET", f"{self.api}/issue/{ticket_id}/comment", ticket=ticket_id,
+                                  what="read the newest comments",
+                                  params={"startAt": n * PAGE, "maxResults": PAGE, "orderBy": "-created"})
+            got = [self._raw(c) for c in page.get("comments") or []]
+            raws += got
+            if any(int(raw.comment.id) <= newest_id for raw in got):
+                return raws
+            if not got or n * PAGE + len(got) >= int(page.get("total", 0)):
+                return None  # every comment the read saw is gone: nothing reaches back
+        return None
+
+    def _key_among(self, ids: list[str], token: str) -> bool:
+        if not ids:
+            return False
+        if self.cloud:
+            return token in self._keys_in_bulk(ids)
+        return self._key_one_by_one(list(reversed(ids)), token)
+
+    def _key_in_every_comment(self, ticket_id: str, token: str) -> bool:
         raws = self._read_comments(ticket_id)
         if any(token in raw.keys for raw in raws):
             return True
         if not self._me:
             self._me = self.current_account().id
-        mine = [raw.comment.id for raw in raws if raw.comment.author == self._me]
-        if not mine:
-            return False
-        if self.cloud:
-            return token in self._keys_in_bulk(mine)
-        return self._key_one_by_one(list(reversed(mine)), token)
+        return self._key_among([raw.comment.id for raw in raws if raw.comment.author == self._me], token)
 
     def _keys_in_bulk(self, ids: list[str]) -> set[str]:
         """Cloud: the deploybot property of these comments, through "Get comments by IDs"; a
@@ -185,13 +229,15 @@ class Jira(HttpTracker):
             json={"body": body, "properties": [{"key": PROPERTY, "value": {"key": key}}]},
         )
 
-    def transition(self, ticket_id: str, status: str) -> None:
+    def transition(self, ticket_id: str, status: str, *, only_from: str = "") -> str:
         key = self.parse_ref(ticket_id)
-        before = self.get_ticket(key).status
-        if before.casefold() == status.casefold():
-            return
-        data = self.http.json("GET", f"{self.api}/issue/{key}/transitions", ticket=key,
-                              what="list workflow transitions")
+        # the status and the transitions offered from it, in one request
+        data = self.http.json("GET", f"{self.api}/issue/{key}", ticket=key,
+                              what="read the status and its workflow transitions",
+                              params={"fields": "status", "expand": "transitions"})
+        before = ((data.get("fields") or {}).get("status") or {}).get("name", "")
+        if stays(before, status, only_from):
+            return before
         options = data.get("transitions") or []
         match = [t for t in options if (t.get("to") or {}).get("name", "").casefold() == status.casefold()]
         match = match or [t for t in options if t.get("name", "").casefold() == status.casefold()]
@@ -209,6 +255,7 @@ class Jira(HttpTracker):
             what=f"move to {status!r}", json={"transition": {"id": str(match[0]["id"])}}))
         self._moved_or_fail(key, target, before,
                             hint="a workflow validator or post function may have refused it")
+        return before
 
     def add_labels(self, ticket_id: str, labels: list[str]) -> None:
         key = self.parse_ref(ticket_id)
@@ -239,7 +286,9 @@ class Jira(HttpTracker):
         me = self._whoami("GET", f"{self.api}/myself") or {}
         if not self._stable_id(me):
             raise self.credentials_error(None)
-        return self._account(me)
+        account = self._account(me)
+        self._me = account.id  # the post-once check needs it: no second request for it
+        return account
 
     def _check_access(self) -> None:
         if self.project:

@@ -25,7 +25,7 @@ import httpx
 from bot.errors import InputError, TrackerError
 from bot.models import Account, Comment, Ticket
 
-from backends.trackers.base import HttpTracker, RawComment, refused_transition, sort_oldest_first
+from backends.trackers.base import HttpTracker, RawComment, refused_transition, sort_oldest_first, stays
 from backends.trackers.http import Http, base_url, parse_time, parse_wait, secret
 
 _ID = re.compile(r"([A-Za-z][A-Za-z0-9]*)-(\d+)")
@@ -49,6 +49,8 @@ LABELS_Q = """query Labels($names: [String!]) {
 CREATE_M = """mutation Comment($input: CommentCreateInput!) {
   commentCreate(input: $input) { success comment { id } } }"""
 
+COMMENT_Q = """query CommentById($id: String!) { comment(id: $id) { id } }"""
+
 VIEWER_Q = "query Viewer { viewer { id name displayName } }"
 
 USER_Q = """query User($id: String!) { user(id: $id) { id name displayName } }"""
@@ -60,7 +62,7 @@ _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}
 _HANDLE = re.compile(r"[^\s@]\S{0,99}")
 
 UPDATE_M = """mutation Update($id: String!, $input: IssueUpdateInput!) {
-  issueUpdate(id: $id, input: $input) { success } }"""
+  issueUpdate(id: $id, input: $input) { success issue { state { name } } } }"""
 
 
 def _rate_limited(resp: httpx.Response, now: float) -> float | None:
@@ -86,6 +88,7 @@ class Linear(HttpTracker):
         super().__init__(http)
         self.team = team.upper()
         self.web_host = web_host
+        self._uuids: dict[str, str] = {}  # identifier -> the issue's UUID
 
     def parse_ref(self, text: str) -> str:
         value = (text or "").strip()
@@ -134,7 +137,12 @@ class Linear(HttpTracker):
         issue = self._gql(ISSUE_Q, {"id": ident}, ticket=ident, what="read the issue").get("issue")
         if not issue:
             raise TrackerError(f"Linear has no issue {ident}", hint="check the issue identifier")
+        self._uuids[ident] = issue["id"]
         return issue
+
+    def _uuid(self, ident: str) -> str:
+        """The issue's id (a UUID: it never changes), read once; comments are posted to it."""
+        return self._uuids.get(ident) or self._issue(ident)["id"]
 
     def get_ticket(self, ticket_id: str) -> Ticket:
         ident = self.parse_ref(ticket_id)
@@ -173,30 +181,41 @@ class Linear(HttpTracker):
         digest = hashlib.sha256(f"deploybot:{ticket_id}:{key}".encode()).digest()
         return str(uuid.UUID(bytes=digest[:16], version=4))  # Linear wants v4-shaped UUIDs
 
+    def _has_key(self, ticket_id: str, token: str) -> bool:
+        """The key is the comment's own id: ask for that comment, one request."""
+        found = self._gql(COMMENT_Q, {"id": token}, what="look for an earlier comment",
+                          missing_ok=True).get("comment")
+        return bool(found and found.get("id") == token)
+
     def _post_comment(self, ticket_id: str, markdown: str, key: str) -> None:
-        issue_id = self._issue(ticket_id)["id"]
+        issue_id = self._uuid(ticket_id)
         data = self._gql(CREATE_M, {"input": {"id": key, "issueId": issue_id, "body": markdown}},
                          ticket=ticket_id, what="add a comment", idempotent=False)
         if not (data.get("commentCreate") or {}).get("success"):
             raise TrackerError(f"Linear did not add the comment to {ticket_id}", hint="retry; see Linear's status")
 
-    def transition(self, ticket_id: str, status: str) -> None:
+    def transition(self, ticket_id: str, status: str, *, only_from: str = "") -> str:
         ident = self.parse_ref(ticket_id)
         issue = self._gql(STATES_Q, {"id": ident}, ticket=ident, what="list workflow states").get("issue")
         if not issue:
             raise TrackerError(f"Linear has no issue {ident}", hint="check the issue identifier")
         before = (issue.get("state") or {}).get("name", "")
-        if before.casefold() == status.casefold():
-            return
+        if stays(before, status, only_from):
+            return before
         states = ((issue.get("team") or {}).get("states") or {}).get("nodes") or []
         match = [s for s in states if s["name"].casefold() == status.casefold()]
         if not match:
             raise refused_transition(self.name, ident, before, status, [s["name"] for s in states],
                                      fix="add that state to the team's workflow or use one of those")
-        self._settle_status(ident, status, before, lambda: self._gql(
+        answers: list[dict] = []
+        self._settle_status(ident, status, before, lambda: answers.append(self._gql(
             UPDATE_M, {"id": issue["id"], "input": {"stateId": match[0]["id"]}}, ticket=ident,
-            write=True, what=f"move to {status!r}"))
-        self._moved_or_fail(ident, status, before, hint="an automation may have moved it back")
+            write=True, what=f"move to {status!r}")))
+        now = ((((answers[-1] if answers else {}).get("issueUpdate") or {}).get("issue") or {})
+               .get("state") or {}).get("name", "")
+        if now.casefold() != status.casefold():  # else the answer proves it: no re-read
+            self._moved_or_fail(ident, status, before, hint="an automation may have moved it back")
+        return before
 
     def add_labels(self, ticket_id: str, labels: list[str]) -> None:
         ident = self.parse_ref(ticket_id)

@@ -16,6 +16,8 @@ from bot.errors import InputError, TrackerError
 from bot.models import Account, Comment, Ticket
 from bot.store import Store
 
+from backends.trackers.base import stays
+
 TICKET_RE = re.compile(r"^(?P<project>[A-Z][A-Z0-9_]{0,19})-(?P<number>[1-9][0-9]{0,8})$")
 PROJECT_RE = re.compile(r"^[A-Z][A-Z0-9_]{0,19}$")
 SCHEMA_KEY = "local_tracker_schema"
@@ -82,6 +84,9 @@ class LocalTracker:
     def gate_data(self, ticket_id: str) -> tuple[Ticket, list[Comment]]:
         return self.get_ticket(ticket_id), self.comments(ticket_id)
 
+    def changes_since(self, ticket_id: str, seen: list[Comment]) -> tuple[Ticket, list[Comment]]:
+        return self.gate_data(ticket_id)  # one local query: nothing to save
+
     def add_comment(self, ticket_id: str, markdown: str, *, key: str = "",
                     author: str = "deploybot") -> str:
         ticket_id = self.parse_ref(ticket_id)
@@ -99,15 +104,17 @@ class LocalTracker:
                 "created_at": self.store.now().astimezone(timezone.utc).isoformat(),
             }).last_pk)
 
-    def transition(self, ticket_id: str, status: str) -> None:
+    def transition(self, ticket_id: str, status: str, *, only_from: str = "") -> str:
         canonical = next((s for s in STATUSES if s.casefold() == status.strip().casefold()), None)
         if canonical is None:
             raise TrackerError(f"local tracker: {status!r} is not a status",
                                hint=f"statuses: {', '.join(STATUSES)}")
         ticket_id = self.parse_ref(ticket_id)
-        with self.store.transaction() as db:
-            self._row(ticket_id)
-            db["tickets"].update(ticket_id, {"status": canonical})
+        with self.store.transaction() as db:  # the check and the move together
+            before = self._row(ticket_id)["status"]
+            if not stays(before, canonical, only_from):
+                db["tickets"].update(ticket_id, {"status": canonical})
+        return before
 
     def add_labels(self, ticket_id: str, labels: list[str]) -> None:
         ticket_id = self.parse_ref(ticket_id)

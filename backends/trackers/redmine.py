@@ -28,7 +28,7 @@ from bot.errors import ConfigError, InputError, TrackerError
 from bot.models import Account, Comment, Ticket
 
 from backends.trackers import markup
-from backends.trackers.base import HttpTracker, RawComment, sort_oldest_first
+from backends.trackers.base import HttpTracker, RawComment, sort_oldest_first, stays
 from backends.trackers.http import Http, base_url, parse_time, secret
 
 _REF = re.compile(r"#?(\d+)")
@@ -40,6 +40,7 @@ RESOLVE_HINT = ("in people:, give the numeric Redmine user id (shown in the prof
 
 class Redmine(HttpTracker):
     name = "Redmine"
+    anonymous_reads = True  # a public project answers a wrong key's reads as anonymous
 
     def __init__(self, http: Http, url: str, project: str = "", markup: str | None = None) -> None:
         super().__init__(http)
@@ -135,7 +136,7 @@ class Redmine(HttpTracker):
             self._statuses = {s["name"].casefold(): (s["id"], s["name"]) for s in data["issue_statuses"]}
         return self._statuses
 
-    def transition(self, ticket_id: str, status: str) -> None:
+    def transition(self, ticket_id: str, status: str, *, only_from: str = "") -> str:
         tid = self.parse_ref(ticket_id)
         statuses = self._status_ids()
         if status.casefold() not in statuses:
@@ -143,8 +144,8 @@ class Redmine(HttpTracker):
             raise TrackerError(f"Redmine has no issue status {status!r} (ticket #{tid})",
                                hint=f"use one of {names} or create it in Administration » Issue statuses")
         before = self.get_ticket(tid).status
-        if before.casefold() == status.casefold():
-            return
+        if stays(before, status, only_from):
+            return before
         self._settle_status(tid, status, before, lambda: self.http.request(
             "PUT", f"/issues/{tid}.json", json={"issue": {"status_id": statuses[status.casefold()][0]}},
             ticket=f"#{tid}", write=True, what=f"set the status to {status!r}"))
@@ -154,6 +155,7 @@ class Redmine(HttpTracker):
             hint=f"the workflow does not let the API user's role move {before!r} -> {status!r}: "
                  "allow it in Administration » Workflow, or move the issue by hand",
         )
+        return before
 
     def add_labels(self, ticket_id: str, labels: list[str]) -> None:
         raise TrackerError(f"Redmine has no labels (ticket #{self.parse_ref(ticket_id)})",

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from bot.errors import DeliveryError, TrackerError
 from bot.models import CheckResult, Deployment
+
+from backends.trackers.base import stays
 from fakes.core import RecordingReporter
 from fakes.tracker import MemoryTracker
 
@@ -39,10 +41,12 @@ class FlakyTracker(MemoryTracker):
         self.posts.append((ticket_id, key))
         self.say(ticket_id, "deploybot", markdown)
 
-    def transition(self, ticket_id: str, status: str) -> None:
+    def transition(self, ticket_id: str, status: str, *, only_from: str = "") -> str:
         self._reach(ticket_id)
-        self.moves.append((ticket_id, status))
-        super().transition(ticket_id, status)
+        before = super().transition(ticket_id, status, only_from=only_from)
+        if not stays(before, status, only_from):  # the moves made, not the calls
+            self.moves.append((ticket_id, status))
+        return before
 
 
 @dataclass

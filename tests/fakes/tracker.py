@@ -9,6 +9,8 @@ from datetime import datetime, timedelta, timezone
 from bot.errors import InputError, TrackerError
 from bot.models import Account, Comment, Ticket
 
+from backends.trackers.base import stays
+
 T0 = datetime(2026, 3, 3, 10, tzinfo=timezone.utc)
 
 
@@ -69,6 +71,9 @@ class MemoryTracker:
     def gate_data(self, ticket_id: str) -> tuple[Ticket, list[Comment]]:
         return self.get_ticket(ticket_id), self.comments(ticket_id)
 
+    def changes_since(self, ticket_id: str, seen: list[Comment]) -> tuple[Ticket, list[Comment]]:
+        return self.gate_data(ticket_id)
+
     def add_comment(self, ticket_id: str, markdown: str, *, key: str) -> None:
         if not self.credentials_ok:
             raise TrackerError("Redmine answered 401 Unauthorized")
@@ -77,9 +82,11 @@ class MemoryTracker:
         self.keys.add((ticket_id, key))
         self.say(ticket_id, "deploybot", markdown)
 
-    def transition(self, ticket_id: str, status: str) -> None:
+    def transition(self, ticket_id: str, status: str, *, only_from: str = "") -> str:
         t = self.tickets[ticket_id]
-        self.tickets[ticket_id] = Ticket(t.id, t.title, status, t.url)
+        if not stays(t.status, status, only_from):
+            self.tickets[ticket_id] = Ticket(t.id, t.title, status, t.url)
+        return t.status
 
     def add_labels(self, ticket_id: str, labels: list[str]) -> None:
         raise TrackerError("no labels")

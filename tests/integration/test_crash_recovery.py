@@ -302,7 +302,8 @@ def restarting_service(service):  # noqa: F811
     settings["backend"]["restart_policy"] = "unless-stopped"
     with HealthGate(service.base) as gate:
         settings["health"]["url"] = gate.url
-        settings["verify"] = {"timeout": 60, "interval": 0.5}
+        # A held 503 is "up and failing"; these tests need verification still undecided.
+        settings["verify"] = {"timeout": 60, "interval": 0.5, "failing_probes": None}
         service.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         service.health_gate = gate
         try:
@@ -335,7 +336,7 @@ def test_engine_down_for_the_whole_window_is_rollback_failed_then_recovered(
         restarting_service, http_get):
     bot, web = restarting_service, restarting_service.name
     config = yaml.safe_load(bot.config_path.read_text())
-    config["services"][web]["verify"] = {"timeout": 15, "interval": 0.5}
+    config["services"][web]["verify"] = {"timeout": 15, "interval": 0.5, "failing_probes": None}
     bot.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     bot("deploy", bot.ready_ticket("v1"), f"{web}@v1")
     bot.health_gate.hold.add("v2")  # v2 never passes here

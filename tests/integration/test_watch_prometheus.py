@@ -16,7 +16,7 @@ import httpx
 import pytest
 import yaml
 
-from bot.ports import MetricsUnavailable
+from bot.errors import MetricsUnavailable
 from backends.monitoring.prometheus import PrometheusSource
 from tests.conftest import free_port
 from tests.integration.test_docker_deploys import Deploybot

@@ -106,3 +106,22 @@ def test_example_configuration_is_valid():
     from pathlib import Path
     cfg = configuration.load(Path(__file__).resolve().parents[2] / "examples" / "deploybot.yaml")
     assert "web" in cfg.services
+
+
+def test_backend_settings_errors_read_like_the_config_file():
+    """bot/validation.py: the one formatter of config, Compose and Kubernetes settings."""
+    from pydantic import BaseModel, ConfigDict, ValidationError
+
+    from bot.validation import error_lines
+
+    class Settings(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        name: str
+
+    try:
+        Settings.model_validate({"nmae": "x"})
+    except ValidationError as exc:
+        lines = error_lines(exc, ("services", "web", "backend"),
+                            explain=lambda e: "required" if e["type"] == "missing" else None)
+    assert lines == ["services.web.backend.name: required",
+                     "services.web.backend.nmae: unknown setting (check the spelling)"]

@@ -389,8 +389,7 @@ def test_the_bytes_deployed_are_recorded_and_an_automatic_rollback_restores_them
     assert f"Bytes deployed: demo-web:v2 = sha256:{'2' * 64}" in d.record
     # v2's tag is pushed again with other bytes; then a bad v3 fails verification
     world.backend.digests["v2"] = "sha256:" + "9" * 64
-    bad = FakeProbe(world.backend, bad={"v3"})
-    world.pipeline.probe = bad
+    world.pipeline.probe.bad.add("v3")
     d = world.deploy(world.ready(), target="web@v3")
     assert d.status is DeploymentStatus.ROLLED_BACK
     assert world.backend.pins[-1] == "sha256:" + "2" * 64  # the bytes that ran, not the tag's

@@ -99,7 +99,8 @@ def test_waiting_deployments_queue_with_a_visible_position_and_start_in_turn(wor
     assert world.pipeline.queue_position(first) == 1
     assert world.pipeline.queue_position(second) == 2
     assert ("step", "queued for env:staging, position 2: env:staging is held by bob since "
-                    "2026-11-26 12:00 UTC (a manual lock: db migration)") in world.reporter.events
+                    "2026-11-26 12:00 UTC (a manual lock: db migration); to lift it: "
+                    "deploybot unlock staging --reason REASON") in world.reporter.events
     # Without --queue the old behaviour: blocked, with who holds the lock.
     blocked = world.pipeline.run(world.request(world.ticket()).id)
     assert blocked.status is DeploymentStatus.BLOCKED and "held by bob" in blocked.failure

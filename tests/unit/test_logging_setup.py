@@ -147,10 +147,10 @@ def test_the_context_crosses_into_threads_started_with_in_thread(collected):
 
 @pytest.mark.realtime  # the heartbeat thread waits on the real clock (1 ms here)
 def test_the_heartbeat_thread_logs_inside_the_deployment(collected, monkeypatch):
-    from bot import scheduler
+    from bot import locks
 
     log, seen = collected
-    monkeypatch.setattr(scheduler, "log", log)
+    monkeypatch.setattr(locks, "log", log)
     beats = threading.Event()
 
     class FailingStore:
@@ -163,8 +163,8 @@ def test_the_heartbeat_thread_logs_inside_the_deployment(collected, monkeypatch)
                 raise OSError("disk full")
 
     with logcontext.deployment(3, "DEMO-3"):
-        beat = scheduler.Heartbeat(FailingStore(), 3, ttl=0.01)
-        monkeypatch.setattr(scheduler, "max", lambda *_: 0.001, raising=False)
+        beat = locks.Heartbeat(FailingStore(), 3, ttl=0.01)
+        monkeypatch.setattr(locks, "max", lambda *_: 0.001, raising=False)
         with beat:
             assert beats.wait(5)
     failed = [r for r in seen if "heartbeat" in r.getMessage()]

@@ -7,7 +7,7 @@ import pytest
 
 from backends.deploy.docker import usage_from_stats
 from backends.monitoring.prometheus import PrometheusSource
-from bot.ports import MetricsUnavailable
+from bot.errors import MetricsUnavailable
 
 
 def source(handler) -> PrometheusSource:

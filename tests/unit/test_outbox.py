@@ -186,7 +186,7 @@ def test_retry_after_is_honoured(tmp_path):
     world = World(tmp_path, durable=True)
     d = _deployment(world)
     world.reporter.down, world.reporter.retry_after = "ratelimited", 42
-    world.pipeline._tell("alert", d, "rollback!")
+    world.pipeline.report.alert(d, "rollback!")
     item = world.outbox.undelivered()[0]
     assert (item.next_attempt_at - world.clock.now()).total_seconds() == 42
     assert "ratelimited" in item.last_error
@@ -329,13 +329,13 @@ def test_blocked_and_its_messages_are_stored_together_or_not_at_all(tmp_path, mo
         raise RuntimeError("the process died here")
     monkeypatch.setattr(world.outbox, "enqueue", crash)
     with pytest.raises(RuntimeError):
-        world.pipeline._block(d, [blocker])
+        world.pipeline.finishing.block(d, [blocker])
     assert world.store.deployment(d.id).status is DeploymentStatus.CHECKING  # neither
     assert world.outbox.undelivered() == [] and world.reporter.events == []
     monkeypatch.undo()
     world.reporter.down = "Slack unreachable"
     world.tracker.down = "connection refused"
-    d = world.pipeline._block(d, [blocker])
+    d = world.pipeline.finishing.block(d, [blocker])
     assert d.status is DeploymentStatus.BLOCKED  # both
     waiting = world.outbox.undelivered()
     assert [(i.kind, i.payload.get("event")) for i in waiting] == [

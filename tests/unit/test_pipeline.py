@@ -32,18 +32,20 @@ CONFIG = {
 
 
 class World:
-    def __init__(self, tmp_path, decisions=None, overrides=None):
+    def __init__(self, tmp_path, decisions=None, overrides=None, backend=None, probe=None,
+                 **pipeline_args):
         data = {**CONFIG, **(overrides or {})}
         self.config = configuration.parse(data)
         self.store = Store(tmp_path / "deploybot.db")
         self.tracker = LocalTracker(self.store)
-        self.backend = FakeBackend()
-        self.probe = FakeProbe(self.backend)
+        self.backend = backend or FakeBackend()
+        self.probe = probe or FakeProbe(self.backend)
         self.reporter = RecordingReporter()
         self.approver = ScriptedApprover(list(decisions or []))
         self.pipeline = Pipeline(config=self.config, store=self.store, tracker=self.tracker,
                                  backend_for=lambda s, e: self.backend, reporter=self.reporter,
-                                 approver=self.approver, probe=self.probe, clock=InstantClock())
+                                 approver=self.approver, probe=self.probe, clock=InstantClock(),
+                                 **pipeline_args)
 
     def ticket(self, *, status="Ready for Production", cq="bob", qa="carol", extra=()):
         tid = self.tracker.create_ticket("Ship it", status=status)

@@ -328,7 +328,7 @@ def test_a_stop_during_verification_completes_or_rolls_back(world, bad, outcome)
 def test_an_unexpected_error_during_verification_is_rolled_back(world, monkeypatch):
     def broken(*a, **kw) -> VerificationResult:
         raise RuntimeError("a bug")
-    monkeypatch.setattr("bot.pipeline.verify", broken)
+    monkeypatch.setattr("bot.rollout.verify", broken)
     d = world.pipeline.run(world.request(world.ticket()).id)
     assert d.status is DeploymentStatus.ROLLED_BACK and world.backend.running == "v1"
     assert "internal error while verifying: a bug" in d.failure
@@ -503,11 +503,11 @@ def test_a_recovery_that_crashes_says_so_without_a_traceback_and_is_retried(worl
 
 def test_a_deployment_that_finished_but_died_before_its_record_gets_it_from_the_next_process(world):
     d = world.request(world.ticket(), target="web@v2")
-    finish = world.pipeline._finish
-    world.pipeline._finish = lambda *a, **kw: (_ for _ in ()).throw(Killed())
+    finish = world.pipeline.finishing.finish
+    world.pipeline.finishing.finish = lambda *a, **kw: (_ for _ in ()).throw(Killed())
     with pytest.raises(Killed):  # killed right after the final status, before the record
         world.pipeline.run(d.id)
-    world.pipeline._finish = finish
+    world.pipeline.finishing.finish = finish
     d = world.store.deployment(d.id)
     assert d.status is DeploymentStatus.SUCCEEDED and not d.record
     world.store.update_deployment(d.id, owner_pid=dead_pid())
@@ -520,7 +520,7 @@ def test_a_deployment_that_finished_but_died_before_its_record_gets_it_from_the_
 
 def test_a_finished_deployment_whose_process_still_runs_is_left_to_it(world):
     d = world.request(world.ticket(), target="web@v2")
-    world.pipeline._finish = lambda *a, **kw: (_ for _ in ()).throw(Killed())
+    world.pipeline.finishing.finish = lambda *a, **kw: (_ for _ in ()).throw(Killed())
     with pytest.raises(Killed):
         world.pipeline.run(d.id)
     # its owner is this (live) process: it may still be writing the record
@@ -529,7 +529,7 @@ def test_a_finished_deployment_whose_process_still_runs_is_left_to_it(world):
 
 def test_a_finished_deployment_whose_recovering_process_still_runs_is_left_to_it(world):
     d = world.request(world.ticket(), target="web@v2")
-    world.pipeline._finish = lambda *a, **kw: (_ for _ in ()).throw(Killed())
+    world.pipeline.finishing.finish = lambda *a, **kw: (_ for _ in ()).throw(Killed())
     with pytest.raises(Killed):
         world.pipeline.run(d.id)
     # the owner died; a live process has claimed it and is writing the record right now

@@ -146,7 +146,7 @@ def test_integrity_checks_get_the_allow_list_by_default(tmp_path):
                         approver=ScriptedApprover(), probe=FakeProbe(backend), environ=ENVIRON)
     d, _ = pipeline.store.create_deployment(ticket_id="7", service="web", version="v2",
                                             environment="staging", requested_by="alice")
-    run = pipeline._watcher(d, backend).run
+    run = pipeline.rollout.watcher(d, backend).run
     code, output = run([sys.executable, "-c", "import os; print(sorted(os.environ))"], 30)
     assert code == 0 and "DATABASE_URL" in output and "SLACK_BOT_TOKEN" not in output
     assert "REDMINE_KEY" not in output and "HOME" in output

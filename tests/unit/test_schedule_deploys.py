@@ -140,7 +140,7 @@ def test_a_job_missed_beyond_the_grace_period_is_marked_missed_and_said_so(tmp_p
 @pytest.mark.realtime
 def test_apscheduler_fires_a_scheduled_deploy_in_real_time(tmp_path):
     """The real BackgroundScheduler, real clock: a job one second ahead runs by itself."""
-    from bot.verify import SystemClock
+    from bot.clock import SystemClock
 
     class RealClock(SystemClock):
         def sleep(self, seconds: float) -> None:  # verification waits stay short
@@ -185,7 +185,7 @@ def test_two_schedulers_start_a_due_deployment_once(tmp_path):
         clock.advance(hours=7, minutes=1)
         stale = one.store.deployment(d.id)  # `one` read it as requested ...
         two.scheduler.tick()  # ... and `two` started (and finished) it meanwhile
-        assert one.pipeline._check(stale).status is DeploymentStatus.SUCCEEDED
+        assert one.pipeline.checklist.run(stale).status is DeploymentStatus.SUCCEEDED
         assert one.store.deployment(d.id).failure == ""
         assert one.backend.calls.count("deploy v2") == 1
     finally:

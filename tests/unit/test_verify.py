@@ -127,3 +127,25 @@ def test_failing_probes_none_waits_out_the_timeout_as_before():
 def test_failing_probes_is_validated(bad):
     with pytest.raises(ConfigError, match="failing_probes"):
         service(failing_probes=bad)
+
+
+def _verified(steps):
+    from bot.verify import verify
+    script = Script(steps)
+    backend = FakeBackend(running="v2")
+    backend.status = script.status
+    return verify(service(), backend, script, InstantClock(), lambda _: None)
+
+
+def test_a_rollout_the_engine_failed_while_the_url_answered_200_is_not_called_health():
+    result = _verified([(200, "ImagePullBackOff on web-7d9f-x2", True)])
+    assert result.failed
+    [reason] = result.failure_reasons
+    assert reason.startswith("rollout: ") and "health:" not in reason
+    assert "answered 200, but the new version failed" in reason and "ImagePullBackOff" in reason
+
+
+def test_a_health_url_answering_500_is_still_called_health():
+    result = _verified([(500,)])
+    assert result.failure_reasons[0].startswith("health: ") and "answered 500" in \
+        result.failure_reasons[0]

@@ -9,7 +9,8 @@ import pytest
 from bot import config as configuration
 from bot.errors import ConfigError
 from bot.models import CheckStatus, DeploymentStatus
-from bot.ports import MetricsUnavailable, ProbeResult, Usage
+from bot.errors import MetricsUnavailable
+from bot.ports import ProbeResult, Usage
 from bot.monitoring_setup import exposition_problem, monitoring_setup
 from bot.watch import error_patterns, fingerprint, percentile
 from fakes.core import FakeBackend
@@ -76,21 +77,18 @@ class FakePrometheus:
 
 def watched_world(tmp_path, backend=None, commands=None, metrics=None, **service):
     web = {**CONFIG["services"]["web"], "watch": WATCHED, **service}
-    w = World(tmp_path, overrides={"services": {"web": web}})
-    w.backend = backend or LoggingBackend()
-    w.backend.running = "v1"
-    w.probe = BehaviourProbe(w.backend)
-    w.pipeline.probe = w.probe
-    w.pipeline.backend_for = lambda s, e: w.backend
-    w.commands = []
+    backend = backend or LoggingBackend()
+    backend.running = "v1"
+    ran: list = []
 
     def run(argv, timeout):
-        w.commands.append(argv)
-        return (commands or {}).get(w.backend.running, (0, "ok"))
+        ran.append(argv)
+        return (commands or {}).get(backend.running, (0, "ok"))
 
-    w.pipeline.run_command = run
-    if metrics is not None:
-        w.pipeline.metrics_for = lambda s, e: metrics(w.backend)
+    w = World(tmp_path, overrides={"services": {"web": web}}, backend=backend,
+              probe=BehaviourProbe(backend), run_command=run,
+              metrics_for=(lambda s, e: metrics(backend)) if metrics is not None else None)
+    w.commands = ran
     return w
 
 

@@ -21,7 +21,7 @@ from bot.errors import BackendError
 from bot.models import DeploymentStatus
 from bot.pipeline import Pipeline
 from bot.store import Store
-from bot.verify import SystemClock
+from bot.clock import SystemClock
 from fakes.core import RecordingReporter, ScriptedApprover
 from fakes.people import PEOPLE
 from tests.integration.k8s.k8s_objects import demo_deployment, demo_service, grant_bot_role

@@ -145,6 +145,16 @@ def test_transition_moves_and_rereads(any_kind: str) -> None:
         c.tracker.transition(c.ref, "deployed")  # already there: nothing to do, no error
 
 
+def test_transition_says_the_status_before_and_leaves_a_ticket_moved_meanwhile(any_kind: str) -> None:
+    with any_case(any_kind) as c:
+        assert c.tracker.transition(c.ref, "Deployed", only_from="Open") == "Ready for Production"
+        assert c.tracker.get_ticket(c.ref).status == "Ready for Production"  # not where it was seen
+        assert c.tracker.transition(c.ref, "Deployed",
+                                    only_from="ready for production") == "Ready for Production"
+        assert c.tracker.get_ticket(c.ref).status == "Deployed"
+        assert c.tracker.transition(c.ref, "Deployed", only_from="Open") == "Deployed"
+
+
 def test_transition_the_workflow_forbids_fails_clearly(kind: str) -> None:
     with case(kind) as c:
         with pytest.raises(TrackerError) as err:

@@ -19,7 +19,7 @@ TIMEOUT = 0.3
 # Where each adapter posts a comment: (method, path regex, text the request body contains)
 POST = {"redmine": ("PUT", r"/issues/7\.json", "notes"), "linear": ("POST", "/graphql", "mutation Comment")}
 # Where it reads the comments it looks for its key in.
-READ = {"redmine": ("GET", r"/issues/7\.json", ""), "linear": ("POST", "/graphql", "query Comments"),
+READ = {"redmine": ("GET", r"/issues/7\.json", ""), "linear": ("POST", "/graphql", "query CommentById"),
         "github": ("GET", "/comments", ""), "gitlab": ("GET", "/notes", "")}
 # Where it moves the ticket.
 MOVE = {"jira-cloud": ("POST", "/transitions", ""), "jira-dc": ("POST", "/transitions", ""),
@@ -136,9 +136,9 @@ def test_a_transition_that_cannot_be_checked_says_it_may_or_may_not_be_done(kind
         c.server.fault(0, method=method, path=path, request_contains=body, after=True, delay=LATE, times=5)
         # Every read after the move fails (Linear reads and writes on one path: match the query).
         read = {"linear": ("POST", "/graphql", "query Issue")}.get(kind, ("GET", "", ""))
-        # Reads before the move: Jira the issue and its transitions, Redmine the statuses and
+        # Reads before the move: Jira the issue with its transitions, Redmine the statuses and
         # the issue, GitHub and GitLab the issue, Linear another query.
-        before = {"jira-cloud": 2, "jira-dc": 2, "redmine": 2, "github": 1, "gitlab": 1, "linear": 0}
+        before = {"jira-cloud": 1, "jira-dc": 1, "redmine": 2, "github": 1, "gitlab": 1, "linear": 0}
         c.server.fault(503, method=read[0], path=read[1], request_contains=read[2], times=50,
                        skip=before[kind], body={"message": "unavailable"})
         with pytest.raises(TrackerError) as err:

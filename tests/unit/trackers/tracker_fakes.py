@@ -74,6 +74,11 @@ class Note:
     raw: Any = None  # body in the tracker's own format when posted through the API
     props: list = field(default_factory=list)
     system: bool = False
+    updated: datetime | None = None  # set by an edit
+
+    @property
+    def last_update(self) -> datetime:
+        return self.updated or self.created
 
 
 @dataclass
@@ -335,6 +340,11 @@ class FakeApp:
         self.notes.append(note)
         return note
 
+    def edit(self, note: Note, text: str) -> None:
+        """A person edits a comment: new text, a newer update time (the fake's own clock)."""
+        note.text, note.raw = text, None
+        note.updated = max(n.last_update for n in self.notes) + timedelta(minutes=1)
+
     def authorized(self, req: Request) -> bool:
         auth = req.headers.get("authorization", "")
         if auth.startswith("Basic "):  # Jira Cloud: email:api-token
@@ -398,6 +408,12 @@ class JiraApp(FakeApp):
         return None
 
     list_page = 50  # "Get comments by IDs" answers a page (PageBeanComment) of this many
+
+    def _transitions(self) -> list[dict]:
+        return [{"id": str(11 + self.statuses.index(to)), "name": f"Move to {to}",
+                 "to": {"name": to, "id": str(10000 + self.statuses.index(to))},
+                 "hasScreen": False, "isGlobal": False, "isInitial": False, "isAvailable": True,
+                 "isConditional": False} for to in self.workflow[self.status]]
 
     def _comment(self, n: Note, base: str, expand: str = "") -> dict:
         if n.raw is not None:
@@ -475,6 +491,9 @@ class JiraApp(FakeApp):
             return 404, {}, {"errorMessages": ["Issue does not exist or you do not have permission to see it."],
                              "errors": {}}
         sub = m.group(2)
+        if sub is None and req.method == "GET" and "transitions" in req.query.get("expand", ""):
+            return 200, {}, {"id": "10007", "key": self.key, "transitions": self._transitions(),
+                             "fields": {"status": {"name": self.status}}}
         if sub is None and req.method == "GET":
             return 200, {}, {"id": "10007", "key": self.key, "self": f"{base}{self.api}/issue/10007",
                              "fields": {"summary": self.title, "labels": self.labels,
@@ -492,7 +511,8 @@ class JiraApp(FakeApp):
         if sub == "/comment" and req.method == "GET":
             start = int(req.query.get("startAt", 0))
             size = min(int(req.query.get("maxResults", 5000)), self.page_cap)
-            notes = self.by_created()  # orderBy=created: equal times in no promised order
+            # orderBy=created: equal times in no promised order; -created: newest first
+            notes = self.by_created(reverse=req.query.get("orderBy") == "-created")
             page = notes[start:start + size]
             return 200, {}, {"startAt": start, "maxResults": size, "total": len(notes),
                              # expand= documents only renderedBody here: never properties
@@ -504,11 +524,7 @@ class JiraApp(FakeApp):
             n = self.add_note("deploybot", "", raw=body, props=req.body.get("properties") or [])
             return 201, {}, self._comment(n, base)
         if sub == "/transitions" and req.method == "GET":
-            return 200, {}, {"expand": "transitions", "transitions": [
-                {"id": str(11 + self.statuses.index(to)), "name": f"Move to {to}",
-                 "to": {"name": to, "id": str(10000 + self.statuses.index(to))},
-                 "hasScreen": False, "isGlobal": False, "isInitial": False, "isAvailable": True,
-                 "isConditional": False} for to in self.workflow[self.status]]}
+            return 200, {}, {"expand": "transitions", "transitions": self._transitions()}
         if sub == "/transitions" and req.method == "POST":
             tid = int(req.body["transition"]["id"]) - 11
             target = self.statuses[tid] if 0 <= tid < len(self.statuses) else ""
@@ -561,7 +577,7 @@ class GitHubApp(FakeApp):
                 f"https://github.com/{self.repo}/issues/7#issuecomment-{n.id}",
                 "body": n.raw if n.raw is not None else n.text,
                 "user": self._simple_user(n.login),
-                "created_at": iso_z(n.created), "updated_at": iso_z(n.created),
+                "created_at": iso_z(n.created), "updated_at": iso_z(n.last_update),
                 "author_association": "MEMBER"}
 
     def route(self, req: Request, base: str) -> tuple[int, dict, Any]:
@@ -589,9 +605,13 @@ class GitHubApp(FakeApp):
             per = min(int(req.query.get("per_page", 30)), 100)
             page = int(req.query.get("page", 1))
             notes = sorted(self.notes, key=lambda n: n.id)  # GitHub: ascending comment id
+            if "since" in req.query:  # updated at or after, whole seconds
+                since = datetime.strptime(req.query["since"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+                notes = [n for n in notes if n.last_update.replace(microsecond=0) >= since]
             last = max(1, -(-len(notes) // per))
             link = []
-            url = f"{base}/repos/{self.repo}/issues/7/comments?per_page={per}&page="
+            url = f"{base}/repos/{self.repo}/issues/7/comments?per_page={per}" + (
+                f"&since={req.query['since']}" if "since" in req.query else "") + "&page="
             if page < last:
                 link += [f'<{url}{page + 1}>; rel="next"', f'<{url}{last}>; rel="last"']
             if page > 1:
@@ -646,7 +666,7 @@ class GitLabApp(FakeApp):
     def _note(self, n: Note) -> dict:
         return {"id": n.id, "type": None, "body": n.raw if n.raw is not None else n.text, "attachment": None,
                 "author": self._user(n.login),
-                "created_at": iso_ms(n.created), "updated_at": iso_ms(n.created), "system": n.system,
+                "created_at": iso_ms(n.created), "updated_at": iso_ms(n.last_update), "system": n.system,
                 "noteable_id": 377, "noteable_type": "Issue", "noteable_iid": 7, "resolvable": False,
                 "confidential": False, "internal": False}
 
@@ -654,6 +674,7 @@ class GitLabApp(FakeApp):
         return {"id": 377, "iid": 7, "project_id": 3, "title": self.title, "description": "Totals.",
                 "state": "closed" if self.status == "Closed" else "opened", "labels": list(self.labels),
                 "web_url": f"{base}/{self.project}/-/issues/7", "author": {"username": "alice"},
+                "user_notes_count": sum(not n.system for n in self.notes),
                 "created_at": iso_ms(BASE_TIME)}
 
     def route(self, req: Request, base: str) -> tuple[int, dict, Any]:
@@ -687,7 +708,11 @@ class GitLabApp(FakeApp):
         if req.method == "GET":
             per = min(int(req.query.get("per_page", 20)), 100)
             page = int(req.query.get("page", 1))
-            notes = self.by_created(reverse=req.query.get("sort") != "asc")
+            if req.query.get("order_by") == "updated_at":
+                notes = sorted(self.notes, key=lambda n: (n.last_update, n.id),
+                               reverse=req.query.get("sort") != "asc")
+            else:
+                notes = self.by_created(reverse=req.query.get("sort") != "asc")
             pages = max(1, -(-len(notes) // per))
             headers = {"X-Total": len(notes), "X-Total-Pages": pages, "X-Page": page, "X-Per-Page": per,
                        "X-Next-Page": page + 1 if page < pages else "",
@@ -762,7 +787,14 @@ class LinearApp(FakeApp):
                 name = lid.removeprefix("lbl-")
                 if name not in self.labels:
                     self.labels.append(name)
-            return 200, {}, {"data": {"issueUpdate": {"success": True}}}
+            return 200, {}, {"data": {"issueUpdate": {"success": True, "issue": {
+                "state": {"name": self.status, "type": "started"}}}}}
+        if q.lstrip().startswith("query CommentById("):
+            if not any(self._cid(n) == v.get("id") for n in self.notes):
+                return 200, {}, {"data": None, "errors": [{"message": "Entity not found: Comment", "extensions": {
+                    "type": "invalid input", "code": "INVALID_INPUT",
+                    "userPresentableMessage": "Could not find referenced Comment."}}]}
+            return 200, {}, {"data": {"comment": {"id": v["id"]}}}
         if v.get("id") not in (self.ident, self.issue_uuid):
             return 200, {}, self._not_found()
         if "query Comments" in q:
