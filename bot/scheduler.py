@@ -13,10 +13,6 @@ import threading
 from datetime import datetime, timedelta, timezone
 from typing import Callable
 
-from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.triggers.date import DateTrigger
-from apscheduler.triggers.interval import IntervalTrigger
-
 from bot import freeze as freezing
 from bot import logcontext
 from bot.errors import StateError
@@ -70,7 +66,10 @@ class DeployScheduler:
         self.tick_seconds = tick_seconds
         self.grace = timedelta(minutes=self.config.schedule_grace_minutes)
         # APScheduler is only an alarm clock: it never decides whether a job is late (no misfire
-        # grace of its own); execute() judges that with the injected clock.
+        # grace of its own); execute() judges that with the injected clock. Imported here: a
+        # deployment's Heartbeat and `status` use this module without it (start-up, issue 13).
+        from apscheduler.schedulers.background import BackgroundScheduler
+
         self.aps = BackgroundScheduler(timezone=timezone.utc, job_defaults={
             "coalesce": True, "max_instances": 1, "misfire_grace_time": None})
         self._busy: set[int] = set()
@@ -86,6 +85,8 @@ class DeployScheduler:
         missed), then start the periodic jobs. Returns what happened, for the log.
         Interrupted deployments are recovered first: before anything else deploys. A replica
         that is not the leader only starts its alarm clock: the leader does the rest."""
+        from apscheduler.triggers.interval import IntervalTrigger
+
         said = self.recover() + self.reregister() if self.is_leader() else []
         self.aps.add_job(self.tick, IntervalTrigger(seconds=self.tick_seconds), id="tick",
                          replace_existing=True)
@@ -120,6 +121,8 @@ class DeployScheduler:
         "When" comes from the injected clock; APScheduler, which reads the system clock, is
         only told how long to wait from now, so the two cannot disagree about the date.
         """
+        from apscheduler.triggers.date import DateTrigger
+
         if d.scheduled_for is None:
             return
         delay = max(0.0, (d.scheduled_for - self.clock.now()).total_seconds())

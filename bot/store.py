@@ -8,9 +8,7 @@ import threading
 from contextlib import contextmanager
 from dataclasses import fields
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Iterator
-
-import sqlite_utils
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from bot import liveness
 from bot.sqldb import Database, NotFound, SqliteDatabase
@@ -28,6 +26,9 @@ from bot.models import (
     GateStatus,
     Lock,
 )
+
+if TYPE_CHECKING:  # the migrations' API, imported only when one runs (bot/sqldb.py)
+    import sqlite_utils
 
 DEFAULT_PATH = "deploybot.db"
 
@@ -208,9 +209,11 @@ class Store:
         return {k: self.redact(v) if isinstance(v, str) else v for k, v in values.items()}
 
     @contextmanager
-    def transaction(self) -> Iterator[Database]:
+    def transaction(self, *, relaxed: bool = False) -> Iterator[Database]:
         """Other writers (threads, processes, replicas) wait until it ends, so read-check-write
-        sequences are atomic (bot/sqldb.py: BEGIN IMMEDIATE / an advisory transaction lock)."""
+        sequences are atomic (bot/sqldb.py: BEGIN IMMEDIATE / an advisory transaction lock).
+        `relaxed`: progress (check results, audit notes) that the next state change makes
+        durable; on SQLite it skips its own fsync (SqliteDatabase.begin_relaxed)."""
         with self._lock:
             if self._depth:
                 self._depth += 1
@@ -219,7 +222,8 @@ class Store:
                 finally:
                     self._depth -= 1
                 return
-            self.db.begin()
+            begin_relaxed = getattr(self.db, "begin_relaxed", None) if relaxed else None
+            (begin_relaxed or self.db.begin)()
             self._depth = 1
             self._tx_thread = threading.get_ident()
             try:
@@ -644,7 +648,7 @@ class Store:
 
     def save_check(self, check: CheckResult) -> CheckResult:
         check.updated_at = self.now()
-        with self.transaction() as db:
+        with self.transaction(relaxed=True) as db:
             db["checks"].upsert(self._clean({
                 "deployment_id": check.deployment_id, "name": check.name, "title": check.title,
                 "position": check.position, "status": check.status.value, "reason": check.reason,
@@ -746,9 +750,10 @@ class Store:
             return True, self.lock(scope)
 
     def heartbeat(self, deployment_id: int, ttl: float) -> int:
-        """The running deployment is alive: push its locks' expiry `ttl` seconds ahead."""
+        """The running deployment is alive: push its locks' expiry `ttl` seconds ahead. Relaxed:
+        a heartbeat lost with the machine only lets the lock expire sooner, as it should."""
         now = self.now()
-        with self.transaction() as db:
+        with self.transaction(relaxed=True) as db:
             cur = db.execute(
                 "UPDATE locks SET heartbeat_at = ?, expires_at = ? "
                 "WHERE deployment_id = ? AND expires_at IS NOT NULL",
@@ -821,7 +826,7 @@ class Store:
 
     def record_event(self, deployment_id: int | None, actor: str, kind: str,
                      detail: str = "", via: str = "") -> None:
-        with self.transaction():
+        with self.transaction(relaxed=True):
             self._event(deployment_id, actor, kind, detail, via=via)
 
     def events(self, deployment_id: int | None = None, limit: int = 200) -> list[dict[str, Any]]:

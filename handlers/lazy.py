@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import importlib
 import threading
-from typing import Any
+from typing import Any, Callable
 
 _UNSET = object()
 
@@ -22,9 +22,12 @@ class Lazy:
         if self._value is _UNSET:
             with self._lock:  # deployments run on threads: import once
                 if self._value is _UNSET:
-                    module = importlib.import_module(self._module)
-                    self._value = getattr(module, self._name) if self._name else module
+                    self._value = self._load()
         return self._value
+
+    def _load(self) -> Any:
+        module = importlib.import_module(self._module)
+        return getattr(module, self._name) if self._name else module
 
     def __getattr__(self, attr: str) -> Any:
         if attr.startswith("__"):  # copy, pickle and introspection ask for these
@@ -36,3 +39,15 @@ class Lazy:
 
     def __repr__(self) -> str:
         return f"<lazy {self._module}{'.' + self._name if self._name else ''}>"
+
+
+class Deferred(Lazy):
+    """An object made by `factory()` on its first attribute access: e.g. the HTTP probe (httpx,
+    an SSL context) and the image builder (the Docker SDK), which `status` never uses."""
+
+    def __init__(self, factory: Callable[[], Any], label: str) -> None:
+        super().__init__(label)
+        self._factory = factory
+
+    def _load(self) -> Any:
+        return self._factory()

@@ -81,7 +81,7 @@ def build_pipeline(config: Config, store: Store, *, reporter: Reporter, approver
     Every text it stores, reports or comments is redacted (`redact`: built from the config
     when None)."""
     from backends.deploy import build_image_builder
-    from backends.monitoring.probe import HttpxProbe
+    from handlers.lazy import Deferred
 
     environ = os.environ if environ is None else environ
     if redact is None:
@@ -94,24 +94,41 @@ def build_pipeline(config: Config, store: Store, *, reporter: Reporter, approver
                         tracker=tracker,
                         backend_for=backend_for or backend_factory(config, environ),
                         reporter=reporter,
-                        approver=approver, probe=probe or HttpxProbe.for_config(config, environ),
-                        environ=environ, image_builder=build_image_builder(environ), clock=clock,
-                        durable_posts=durable_posts, metrics_for=metrics_factory(config),
-                        redact=redact)
+                        approver=approver, probe=probe or _probe(config, environ),
+                        environ=environ, image_builder=Deferred(
+                            lambda: build_image_builder(environ), "DockerImageBuilder"),
+                        clock=clock, durable_posts=durable_posts,
+                        metrics_for=metrics_factory(config), redact=redact)
     return pipeline
+
+
+def _probe(config: Config, environ: Mapping[str, str]):
+    """Made on the first probe (httpx and its SSL context are slow to load; `status` probes
+    nothing), unless a service has `http_auth`: its CA bundle is checked before anything runs."""
+    from handlers.lazy import Deferred
+
+    def made():
+        from backends.monitoring.probe import HttpxProbe
+
+        return HttpxProbe.for_config(config, environ)
+
+    if any(config.service(name, env).http_auth
+           for name in config.services for env in config.environments):
+        return made()
+    return Deferred(made, "HttpxProbe")
 
 
 def metrics_factory(config: Config):
     """service, environment -> the service's Prometheus (None when it has none configured)."""
-    from backends.monitoring.prometheus import PrometheusSource
-
-    cache: dict[tuple[str, str], PrometheusSource] = {}
+    cache: dict[tuple[str, str], object] = {}
 
     def metrics_for(service: str, environment: str):
         settings = config.service(service, environment).prometheus
         if settings is None:
             return None
         if (service, environment) not in cache:
+            from backends.monitoring.prometheus import PrometheusSource  # httpx: when used
+
             cache[(service, environment)] = PrometheusSource(str(settings.url), settings.timeout)
         return cache[(service, environment)]
 

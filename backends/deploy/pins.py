@@ -17,12 +17,13 @@ as a container's `image:` (measured; see the backends).
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable
-
-import httpx
+from typing import TYPE_CHECKING, Any, Iterable
 
 from bot.errors import BackendError
 from bot.ports import StepCallback
+
+if TYPE_CHECKING:  # imported by registry_has: `status` loads this module and asks no registry
+    import httpx
 
 IMAGE_ID = re.compile(r"^sha256:[0-9a-f]{64}$")
 DIGEST_REF = re.compile(r"^(?P<repo>[^@\s]+)@(?P<digest>sha256:[0-9a-f]{64})$")
@@ -213,6 +214,8 @@ def registry_has(ref: str, *, timeout: float = 10.0,
     host, name = _registry_and_name(parts[0])
     schemes = ["https", "http"] if _loopback(host) else ["https"]
     why = ""
+    import httpx
+
     with httpx.Client(timeout=timeout, transport=transport, follow_redirects=True) as client:
         for scheme in schemes:
             url = f"{scheme}://{host}/v2/{name}/manifests/{parts[1]}"

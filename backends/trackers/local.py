@@ -16,7 +16,6 @@ from bot.errors import InputError, TrackerError
 from bot.models import Account, Comment, Ticket
 from bot.store import Store
 
-from backends.trackers.base import stays
 
 TICKET_RE = re.compile(r"^(?P<project>[A-Z][A-Z0-9_]{0,19})-(?P<number>[1-9][0-9]{0,8})$")
 PROJECT_RE = re.compile(r"^[A-Z][A-Z0-9_]{0,19}$")
@@ -109,6 +108,9 @@ class LocalTracker:
         if canonical is None:
             raise TrackerError(f"local tracker: {status!r} is not a status",
                                hint=f"statuses: {', '.join(STATUSES)}")
+        # here, not at the top: base.py loads the HTTP trackers' httpx, which `status` never needs
+        from backends.trackers.base import stays
+
         ticket_id = self.parse_ref(ticket_id)
         with self.store.transaction() as db:  # the check and the move together
             before = self._row(ticket_id)["status"]
