@@ -621,7 +621,11 @@ class KubernetesBackend(pins.SeenBytes):
                 last_message = state.message
             if state.done or state.failed:
                 return state
-            failures = self._certain_failures(dep) if dep is not None else []
+            # Until the controller has seen the new template, the revision still names the
+            # ReplicaSet being left (after an undo: the failing one), so its pods prove nothing.
+            observed = dep is not None and ((dep.get("status") or {}).get("observedGeneration") or 0) \
+                >= (_meta(dep).get("generation") or 0)
+            failures = self._certain_failures(dep) if observed else []
             if failures:
                 on_step(f"rollout: failed: {'; '.join(failures[:3])}")
                 return RolloutState(False, True, f"pods of the new ReplicaSet cannot start: "
