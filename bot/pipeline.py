@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from typing import Callable, Mapping
 
 from bot import locks, logcontext
@@ -56,31 +55,24 @@ class Pipeline:
         integrity checks run (None: with the child environment). `redact`: what the front
         end's own posts are redacted with (bot/redact.py)."""
         self.image_builder = image_builder
-        self.config = config
-        self.store = store
-        self.tracker = tracker
-        self.backend_for = backend_for
         self.reporter = reporter
         self.approver = approver
-        self.probe = probe
-        self.clock = clock or SystemClock()
-        self.environ = os.environ if environ is None else environ
         self.redact = redact
-        self.identities = TrackerIdentities(config, tracker)
-        self.auth = Authorization(config)
-        self.outbox = Outbox(store, tracker, config.outbox,
-                             poster=reporter if durable_posts else None,
-                             monotonic=getattr(self.clock, "monotonic", None) or time.monotonic)
+        clock = clock or SystemClock()
+        outbox = Outbox(store, tracker, config.outbox,
+                        poster=reporter if durable_posts else None, monotonic=clock.monotonic)
         # Every event the phases tell goes through here: typed, and a failing reporter is
         # logged, never breaks a deployment.
-        self.report = SafeReporter(reporter, self.outbox)
+        self.report = SafeReporter(reporter, outbox)
         # Set by a front end on SIGTERM/Ctrl-C: the current step finishes, then the deployment
         # completes or rolls back (bot/rollout.py); never left deploying or verifying.
         self.stop = StopRequest()
+        # The one copy of what the phases share; the facade's attributes below read it.
         self.context = RunContext(
             config=config, store=store, tracker=tracker, backend_for=backend_for,
-            report=self.report, outbox=self.outbox, probe=probe, clock=self.clock,
-            environ=self.environ, identities=self.identities, auth=self.auth)
+            report=self.report, outbox=outbox, probe=probe, clock=clock,
+            environ=os.environ if environ is None else environ,
+            identities=TrackerIdentities(config, tracker), auth=Authorization(config))
         self.finishing = Finishing(self.context)
         self.rollout = Rollout(self.context, self.finishing, stop=self.stop,
                                recover=self._recover, image_builder=image_builder,
@@ -89,6 +81,17 @@ class Pipeline:
                              guard=self.run_guarded)
         self.checklist = ChecklistRun(self.context, self.finishing, self.gating)
         self.intake = Intake(self.context)
+
+    config = property(lambda self: self.context.config)
+    store = property(lambda self: self.context.store)
+    tracker = property(lambda self: self.context.tracker)
+    backend_for = property(lambda self: self.context.backend_for)
+    probe = property(lambda self: self.context.probe)
+    clock = property(lambda self: self.context.clock)
+    environ = property(lambda self: self.context.environ)
+    identities = property(lambda self: self.context.identities)
+    auth = property(lambda self: self.context.auth)
+    outbox = property(lambda self: self.context.outbox)
 
     def _recover(self, service: str, environment: str) -> None:
         from bot.recovery import recover

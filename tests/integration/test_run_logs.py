@@ -21,7 +21,7 @@ from fakes.slack_harness import ALICE, PEOPLE
 from test_slack_run import SocketModeServer
 
 ROOT = Path(__file__).resolve().parents[2]
-BOT, APP = "xoxb-fake-RUNLOGSBOT", "xapp-fake-RUNLOGSAPP"
+BOT, APP = "xoxb-runlogsbottoken", "xapp-runlogsapptoken"
 
 
 def test_run_logs_json_lines_and_stops_on_sigterm(tmp_path):

@@ -17,7 +17,7 @@ from bot.redact import Redactor, install_log_filter
 from handlers import cli, logsetup
 from tests.unit.test_cli_inputs import Terminal
 
-TOKEN = "xoxb-fake-LOGGINGTOKEN"
+TOKEN = "xoxb-loggingtesttoken"
 STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 

@@ -35,7 +35,7 @@ from tests.integration.k8s.k8s_objects import demo_deployment, wait_for_rollout
 REPO = Path(__file__).resolve().parents[3]
 BASE = REPO / "deploy" / "kubernetes"
 BOT_UID = 10001  # the image's user, and the base's runAsUser
-BOT_TOKEN, APP_TOKEN = "xoxb-fake-KUBEBOT", "xapp-fake-KUBEAPP"
+BOT_TOKEN, APP_TOKEN = "xoxb-kubebottoken", "xapp-kubeapptoken"
 READY_TIMEOUT = 120
 
 
