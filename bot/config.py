@@ -330,6 +330,41 @@ class PrometheusSettings(Strict):
     timeout: float = Field(default=5.0, gt=0, le=60)
 
 
+HOST_PORT_RE = re.compile(r"^(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(?P<port>[0-9]{1,5})$")
+
+
+class ProxySettings(Strict):
+    """Zero-downtime switches for a Docker or Compose service: HAProxy in front of its containers
+    (docs/design-notes.md, "Why HAProxy"). The new version starts beside the old one on a port of
+    its own (published on 127.0.0.1, chosen by the engine), is checked there directly, then the
+    proxy sends new requests to it; the old one drains and is kept for an instant rollback."""
+
+    listen: str  # where the service's traffic arrives, HOST:PORT ("127.0.0.1:18080", "0.0.0.0:80")
+    port: int = Field(ge=1, le=65535)  # the container port the application listens on
+    drain: float = Field(default=10.0, ge=0, le=3600)  # s the old version finishes in-flight requests
+    run: Literal["container", "host"] = "container"  # container: deploybot runs it; host: you do
+    image: str = "haproxy:2.6"  # run: container
+    container_name: str = "deploybot-proxy"  # run: container; shared by the services of one dir
+    dir: str = "/var/lib/deploybot/proxy"  # its configuration files and runtime sockets
+    timeout: float = Field(default=5.0, gt=0, le=60)  # per runtime API call
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        m = HOST_PORT_RE.match(v)
+        if not m or not 1 <= int(m["port"]) <= 65535:
+            raise ValueError("HOST:PORT where the proxy accepts the service's traffic, "
+                             "e.g. 127.0.0.1:18080 or 0.0.0.0:80")
+        return v
+
+    @field_validator("dir")
+    @classmethod
+    def _dir(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError("an absolute path (the proxy container mounts it)")
+        return v
+
+
 class DockerBackendSettings(Strict):
     kind: Literal["docker"] = "docker"
     container_name: str | None = None
@@ -342,6 +377,41 @@ class DockerBackendSettings(Strict):
     healthcheck: list[str] | None = None  # CMD argument list for the container's own health check
     command: list[str] | None = None
     timeout: float = Field(default=60.0, gt=0, le=3600)  # per Docker API call
+    proxy: ProxySettings | None = None  # zero-downtime deploys behind HAProxy (instead of ports)
+    # Several Docker engines (unix://, tcp://, ssh://user@host): deployed `batch` hosts at a time,
+    # each batch verified before the next; None: the one engine of DOCKER_HOST.
+    hosts: list[str] | None = None
+    batch: int = Field(default=1, ge=1, le=100)
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return v
+        if not v:
+            raise ValueError("name at least one engine, or leave hosts out")
+        for h in v:
+            if not re.match(r"^(unix|tcp|ssh)://\S+$", h):
+                raise ValueError(f"{h!r}: an engine address unix:///path, tcp://HOST:PORT or "
+                                 "ssh://USER@HOST")
+        if len(set(v)) != len(v):
+            raise ValueError("an engine is named twice")
+        return v
+
+    @model_validator(mode="after")
+    def _proxy_or_ports(self) -> "DockerBackendSettings":
+        if self.proxy is not None:
+            clash = [k for k in self.ports if k.split("/")[0] == str(self.proxy.port)]
+            if clash:
+                raise ValueError(
+                    f"ports: {clash[0]} is the proxy's port: with proxy: the proxy listens on "
+                    f"{self.proxy.listen} and each version gets a port of its own; remove it "
+                    "from ports (README, \"From ports: to proxy:\")")
+            if self.hosts and len(self.hosts) > 1:
+                raise ValueError("proxy: works with one engine; several hosts each need their "
+                                 "own proxy, which deploybot does not manage yet (leave proxy "
+                                 "out to deploy host by host with published ports)")
+        return self
 
 
 class OtherBackendSettings(BaseModel):

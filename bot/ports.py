@@ -66,6 +66,48 @@ class DeployBackend(Protocol):
 
 
 @runtime_checkable
+class StagedDeploy(Protocol):
+    """An optional DeployBackend capability: blue/green behind a proxy (`proxy:` of the Docker and
+    Compose backends). When `staged()` is True the rollout is:
+
+        prepare -> stage (new beside old, no traffic) -> checks against its own address
+        -> switch (new requests to it; the old one drains but keeps running, warm)
+        -> checks and watch window through the proxy -> finalize (old stopped, kept)
+        or rollback (the proxy switches back to the warm old one: no start).
+
+    Contract: stage, discard and a failed switch never change what serves. `rollback(previous)`
+    switches back when the previous version still runs, else starts it (the kept stopped
+    container, or its image), checks its health directly, then switches; with the previous
+    version already serving (an interrupted deploy) it removes the staged one. `current_version`,
+    `status` and `logs` describe what the proxy serves.
+    """
+
+    def staged(self) -> bool:
+        """True when this service is deployed behind a proxy (configured `proxy:`)."""
+        ...
+
+    def stage(self, version: str, *, ticket_id: str, on_step: StepCallback,
+              image: str | None = None) -> str:
+        """Start `version` beside what serves, receiving no traffic (a kept stopped container
+        of the same version and bytes is started rather than created). Returns HOST:PORT where
+        it answers directly. BackendError: the half-started one is removed, nothing changed."""
+        ...
+
+    def candidate_status(self) -> BackendStatus:
+        """status() of the staged version (for the checks against its own address)."""
+        ...
+
+    def discard(self, on_step: StepCallback) -> None:
+        """The staged version failed its checks: remove it; what serves is untouched."""
+        ...
+
+    def switch(self, on_step: StepCallback) -> None:
+        """Send new requests to the staged version, in one step at the proxy; the version that
+        served drains (in-flight requests finish) and keeps running until finalize/rollback."""
+        ...
+
+
+@runtime_checkable
 class ImageBuilder(Protocol):
     """Builds a service's image from source, tags it VERSION and latest, pushes both."""
 
