@@ -335,7 +335,7 @@ HOST_PORT_RE = re.compile(r"^(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(?P<por
 
 class ProxySettings(Strict):
     """Zero-downtime switches for a Docker or Compose service: HAProxy in front of its containers
-    (docs/design-notes.md, "Why HAProxy"). The new version starts beside the old one on a port of
+    (docs/proxy.md, "Why HAProxy"). The new version starts beside the old one on a port of
     its own (published on 127.0.0.1, chosen by the engine), is checked there directly, then the
     proxy sends new requests to it; the old one drains and is kept for an instant rollback."""
 

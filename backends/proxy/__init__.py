@@ -53,6 +53,11 @@ class TrafficProxy(Protocol):
         """`address` gets nothing any more (its slot is put in maintenance and emptied)."""
         ...
 
+    def by_hand(self, address: str) -> list[str]:
+        """The commands a person would run to send the traffic to `address` themselves (the
+        record's rollback steps), e.g. `echo '…' | socat stdio unix-connect:DIR/admin.sock`."""
+        ...
+
 
 def build_proxy(settings: ProxySettings, key: str,
                 docker_client: Callable[[], object] | None = None) -> TrafficProxy:
