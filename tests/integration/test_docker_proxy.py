@@ -1,0 +1,276 @@
+"""DockerBackend behind a real HAProxy (run: container, the image of scripts/build-proxy-image.sh)
+on the real engine: stage, switch, finalize and rollback of the demo image, with a client loop
+through the proxy counting failed requests; half states left by a kill -9; the move from ports:."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+import threading
+import uuid
+from pathlib import Path
+
+import docker.errors
+import httpx
+import pytest
+
+from backends.deploy.docker import DockerBackend
+from bot.config import Service
+from bot.errors import BackendError
+from fakes.waiting import wait_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.realtime]
+
+ROOT = Path(__file__).resolve().parents[2]
+PROXY_IMAGE = "deploybot/haproxy:2.6"
+
+
+@pytest.fixture(scope="session")
+def proxy_image(docker_client) -> str:
+    """The HAProxy image (the host's Debian haproxy), built once when the engine lacks it."""
+    try:
+        docker_client.images.get(PROXY_IMAGE)
+        return PROXY_IMAGE
+    except docker.errors.ImageNotFound:
+        pass
+    done = subprocess.run([str(ROOT / "scripts" / "build-proxy-image.sh")], capture_output=True,
+                          text=True, timeout=600, stdin=subprocess.DEVNULL)
+    if done.returncode != 0:
+        pytest.fail(f"scripts/build-proxy-image.sh failed (exit {done.returncode}):\n"
+                    f"{done.stdout}{done.stderr}", pytrace=False)
+    return PROXY_IMAGE
+
+
+class Loop:
+    """GET /version through the proxy, one connection per request, until stopped; anything but
+    a 200 is a failure."""
+
+    def __init__(self, base: str) -> None:
+        self.url = f"{base}/version"
+        self.answers: list[str] = []
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=5.0, limits=httpx.Limits(max_keepalive_connections=0)) as c:
+            while not self._stop.is_set():
+                try:
+                    r = c.get(self.url)
+                    (self.answers if r.status_code == 200 else self.failures).append(
+                        r.text.strip() if r.status_code == 200 else f"{r.status_code} {r.text[:60]}")
+                except httpx.HTTPError as exc:
+                    self.failures.append(repr(exc))
+
+    def __enter__(self) -> "Loop":
+        self._thread.start()
+        wait_until(lambda: self.answers or self.failures, 15, "a first answer through the proxy")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=15)
+
+    def sees(self, version: str, n: int = 3) -> None:
+        """Wait until the last `n` answers are all `version`."""
+        wait_until(lambda: self.answers[-n:] == [version] * n, 20,
+                   f"{version} answering through the proxy (last: {self.answers[-3:]})",
+                   every=0.05)
+
+
+class Proxied:
+    """One demo service `web` behind its own HAProxy container, on a free 127.0.0.1 port."""
+
+    def __init__(self, client, demo_image, listen_port: int, proxy_image: str) -> None:
+        self.client = client
+        self.repo = demo_image.repository
+        self.token = uuid.uuid4().hex[:6]
+        self.service = f"dbt-px-{self.token}"
+        self.name = f"{self.service}-staging"
+        # short: HAProxy's sockets live there (108 bytes of sun_path)
+        self.dir = Path(tempfile.mkdtemp(prefix="dz-", dir="/tmp"))
+        self.listen_port = listen_port
+        self.base = f"http://127.0.0.1:{listen_port}"
+        self.proxy = {"listen": f"127.0.0.1:{listen_port}", "port": 8080, "drain": 2,
+                      "run": "container", "image": proxy_image,
+                      "container_name": f"dbt-proxy-{self.token}", "dir": str(self.dir)}
+        self.steps: list[str] = []
+
+    def settings(self, **backend) -> Service:
+        return Service.model_validate({
+            "image": self.repo,
+            "backend": {"kind": "docker", "container_name": self.name, "pull": "never",
+                        "stop_timeout": 1, "timeout": 30, **backend},
+            "health": {"url": f"{self.base}/health"},
+            "verify": {"timeout": 15, "interval": 0.5}})
+
+    def backend(self) -> DockerBackend:
+        """A new backend each time: the next deploybot process, knowing nothing of the last."""
+        return DockerBackend(self.service, "staging", self.settings(proxy=self.proxy))
+
+    def step(self, message: str) -> None:
+        self.steps.append(message)
+
+    def container(self, name: str):
+        try:
+            return self.client.containers.get(name)
+        except docker.errors.NotFound:
+            return None
+
+    def names(self) -> dict[str, tuple[str, str]]:
+        """NAME, NAME--next, NAME--previous that exist -> (version label, status)."""
+        out = {}
+        for suffix in ("", "--next", "--previous"):
+            c = self.container(self.name + suffix)
+            if c is not None:
+                out[suffix or "NAME"] = (c.labels.get("io.deploybot.version"), c.status)
+        return out
+
+    def deploy(self, version: str, backend: DockerBackend | None = None) -> str:
+        b = backend or self.backend()
+        address = b.stage(version, ticket_id="T-1", on_step=self.step)
+        assert httpx.get(f"http://{address}/version", timeout=5).text.strip() == version
+        b.switch(self.step)
+        return address
+
+    def version(self) -> str:
+        return httpx.get(f"{self.base}/version", timeout=5).text.strip()
+
+    def cleanup(self) -> None:
+        for suffix in ("", "--next", "--previous"):
+            c = self.container(self.name + suffix)
+            if c is not None:
+                c.remove(force=True)
+        c = self.container(self.proxy["container_name"])
+        if c is not None:
+            c.remove(force=True)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def web(docker_client, demo_image, free_port, proxy_image):
+    for tag, mode in (("v1", "healthy"), ("v2", "healthy"), ("v3", "unhealthy")):
+        demo_image(tag, mode)
+    env = Proxied(docker_client, demo_image, free_port(), proxy_image)
+    yield env
+    env.cleanup()
+
+
+def started_at(c) -> str:
+    c.reload()
+    return c.attrs["State"]["StartedAt"]
+
+
+def test_deploy_and_rollback_in_the_window_lose_no_request_and_restart_nothing(web):
+    web.deploy("v1")
+    web.backend().finalize(web.step)
+    with Loop(web.base) as loop:
+        web.deploy("v2")
+        loop.sees("v2")
+        warm = web.container(f"{web.name}--previous")
+        assert warm.status == "running" and warm.labels["io.deploybot.version"] == "v1"
+        warm_id, warm_start = warm.id, started_at(warm)
+        web.backend().rollback("v1", web.step)
+        loop.sees("v1")
+    assert loop.failures == [], loop.failures[:5]
+    assert {"v1", "v2"} <= set(loop.answers)
+    served = web.container(web.name)
+    assert served.id == warm_id and started_at(served) == warm_start  # a switch, not a start
+    assert web.names() == {"NAME": ("v1", "running")}
+
+
+def test_finalize_stops_the_old_one_and_a_later_rollback_checks_it_before_the_switch(web):
+    web.deploy("v1")
+    with Loop(web.base) as loop:
+        web.deploy("v2")
+        loop.sees("v2")
+        web.backend().finalize(web.step)
+        assert web.names() == {"NAME": ("v2", "running"), "--previous": ("v1", "exited")}
+        web.backend().rollback("v1", web.step)
+        loop.sees("v1")
+    assert loop.failures == [], loop.failures[:5]
+    assert any("--previous (v1) is healthy on 127.0.0.1:" in s for s in web.steps)
+    assert web.names() == {"NAME": ("v1", "running")}
+
+
+def test_a_kept_version_failing_its_health_is_not_switched_to(web):
+    web.deploy("v3")  # unhealthy: the core's checks would have refused it; here it served
+    web.deploy("v2")
+    web.backend().finalize(web.step)
+    with pytest.raises(BackendError, match=r"v3 cannot serve again: .*/health answered 500"):
+        web.backend().rollback("v3", web.step)
+    assert web.version() == "v2"
+    assert web.names() == {"NAME": ("v2", "running"), "--previous": ("v3", "exited")}
+
+
+def test_discarded_candidate_and_failed_stage_leave_what_serves(web):
+    web.deploy("v1")
+    b = web.backend()
+    b.stage("v2", ticket_id="T-2", on_step=web.step)
+    assert b.candidate_status().version == "v2" and web.version() == "v1"
+    b.discard(web.step)
+    assert web.names() == {"NAME": ("v1", "running")} and web.version() == "v1"
+    with pytest.raises(BackendError, match="cannot create"):
+        b.stage("v9-missing", ticket_id="T-3", on_step=web.step)
+    assert web.names() == {"NAME": ("v1", "running")} and web.version() == "v1"
+
+
+def test_half_states_of_a_killed_run_are_repaired_by_the_next_one(web):
+    web.deploy("v1")
+    # killed right after the proxy's switch, before any rename
+    candidate = web.backend().stage("v2", ticket_id="T-2", on_step=web.step)
+    web.backend().proxy.route(candidate, web.step)
+    assert web.backend().current_version() == "v2"  # read from the proxy's serving address
+    web.backend().finalize(web.step)
+    assert web.names() == {"NAME": ("v2", "running"), "--previous": ("v1", "exited")}
+    # killed between the two renames: NAME is missing, the warm v2 half moved
+    third = web.backend().stage("v3", ticket_id="T-3", on_step=web.step)
+    web.backend().proxy.route(third, web.step)
+    web.container(f"{web.name}--previous").remove(force=True)
+    warm = web.container(web.name)
+    warm.rename(f"{web.name}--previous")
+    warm_start = started_at(warm)
+    with Loop(web.base) as loop:
+        web.backend().rollback("v2", web.step)
+        loop.sees("v2")
+    assert loop.failures == [], loop.failures[:5]
+    assert web.names() == {"NAME": ("v2", "running")}
+    assert started_at(web.container(web.name)) == warm_start
+
+
+def test_a_candidate_left_by_a_killed_run_is_replaced(web):
+    web.deploy("v1")
+    web.backend().stage("v3", ticket_id="T-2", on_step=web.step)
+    left = web.container(f"{web.name}--next").id
+    web.deploy("v2")
+    assert web.version() == "v2"
+    assert web.container(f"{web.name}--previous").labels["io.deploybot.version"] == "v1"
+    assert all(c.id != left for c in web.client.containers.list(all=True))
+
+
+def test_first_deploy_after_ports_moves_the_port_to_the_proxy(web):
+    plain = DockerBackend(web.service, "staging",
+                          web.settings(ports={"8080": f"127.0.0.1:{web.listen_port}"}))
+    plain.deploy("v1", ticket_id="T-1", on_step=web.step)
+    wait_until(lambda: _answers(web.base), 15, "v1 on its published port")
+    b = web.backend()
+    assert b.current_version() == "v1"
+    assert any("first switch to the proxy" in s for s in b.plan("v2"))
+    web.deploy("v2", b)
+    assert f"first switch to the proxy: {web.name} gives up {web.listen_port}" in web.steps
+    assert web.version() == "v2"
+    assert web.names() == {"NAME": ("v2", "running"), "--previous": ("v1", "exited")}
+    with Loop(web.base) as loop:
+        web.backend().rollback("v1", web.step)  # the ports: container cannot run beside it
+        loop.sees("v1")
+    assert loop.failures == [], loop.failures[:5]
+    served = web.container(web.name)
+    assert served.attrs["HostConfig"]["PortBindings"]["8080/tcp"][0]["HostPort"] in ("", "0")
+
+
+def _answers(base: str) -> bool:
+    try:
+        return httpx.get(f"{base}/version", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
