@@ -82,7 +82,7 @@ class Loop:
 class Proxied:
     """One demo service `web` behind its own HAProxy container, on a free 127.0.0.1 port."""
 
-    def __init__(self, client, demo_image, listen_port: int, proxy_image: str) -> None:
+    def __init__(self, client, demo_image, listen_port: int, run: str, proxy_image: str) -> None:
         self.client = client
         self.repo = demo_image.repository
         self.token = uuid.uuid4().hex[:6]
@@ -93,9 +93,17 @@ class Proxied:
         self.listen_port = listen_port
         self.base = f"http://127.0.0.1:{listen_port}"
         self.proxy = {"listen": f"127.0.0.1:{listen_port}", "port": 8080, "drain": 2,
-                      "run": "container", "image": proxy_image,
+                      "run": run, "image": proxy_image,
                       "container_name": f"dbt-proxy-{self.token}", "dir": str(self.dir)}
         self.steps: list[str] = []
+        self.host_haproxy = None
+        if run == "host":  # started as the systemd unit would, once ensure() wrote its files
+            from haproxy_harness import HostHaproxy
+
+            with pytest.raises(BackendError, match="the proxy is not running"):
+                self.backend().proxy.ensure(self.step)
+            self.host_haproxy = HostHaproxy(self.dir)
+            self.host_haproxy.start()
 
     def settings(self, **backend) -> Service:
         return Service.model_validate({
@@ -145,16 +153,23 @@ class Proxied:
         c = self.container(self.proxy["container_name"])
         if c is not None:
             c.remove(force=True)
+        if self.host_haproxy is not None:
+            self.host_haproxy.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-@pytest.fixture
-def web(docker_client, demo_image, free_port, proxy_image):
+@pytest.fixture(params=["container"])
+def web(request, docker_client, demo_image, free_port):
+    """run: container by default; a test parametrized with "host" gets a host HAProxy."""
     for tag, mode in (("v1", "healthy"), ("v2", "healthy"), ("v3", "unhealthy")):
         demo_image(tag, mode)
-    env = Proxied(docker_client, demo_image, free_port(), proxy_image)
-    yield env
-    env.cleanup()
+    run = request.param
+    image = request.getfixturevalue("proxy_image") if run == "container" else PROXY_IMAGE
+    env = Proxied(docker_client, demo_image, free_port(), run, image)
+    try:
+        yield env
+    finally:
+        env.cleanup()
 
 
 def started_at(c) -> str:
@@ -162,6 +177,7 @@ def started_at(c) -> str:
     return c.attrs["State"]["StartedAt"]
 
 
+@pytest.mark.parametrize("web", ["container", "host"], indirect=True)
 def test_deploy_and_rollback_in_the_window_lose_no_request_and_restart_nothing(web):
     web.deploy("v1")
     web.backend().finalize(web.step)
@@ -250,6 +266,8 @@ def test_a_candidate_left_by_a_killed_run_is_replaced(web):
 
 
 def test_first_deploy_after_ports_moves_the_port_to_the_proxy(web):
+    # run: container: deploybot starts the proxy once the old container gave the port up
+    # (with run: host the person starts HAProxy, after stopping the old container themselves)
     plain = DockerBackend(web.service, "staging",
                           web.settings(ports={"8080": f"127.0.0.1:{web.listen_port}"}))
     plain.deploy("v1", ticket_id="T-1", on_step=web.step)
