@@ -248,6 +248,27 @@ def test_no_request_fails_while_switching_back_and_forth(running, upstreams, kee
     assert {"A", "B"} <= set(client.answers)
 
 
+@pytest.mark.parametrize("keep_alive", [True, False], ids=["keep-alive", "close"])
+def test_no_request_fails_when_the_drained_version_stops(running, upstreams, keep_alive):
+    """The old version is stopped after its drain (finalize): HAProxy may still hold idle
+    keep-alive connections to it, which must not cost a request."""
+    proxy, listen = running
+    proxy.ensure(lambda m: None)
+    a, b = upstreams("A"), upstreams("B")
+    proxy.route(a.address, lambda m: None)
+    with ClientLoop(listen, keep_alive) as client:
+        client.wait_more(20)
+        proxy.route(b.address, lambda m: None)
+        assert proxy.wait_drained(a.address, 10, lambda m: None)
+        a.close()
+        client.wait_more(50)
+        c = upstreams("C")
+        proxy.route(c.address, lambda m: None)  # into the slot the stopped one had
+        client.wait_more(50)
+    assert client.failures == [], client.failures[:5]
+    assert client.answers[-1] == "C"
+
+
 @pytest.mark.realtime  # a request held open on purpose while the drain is watched
 def test_sessions_and_wait_drained_follow_an_in_flight_request(running, upstreams):
     proxy, listen = running
