@@ -367,6 +367,12 @@ class HaproxyProxy:
                 probe.bind((host.strip("[]"), int(port)))
             except OSError as exc:
                 if exc.errno == errno.EADDRINUSE:
+                    neighbour = self._neighbour_on(port)
+                    if neighbour:
+                        raise BackendError(
+                            f"port {port} ({self.settings.listen}, the `listen` of {self.key}) "
+                            f"is the listen of {neighbour} in the same proxy ({self.conf_d}): "
+                            "give each service a listen of its own") from None
                     raise BackendError(
                         f"port {port} ({self.settings.listen}, the `listen` of {self.key}) is "
                         "taken by another program: stop it or choose another listen (who holds "
@@ -374,6 +380,16 @@ class HaproxyProxy:
                 if exc.errno != errno.EADDRNOTAVAIL:
                     raise BackendError(f"cannot listen on {self.settings.listen}: "
                                        f"{exc.strerror}") from None
+
+    def _neighbour_on(self, port: str) -> str | None:
+        """The other service of this dir whose file binds `port`, if any."""
+        for f in sorted(self.conf_d.glob("50-*.cfg")):
+            if f == self.service_file:
+                continue
+            listen = cfg.parse_service(self._read(f) or "")[0]
+            if listen and listen.rpartition(":")[2] == port:
+                return f.name[3:-4]
+        return None
 
     def _validate(self, global_text: str, service_text: str) -> None:
         """`haproxy -c` over a copy of conf.d with the new files, when the host has haproxy."""

@@ -3,6 +3,7 @@ the real engine (image deploybot/haproxy:2.6 from scripts/build-proxy-image.sh).
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -78,6 +79,7 @@ def test_ensure_runs_the_container_and_switches_go_through_it(box, docker_client
     assert container.attrs["HostConfig"]["NetworkMode"] == "host"
     assert container.attrs["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
     assert container.labels["io.deploybot.proxy"] == "true"
+    assert container.attrs["Config"]["User"] == f"{os.getuid()}:{os.getgid()}"
     assert any(f"starting container {name}" in s for s in steps)
 
     a, b = upstream("A"), upstream("B")

@@ -230,6 +230,16 @@ def test_a_port_haproxy_itself_cannot_bind_is_its_own_reason(running, proxy_dir,
     assert other2.serving() is None and get(listen) == "A"
 
 
+def test_a_port_another_service_of_the_proxy_listens_on_is_named(running, proxy_dir):
+    proxy, listen = running
+    proxy.ensure(lambda m: None)
+    other = HaproxyProxy(settings(proxy_dir, listen), "api")
+    with pytest.raises(BackendError) as err:
+        other.ensure(lambda m: None)
+    assert "is the listen of web in the same proxy" in str(err.value)
+    assert not other.service_file.exists() and reloads(proxy) == 0
+
+
 @pytest.mark.parametrize("keep_alive", [True, False], ids=["keep-alive", "close"])
 def test_no_request_fails_while_switching_back_and_forth(running, upstreams, keep_alive):
     proxy, listen = running
