@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from backends.proxy.haproxy import HaproxyProxy
-from backends.proxy.haproxy_config import parse_proc
+from backends.proxy.haproxy_config import Slot, parse_proc, parse_service
 from bot.config import ProxySettings
 from bot.errors import BackendError
 from fakes.waiting import wait_until
@@ -176,6 +176,46 @@ def test_a_changed_listen_is_reloaded_and_served_there(running, proxy_dir, upstr
     assert get(moved) == "A", "the slot state survived the reload"
     with pytest.raises(OSError):
         get(listen)
+
+
+def test_a_switch_cut_short_is_written_from_the_running_proxy_without_reload(running, upstreams):
+    """deploybot died after writing a switch's file, before the runtime line (kill -9)."""
+    proxy, listen = running
+    proxy.ensure(lambda m: None)
+    a, b = upstreams("A"), upstreams("B")
+    proxy.route(a.address, lambda m: None)
+    slots = proxy._slots()
+    idle = "s2" if slots["s1"].address == a.address else "s1"
+    slots[idle] = Slot(idle, b.address, "ready")
+    proxy._write_service(slots)  # the file says B, the proxy serves A
+
+    proxy.ensure(lambda m: None)
+    assert reloads(proxy) == 0
+    assert parse_service(proxy.service_file.read_text())[1][idle].state == "maint"
+    assert proxy.serving() == a.address and get(listen) == "A"
+
+
+def test_a_reload_cut_short_is_done_by_the_next_ensure(running, proxy_dir, upstreams):
+    """deploybot died after writing a changed listen, before the reload (kill -9)."""
+    proxy, listen = running
+    proxy.ensure(lambda m: None)
+    a = upstreams("A")
+    proxy.route(a.address, lambda m: None)
+    moved = f"127.0.0.1:{free_port()}"
+    dying = HaproxyProxy(settings(proxy_dir, moved), "web")
+
+    def killed(container):
+        raise KeyboardInterrupt("kill -9")
+
+    dying._reload = killed
+    with pytest.raises(KeyboardInterrupt):
+        dying.ensure(lambda m: None)
+    assert parse_service(dying.service_file.read_text())[0] == moved, "written, not loaded"
+
+    HaproxyProxy(settings(proxy_dir, moved), "web").ensure(lambda m: None)
+    assert reloads(proxy) == 1
+    assert get(moved) == "A"
+    assert not dying.pending.exists()
 
 
 def test_a_port_taken_by_another_program_is_named_and_changes_nothing(running, proxy_dir,
