@@ -71,6 +71,7 @@ class HaproxyProxy:
         self.conf_d = self.dir / "conf.d"
         self.global_file = self.conf_d / "00-global.cfg"
         self.service_file = self.conf_d / f"50-{key}.cfg"
+        self.pending = self.dir / f"reload-pending-{key}"
         self.admin = CliSocket(str(self.dir / "admin.sock"), settings.timeout)
         self.master = CliSocket(str(self.dir / "master.sock"), settings.timeout)
         self._docker_client = docker_client
@@ -292,6 +293,7 @@ class HaproxyProxy:
                 except BackendError:
                     self._put_back(old_global, old_service)
                     raise
+                self.pending.unlink(missing_ok=True)  # a fresh start loaded every file
                 self._wait_loaded(on_step)
                 return
         else:
@@ -323,13 +325,21 @@ class HaproxyProxy:
         runtime = self._slots()
         global_text, service_text = self._desired(runtime)
         old_global, old_service = self._read(self.global_file), self._read(self.service_file)
-        if runtime is not None and (old_global, old_service) == (global_text, service_text):
-            return  # loaded and written as wanted: no reload
         old_listen = cfg.parse_service(old_service)[0] if old_service else None
+        if (runtime is not None and not self.pending.exists() and old_global == global_text
+                and old_listen == self.settings.listen):
+            # Loaded as written (no reload was left half-done). Only the slots may differ:
+            # deploybot died between a switch's two steps; the running proxy is the truth.
+            if old_service != service_text:
+                self._write_service(runtime)
+            return
         if runtime is None or old_listen != self.settings.listen:
             self._check_port_free()
         self._validate(global_text, service_text)
         try:
+            # Until the reload is over: should deploybot die in between, the next ensure
+            # reloads even though the files already say what is wanted.
+            write_atomically(self.pending, f"{self.settings.listen}\n")
             write_atomically(self.global_file, global_text)
             write_atomically(self.service_file, service_text)
         except OSError as exc:
@@ -342,6 +352,7 @@ class HaproxyProxy:
         except BackendError:
             self._put_back(old_global, old_service)
             raise
+        self.pending.unlink(missing_ok=True)
         self._wait_loaded(on_step)
 
     def _put_back(self, old_global: str | None, old_service: str | None) -> None:
@@ -353,7 +364,8 @@ class HaproxyProxy:
                 else:
                     write_atomically(path, text)
             except OSError:
-                pass
+                return  # the pending mark stays: the next ensure reloads
+        self.pending.unlink(missing_ok=True)
 
     def _check_port_free(self) -> None:
         """A port another program holds, said before HAProxy refuses it (`haproxy -c` does not
@@ -367,6 +379,12 @@ class HaproxyProxy:
                 probe.bind((host.strip("[]"), int(port)))
             except OSError as exc:
                 if exc.errno == errno.EADDRINUSE:
+                    neighbour = self._neighbour_on(port)
+                    if neighbour:
+                        raise BackendError(
+                            f"port {port} ({self.settings.listen}, the `listen` of {self.key}) "
+                            f"is the listen of {neighbour} in the same proxy ({self.conf_d}): "
+                            "give each service a listen of its own") from None
                     raise BackendError(
                         f"port {port} ({self.settings.listen}, the `listen` of {self.key}) is "
                         "taken by another program: stop it or choose another listen (who holds "
@@ -374,6 +392,16 @@ class HaproxyProxy:
                 if exc.errno != errno.EADDRNOTAVAIL:
                     raise BackendError(f"cannot listen on {self.settings.listen}: "
                                        f"{exc.strerror}") from None
+
+    def _neighbour_on(self, port: str) -> str | None:
+        """The other service of this dir whose file binds `port`, if any."""
+        for f in sorted(self.conf_d.glob("50-*.cfg")):
+            if f == self.service_file:
+                continue
+            listen = cfg.parse_service(self._read(f) or "")[0]
+            if listen and listen.rpartition(":")[2] == port:
+                return f.name[3:-4]
+        return None
 
     def _validate(self, global_text: str, service_text: str) -> None:
         """`haproxy -c` over a copy of conf.d with the new files, when the host has haproxy."""

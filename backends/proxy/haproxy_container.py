@@ -6,6 +6,7 @@ bind-mounted at the same path (the sockets and files are where deploybot looks f
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Callable
 
 import docker.errors
@@ -52,7 +53,7 @@ class ProxyContainer:
 
     def command(self) -> list[str]:
         d = str(self.proxy.dir)
-        return ["haproxy", "-W", "-S", f"{d}/master.sock", "-f", f"{d}/conf.d"]
+        return ["haproxy", "-W", "-S", f"{d}/master.sock,mode,600", "-f", f"{d}/conf.d"]
 
     def start(self, on_step: StepCallback) -> None:
         """Create (when missing) and start it, then wait until its master answers; on failure
@@ -78,6 +79,10 @@ class ProxyContainer:
                 self.image, self.command(), name=self.name, network_mode="host",
                 volumes={d: {"bind": d, "mode": "rw"}},
                 restart_policy={"Name": "unless-stopped"},
+                stop_signal="SIGUSR1",  # soft stop: in-flight requests finish
+                # deploybot's own user: the sockets (mode 600) and files it makes are its to use
+                # (Docker Hub's haproxy image would otherwise run as its user `haproxy`).
+                user=f"{os.getuid()}:{os.getgid()}",
                 labels={LABEL: "true", f"{LABEL}.dir": d}, detach=True)
         except docker.errors.ImageNotFound:
             raise BackendError(f"the proxy image {self.image} is not on the Docker engine: "
@@ -99,9 +104,11 @@ class ProxyContainer:
             if state.get("Status") in ("exited", "dead") or state.get("Restarting"):
                 self._failed(container)
             try:
-                proxy.master.call("show proc")
-                return
-            except BackendError:
+                # A worker exists only once the configuration loaded and the ports are bound;
+                # the master answers a moment before that, also when the bind then fails.
+                if cfg.parse_proc(proxy.master.call("show proc")).workers:
+                    return
+            except (BackendError, cfg.ProxyAnswerError):
                 pass
             if proxy._monotonic() >= deadline:
                 self._failed(container, f"its master did not answer on {proxy.master.path} "
