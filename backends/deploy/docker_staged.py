@@ -112,25 +112,36 @@ class StagedContainers:
         return next((n for n, c in named.items() if c is not None and self._address(c) == address),
                     None)
 
-    def _truth(self, on_step: StepCallback):
-        """The proxy is up and the names follow what it serves. Returns the container that serves
-        (NAME), None when nothing does. A `ports:` container still holding the listen port (no
-        switch to the proxy yet) is what serves: the proxy is left alone until the switch."""
-        current = self._container(self.name)
-        if self._publishes_listen(current) and self._running(current):
-            return current
-        self.proxy.ensure(on_step)
-        serving = self.proxy.serving()
+    def _truth(self, on_step: StepCallback, *, converge: bool = True) -> tuple[Any, dict]:
+        """The proxy is up and the names follow what it serves. Returns (the container that
+        serves, NAME, or None when nothing does; {name: container or None} of the three names).
+        A `ports:` container still holding the listen port (no switch to the proxy yet) is what
+        serves: the proxy is left alone until the switch. converge=False (rollback: every ms
+        counts) skips ensure() while the proxy answers with a route for this service; stage and
+        switch always converge it to the settings."""
         named = self._named()
+        current = named[self.name]
+        if self._publishes_listen(current) and self._running(current):
+            return current, named
+        serving = None
+        if not converge:
+            try:
+                serving = self.proxy.serving()
+            except BackendError:
+                serving = None
+        if serving is None:
+            self.proxy.ensure(on_step)
+            serving = self.proxy.serving()
         holder = self._holder(named, serving)
         if holder is None:
             if serving is not None:
                 on_step(f"the proxy sends {self.service} to {serving}, which none of "
                         f"{self.name}, {self.next_name}, {self.kept_name} publishes")
-            return None
+            return None, named
         if holder != self.name:
             self._follow(named, holder, on_step)
-        return self._container(self.name)
+            named = self._named()
+        return named[self.name], named
 
     def _follow(self, named: dict[str, Any], holder: str, on_step: StepCallback) -> None:
         """`holder` serves: it becomes NAME. The one it displaces served before a switch (it
@@ -170,16 +181,16 @@ class StagedContainers:
 
     def stage(self, version: str, *, ticket_id: str, on_step: StepCallback,
               image: str | None = None) -> str:
-        current = self._truth(on_step)
+        current, named = self._truth(on_step)
         if self._publishes_listen(current):
             on_step(f"{self.name} publishes {self._listen_port} itself (ports:): the proxy takes "
                     "the port over at the switch")
-        stale = self._container(self.next_name)
+        stale = named[self.next_name]
         if stale is not None:
             on_step(f"removing {self.next_name} ({self._version_of(stale)}) left from an earlier "
                     "deployment")
             self._drop(stale, on_step)
-        kept = self._container(self.kept_name)
+        kept = named[self.kept_name]
         if kept is not None and self._reusable(kept, version, image):
             on_step(f"starting the kept {version} container {self.kept_name} as {self.next_name}")
             self._rename(kept, self.next_name)
@@ -239,16 +250,15 @@ class StagedContainers:
         return self._status_of(self.next_name)
 
     def discard(self, on_step: StepCallback) -> None:
-        self._truth(on_step)
-        candidate = self._container(self.next_name)
+        candidate = self._truth(on_step, converge=False)[1][self.next_name]
         if candidate is None:
             return
         on_step(f"removing {self.next_name} ({self._version_of(candidate)})")
         self._drop(candidate, on_step)
 
     def switch(self, on_step: StepCallback) -> None:
-        current = self._truth(on_step)
-        candidate = self._container(self.next_name)
+        current, named = self._truth(on_step)
+        candidate = named[self.next_name]
         address = self._address(candidate) if candidate is not None else None
         if address is None:
             raise BackendError(f"nothing to switch to: {self.next_name} "
@@ -259,7 +269,7 @@ class StagedContainers:
         else:
             self.proxy.route(address, on_step)
         on_step(f"the proxy sends new requests to {self.next_name} ({address})")
-        self._truth(on_step)
+        self._truth(on_step, converge=False)
 
     def _first_switch(self, current, address: str, on_step: StepCallback) -> None:
         """From `ports:`: the old container holds the listen port; a short gap is unavoidable."""
@@ -293,8 +303,7 @@ class StagedContainers:
             raise
 
     def _staged_finalize(self, on_step: StepCallback) -> None:
-        self._truth(on_step)
-        kept = self._container(self.kept_name)
+        kept = self._truth(on_step, converge=False)[1][self.kept_name]
         if kept is None or not self._running(kept):
             return
         self._retire(kept, on_step)
@@ -318,10 +327,10 @@ class StagedContainers:
 
     def _staged_rollback(self, to_version: str | None, on_step: StepCallback,
                          image: str | None) -> None:
-        current = self._truth(on_step)
+        current, named = self._truth(on_step, converge=False)
         if to_version is None:
             for name in (self.next_name, self.name):
-                c = self._container(name)
+                c = named[name]
                 if c is not None:
                     on_step(f"removing {name} ({self._version_of(c)}): nothing ran before it")
                     self._drop(c, on_step)
@@ -335,20 +344,19 @@ class StagedContainers:
             raise BackendError(f"{self.name} ({self._version_of(current)}) still serves on "
                                f"{self._listen_port} without the proxy, and {to_version} is not "
                                "it: nothing to switch back to")
-        address = self._previous_address(to_version, on_step, image)
+        address = self._previous_address(named[self.kept_name], to_version, on_step, image)
         self.proxy.route(address, on_step)
         on_step(f"the proxy sends new requests to {to_version} ({address}) again")
-        self._truth(on_step)
-        bad = self._container(self.next_name)
+        bad = self._truth(on_step, converge=False)[1][self.next_name]
         if bad is not None:
             self._retire(bad, on_step)
             on_step(f"removing {self.next_name} ({self._version_of(bad)})")
             self._remove(bad)
 
-    def _previous_address(self, version: str, on_step: StepCallback, image: str | None) -> str:
-        """Where `version` answers: the warm kept container at once; the stopped kept one or a
+    def _previous_address(self, kept, version: str, on_step: StepCallback,
+                          image: str | None) -> str:
+        """Where `version` answers: the warm `kept` container at once; the stopped kept one or a
         new one from the image after the engine says running and its health URL answers 2xx."""
-        kept = self._container(self.kept_name)
         if kept is not None and self._reusable(kept, version, image):
             address = self._address(kept) if self._running(kept) else None
             if address:

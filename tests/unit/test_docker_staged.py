@@ -335,3 +335,31 @@ def test_without_proxy_nothing_changes():
     w.backend.deploy("v2", ticket_id="T-2", on_step=w.on_step)
     assert w.names() == {NAME: ("v2", True), f"{NAME}--previous": ("v1", False)}
     assert w.proxy.calls == []
+
+
+def test_a_rollback_in_the_window_asks_the_proxy_no_more_than_it_must(w):
+    w.deploy("v1")
+    w.deploy("v2")
+    w.proxy.calls.clear()
+    w.backend.rollback("v1", w.on_step)
+    assert ("ensure",) not in w.proxy.calls  # it answered with this service's route
+    assert w.proxy.routes() == [w.addr(NAME)]
+
+
+def test_a_rollback_with_the_proxy_down_starts_it_first(w):
+    w.deploy("v1")
+    w.deploy("v2")
+    w.proxy.fail.add("serving")  # the proxy container is gone: ensure() brings it back
+    w.backend.rollback("v1", w.on_step)
+    assert w.proxy.calls.index(("ensure",)) < w.proxy.calls.index(("route", w.addr(NAME)))
+    assert w.names() == {NAME: ("v1", True)}
+
+
+def test_a_rollback_fails_closed_when_the_proxy_cannot_be_started(w):
+    w.deploy("v1")
+    serving = w.deploy("v2")
+    w.proxy.fail |= {"serving", "ensure"}
+    with pytest.raises(BackendError, match="did not answer"):
+        w.backend.rollback("v1", w.on_step)
+    assert w.proxy.serving() == serving
+    assert w.names() == {NAME: ("v2", True), f"{NAME}--previous": ("v1", True)}
