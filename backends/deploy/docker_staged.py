@@ -212,8 +212,9 @@ class StagedContainers:
             message = exc.message if isinstance(exc, BackendError) else self._explain(exc)
             self._undo_candidate(candidate, created, on_step)
             raise BackendError(f"cannot start {self.next_name} ({version}): {message}") from None
-        on_step(f"{self.next_name} ({version}) started beside {self.name}, answering on {address}"
-                " (no traffic yet)")
+        beside = f"beside {self.name}" if current is not None else "(nothing serves yet)"
+        on_step(f"{self.next_name} ({version}) started {beside}, answering on {address} "
+                "(no traffic yet)")
         return address
 
     def _reusable(self, kept, version: str, image: str | None) -> bool:

@@ -4,9 +4,13 @@ through the proxy counting failed requests; half states left by a kill -9; the m
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import uuid
@@ -19,6 +23,7 @@ import pytest
 from backends.deploy.docker import DockerBackend
 from bot.config import Service
 from bot.errors import BackendError
+from docker_gate import DockerGate
 from fakes.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.realtime]
@@ -281,6 +286,50 @@ def test_first_deploy_after_ports_moves_the_port_to_the_proxy(web):
     assert loop.failures == [], loop.failures[:5]
     served = web.container(web.name)
     assert served.attrs["HostConfig"]["PortBindings"]["8080/tcp"][0]["HostPort"] in ("", "0")
+
+
+# A deploybot process: stage VERSION and switch, with the service's settings as JSON.
+SWITCH_SCRIPT = """
+import json, sys
+from backends.deploy.docker import DockerBackend
+from bot.config import Service
+service, settings, version = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+b = DockerBackend(service, "staging", Service.model_validate(settings))
+b.stage(version, ticket_id="T-9", on_step=print)
+b.switch(print)
+"""
+
+
+def test_a_switch_killed_9_between_its_renames_is_repaired_and_rolled_back_warm(web, tmp_path):
+    web.deploy("v1")
+    engine = os.environ.get("DOCKER_HOST", "")
+    assert engine.startswith("unix://"), "needs DOCKER_HOST=unix://… (scripts/dockerd.sh start)"
+    settings = web.settings(proxy=web.proxy).model_dump(mode="json")
+    # held: v2 becoming NAME, after the proxy's switch and v1's move to NAME--previous
+    second_rename = rf"^POST \S*/containers/\S+/rename\?name={re.escape(web.name)} "
+    with DockerGate(engine[len("unix://"):], tmp_path, second_rename) as gate:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", SWITCH_SCRIPT, web.service, json.dumps(settings), "v2"],
+            env={**os.environ, "DOCKER_HOST": gate.docker_host, "PYTHONPATH": str(ROOT)},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_until(lambda: gate.held.is_set() or proc.poll() is not None, 90,
+                       "the held rename")
+            assert gate.held.is_set(), f"ended before the rename: {proc.communicate()}"
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.communicate(timeout=30)
+    assert web.names() == {"--next": ("v2", "running"), "--previous": ("v1", "running")}
+    assert web.version() == "v2"  # the proxy's switch had happened: v2 serves
+    warm = web.container(f"{web.name}--previous")
+    warm_start = started_at(warm)
+    assert web.backend().current_version() == "v2"
+    with Loop(web.base) as loop:
+        web.backend().rollback("v1", web.step)
+        loop.sees("v1")
+    assert loop.failures == [], loop.failures[:5]
+    assert web.names() == {"NAME": ("v1", "running")}
+    assert web.container(web.name).id == warm.id and started_at(warm) == warm_start
 
 
 def _answers(base: str) -> bool:
