@@ -174,10 +174,16 @@ class HaproxyProxy:
         line = "; ".join(self._switch_commands(target, serving, address))
         try:
             answer = self.admin.call(line)
-        except BackendError:
+        except BackendError as exc:
+            answer = exc.message  # sent, but was it applied? The proxy's state says.
+        try:
+            after = self._loaded_slots()
+        except BackendError as exc:
             self._rewrite_from_runtime()
-            raise
-        after = self._loaded_slots()
+            raise BackendError(f"the switch of {self.key} to {address} is unknown: {exc.message}",
+                               hint="echo 'show servers state KEY' | socat stdio "
+                                    f"unix-connect:{self.admin.path}".replace("KEY", self.key)
+                               ) from None
         if after.get(target.name) != expected[target.name] or (
                 serving is not None and after[serving.name].state == "ready"):
             self._restore(target, serving)
