@@ -326,3 +326,19 @@ def test_a_switch_whose_answer_is_lost_is_judged_by_the_proxys_state(tmp_path):
     with pytest.raises(BackendError) as err:
         proxy.route("127.0.0.1:32768", lambda m: None)
     assert "unknown" in str(err.value) and "show servers state web" in str(err.value)
+
+
+def test_the_systemd_unit_and_the_container_start_haproxy_the_same_way():
+    """run: host and run: container must give deploybot the same sockets and files."""
+    from pathlib import Path
+
+    from backends.proxy.haproxy_container import haproxy_command
+
+    unit = (Path(__file__).resolve().parents[2] / "deploy" / "haproxy"
+            / "deploybot-proxy.service").read_text()
+    exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
+    words = exec_start.split("=", 1)[1].replace("${DIR}", "/var/lib/deploybot/proxy").split()
+    command = haproxy_command("/var/lib/deploybot/proxy")
+    assert words[1] == "-Ws" and command[1] == "-W"  # -s: systemd's notify only
+    assert words[2:] == command[2:]
+    assert "Environment=DIR=/var/lib/deploybot/proxy" in unit  # ProxySettings.dir's default
