@@ -174,10 +174,16 @@ class HaproxyProxy:
         line = "; ".join(self._switch_commands(target, serving, address))
         try:
             answer = self.admin.call(line)
-        except BackendError:
+        except BackendError as exc:
+            answer = exc.message  # sent, but was it applied? The proxy's state says.
+        try:
+            after = self._loaded_slots()
+        except BackendError as exc:
             self._rewrite_from_runtime()
-            raise
-        after = self._loaded_slots()
+            raise BackendError(f"the switch of {self.key} to {address} is unknown: {exc.message}",
+                               hint="echo 'show servers state KEY' | socat stdio "
+                                    f"unix-connect:{self.admin.path}".replace("KEY", self.key)
+                               ) from None
         if after.get(target.name) != expected[target.name] or (
                 serving is not None and after[serving.name].state == "ready"):
             self._restore(target, serving)
@@ -280,33 +286,41 @@ class HaproxyProxy:
             self.conf_d.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise BackendError(f"cannot create {self.conf_d}: {exc.strerror or exc}") from None
+        container = None
         if self.settings.run == "container":
             from backends.proxy.haproxy_container import ProxyContainer
 
             container = ProxyContainer(self, self._docker_client)
             if not container.running():
-                self._check_port_free()
-                old_global, old_service = self._read(self.global_file), self._read(self.service_file)
-                self._write_files(self._file_slots())
-                try:
-                    container.start(on_step)
-                except BackendError:
-                    self._put_back(old_global, old_service)
-                    raise
-                self.pending.unlink(missing_ok=True)  # a fresh start loaded every file
-                self._wait_loaded(on_step)
+                self._start(container, on_step)
                 return
-        else:
-            container = None
         try:
             self.master.call("show proc")
         except ProxyUnreachable:
+            if container is not None:
+                raise BackendError(
+                    f"the proxy container {container.name} runs but nothing answers on "
+                    f"{self.master.path}: was it started with another dir? (docker inspect "
+                    f"{container.name}; remove it and deploy again to recreate it)") from None
             # Written anyway: the proxy started by hand then loads this service.
             self._write_files(self._file_slots())
             raise BackendError(
                 f"the proxy is not running (nothing answers on {self.master.path}): start it "
                 f"(systemctl start {UNIT}, see deploy/haproxy/)") from None
         self._converge(on_step, container)
+
+    def _start(self, container, on_step: StepCallback) -> None:
+        """run: container, stopped or missing: started with this service's file in place."""
+        self._check_port_free()
+        old_global, old_service = self._read(self.global_file), self._read(self.service_file)
+        self._write_files(self._file_slots())
+        try:
+            container.start(on_step)
+        except BackendError:
+            self._put_back(old_global, old_service)
+            raise
+        self.pending.unlink(missing_ok=True)  # a fresh start loaded every file
+        self._wait_loaded(on_step)
 
     def _desired(self, runtime: dict[str, Slot] | None) -> tuple[str, str]:
         slots = runtime if runtime is not None else self._file_slots()

@@ -25,6 +25,11 @@ BUILD_HINT = ("docker pull haproxy:2.6, or build deploybot/haproxy:2.6 from the 
               "with scripts/build-proxy-image.sh and set proxy.image to it")
 
 
+def haproxy_command(dir: str) -> list[str]:
+    """Master-worker with the master CLI on dir/master.sock (deploy/haproxy's unit: the same)."""
+    return ["haproxy", "-W", "-S", f"{dir}/master.sock,mode,600", "-f", f"{dir}/conf.d"]
+
+
 class ProxyContainer:
     def __init__(self, proxy: "HaproxyProxy", docker_client: Callable[[], object] | None) -> None:
         if docker_client is None:
@@ -51,10 +56,6 @@ class ProxyContainer:
         container = self._get()
         return container is not None and container.status == "running"
 
-    def command(self) -> list[str]:
-        d = str(self.proxy.dir)
-        return ["haproxy", "-W", "-S", f"{d}/master.sock,mode,600", "-f", f"{d}/conf.d"]
-
     def start(self, on_step: StepCallback) -> None:
         """Create (when missing) and start it, then wait until its master answers; on failure
         HAProxy's own reason (from the container's log) is said and the new file put back."""
@@ -76,7 +77,7 @@ class ProxyContainer:
         d = str(self.proxy.dir)
         try:
             return self.client.containers.create(
-                self.image, self.command(), name=self.name, network_mode="host",
+                self.image, haproxy_command(d), name=self.name, network_mode="host",
                 volumes={d: {"bind": d, "mode": "rw"}},
                 restart_policy={"Name": "unless-stopped"},
                 stop_signal="SIGUSR1",  # soft stop: in-flight requests finish

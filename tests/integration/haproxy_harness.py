@@ -15,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from backends.proxy.haproxy_container import haproxy_command
 from fakes.waiting import wait_until
 
 
@@ -100,8 +101,8 @@ class HostHaproxy:
     def start(self) -> None:
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                [haproxy_binary(), "-W", "-S", f"{self.dir}/master.sock,mode,600", "-f",
-                 str(self.dir / "conf.d")], stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+                [haproxy_binary(), *haproxy_command(str(self.dir))[1:]], stdout=log, stderr=log,
+                stdin=subprocess.DEVNULL)
         wait_until(lambda: self._answers() or self.process.poll() is not None, 15,
                    "haproxy's master and admin sockets")
         assert self.process.poll() is None, f"haproxy exited:\n{self.log.read_text()}"
