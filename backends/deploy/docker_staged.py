@@ -432,13 +432,19 @@ class StagedContainers:
         ref = self._ref(version)
         current = self._container(self.name)
         now = f"{self.name} ({self._version_of(current)})" if current else "nothing"
-        steps = [f"make sure {ref} is on the Docker host (pull: {self.opts.pull})",
-                 f"start {self.next_name} from {ref} beside {now}, {p.port}/tcp published on a "
-                 "127.0.0.1 port the engine picks; it gets no traffic",
-                 f"check {self.next_name} directly on its own address"]
-        if self._publishes_listen(current):
+        runs = (f"container {p.container_name}, started when it is not running"
+                if p.run == "container" else "run: host, started by you")
+        proxy_up = f"the proxy (HAProxy in {p.dir}, {runs}) has this service on {p.listen}"
+        migrating = self._publishes_listen(current)
+        steps = [f"make sure {ref} is on the Docker host (pull: {self.opts.pull})"]
+        if not migrating:
+            steps.append(f"make sure {proxy_up}")
+        steps += [f"start {self.next_name} from {ref} beside {now}, {p.port}/tcp published on a "
+                  "127.0.0.1 port the engine picks; it gets no traffic",
+                  f"check {self.next_name} directly on its own address"]
+        if migrating:
             steps.append(f"first switch to the proxy: stop {self.name}, which gives up "
-                         f"{self._listen_port} (a short gap), and start the proxy on {p.listen}")
+                         f"{self._listen_port} (a short gap); then {proxy_up}")
         steps += [f"switch the proxy ({p.listen}) to {self.next_name} in one runtime API call; "
                   f"{now} drains and keeps running",
                   "check and watch through the proxy; a rollback switches back to the warm "

@@ -282,6 +282,10 @@ def test_first_switch_from_ports_stops_the_old_container_just_before_the_proxy_t
     w = World()
     old = w.engine.run(NAME, "demo:v1", labels={"io.deploybot.version": "v1"},
                        ports={"8080/tcp": ("127.0.0.1", 18080)})
+    plan = w.backend.plan("v2")
+    assert not [s for s in plan if s.startswith("make sure the proxy")]
+    assert any(s.startswith("first switch to the proxy: stop web-production, which gives up 18080")
+               for s in plan)
     w.backend.stage("v2", ticket_id="T-2", on_step=w.on_step)
     assert w.proxy.ensured == 0 and old.running  # the port is still the old container's
     assert w.backend.current_version() == "v1"
@@ -320,6 +324,8 @@ def test_plan_and_rollback_steps_name_the_proxy_steps(w):
     plan = "\n".join(w.backend.plan("v2"))
     assert "start web-production--next from demo:v2 beside web-production (v1)" in plan
     assert "switch the proxy (127.0.0.1:18080)" in plan and "up to 3 s" in plan
+    assert ("make sure the proxy (HAProxy in /var/lib/deploybot/proxy, container deploybot-proxy, "
+            "started when it is not running) has this service on 127.0.0.1:18080") in plan
     w.deploy("v2")
     warm = w.addr(f"{NAME}--previous")
     assert w.backend.rollback_steps("v1")[0] == w.proxy.by_hand(warm)[0]
