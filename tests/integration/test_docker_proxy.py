@@ -337,3 +337,108 @@ def _answers(base: str) -> bool:
         return httpx.get(f"{base}/version", timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+# -- the whole rollout (bot/rollout.py) through a real Pipeline -------------------------------------
+
+
+class Steps:
+    """A Reporter that keeps the steps and alerts people would have seen."""
+
+    def __init__(self) -> None:
+        self.steps: list[str] = []
+        self.alerts: list[str] = []
+
+    def step(self, d, message): self.steps.append(message)
+    def alert(self, d, message): self.alerts.append(message)
+    def deployment_started(self, d): ...
+    def checklist_updated(self, d, checks): ...
+    def gate_requested(self, d, gate): ...
+    def gate_decided(self, d, gate): ...
+    def blocked(self, d, blockers): self.alerts.append("blocked")
+    def finished(self, d, record): ...
+
+
+class NoApprover:
+    def request(self, deployment, gate):
+        return None
+
+
+def pipeline_for(web: Proxied, folder: Path, watch: dict | None = None):
+    """(pipeline, tracker, reporter): deploybot with a local tracker, `web` behind its proxy."""
+    from backends.trackers.local import LocalTracker
+    from bot import config as config_mod
+    from bot.store import Store
+    from fakes.people import PEOPLE
+    from handlers.wiring import build_pipeline
+
+    service = web.settings(proxy=web.proxy).model_dump(mode="json", exclude_unset=True)
+    service["smoke"] = [{"url": f"{web.base}/api/ping", "contains": "pong"}]
+    if watch:
+        service["watch"] = watch
+    cfg = config_mod.parse({"tracker": {"kind": "local"}, "environments": {"staging": {}},
+                            "services": {web.service: service}, "people": PEOPLE}, "test-config")
+    store = Store(folder / "deploybot.db")
+    tracker = LocalTracker(store)
+    reporter = Steps()
+    return (build_pipeline(cfg, store, reporter=reporter, approver=NoApprover(), tracker=tracker),
+            tracker, reporter)
+
+
+def deploy_through(pipeline, tracker, service: str, version: str):
+    tid = tracker.create_ticket(f"release {version}", status="Ready for Production")
+    tracker.add_comment(tid, "CQ approved", author="bob")
+    tracker.add_comment(tid, "QA PASS", author="carol")
+    d = pipeline.request_deploy(tid, requested_by="alice", target=f"{service}@{version}")
+    return pipeline.run(d.id)
+
+
+def test_the_rollout_checks_the_new_version_directly_and_no_request_fails(web, tmp_path):
+    from bot.models import DeploymentStatus
+
+    pipeline, tracker, reporter = pipeline_for(web, tmp_path)
+    assert deploy_through(pipeline, tracker, web.service, "v1").status is DeploymentStatus.SUCCEEDED
+    with Loop(web.base) as loop:
+        d = deploy_through(pipeline, tracker, web.service, "v2")
+        assert d.status is DeploymentStatus.SUCCEEDED, d.failure
+        loop.sees("v2")
+        bad = deploy_through(pipeline, tracker, web.service, "v3")  # /health answers 500
+    assert bad.status is DeploymentStatus.FAILED and "before the switch" in bad.failure
+    assert loop.failures == [], loop.failures[:5]
+    assert "v3" not in loop.answers  # checked on its own address: no request reached it
+    assert web.version() == "v2"
+    assert web.names() == {"NAME": ("v2", "running"), "--previous": ("v1", "exited")}
+
+
+def test_a_rollback_in_the_watch_window_switches_back_to_the_warm_version(web, tmp_path,
+                                                                          demo_image):
+    from bot.models import DeploymentStatus
+
+    demo_image("v4", "log-errors")  # healthy, but writes errors the watch rolls back on
+    # latency off: on a busy test machine a p95 of a few ms triples by itself
+    watch = {"window": 3, "interval": 0.5,
+             "rules": {"latency_factor": None, "error_rate_points": None}}
+    pipeline, tracker, reporter = pipeline_for(web, tmp_path, watch=watch)
+    deploy_through(pipeline, tracker, web.service, "v1")
+    second = deploy_through(pipeline, tracker, web.service, "v2")
+    assert second.status is DeploymentStatus.SUCCEEDED, (second.failure, reporter.steps)
+    with Loop(web.base) as loop:
+        warm_before = {}
+
+        def remember(message: str) -> None:  # the warm v2 as the switch left it
+            if not warm_before and "v2 is " in message and "--previous" in message:
+                c = web.container(f"{web.name}--previous")
+                warm_before.update(id=c.id, started=started_at(c))
+
+        reporter_step = reporter.step
+        reporter.step = lambda d, m: (remember(m), reporter_step(d, m))
+        d = deploy_through(pipeline, tracker, web.service, "v4")
+        loop.sees("v2")
+    assert d.status is DeploymentStatus.ROLLED_BACK, (d.status, d.failure)
+    assert loop.failures == [], loop.failures[:5]
+    assert "v4" in loop.answers  # it served, then the switch back
+    served = web.container(web.name)
+    assert served.labels["io.deploybot.version"] == "v2"
+    assert warm_before and served.id == warm_before["id"]
+    assert started_at(served) == warm_before["started"]  # a switch, not a start
+    assert web.names() == {"NAME": ("v2", "running")}
