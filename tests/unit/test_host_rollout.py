@@ -18,6 +18,7 @@ from bot.pipeline import Pipeline
 from bot.ports import ProbeResult
 from bot.store import Store
 from fakes.core import FakeBackend, InstantClock, RecordingReporter, ScriptedApprover
+from fakes.hosts import use_host_rollout
 
 H1, H2, H3 = "tcp://web1:2376", "ssh://deploy@web2", "unix:///run/web3.sock"
 
@@ -171,17 +172,7 @@ class Hosts:
                                  backend_for=lambda s, e: self.backend, reporter=self.reporter,
                                  approver=ScriptedApprover(), probe=self.probe,
                                  clock=InstantClock())
-        rollout = self.pipeline.rollout
-
-        def deploy(d):  # bot/rollout.py up to its prepare (of every host), then its one call
-            d = self.store.transition(d.id, DeploymentStatus.DEPLOYING)
-            d = self.store.update_deployment(d.id, previous_version=self.backend.current_version())
-            try:
-                self.backend.prepare(d.version, lambda m: None)
-            except BackendError as exc:
-                return rollout.finishing.failed(d, f"could not prepare {d.version}: {exc}")
-            return host_rollout.run(rollout, d, self.backend, pin=None)
-        rollout.deploy = deploy
+        use_host_rollout(self.pipeline, self.backend)
 
     def deploy(self, version="v2"):
         tid = self.tracker.create_ticket("Ship it", status="Ready for Production")
