@@ -13,7 +13,7 @@ from pydantic import AnyHttpUrl
 from bot.config import Service
 from bot.errors import BackendError
 from bot.models import (CheckStatus, Deployment, DeploymentKind, DeploymentStatus, HostOutcome,
-                        VerificationResult, hosts_to_text)
+                        VerificationResult, hosts_from_text, hosts_to_text)
 from bot.ports import DeployBackend, SeveralHosts, StepCallback
 from bot.verify import verify, wait_healthy
 
@@ -267,3 +267,35 @@ def restore(h: Host, ctx, step: StepCallback) -> str:
     if status is CheckStatus.FAILED:
         raise BackendError(f"{previous} is back on {h.name} but not healthy: {why}")
     return why
+
+
+def recover(ctx, d: Deployment, backend: SeveralHosts) -> list[str]:
+    """bot/recovery.py's rollback of an interrupted rollout on several hosts: each host back to
+    what ran there before (d.hosts), the last in order first, then health-checked at its
+    address; a host still running its previous version is only checked. Returns what each
+    host's check said; BackendError names every host that could not be restored (the others
+    are restored all the same)."""
+    step = ctx.step_for(d)
+    svc = ctx.config.service(d.service, d.environment)
+    outcomes = hosts_from_text(d.hosts)
+    said, failed = [], []
+    for o in reversed(outcomes):
+        h = Host(o.host, backend.backend_for_host(o.host), service_on_host(svc, o.address), o)
+        try:
+            if o.previous and h.backend.current_version() == o.previous:
+                step(f"{o.host}: {o.previous} runs; checking its health")
+                status, why = wait_healthy(h.svc, h.backend, ctx.probe, ctx.clock,
+                                           svc.verify.timeout, svc.verify.interval)
+                if status is CheckStatus.FAILED:
+                    raise BackendError(f"{o.previous} runs on {o.host} but is not healthy: {why}")
+            else:
+                why = restore(h, ctx, step)
+                o.outcome += f"; rolled back to {o.previous or 'nothing'} by the recovery"
+            said.append(f"{o.host}: {why or 'nothing runs'}")
+        except BackendError as exc:
+            o.outcome += f"; ROLLBACK FAILED: {exc}"
+            failed.append(str(exc))
+    ctx.store.update_deployment(d.id, hosts=hosts_to_text(outcomes))
+    if failed:
+        raise BackendError("; ".join(failed))
+    return said

@@ -13,7 +13,7 @@ from backends.trackers.local import LocalTracker
 from bot import config as configuration
 from bot import host_rollout
 from bot.errors import BackendError, ConfigError
-from bot.models import DeploymentStatus, hosts_from_text
+from bot.models import DeploymentStatus, hosts_from_text, hosts_to_text
 from bot.pipeline import Pipeline
 from bot.ports import ProbeResult
 from bot.store import Store
@@ -331,3 +331,62 @@ def test_the_hand_commands_name_each_hosts_engine(tmp_path):
     one.backend.rollback_steps = lambda v: ["docker rm -f web", f"docker run -d demo-web:{v}"]
     assert one.rollback_steps("v1") == ["docker -H ssh://deploy@web2 rm -f web",
                                         "docker -H ssh://deploy@web2 run -d demo-web:v1"]
+
+
+def test_the_recovery_puts_back_each_host_a_killed_rollout_had_changed(tmp_path):
+    w = Hosts(tmp_path, running=("v1", "v0", "v1"))
+    d = w.deploy()  # succeeds; now replay a rollout killed after host 2 was deployed
+    outcomes = hosts_from_text(d.hosts)
+    for o, state in zip(outcomes, ("deployed and verified", "deployed, not verified yet",
+                                   "not reached")):
+        o.outcome = state
+    w.one["h3"].running = "v1"
+    d = w.store.update_deployment(d.id, hosts=hosts_to_text(outcomes))
+    w.log.clear()
+    said = host_rollout.recover(w.pipeline.context, d, w.backend)
+    assert w.calls("rollback") == ["h2 rollback v0", "h1 rollback v1"]
+    assert [b.running for b in w.one.values()] == ["v1", "v0", "v1"]
+    assert [s.split(": ", 1)[0] for s in said] == [
+        "unix:///run/h3.sock", "unix:///run/h2.sock", "unix:///run/h1.sock"]
+    stored = {o.host: o.outcome for o in hosts_from_text(w.store.deployment(d.id).hosts)}
+    assert stored["unix:///run/h2.sock"] == ("deployed, not verified yet; rolled back to v0 "
+                                             "by the recovery")
+    assert stored["unix:///run/h3.sock"] == "not reached"
+
+
+def test_the_recovery_names_the_hosts_it_could_not_restore_and_restores_the_others(tmp_path):
+    w = Hosts(tmp_path)
+    d = w.deploy()
+    w.one["h1"].broken_rollback = True
+    with pytest.raises(BackendError) as caught:
+        host_rollout.recover(w.pipeline.context, d, w.backend)
+    assert str(caught.value).startswith("on unix:///run/h1.sock: the engine refused")
+    assert [b.running for b in w.one.values()] == ["v2", "v1", "v1"]
+
+
+def test_an_engine_that_does_not_answer_is_named_in_the_error(tmp_path):
+    from backends.deploy import build_backend
+
+    missing = tmp_path / "no-engine.sock"
+    cfg = parse({"hosts": [f"unix://{missing}"], "timeout": 5})
+    backend = build_backend("web", "staging", cfg.service("web", "staging"))
+    with pytest.raises(BackendError) as caught:
+        backend.current_version()
+    assert str(caught.value).startswith(
+        f"on unix://{missing}: Docker: the Docker engine is not reachable at unix://{missing}")
+
+
+def test_the_whole_service_deploy_puts_back_the_hosts_done_when_one_fails(tmp_path):
+    w = Hosts(tmp_path)
+    w.one["h3"].missing = {"v2"}
+
+    def refuse(version, *, ticket_id, on_step, image=None):
+        w.log.append("h3 deploy refused")
+        raise BackendError("cannot start web-staging; v1 restored")
+
+    w.one["h3"].deploy = refuse
+    with pytest.raises(BackendError) as caught:
+        w.backend.deploy("v2", ticket_id="T-1", on_step=lambda m: None)
+    assert "unix:///run/h1.sock, unix:///run/h2.sock put back" in str(caught.value)
+    assert w.calls("deploy", "rollback") == ["h1 deploy v2", "h2 deploy v2", "h3 deploy refused",
+                                             "h2 rollback v1", "h1 rollback v1"]
