@@ -56,7 +56,8 @@ def images(docker_client, demo_image, second_engine):
 
 
 class TwoHosts:
-    def __init__(self, tmp_path, repository: str, port: int, batch: int, second: str) -> None:
+    def __init__(self, tmp_path, repository: str, port: int, batch: int, second: str,
+                 second_engine: str | None = None) -> None:
         self.name = f"dbt-hosts-{uuid.uuid4().hex[:6]}"
         self.port = port
         base = f"http://127.0.0.1:{port}"
@@ -73,7 +74,7 @@ class TwoHosts:
                             "stop_timeout": 1, "pull": "never", "restart_policy": "no",
                             "batch": batch,
                             "hosts": [{"engine": FIRST, "address": "127.0.0.1"},
-                                      {"engine": second, "address": "127.0.0.2"}]},
+                                      {"engine": second_engine or second, "address": "127.0.0.2"}]},
                 "health": {"url": f"{base}/health"},
                 "smoke": [{"url": f"{base}/api/ping", "contains": "pong"}],
                 "verify": {"timeout": 15, "interval": 0.3}}},
@@ -109,8 +110,9 @@ def two_hosts(tmp_path, images, second_engine, docker_client, free_port):
     engine, other = second_engine
     made: list[TwoHosts] = []
 
-    def make(batch: int = 1) -> TwoHosts:
-        made.append(TwoHosts(tmp_path, images, free_port(), batch, engine.docker_host))
+    def make(batch: int = 1, second_engine: str | None = None) -> TwoHosts:
+        made.append(TwoHosts(tmp_path, images, free_port(), batch, engine.docker_host,
+                             second_engine))
         return made[-1]
 
     yield make
@@ -167,3 +169,34 @@ def test_with_batch_two_both_hosts_are_deployed_before_either_is_verified(two_ho
     started_second = next(i for i, s in enumerate(steps) if i > start
                           and s.startswith(f"{w.second}: ") and " started (" in s)
     assert started_second < steps.index(f"verifying {FIRST} at 127.0.0.1", start)
+
+
+FAKE_SSH = """#!/bin/sh
+# ssh as the Docker SDK runs it (ssh -l USER [-p PORT] -- HOST 'docker system dial-stdio'),
+# reaching the second engine on this machine instead of a remote host.
+printf '%s\\n' "$*" >> "$FAKE_SSH_LOG"
+exec docker -H "$FAKE_SSH_ENGINE" system dial-stdio
+"""
+
+
+def test_an_ssh_engine_is_reached_through_the_ssh_binary(two_hosts, second_engine, tmp_path,
+                                                          monkeypatch):
+    engine, _ = second_engine
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "ssh").write_text(FAKE_SSH)
+    (bin_dir / "ssh").chmod(0o755)
+    log = tmp_path / "ssh.log"
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_SSH_LOG", str(log))
+    monkeypatch.setenv("FAKE_SSH_ENGINE", engine.docker_host)
+    w = two_hosts(second_engine="ssh://deploy@web2.test")
+    assert w.deploy("v1").status is DeploymentStatus.SUCCEEDED
+    d = w.deploy("v2")
+    assert d.status is DeploymentStatus.SUCCEEDED, d.failure
+    assert (w.serves("127.0.0.1"), w.serves("127.0.0.2")) == ("v2", "v2")
+    assert "- ssh://deploy@web2.test (checked at 127.0.0.2), before: v1: deployed and " \
+           "verified" in d.record
+    # the SDK always names the port: 22 unless the engine says ssh://USER@HOST:PORT
+    assert set(log.read_text().splitlines()) == {
+        "-l deploy -p 22 -- web2.test docker system dial-stdio"}
