@@ -127,9 +127,9 @@ class HostRollout:
         from bot.rollout import running_image
 
         d, ctx, stop, step = self.d, self.ctx, self.rollout.stop, self.step
+        # the watch window samples the service as a whole (its URLs as written), as with one host
         aggregate = self.backend
-        baseline = (self.rollout._baseline(d, aggregate, step)
-                    if isinstance(aggregate, DeployBackend) else None)
+        baseline = self.rollout._baseline(d, aggregate, step)
         failure = ""
         batches = self.backend.batches()
         for number, batch in enumerate(batches, 1):
@@ -180,7 +180,7 @@ class HostRollout:
             except BackendError as exc:
                 # The backend's contract: a failed deploy restored what ran on that host.
                 h.outcome.outcome = f"failed: {exc}"
-                return f"deploying {self.d.version} on {name} failed: {exc}"
+                return f"deploying {self.d.version} failed {exc}"
             h.outcome.outcome = "deployed, not verified yet"
             self.done.append(h)
         return ""

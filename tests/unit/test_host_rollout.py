@@ -154,10 +154,12 @@ class HostProbe:
 class Hosts:
     """Three hosts (loopback addresses 127.0.0.1..3) running v1, a pipeline to deploy there."""
 
-    def __init__(self, tmp_path, batch: int = 1, running=("v1", "v1", "v1")) -> None:
+    def __init__(self, tmp_path, batch: int = 1, running=("v1", "v1", "v1"),
+                 reporter=None, **service) -> None:
         engines = [f"unix:///run/h{i}.sock" for i in (1, 2, 3)]
         self.config = parse({"hosts": [{"engine": e, "address": f"127.0.0.{i}"}
-                                       for i, e in enumerate(engines, 1)], "batch": batch})
+                                       for i, e in enumerate(engines, 1)], "batch": batch},
+                            **service)
         self.log: list[str] = []
         self.one = {f"h{i}": HostBackend(name=f"h{i}", log=self.log, running=v)
                     for i, v in enumerate(running, 1)}
@@ -167,7 +169,7 @@ class Hosts:
                                self.log)
         self.store = Store(tmp_path / "deploybot.db")
         self.tracker = LocalTracker(self.store)
-        self.reporter = RecordingReporter()
+        self.reporter = reporter(self.probe) if reporter else RecordingReporter()
         self.pipeline = Pipeline(config=self.config, store=self.store, tracker=self.tracker,
                                  backend_for=lambda s, e: self.backend, reporter=self.reporter,
                                  approver=ScriptedApprover(), probe=self.probe,
@@ -296,8 +298,7 @@ def test_a_deploy_failing_on_the_first_host_fails_with_nothing_else_changed(tmp_
     w.one["h1"].deploy = refuse
     d = w.deploy()
     assert d.status is DeploymentStatus.FAILED
-    assert d.failure.startswith("deploying v2 on unix:///run/h1.sock failed: on "
-                                "unix:///run/h1.sock: cannot start")
+    assert d.failure.startswith("deploying v2 failed on unix:///run/h1.sock: cannot start")
     assert "nothing else was changed" in d.failure
     assert w.calls("deploy", "rollback") == ["h1 deploy refused"]
 
@@ -390,3 +391,27 @@ def test_the_whole_service_deploy_puts_back_the_hosts_done_when_one_fails(tmp_pa
     assert "unix:///run/h1.sock, unix:///run/h2.sock put back" in str(caught.value)
     assert w.calls("deploy", "rollback") == ["h1 deploy v2", "h2 deploy v2", "h3 deploy refused",
                                              "h2 rollback v1", "h1 rollback v1"]
+
+
+class FlippingReporter(RecordingReporter):
+    """Makes `version` answer 500 everywhere once the watch window starts."""
+
+    def __init__(self, probe: HostProbe, version: str) -> None:
+        super().__init__()
+        self.probe, self.version = probe, version
+
+    def step(self, d, message: str) -> None:
+        super().step(d, message)
+        if message.startswith("watching for "):
+            self.probe.bad.add(self.version)
+
+
+def test_a_rule_tripped_in_the_watch_window_after_every_host_rolls_every_host_back(tmp_path):
+    w = Hosts(tmp_path, reporter=lambda probe: FlippingReporter(probe, "v2"),
+              watch={"window": 5.0, "interval": 1.0})
+    d = w.deploy()
+    assert d.status is DeploymentStatus.ROLLED_BACK, d.failure
+    assert "watch window: " in d.failure
+    assert w.calls("rollback") == ["h3 rollback v1", "h2 rollback v1", "h1 rollback v1"]
+    assert all(o.outcome == "deployed and verified; rolled back to v1"
+               for o in hosts_from_text(d.hosts))
