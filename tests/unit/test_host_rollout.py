@@ -97,6 +97,17 @@ def test_ports_published_on_loopback_move_to_a_loopback_address_and_nothing_else
     assert published_on(ports, None) == ports
 
 
+def test_each_engine_runs_the_service_alone_with_its_ports_moved():
+    from backends.deploy.several_hosts import settings_on
+
+    svc = parse({"ports": {"8080": "127.0.0.1:18080"},
+                 "hosts": [H1, {"engine": H3, "address": "127.0.0.3"}]}).service("web", "staging")
+    first, third = (settings_on(svc, h).backend for h in svc.backend.hosts)
+    assert (first.hosts, first.ports) == (None, {"8080": "127.0.0.1:18080"})
+    assert (third.hosts, third.ports) == (None, {"8080": "127.0.0.3:18080"})
+    assert svc.backend.ports == {"8080": "127.0.0.1:18080"}
+
+
 def test_hosts_are_cut_into_batches_in_their_order():
     assert host_rollout.in_batches(["a", "b", "c"], 2) == [["a", "b"], ["c"]]
     assert host_rollout.in_batches(["a", "b", "c"], 1) == [["a"], ["b"], ["c"]]
