@@ -174,6 +174,9 @@ class HostRollout:
         """Deploy each host of the batch; the first failure, "" when none."""
         for name in batch:
             h = self.by_name[name]
+            # stored first: a deploybot killed now leaves the record saying where it was
+            h.outcome.outcome = "interrupted while being deployed"
+            self._save()
             try:
                 h.backend.deploy(self.d.version, ticket_id=self.label, on_step=self.step,
                                  image=self.pin)

@@ -13,7 +13,7 @@ from backends.trackers.local import LocalTracker
 from bot import config as configuration
 from bot import host_rollout
 from bot.errors import BackendError, ConfigError
-from bot.models import DeploymentStatus, hosts_from_text, hosts_to_text
+from bot.models import DeploymentStatus, hosts_from_text
 from bot.pipeline import Pipeline
 from bot.ports import ProbeResult
 from bot.store import Store
@@ -345,25 +345,33 @@ def test_the_hand_commands_name_each_hosts_engine(tmp_path):
                                         "docker -H ssh://deploy@web2 run -d demo-web:v1"]
 
 
+class Killed(BaseException):
+    """deploybot killed (kill -9) at this point: nothing after it runs."""
+
+
 def test_the_recovery_puts_back_each_host_a_killed_rollout_had_changed(tmp_path):
     w = Hosts(tmp_path, running=("v1", "v0", "v1"))
-    d = w.deploy()  # succeeds; now replay a rollout killed after host 2 was deployed
-    outcomes = hosts_from_text(d.hosts)
-    for o, state in zip(outcomes, ("deployed and verified", "deployed, not verified yet",
-                                   "not reached")):
-        o.outcome = state
-    w.one["h3"].running = "v1"
-    d = w.store.update_deployment(d.id, hosts=hosts_to_text(outcomes))
+    started = w.one["h2"].deploy
+
+    def killed_after_starting(version, **kw):
+        started(version, **kw)
+        raise Killed()
+
+    w.one["h2"].deploy = killed_after_starting
+    with pytest.raises(Killed):
+        w.deploy()
+    [d] = w.store.deployments(limit=1)
+    assert [o.outcome for o in hosts_from_text(d.hosts)] == [
+        "deployed and verified", "interrupted while being deployed", "not reached"]
     w.log.clear()
     said = host_rollout.recover(w.pipeline.context, d, w.backend)
     assert w.calls("rollback") == ["h2 rollback v0", "h1 rollback v1"]
     assert [b.running for b in w.one.values()] == ["v1", "v0", "v1"]
     assert [s.split(": ", 1)[0] for s in said] == [
         "unix:///run/h3.sock", "unix:///run/h2.sock", "unix:///run/h1.sock"]
-    stored = {o.host: o.outcome for o in hosts_from_text(w.store.deployment(d.id).hosts)}
-    assert stored["unix:///run/h2.sock"] == ("deployed, not verified yet; rolled back to v0 "
-                                             "by the recovery")
-    assert stored["unix:///run/h3.sock"] == "not reached"
+    assert [o.outcome for o in hosts_from_text(w.store.deployment(d.id).hosts)] == [
+        "deployed and verified; rolled back to v1 by the recovery",
+        "interrupted while being deployed; rolled back to v0 by the recovery", "not reached"]
 
 
 def test_the_recovery_names_the_hosts_it_could_not_restore_and_restores_the_others(tmp_path):
