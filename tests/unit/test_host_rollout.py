@@ -68,7 +68,7 @@ def test_the_proxy_is_still_refused_with_several_hosts():
     assert "proxy: works with one engine" in str(caught.value) + caught.value.hint
 
 
-# -- URLs and ports per host ------------------------------------------------------------------------
+# -- URLs and ports per host ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("url, address, expected", [
     ("http://127.0.0.1:18080/health", "127.0.0.2", "http://127.0.0.2:18080/health"),
