@@ -20,22 +20,22 @@ from bot.ports import DeployBackend, StepCallback
 from backends.deploy import docker as docker_backend
 
 
-def _loopback(host: str) -> bool:
+def _loopback_v4(host: str) -> bool:
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
+        return ipaddress.IPv4Address(host).is_loopback
     except ValueError:
-        return host == "localhost"
+        return False
 
 
 def published_on(ports: dict[str, str], address: str | None) -> dict[str, str]:
-    """Ports published on a loopback IP moved onto `address` when it is a loopback address too:
-    two engines on one machine cannot both bind 127.0.0.1:18080 (127.0.0.2:18080 is free)."""
-    if not address or not _loopback(address) or address == "localhost":
+    """Ports published on 127.x moved onto `address` when it is a 127.x address too: two
+    engines on one machine cannot both bind 127.0.0.1:18080 (127.0.0.2:18080 is free)."""
+    if not address or not _loopback_v4(address):
         return dict(ports)
     out = {}
     for container_port, published in ports.items():
-        ip, sep, port = str(published).rpartition(":")
-        out[container_port] = f"{address}:{port}" if sep and ip and _loopback(ip) else published
+        ip, _, port = str(published).rpartition(":")
+        out[container_port] = f"{address}:{port}" if _loopback_v4(ip) else published
     return out
 
 

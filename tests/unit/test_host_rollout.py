@@ -94,6 +94,7 @@ def test_ports_published_on_loopback_move_to_a_loopback_address_and_nothing_else
     assert published_on(ports, "127.0.0.2") == {
         "8080": "127.0.0.2:18080", "9090/tcp": "0.0.0.0:19090", "7070": "17070"}
     assert published_on(ports, "web2") == ports
+    assert published_on(ports, "[::1]") == ports  # only 127.x moves
     assert published_on(ports, None) == ports
 
 
