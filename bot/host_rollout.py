@@ -27,12 +27,24 @@ def in_batches(hosts: list[str], size: int) -> list[list[str]]:
     return [hosts[i:i + size] for i in range(0, len(hosts), size)]
 
 
+MIXED = "mixed: "
+
+
 def agreed(values: dict[str, str | None]) -> str | None:
-    """The one value every host has, else "mixed: web1 v2, web2 v1"."""
+    """The one value every host has, else "mixed: web1 v2, web2 v1" (per_host reads it)."""
     distinct = set(values.values())
     if len(distinct) == 1:
         return distinct.pop()
-    return "mixed: " + ", ".join(f"{host} {v or 'nothing'}" for host, v in values.items())
+    return MIXED + ", ".join(f"{host} {v or 'nothing'}" for host, v in values.items())
+
+
+def per_host(version: str | None) -> dict[str, str | None] | None:
+    """What agreed() said of hosts that disagreed, host by host; None for one version.
+    (Engines and versions hold no spaces: the configuration refuses them.)"""
+    if not version or not version.startswith(MIXED):
+        return None
+    pairs = (item.rsplit(" ", 1) for item in version[len(MIXED):].split(", "))
+    return {host: None if v == "nothing" else v for host, v in pairs}
 
 
 def url_on_host(url: str, address: str | None) -> str:

@@ -14,6 +14,7 @@ from bot.models import (
     VerificationResult,
     hosts_from_text,
 )
+from bot.host_rollout import MIXED
 
 OUTCOME_LINE = {
     DeploymentStatus.SUCCEEDED: "Deployed and verified.",
@@ -41,7 +42,10 @@ def rollback_plan(deployment: Deployment, steps: list[str], health_url: str | No
                   channel: str) -> list[str]:
     """The three numbered lines of the record's Rollback Plan section."""
     target = deployment.previous_version
-    if target:
+    if target and target.startswith(MIXED):
+        cmd = (f"the hosts ran different versions before ({target[len(MIXED):]}): put each "
+               "back to its own (the Hosts section)")
+    elif target:
         cmd = (f"`deploybot rollback {deployment.service} --to {target} "
                f"--env {deployment.environment}` (Slack: `/rollback {deployment.service} to "
                f"{target} in {deployment.environment}`)")

@@ -13,7 +13,7 @@ import docker
 
 from bot.config import DockerHost, Service
 from bot.errors import BackendError
-from bot.host_rollout import agreed, in_batches
+from bot.host_rollout import MIXED, agreed, in_batches, per_host
 from bot.models import BackendStatus
 from bot.ports import DeployBackend, StepCallback
 
@@ -141,8 +141,8 @@ class SeveralHostsBackend:
     def running_image(self) -> str | None:
         refs = {h: b.running_image() for h, b in self._one.items()}
         ref = agreed(refs)
-        if ref is not None and ref.startswith("mixed: "):
-            raise BackendError(f"the hosts run different bytes ({ref[len('mixed: '):]})")
+        if ref is not None and ref.startswith(MIXED):
+            raise BackendError(f"the hosts run different bytes ({ref[len(MIXED):]})")
         return ref
 
     def prepare(self, version: str, on_step: StepCallback, *, image: str | None = None) -> None:
@@ -180,23 +180,30 @@ class SeveralHostsBackend:
 
     def rollback(self, to_version: str | None, on_step: StepCallback, *,
                  image: str | None = None) -> None:
-        """Every host back to `to_version`; a host already running it (those bytes) is left
-        alone. The hosts are all tried; BackendError names those that failed."""
-        if to_version and to_version.startswith("mixed: "):
-            raise BackendError(f"the hosts ran different versions ({to_version[7:]}): roll "
-                               "each one back by hand (deploybot show lists them)")
+        """Every host back to `to_version` (with "mixed: h1 v1, h2 v0", each to its own, by
+        tag); a host already running it (those bytes) is left alone. The hosts are all tried;
+        BackendError names those that failed."""
+        wanted = self._wanted(to_version)
         failed = []
         for engine, b in reversed(self._one.items()):
+            version, pin = wanted[engine], image if wanted[engine] == to_version else None
             try:
-                if b.current_version() == to_version and (image is None or
-                                                          b.running_image() == image):
-                    on_step(f"{engine}: {to_version or 'nothing'} runs already")
+                if b.current_version() == version and (pin is None or
+                                                       b.running_image() == pin):
+                    on_step(f"{engine}: {version or 'nothing'} runs already")
                     continue
-                b.rollback(to_version, on_step, image=image)
+                b.rollback(version, on_step, image=pin)
             except BackendError as exc:
                 failed.append(str(exc))
         if failed:
             raise BackendError("; ".join(failed))
+
+    def _wanted(self, version: str | None) -> dict[str, str | None]:
+        each = per_host(version)
+        if each is not None and set(each) != set(self._one):
+            raise BackendError(f"{version} does not name the configured hosts "
+                               f"({', '.join(self._one)}): put each back by hand")
+        return each if each is not None else {h: version for h in self._one}
 
     def finalize(self, on_step: StepCallback) -> None:
         failed = []
@@ -228,7 +235,11 @@ class SeveralHostsBackend:
         return steps
 
     def rollback_steps(self, to_version: str | None) -> list[str]:
-        return [s for b in self._one.values() for s in b.rollback_steps(to_version)]
+        try:
+            wanted = self._wanted(to_version)
+        except BackendError:  # hosts changed since: no command would be exact
+            return []
+        return [s for h, b in self._one.items() for s in b.rollback_steps(wanted[h])]
 
 
 def build(service: str, environment: str, settings: Service) -> SeveralHostsBackend:

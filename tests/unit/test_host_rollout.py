@@ -333,8 +333,22 @@ def test_a_rollback_of_the_whole_service_leaves_hosts_already_running_it(tmp_pat
     w = Hosts(tmp_path, running=("v2", "v1", "v2"))
     w.backend.rollback("v1", lambda m: None)
     assert w.calls("rollback") == ["h3 rollback v1", "h1 rollback v1"]
-    with pytest.raises(BackendError, match="ran different versions"):
+    with pytest.raises(BackendError, match="does not name the configured hosts"):
         w.backend.rollback("mixed: a v1, b v2", lambda m: None)
+
+
+def test_versions_the_hosts_disagreed_on_are_put_back_host_by_host(tmp_path):
+    w = Hosts(tmp_path, running=("v1", "v0", None))
+    before = w.backend.current_version()
+    assert host_rollout.per_host(before) == {"unix:///run/h1.sock": "v1",
+                                             "unix:///run/h2.sock": "v0",
+                                             "unix:///run/h3.sock": None}
+    assert host_rollout.per_host("v1") is None
+    for b in w.one.values():
+        b.running = "v2"
+    w.backend.rollback(before, lambda m: None, image="sha256:" + "9" * 64)
+    assert [b.running for b in w.one.values()] == ["v1", "v0", None]
+    assert [b.pins[-1] for b in w.one.values()] == [None, None, None]  # by tag: bytes differed
 
 
 def test_the_hand_commands_name_each_hosts_engine(tmp_path):
@@ -435,3 +449,13 @@ def test_a_rule_tripped_in_the_watch_window_after_every_host_rolls_every_host_ba
     assert w.calls("rollback") == ["h3 rollback v1", "h2 rollback v1", "h1 rollback v1"]
     assert all(o.outcome == "deployed and verified; rolled back to v1"
                for o in hosts_from_text(d.hosts))
+
+
+def test_the_record_says_each_host_goes_back_to_its_own_version(tmp_path):
+    w = Hosts(tmp_path, running=("v1", "v0", "v1"))
+    w.probe.bad = {"v2"}
+    d = w.deploy()
+    assert d.status is DeploymentStatus.ROLLED_BACK
+    assert ("the hosts ran different versions before (unix:///run/h1.sock v1, "
+            "unix:///run/h2.sock v0, unix:///run/h3.sock v1): put each back to its own (the "
+            "Hosts section); by hand: `run v1`; `run v0`; `run v1`") in d.record
