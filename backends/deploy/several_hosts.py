@@ -15,7 +15,7 @@ from bot.config import DockerHost, Service
 from bot.errors import BackendError
 from bot.host_rollout import MIXED, agreed, in_batches, per_host
 from bot.models import BackendStatus
-from bot.ports import DeployBackend, StepCallback
+from bot.ports import DeployBackend, ResourceUsage, StepCallback, Usage
 
 from backends.deploy import docker as docker_backend
 
@@ -98,6 +98,11 @@ class OneHost:
 
     def plan(self, version: str) -> list[str]:
         return self._call(self.backend.plan, version)
+
+    def usage(self) -> Usage | None:
+        if not isinstance(self.backend, ResourceUsage):
+            raise BackendError(f"on {self.engine}: no resource usage from this backend")
+        return self._call(self.backend.usage)
 
     def rollback_steps(self, to_version: str | None) -> list[str]:
         # the same commands, sent to this host's engine
@@ -226,6 +231,15 @@ class SeveralHostsBackend:
 
     def logs(self, since: datetime) -> str:
         return "".join(f"== {h} ==\n{b.logs(since)}" for h, b in self._one.items())
+
+    def usage(self) -> Usage | None:
+        """ResourceUsage: the busiest host's CPU and the largest memory (the watch window's
+        limits are per container)."""
+        each = [u for u in (b.usage() for b in self._one.values()) if u is not None]
+        if not each:
+            return None
+        return Usage(cpu_percent=max(u.cpu_percent for u in each),
+                     memory_bytes=max(u.memory_bytes for u in each))
 
     def plan(self, version: str) -> list[str]:
         steps = [f"host by host, {self._batch} at a time, each batch verified before the next: "

@@ -459,3 +459,15 @@ def test_the_record_says_each_host_goes_back_to_its_own_version(tmp_path):
     assert ("the hosts ran different versions before (unix:///run/h1.sock v1, "
             "unix:///run/h2.sock v0, unix:///run/h3.sock v1): put each back to its own (the "
             "Hosts section); by hand: `run v1`; `run v0`; `run v1`") in d.record
+
+
+def test_resource_usage_is_the_busiest_hosts(tmp_path):
+    from bot.ports import Usage
+
+    w = Hosts(tmp_path)
+    for b, (cpu, mem) in zip(w.one.values(), ((10.0, 300.0), (80.0, 100.0), (5.0, 200.0))):
+        b.usage = lambda cpu=cpu, mem=mem: Usage(cpu_percent=cpu, memory_bytes=mem)
+    assert w.backend.usage() == Usage(cpu_percent=80.0, memory_bytes=300.0)
+    del w.one["h2"].usage
+    with pytest.raises(BackendError, match="on unix:///run/h2.sock: no resource usage"):
+        w.backend.usage()
