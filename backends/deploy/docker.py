@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import os
 import shlex
 from datetime import datetime
@@ -23,12 +24,16 @@ from backends.deploy.docker_staged import NEXT_SUFFIX, StagedContainers, http_st
 
 KEPT_SUFFIX = "--previous"
 LABEL = "io.deploybot"
+# The engine the calls in this context go to, when it is not DOCKER_HOST (a service on several
+# hosts: backends/deploy/several_hosts.py), so "not reachable at" names the right one.
+ENGINE: contextvars.ContextVar[str | None] = contextvars.ContextVar("docker_engine", default=None)
 
 
 def explain(exc: Exception, docker_host: str | None = None) -> str:
     """A Docker SDK error as a sentence a person can act on (shared by the Docker adapters)."""
     text = str(exc)
-    where = docker_host or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    where = (docker_host or ENGINE.get() or os.environ.get("DOCKER_HOST")
+             or "unix:///var/run/docker.sock")
     unreachable = (f"the Docker engine is not reachable at {where} "
                    "(is it running? is DOCKER_HOST right?)")
     if isinstance(exc, docker.errors.DockerException) and "fetching server API version" in text:
