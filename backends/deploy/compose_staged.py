@@ -229,7 +229,14 @@ class StagedCompose:
                                f"{explain(exc, self.b._env().get('DOCKER_HOST'))}") from None
 
     def view(self) -> View:
-        return reconcile(self.proxy.serving(), self.boxes())
+        boxes = self.boxes()
+        try:
+            serving = self.proxy.serving()
+        except BackendError:
+            if boxes:
+                raise  # what serves cannot be told: fail closed
+            serving = None  # no container at all: nothing serves, whatever the proxy says
+        return reconcile(serving, boxes)
 
     def _image_id(self, ref: str) -> str | None:
         import docker.errors
@@ -338,9 +345,9 @@ class StagedCompose:
         return box.address or ""
 
     def _compose_up(self, version: str, ticket_id: str, image: str | None, view: View,
-                    on_step: StepCallback) -> Box:
-        override = self.b._write_override(version, self.b._images_for(version, pin=image),
-                                          ticket_id)
+                    on_step: StepCallback, restore: bool = False) -> Box:
+        images = self.b._images_for(version, pin=image, restore=restore)
+        override = self.b._write_override(version, images, ticket_id)
         before = {view.current.id} if view.current else set()
         scale = len(before) + 1
         run = self.b._run(override, *self.up_tail(scale), on_step=on_step, what="up")
@@ -367,7 +374,10 @@ class StagedCompose:
 
     def _find_candidate(self, view: View) -> Box | None:
         if self._candidate is not None:
-            return next((b for b in view.others if b.id == self._candidate.id), None)
+            # Unrouted (a first deploy), the staged one may be the newest running: "current".
+            unrouted = [view.current] if view.current and not view.routed else []
+            return next((b for b in [*view.others, *unrouted] if b.id == self._candidate.id),
+                        None)
         newer = [b for b in view.running_others
                  if view.current is None or b.created > view.current.created]
         return newer[0] if newer else None
@@ -429,6 +439,7 @@ class StagedCompose:
         want = self._image_id(image) if image else None
         how, box = rollback_plan(view, to_version, want)
         bad = view.current if view.current is not None and how != "serving" else None
+        gone = [bad] if how == "create" else [bad, *view.running_others]
         if how == "serving":
             on_step(f"{to_version} serves already ({box.name}); removing what was staged")
             for other in view.running_others:
@@ -447,7 +458,8 @@ class StagedCompose:
             if bad is not None and not view.routed:
                 bad = None  # unrouted: left as it is, `up --scale` keeps it
             box = self._compose_up(to_version, "rollback", image,
-                                   View(view.serving, view.current, view.routed, ()), on_step)
+                                   View(view.serving, view.current, view.routed, ()), on_step,
+                                   restore=True)
             self._check_directly(box, on_step)
         started = self._monotonic()
         self.proxy.route(box.address, on_step)
@@ -455,14 +467,14 @@ class StagedCompose:
                 f"in {self._monotonic() - started:.3f} s")
         self._candidate = None
         self.write_current(box)
-        for gone in [bad] + [b for b in view.running_others if b.id != box.id]:
-            if gone is None or gone.id == box.id:
+        for old in gone:
+            if old is None or old.id == box.id:
                 continue
-            if gone.address and view.routed:
-                self.proxy.wait_drained(gone.address, self.settings.drain, on_step)
-                self.proxy.forget(gone.address, on_step)
-            on_step(f"removing {gone.short}")
-            self._remove(gone)
+            if old.address and view.routed:
+                self.proxy.wait_drained(old.address, self.settings.drain, on_step)
+                self.proxy.forget(old.address, on_step)
+            on_step(f"removing {old.short}")
+            self._remove(old)
 
     def deploy(self, version: str, *, ticket_id: str, on_step: StepCallback,
                image: str | None = None) -> None:
