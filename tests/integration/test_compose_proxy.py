@@ -1,0 +1,223 @@
+"""Compose behind the proxy against the real engine, the real compose binary and a real HAProxy
+(run: host, started as the systemd unit would: tests/integration/haproxy_harness.py): the backend
+driven the
+way the core's staged rollout drives it (prepare, stage, direct check, switch, finalize or
+rollback), with a client loop through the proxy counting failed requests."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from backends.deploy.compose import ComposeBackend, find_compose, run_streaming
+from bot import config as config_mod
+from bot.errors import BackendError
+from fakes.waiting import wait_until
+from haproxy_harness import HostHaproxy
+
+pytestmark = pytest.mark.integration
+
+
+
+class VersionLoop:
+    """GET /version through the proxy, one connection per request, until stopped; any exception
+    or non-200 answer is a failure."""
+
+    def __init__(self, listen: str) -> None:
+        self.url = f"http://{listen}/version"
+        self.seen: list[str] = []
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                answer = httpx.get(self.url, timeout=5, headers={"Connection": "close"})
+                if answer.status_code == 200:
+                    self.seen.append(answer.text.strip())
+                else:
+                    self.failures.append(f"{answer.status_code} {answer.text[:80]}")
+            except httpx.HTTPError as exc:
+                self.failures.append(repr(exc))
+            time.sleep(0.005)
+
+    def __enter__(self) -> "VersionLoop":
+        self._thread.start()
+        wait_until(lambda: self.seen or self.failures, 15, "the first answer through the proxy")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=15)
+
+    def more(self, n: int = 20) -> None:
+        goal = len(self.seen) + len(self.failures) + n
+        wait_until(lambda: len(self.seen) + len(self.failures) >= goal, 20,
+                   f"{n} more requests through the proxy", every=0.01)
+
+
+class Project:
+    """A compose project `web` behind its own HAProxy container; all removed at the end."""
+
+    def __init__(self, docker_client, repository: str, free_port) -> None:
+        self.client = docker_client
+        self.folder = Path(tempfile.mkdtemp(prefix="czp-"))  # short: socket paths
+        self.name = f"dbt-czp-{uuid.uuid4().hex[:8]}"
+        self.listen = f"127.0.0.1:{free_port()}"
+        self.file = self.folder / "compose.yml"
+        self.file.write_text(yaml.safe_dump({"services": {"web": {
+            "image": f"{repository}:latest",
+            "ports": ["127.0.0.1:18099:8080"],  # what a user had before proxy: (overridden)
+            "stop_grace_period": "1s"}}}))
+        self.cfg = config_mod.parse({"environments": {"staging": {}}, "services": {"web": {
+            "image": repository,
+            "backend": {"kind": "compose", "file": str(self.file), "project": self.name,
+                        "pull": "never", "timeout": 60, "stop_timeout": 1,
+                        "proxy": {"listen": self.listen, "port": 8080, "drain": 2,
+                                  "run": "host", "dir": str(self.folder / "proxy")}},
+            "health": {"url": f"http://{self.listen}/health"},
+            "verify": {"timeout": 15, "interval": 0.5}}}}).service("web", "staging")
+        self.steps: list[str] = []
+        self.haproxy = HostHaproxy(self.folder / "proxy")
+        # What a person does after the first "the proxy is not running" (files written by it).
+        with pytest.raises(BackendError, match="the proxy is not running"):
+            self.backend()._staged.proxy.ensure(self.step)
+        self.haproxy.start()
+
+    def backend(self) -> ComposeBackend:
+        """A fresh backend, as a new deploybot process (after a kill -9) would build it."""
+        return ComposeBackend("web", "staging", self.cfg)
+
+    def step(self, message: str) -> None:
+        self.steps.append(message)
+
+    def deploy(self, backend: ComposeBackend, version: str, *, finalize: bool = True) -> str:
+        """What the core's staged rollout does; returns the staged container's address."""
+        backend.prepare(version, self.step)
+        address = backend.stage(version, ticket_id=f"T-{version}", on_step=self.step)
+        backend._staged._check_directly(backend._staged._find_candidate(backend._staged.view()),
+                                        self.step)
+        backend.switch(self.step)
+        if finalize:
+            backend.finalize(self.step)
+        return address
+
+    def containers(self) -> list:
+        return self.client.containers.list(all=True, filters={"label": [
+            f"com.docker.compose.project={self.name}"]})
+
+    def serving_id(self, backend: ComposeBackend) -> str:
+        current = backend._staged.view().current
+        assert current is not None
+        return current.id
+
+    def close(self) -> None:
+        run_streaming([*find_compose().argv, "-p", self.name, "-f", str(self.file), "down",
+                       "--remove-orphans", "--timeout", "1"], timeout=60)
+        self.haproxy.stop()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@pytest.fixture
+def project(docker_client, demo_image, free_port):
+    for tag, mode in (("v1", "healthy"), ("v2", "healthy"), ("v3", "unhealthy")):
+        demo_image(tag, mode)
+    p = Project(docker_client, demo_image.repository, free_port)
+    yield p
+    p.close()
+
+
+def test_deploys_and_rollbacks_through_the_proxy_fail_no_request(project):
+    backend = project.backend()
+    project.deploy(backend, "v1")
+    v1_id = project.serving_id(backend)
+    assert backend.current_version() == "v1"
+    with VersionLoop(project.listen) as loop:
+        # v2, then a rollback within the window (old one warm): a switch to the same container
+        project.deploy(backend, "v2", finalize=False)
+        loop.more()
+        assert backend.current_version() == "v2" and loop.seen[-1] == "v2"
+        backend.rollback("v1", project.step)
+        assert project.serving_id(backend) == v1_id
+        assert backend.current_version() == "v1"
+        loop.more()
+        assert loop.seen[-1] == "v1"
+        # v2 again, finalized: v1 drains and is kept stopped; a rollback starts it and switches
+        project.deploy(backend, "v2")
+        kept = [c for c in project.containers() if c.id == v1_id]
+        assert kept and kept[0].status == "exited"
+        loop.more()
+        backend.rollback("v1", project.step)
+        assert project.serving_id(backend) == v1_id
+        loop.more()
+        assert loop.seen[-1] == "v1"
+    assert loop.failures == [], loop.failures[:5]
+    switches = [s for s in project.steps if "sends web-staging to v1" in s]
+    print(f"\n{len(loop.seen)} requests through the proxy, 0 failed; rollbacks: {switches}")
+    assert len(loop.seen) > 100 and {"v1", "v2"} <= set(loop.seen)
+    assert any("in 0.0" in s and "sends web-staging to v1" in s for s in project.steps)
+    # only v1 is left; the file compose would use again names it, not v2
+    assert [c.id for c in project.containers()] == [v1_id]
+    serving = yaml.safe_load((project.folder / ".deploybot" / f"{project.name}@serving.yml")
+                             .read_text().replace("!override", ""))
+    assert serving["services"]["web"]["labels"]["io.deploybot.version"] == "v1"
+
+
+def test_a_candidate_failing_health_is_discarded_and_the_old_one_keeps_serving(project):
+    backend = project.backend()
+    project.deploy(backend, "v1")
+    v1_id = project.serving_id(backend)
+    with VersionLoop(project.listen) as loop:
+        backend.prepare("v3", project.step)
+        address = backend.stage("v3", ticket_id="T-v3", on_step=project.step)
+        assert httpx.get(f"http://{address}/health", timeout=5).status_code >= 500
+        assert not backend.candidate_status().running or \
+            backend.candidate_status().version == "v3"
+        backend.discard(project.step)
+        loop.more()
+    assert loop.failures == [] and set(loop.seen) == {"v1"}
+    assert [c.id for c in project.containers()] == [v1_id]
+    # the whole deploy() (a core that does not stage) says why and changes nothing
+    with pytest.raises(BackendError, match="v3 failed its checks beside what serves"):
+        backend.deploy("v3", ticket_id="T-v3b", on_step=project.step)
+    assert [c.id for c in project.containers()] == [v1_id]
+    assert backend.status().running and backend.status().version == "v1"
+
+
+def test_half_states_left_by_a_killed_run_are_repaired(project):
+    first = project.backend()
+    project.deploy(first, "v1")
+    v1_id = project.serving_id(first)
+    # killed after stage: the next run's stage removes the leftover candidate
+    first.prepare("v2", project.step)
+    first.stage("v2", ticket_id="T-v2", on_step=project.step)
+    assert len(project.containers()) == 2
+    second = project.backend()
+    assert second.current_version() == "v1"  # the proxy's serving address is the truth
+    second.prepare("v2", project.step)
+    second.stage("v2", ticket_id="T-v2", on_step=project.step)
+    assert len(project.containers()) == 2
+    assert any("left from an earlier deploy" in s for s in project.steps)
+    # killed after the switch, before finalize: the recovery's rollback is a switch back
+    second.switch(project.step)
+    third = project.backend()
+    assert third.current_version() == "v2"
+    with VersionLoop(project.listen) as loop:
+        third.rollback("v1", project.step)
+        loop.more()
+    assert loop.failures == [] and loop.seen[-1] == "v1"
+    assert [c.id for c in project.containers()] == [v1_id]
+    # killed after stage, and the recovery rolls back to what serves: the staged one goes
+    third.prepare("v2", project.step)
+    third.stage("v2", ticket_id="T-v2", on_step=project.step)
+    project.backend().rollback("v1", project.step)
+    assert [c.id for c in project.containers()] == [v1_id]
