@@ -601,7 +601,9 @@ class StagedCompose:
             return self.proxy.by_hand(box.address or "") + bad
         start = [f"docker start {box.id[:12]}"] if how == "kept" else \
             [b._command(b.override_path(to_version), *self.up_tail(2))]
-        return start + [f"docker port NEW {self.settings.port}/tcp  # -> 127.0.0.1:HOSTPORT, "
+        new = box.id[:12] if how == "kept" else f"$(docker ps -lq -f label=com.docker." \
+            f"compose.project={b.project})"
+        return start + [f"docker port {new} {self.settings.port}/tcp  # -> 127.0.0.1:HOSTPORT, "
                         "check its health there",
                         *self.proxy.by_hand("127.0.0.1:HOSTPORT")] + bad
 

@@ -78,14 +78,19 @@ class Project:
             "image": f"{repository}:latest",
             "ports": ["127.0.0.1:18099:8080"],  # what a user had before proxy: (overridden)
             "stop_grace_period": "1s"}}}))
-        self.cfg = config_mod.parse({"environments": {"staging": {}}, "services": {"web": {
+        from fakes.people import PEOPLE
+
+        self.config = config_mod.parse({
+            "tracker": {"kind": "local"}, "people": PEOPLE,
+            "environments": {"staging": {}}, "services": {"web": {
             "image": repository,
             "backend": {"kind": "compose", "file": str(self.file), "project": self.name,
                         "pull": "never", "timeout": 60, "stop_timeout": 1,
                         "proxy": {"listen": self.listen, "port": 8080, "drain": 2,
                                   "run": "host", "dir": str(self.folder / "proxy")}},
             "health": {"url": f"http://{self.listen}/health"},
-            "verify": {"timeout": 15, "interval": 0.5}}}}).service("web", "staging")
+            "verify": {"timeout": 15, "interval": 0.5}}}}, "test-config")
+        self.cfg = self.config.service("web", "staging")
         self.steps: list[str] = []
         self.haproxy = HostHaproxy(self.folder / "proxy")
         # What a person does after the first "the proxy is not running" (files written by it).
@@ -221,3 +226,25 @@ def test_half_states_left_by_a_killed_run_are_repaired(project):
     third.stage("v2", ticket_id="T-v2", on_step=project.step)
     project.backend().rollback("v1", project.step)
     assert [c.id for c in project.containers()] == [v1_id]
+
+
+def test_through_the_pipeline_deploys_are_switched_and_a_bad_version_never_serves(
+        project, compose_env):
+    bot = compose_env.bot(project.config)  # the real Pipeline, store and tracker in a tmp dir
+    d1 = bot.deploy("v1")
+    assert d1.status.value == "succeeded", d1.failure
+    with VersionLoop(project.listen) as loop:
+        d2 = bot.deploy("v2")
+        assert d2.status.value == "succeeded", d2.failure
+        loop.more()
+        d3 = bot.deploy("v3", "v3 with the new cache")
+        loop.more()
+    assert d2.previous_version == "v1" and d2.method == "Docker Compose"
+    assert d3.status.value in ("failed", "rolled_back"), d3.failure
+    assert "health check at http://127.0.0.1:" in d3.failure  # checked on its own address
+    assert loop.failures == [], loop.failures[:5]
+    assert set(loop.seen) == {"v1", "v2"} and loop.seen[-1] == "v2"
+    backend = bot.pipeline.backend_for("web", "staging")
+    assert backend.current_version() == "v2" and backend.status().running
+    # the record names the commands of a rollback by hand: the proxy's switch
+    assert "admin.sock" in d2.record and "docker start " in d2.record
