@@ -52,7 +52,7 @@ class ProxyContainer:
 
     def command(self) -> list[str]:
         d = str(self.proxy.dir)
-        return ["haproxy", "-W", "-S", f"{d}/master.sock", "-f", f"{d}/conf.d"]
+        return ["haproxy", "-W", "-S", f"{d}/master.sock,mode,600", "-f", f"{d}/conf.d"]
 
     def start(self, on_step: StepCallback) -> None:
         """Create (when missing) and start it, then wait until its master answers; on failure
@@ -78,6 +78,7 @@ class ProxyContainer:
                 self.image, self.command(), name=self.name, network_mode="host",
                 volumes={d: {"bind": d, "mode": "rw"}},
                 restart_policy={"Name": "unless-stopped"},
+                stop_signal="SIGUSR1",  # soft stop: in-flight requests finish
                 labels={LABEL: "true", f"{LABEL}.dir": d}, detach=True)
         except docker.errors.ImageNotFound:
             raise BackendError(f"the proxy image {self.image} is not on the Docker engine: "

@@ -82,7 +82,7 @@ class HostHaproxy:
     def start(self) -> None:
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                [haproxy_binary(), "-W", "-S", str(self.dir / "master.sock"), "-f",
+                [haproxy_binary(), "-W", "-S", f"{self.dir}/master.sock,mode,600", "-f",
                  str(self.dir / "conf.d")], stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         wait_until(lambda: self._answers() or self.process.poll() is not None, 15,
                    "haproxy's master and admin sockets")
