@@ -1,6 +1,6 @@
 """Compose behind the proxy against the real engine, the real compose binary and a real HAProxy
-(run: host, started as the systemd unit would: tests/integration/haproxy_harness.py): the backend
-driven the
+(run: container: deploybot starts it, image deploybot/haproxy:2.6 of scripts/build-proxy-image.sh):
+the backend driven the
 way the core's staged rollout drives it (prepare, stage, direct check, switch, finalize or
 rollback), with a client loop through the proxy counting failed requests."""
 
@@ -13,6 +13,7 @@ import time
 import uuid
 from pathlib import Path
 
+import docker.errors
 import httpx
 import pytest
 import yaml
@@ -21,9 +22,22 @@ from backends.deploy.compose import ComposeBackend, find_compose, run_streaming
 from bot import config as config_mod
 from bot.errors import BackendError
 from fakes.waiting import wait_until
-from haproxy_harness import HostHaproxy
 
 pytestmark = pytest.mark.integration
+
+PROXY_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "build-proxy-image.sh"
+
+
+@pytest.fixture(scope="module")
+def haproxy_image(docker_client) -> str:
+    """The proxy container's image; the script does nothing when it is up to date."""
+    import subprocess
+
+    built = subprocess.run([str(PROXY_SCRIPT)], capture_output=True, text=True, timeout=120,
+                           stdin=subprocess.DEVNULL)
+    if built.returncode != 0:
+        pytest.fail(f"{PROXY_SCRIPT}: exit {built.returncode}\n{built.stderr}", pytrace=False)
+    return "deploybot/haproxy:2.6"
 
 
 
@@ -68,7 +82,7 @@ class VersionLoop:
 class Project:
     """A compose project `web` behind its own HAProxy container; all removed at the end."""
 
-    def __init__(self, docker_client, repository: str, free_port) -> None:
+    def __init__(self, docker_client, repository: str, free_port, haproxy_image: str) -> None:
         self.client = docker_client
         self.folder = Path(tempfile.mkdtemp(prefix="czp-"))  # short: socket paths
         self.name = f"dbt-czp-{uuid.uuid4().hex[:8]}"
@@ -87,16 +101,13 @@ class Project:
             "backend": {"kind": "compose", "file": str(self.file), "project": self.name,
                         "pull": "never", "timeout": 60, "stop_timeout": 1,
                         "proxy": {"listen": self.listen, "port": 8080, "drain": 2,
-                                  "run": "host", "dir": str(self.folder / "proxy")}},
+                                  "run": "container", "image": haproxy_image,
+                                  "container_name": f"{self.name}-proxy",
+                                  "dir": str(self.folder / "proxy")}},
             "health": {"url": f"http://{self.listen}/health"},
             "verify": {"timeout": 15, "interval": 0.5}}}}, "test-config")
         self.cfg = self.config.service("web", "staging")
         self.steps: list[str] = []
-        self.haproxy = HostHaproxy(self.folder / "proxy")
-        # What a person does after the first "the proxy is not running" (files written by it).
-        with pytest.raises(BackendError, match="the proxy is not running"):
-            self.backend()._staged.proxy.ensure(self.step)
-        self.haproxy.start()
 
     def backend(self) -> ComposeBackend:
         """A fresh backend, as a new deploybot process (after a kill -9) would build it."""
@@ -128,15 +139,18 @@ class Project:
     def close(self) -> None:
         run_streaming([*find_compose().argv, "-p", self.name, "-f", str(self.file), "down",
                        "--remove-orphans", "--timeout", "1"], timeout=60)
-        self.haproxy.stop()
+        try:
+            self.client.containers.get(f"{self.name}-proxy").remove(force=True)
+        except docker.errors.NotFound:
+            pass
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
 @pytest.fixture
-def project(docker_client, demo_image, free_port):
+def project(docker_client, demo_image, free_port, haproxy_image):
     for tag, mode in (("v1", "healthy"), ("v2", "healthy"), ("v3", "unhealthy")):
         demo_image(tag, mode)
-    p = Project(docker_client, demo_image.repository, free_port)
+    p = Project(docker_client, demo_image.repository, free_port, haproxy_image)
     yield p
     p.close()
 
