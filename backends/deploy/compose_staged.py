@@ -450,7 +450,7 @@ class StagedCompose:
         if how == "kept":
             on_step(f"starting the kept {box.short}")
             box = self._start(box)
-            self._check_directly(box, on_step)
+            self._checked_or_undone(box, self._stop, on_step)
         elif how == "create":
             on_step(f"no container of {to_version} is left: creating it beside what serves")
             for other in view.others:
@@ -460,7 +460,7 @@ class StagedCompose:
             box = self._compose_up(to_version, "rollback", image,
                                    View(view.serving, view.current, view.routed, ()), on_step,
                                    restore=True)
-            self._check_directly(box, on_step)
+            self._checked_or_undone(box, self._remove, on_step)
         started = self._monotonic()
         self.proxy.route(box.address, on_step)
         on_step(f"the proxy sends {self.proxy.key} to {to_version} ({box.address}) "
@@ -491,6 +491,16 @@ class StagedCompose:
             raise BackendError(f"{version} failed its checks beside what serves: {exc}; "
                                "removed, nothing changed") from None
         self.switch(on_step)
+
+    def _checked_or_undone(self, box: Box, undo: Callable[[Box], None],
+                           on_step: StepCallback) -> None:
+        """Health-checked directly before it gets traffic; else undone (stopped again, or
+        removed) and what serves is left as it is."""
+        try:
+            self._check_directly(box, on_step)
+        except BackendError as exc:
+            undo(box)
+            raise BackendError(f"{exc}; it gets no traffic, what serves is unchanged") from None
 
     # -- engine calls -------------------------------------------------------------------------------
 

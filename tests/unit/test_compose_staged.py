@@ -13,7 +13,7 @@ from backends.deploy.compose import ComposeBackend
 from backends.deploy.compose_staged import (Box, box_of, compose_too_old, reconcile,
                                             rollback_plan, stage_plan)
 from bot import config as config_mod
-from bot.errors import ConfigError
+from bot.errors import BackendError, ConfigError
 
 PROXY = {"listen": "127.0.0.1:18080", "port": 8080}
 
@@ -253,3 +253,161 @@ def test_rollback_with_nothing_left_creates_the_previous_version():
     how, target = rollback_plan(reconcile("127.0.0.1:40002", [box("b", "v2", port=40002)]),
                                 "v1", None)
     assert (how, target) == ("create", None)
+
+
+# -- the operations, with the proxy double and containers in memory ---------------------------------
+
+class Engine:
+    """The containers of the service in memory; each call is logged in order with the proxy's."""
+
+    def __init__(self, staged, log: list) -> None:
+        self.staged, self.log, self.boxes = staged, log, {}
+        self.healthy: set[str] = set()
+        self.port = 40000
+        staged.boxes = lambda: list(self.boxes.values())
+        staged._image_id = lambda ref: f"sha256:{ref.rsplit(':', 1)[-1]}"
+        staged._remove = lambda b: (self.log.append(("rm", b.id)), self.boxes.pop(b.id, None))
+        staged._stop = lambda b: (self.log.append(("stop", b.id)), self.put(b.id, b.version,
+                                                                         running=False))
+        staged._start = self.start
+        staged._check_directly = self.check
+        staged._compose_up = lambda version, *a, **k: self.put(f"new-{version}", version)
+        staged.write_current = lambda b: self.log.append(("current", b.id))
+
+    def put(self, id: str, version: str, running: bool = True, created: str | None = None) -> Box:
+        self.port += 1
+        old = self.boxes.get(id)
+        self.boxes[id] = box(id, version, running=running, port=self.port,
+                             created=created or (old.created if old else f"{len(self.boxes):03}"))
+        return self.boxes[id]
+
+    def start(self, b: Box) -> Box:
+        self.log.append(("start", b.id))
+        return self.put(b.id, b.version)
+
+    def check(self, b: Box, on_step) -> None:
+        self.log.append(("check", b.id))
+        if b.id not in self.healthy:
+            raise BackendError(f"{b.short} did not pass its health check")
+
+
+def operations(tmp_path):
+    backend = staged_backend(tmp_path)
+    staged = backend._staged
+    log: list = []
+    proxy = staged.proxy
+    route, forget = proxy.route, proxy.forget
+    proxy.route = lambda a, s: (log.append(("route", a)), route(a, s))[1]
+    proxy.forget = lambda a, s: (log.append(("forget", a)), forget(a, s))[1]
+    proxy.wait_drained = lambda a, t, s: (log.append(("drain", a)), True)[1]
+    return backend, Engine(staged, log), proxy, log
+
+
+def test_rollback_in_the_window_switches_first_then_drains_and_removes_the_bad_one(tmp_path):
+    backend, engine, proxy, log = operations(tmp_path)
+    old = engine.put("old", "v1")
+    bad = engine.put("bad", "v2")
+    proxy.address = bad.address
+    backend.rollback("v1", lambda m: None)
+    assert proxy.address == old.address
+    assert log == [("route", old.address), ("current", "old"), ("drain", bad.address),
+                   ("forget", bad.address), ("rm", "bad")]
+
+
+def test_rollback_to_a_kept_container_checks_it_before_any_traffic(tmp_path):
+    backend, engine, proxy, log = operations(tmp_path)
+    engine.put("old", "v1", running=False)
+    bad = engine.put("bad", "v2")
+    proxy.address = bad.address
+    with pytest.raises(BackendError, match="what serves is unchanged"):
+        backend.rollback("v1", lambda m: None)
+    assert proxy.address == bad.address and ("route",) not in [e[:1] for e in log]
+    assert log == [("start", "old"), ("check", "old"), ("stop", "old")]
+    engine.healthy.add("old")
+    log.clear()
+    backend.rollback("v1", lambda m: None)
+    started = engine.boxes["old"]
+    assert proxy.address == started.address
+    assert log[:3] == [("start", "old"), ("check", "old"), ("route", started.address)]
+    assert log[-1] == ("rm", "bad")
+
+
+def test_finalize_stops_the_old_one_only_after_it_drained(tmp_path):
+    backend, engine, proxy, log = operations(tmp_path)
+    old = engine.put("old", "v1")
+    new = engine.put("new", "v2")
+    engine.put("older", "v0", running=False, created="0")
+    proxy.address = new.address
+    backend.finalize(lambda m: None)
+    assert log == [("drain", old.address), ("forget", old.address), ("stop", "old"),
+                   ("rm", "older")]
+    assert not engine.boxes["old"].running and engine.boxes["new"].running
+
+
+def test_stage_check_switch_and_discard_never_touch_what_serves(tmp_path):
+    backend, engine, proxy, log = operations(tmp_path)
+    serving = engine.put("old", "v1")
+    engine.put("stale", "v9")  # left by a killed run
+    proxy.address = serving.address
+    address = backend.stage("v2", ticket_id="T", on_step=lambda m: None)
+    assert address == engine.boxes["new-v2"].address and proxy.address == serving.address
+    assert ("rm", "stale") in log
+    assert backend.candidate_status().version == "v2"
+    backend.discard(lambda m: None)
+    assert set(engine.boxes) == {"old"} and proxy.address == serving.address
+    with pytest.raises(BackendError, match="nothing staged to switch"):
+        backend.switch(lambda m: None)
+    assert proxy.address == serving.address
+
+
+def test_deploy_of_a_version_failing_its_checks_removes_it_and_changes_nothing(tmp_path):
+    backend, engine, proxy, log = operations(tmp_path)
+    serving = engine.put("old", "v1")
+    proxy.address = serving.address
+    with pytest.raises(BackendError, match="v3 failed its checks beside what serves"):
+        backend.deploy("v3", ticket_id="T", on_step=lambda m: None)
+    assert set(engine.boxes) == {"old"} and proxy.address == serving.address
+    engine.healthy.add("new-v4")
+    backend.deploy("v4", ticket_id="T", on_step=lambda m: None)
+    assert proxy.address == engine.boxes["new-v4"].address
+    assert backend.current_version() == "v4"
+
+
+def test_what_serves_cannot_be_told_without_the_proxy_so_nothing_is_done(tmp_path):
+    backend, engine, proxy, log = operations(tmp_path)
+    engine.put("old", "v1")
+
+    def down():
+        raise BackendError("the proxy is not running")
+
+    proxy.serving = down
+    with pytest.raises(BackendError, match="not running"):
+        backend.current_version()
+    with pytest.raises(BackendError, match="not running"):
+        backend.stage("v2", ticket_id="T", on_step=lambda m: None)
+    assert set(engine.boxes) == {"old"} and log == []
+    engine.boxes.clear()  # no container at all: a first deploy, the proxy is started by ensure
+    assert backend.current_version() is None
+
+
+def test_rollback_to_nothing_empties_the_proxy_and_removes_every_container(tmp_path):
+    backend, engine, proxy, log = operations(tmp_path)
+    first = engine.put("first", "v1")
+    proxy.address = first.address
+    backend.rollback(None, lambda m: None)
+    assert engine.boxes == {} and ("forget", first.address) in log
+
+
+def test_plan_and_rollback_steps_name_real_commands(tmp_path):
+    backend, engine, proxy, log = operations(tmp_path)
+    old = engine.put("oldcontainer1", "v1", running=False)
+    bad = engine.put("badcontainer2", "v2")
+    proxy.address = bad.address
+    plan = "\n".join(backend.plan("v3"))
+    assert "ports !override [127.0.0.1::8080]" in plan
+    assert "up -d --no-deps --no-recreate --no-build --pull never --scale web=2" in plan
+    assert "set server web-staging/s1 addr 127.0.0.1:HOSTPORT" in plan
+    steps = backend.rollback_steps("v1")
+    assert steps[0] == f"docker start {old.id[:12]}"
+    assert any("set server web-staging/s1" in s for s in steps)
+    assert steps[-1] == f"docker rm -f {bad.id[:12]}"
