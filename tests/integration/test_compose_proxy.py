@@ -262,3 +262,11 @@ def test_through_the_pipeline_deploys_are_switched_and_a_bad_version_never_serve
     assert backend.current_version() == "v2" and backend.status().running
     # the record names the commands of a rollback by hand: the proxy's switch
     assert "admin.sock" in d2.record and "docker start " in d2.record
+    # a manual rollback after finalize stages the kept container itself (started, not created)
+    backend = project.backend()
+    project.deploy(backend, "v2")
+    assert backend.stage("v1", ticket_id="T-back", on_step=project.step)
+    backend.switch(project.step)
+    backend.finalize(project.step)
+    assert project.serving_id(backend) == v1_id
+    assert any("starting the kept" in s and "instead of creating it" in s for s in project.steps)
