@@ -457,9 +457,11 @@ class ComposeBackend:
         doc = {"services": {svc: {"image": images[svc], "labels": dict(labels)}
                             for svc in self.services}}
         if self.opts.proxy is not None:
-            from backends.deploy.compose_staged import loopback_ports
+            from backends.deploy.compose_staged import PROXIED, loopback_ports
 
-            doc["services"][self.services[0]]["ports"] = loopback_ports(self.opts.proxy.port)
+            primary = doc["services"][self.services[0]]
+            primary["ports"] = loopback_ports(self.opts.proxy.port)
+            primary["labels"][PROXIED] = "true"
         path = self.override_path(version)
         self._write_text(path, doc)
         return path

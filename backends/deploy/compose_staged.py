@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
 LABEL = "io.deploybot"
 MIN_COMPOSE = (2, 24, 0)  # YAML `!override` / `!reset` in override files
+PROXIED = f"{LABEL}.proxied"  # on the containers created behind the proxy
 
 
 # -- the override file ----------------------------------------------------------------------------
@@ -233,9 +234,11 @@ class StagedCompose:
         try:
             serving = self.proxy.serving()
         except BackendError:
-            if boxes:
+            if any(b.labels.get(PROXIED) for b in boxes):
                 raise  # what serves cannot be told: fail closed
-            serving = None  # no container at all: nothing serves, whatever the proxy says
+            # No container was ever started behind the proxy (none yet, or they publish their
+            # ports as before `proxy:`): the proxy serves none of them, whatever it would say.
+            serving = None
         return reconcile(serving, boxes)
 
     def _image_id(self, ref: str) -> str | None:

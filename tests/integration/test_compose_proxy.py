@@ -88,13 +88,14 @@ class Project:
         self.name = f"dbt-czp-{uuid.uuid4().hex[:8]}"
         self.listen = f"127.0.0.1:{free_port()}"
         self.file = self.folder / "compose.yml"
+        self.direct = f"127.0.0.1:{free_port()}"
         self.file.write_text(yaml.safe_dump({"services": {"web": {
             "image": f"{repository}:latest",
-            "ports": ["127.0.0.1:18099:8080"],  # what a user had before proxy: (overridden)
+            "ports": [f"{self.direct}:8080"],  # what a user had before proxy: (overridden)
             "stop_grace_period": "1s"}}}))
         from fakes.people import PEOPLE
 
-        self.config = config_mod.parse({
+        self.raw = {
             "tracker": {"kind": "local"}, "people": PEOPLE,
             "environments": {"staging": {}}, "services": {"web": {
             "image": repository,
@@ -105,7 +106,8 @@ class Project:
                                   "container_name": f"{self.name}-proxy",
                                   "dir": str(self.folder / "proxy")}},
             "health": {"url": f"http://{self.listen}/health"},
-            "verify": {"timeout": 15, "interval": 0.5}}}}, "test-config")
+            "verify": {"timeout": 15, "interval": 0.5}}}}
+        self.config = config_mod.parse(self.raw, "test-config")
         self.cfg = self.config.service("web", "staging")
         self.steps: list[str] = []
 
@@ -271,3 +273,27 @@ def test_through_the_pipeline_deploys_are_switched_and_a_bad_version_never_serve
     assert backend.current_version() == "v2" and backend.status().running
     # the record names the commands of a rollback by hand: the proxy's switch
     assert "admin.sock" in d2.record and "docker start " in d2.record
+
+
+def test_moving_from_published_ports_to_the_proxy_keeps_the_old_version_for_a_rollback(project):
+    without = config_mod.parse({**project.raw, "services": {"web": {
+        **project.raw["services"]["web"],
+        "backend": {k: v for k, v in project.raw["services"]["web"]["backend"].items()
+                    if k != "proxy"}}}}, "test-config").service("web", "staging")
+    plain = ComposeBackend("web", "staging", without)
+    plain.prepare("v1", project.step)
+    plain.deploy("v1", ticket_id="T-v1", on_step=project.step)
+    assert httpx.get(f"http://{project.direct}/version", timeout=5).text.strip() == "v1"
+    before = [c.id for c in project.containers()]
+    backend = project.backend()
+    assert backend.current_version() == "v1"  # runs, though the proxy routes nothing yet
+    assert "not routed by the proxy yet" in backend.status().detail
+    project.deploy(backend, "v2")
+    assert httpx.get(f"http://{project.listen}/version", timeout=5).text.strip() == "v2"
+    kept = [c for c in project.containers() if c.id in before]
+    assert len(kept) == 1 and kept[0].status == "exited"
+    with VersionLoop(project.listen) as loop:
+        backend.rollback("v1", project.step)
+        loop.more()
+    assert loop.failures == [] and loop.seen[-1] == "v1"
+    assert [c.id for c in project.containers()] == before

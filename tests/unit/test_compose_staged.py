@@ -69,10 +69,11 @@ def staged_backend(tmp_path: Path, **backend) -> ComposeBackend:
 
 
 def box(id: str, version: str, *, running: bool = True, port: int | None = None,
-        created: str = "2026-01-01T00:00:00Z", image_id: str = "") -> Box:
+        created: str = "2026-01-01T00:00:00Z", image_id: str = "", proxied: bool = True) -> Box:
     address = f"127.0.0.1:{port}" if running and port else None
     return Box(id=id, name=f"shop-web-{id}", version=version, running=running, address=address,
-               image_id=image_id or f"sha256:{version}", created=created)
+               image_id=image_id or f"sha256:{version}", created=created,
+               labels={"io.deploybot.proxied": "true"} if proxied else {})
 
 
 # -- settings ---------------------------------------------------------------------------------------
@@ -133,6 +134,7 @@ def test_override_replaces_the_ports_with_an_engine_chosen_loopback_port(tmp_pat
     assert web["ports"] == {"!override": ["127.0.0.1::8080"]}
     assert web["labels"]["io.deploybot.version"] == "v2"
     assert web["labels"]["io.deploybot.ticket"] == "T-7"
+    assert web["labels"]["io.deploybot.proxied"] == "true"
 
 
 def test_without_proxy_the_override_leaves_the_ports_alone(tmp_path):
@@ -274,10 +276,11 @@ class Engine:
         staged._compose_up = lambda version, *a, **k: self.put(f"new-{version}", version)
         staged.write_current = lambda b: self.log.append(("current", b.id))
 
-    def put(self, id: str, version: str, running: bool = True, created: str | None = None) -> Box:
+    def put(self, id: str, version: str, running: bool = True, created: str | None = None,
+            proxied: bool = True) -> Box:
         self.port += 1
         old = self.boxes.get(id)
-        self.boxes[id] = box(id, version, running=running, port=self.port,
+        self.boxes[id] = box(id, version, running=running, port=self.port, proxied=proxied,
                              created=created or (old.created if old else f"{len(self.boxes):03}"))
         return self.boxes[id]
 
@@ -388,6 +391,10 @@ def test_what_serves_cannot_be_told_without_the_proxy_so_nothing_is_done(tmp_pat
     assert set(engine.boxes) == {"old"} and log == []
     engine.boxes.clear()  # no container at all: a first deploy, the proxy is started by ensure
     assert backend.current_version() is None
+    # only containers from before `proxy:` (published ports): the proxy serves none of them
+    engine.put("before", "v0", proxied=False)
+    assert backend.current_version() == "v0"
+    assert "not routed by the proxy yet" in backend.status().detail
 
 
 def test_rollback_to_nothing_empties_the_proxy_and_removes_every_container(tmp_path):
