@@ -71,6 +71,7 @@ class HaproxyProxy:
         self.conf_d = self.dir / "conf.d"
         self.global_file = self.conf_d / "00-global.cfg"
         self.service_file = self.conf_d / f"50-{key}.cfg"
+        self.pending = self.dir / f"reload-pending-{key}"
         self.admin = CliSocket(str(self.dir / "admin.sock"), settings.timeout)
         self.master = CliSocket(str(self.dir / "master.sock"), settings.timeout)
         self._docker_client = docker_client
@@ -173,10 +174,16 @@ class HaproxyProxy:
         line = "; ".join(self._switch_commands(target, serving, address))
         try:
             answer = self.admin.call(line)
-        except BackendError:
+        except BackendError as exc:
+            answer = exc.message  # sent, but was it applied? The proxy's state says.
+        try:
+            after = self._loaded_slots()
+        except BackendError as exc:
             self._rewrite_from_runtime()
-            raise
-        after = self._loaded_slots()
+            raise BackendError(f"the switch of {self.key} to {address} is unknown: {exc.message}",
+                               hint="echo 'show servers state KEY' | socat stdio "
+                                    f"unix-connect:{self.admin.path}".replace("KEY", self.key)
+                               ) from None
         if after.get(target.name) != expected[target.name] or (
                 serving is not None and after[serving.name].state == "ready"):
             self._restore(target, serving)
@@ -279,32 +286,41 @@ class HaproxyProxy:
             self.conf_d.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise BackendError(f"cannot create {self.conf_d}: {exc.strerror or exc}") from None
+        container = None
         if self.settings.run == "container":
             from backends.proxy.haproxy_container import ProxyContainer
 
             container = ProxyContainer(self, self._docker_client)
             if not container.running():
-                self._check_port_free()
-                old_global, old_service = self._read(self.global_file), self._read(self.service_file)
-                self._write_files(self._file_slots())
-                try:
-                    container.start(on_step)
-                except BackendError:
-                    self._put_back(old_global, old_service)
-                    raise
-                self._wait_loaded(on_step)
+                self._start(container, on_step)
                 return
-        else:
-            container = None
         try:
             self.master.call("show proc")
         except ProxyUnreachable:
+            if container is not None:
+                raise BackendError(
+                    f"the proxy container {container.name} runs but nothing answers on "
+                    f"{self.master.path}: was it started with another dir? (docker inspect "
+                    f"{container.name}; remove it and deploy again to recreate it)") from None
             # Written anyway: the proxy started by hand then loads this service.
             self._write_files(self._file_slots())
             raise BackendError(
                 f"the proxy is not running (nothing answers on {self.master.path}): start it "
                 f"(systemctl start {UNIT}, see deploy/haproxy/)") from None
         self._converge(on_step, container)
+
+    def _start(self, container, on_step: StepCallback) -> None:
+        """run: container, stopped or missing: started with this service's file in place."""
+        self._check_port_free()
+        old_global, old_service = self._read(self.global_file), self._read(self.service_file)
+        self._write_files(self._file_slots())
+        try:
+            container.start(on_step)
+        except BackendError:
+            self._put_back(old_global, old_service)
+            raise
+        self.pending.unlink(missing_ok=True)  # a fresh start loaded every file
+        self._wait_loaded(on_step)
 
     def _desired(self, runtime: dict[str, Slot] | None) -> tuple[str, str]:
         slots = runtime if runtime is not None else self._file_slots()
@@ -323,13 +339,21 @@ class HaproxyProxy:
         runtime = self._slots()
         global_text, service_text = self._desired(runtime)
         old_global, old_service = self._read(self.global_file), self._read(self.service_file)
-        if runtime is not None and (old_global, old_service) == (global_text, service_text):
-            return  # loaded and written as wanted: no reload
         old_listen = cfg.parse_service(old_service)[0] if old_service else None
+        if (runtime is not None and not self.pending.exists() and old_global == global_text
+                and old_listen == self.settings.listen):
+            # Loaded as written (no reload was left half-done). Only the slots may differ:
+            # deploybot died between a switch's two steps; the running proxy is the truth.
+            if old_service != service_text:
+                self._write_service(runtime)
+            return
         if runtime is None or old_listen != self.settings.listen:
             self._check_port_free()
         self._validate(global_text, service_text)
         try:
+            # Until the reload is over: should deploybot die in between, the next ensure
+            # reloads even though the files already say what is wanted.
+            write_atomically(self.pending, f"{self.settings.listen}\n")
             write_atomically(self.global_file, global_text)
             write_atomically(self.service_file, service_text)
         except OSError as exc:
@@ -342,6 +366,7 @@ class HaproxyProxy:
         except BackendError:
             self._put_back(old_global, old_service)
             raise
+        self.pending.unlink(missing_ok=True)
         self._wait_loaded(on_step)
 
     def _put_back(self, old_global: str | None, old_service: str | None) -> None:
@@ -353,7 +378,8 @@ class HaproxyProxy:
                 else:
                     write_atomically(path, text)
             except OSError:
-                pass
+                return  # the pending mark stays: the next ensure reloads
+        self.pending.unlink(missing_ok=True)
 
     def _check_port_free(self) -> None:
         """A port another program holds, said before HAProxy refuses it (`haproxy -c` does not
@@ -367,6 +393,12 @@ class HaproxyProxy:
                 probe.bind((host.strip("[]"), int(port)))
             except OSError as exc:
                 if exc.errno == errno.EADDRINUSE:
+                    neighbour = self._neighbour_on(port)
+                    if neighbour:
+                        raise BackendError(
+                            f"port {port} ({self.settings.listen}, the `listen` of {self.key}) "
+                            f"is the listen of {neighbour} in the same proxy ({self.conf_d}): "
+                            "give each service a listen of its own") from None
                     raise BackendError(
                         f"port {port} ({self.settings.listen}, the `listen` of {self.key}) is "
                         "taken by another program: stop it or choose another listen (who holds "
@@ -374,6 +406,16 @@ class HaproxyProxy:
                 if exc.errno != errno.EADDRNOTAVAIL:
                     raise BackendError(f"cannot listen on {self.settings.listen}: "
                                        f"{exc.strerror}") from None
+
+    def _neighbour_on(self, port: str) -> str | None:
+        """The other service of this dir whose file binds `port`, if any."""
+        for f in sorted(self.conf_d.glob("50-*.cfg")):
+            if f == self.service_file:
+                continue
+            listen = cfg.parse_service(self._read(f) or "")[0]
+            if listen and listen.rpartition(":")[2] == port:
+                return f.name[3:-4]
+        return None
 
     def _validate(self, global_text: str, service_text: str) -> None:
         """`haproxy -c` over a copy of conf.d with the new files, when the host has haproxy."""

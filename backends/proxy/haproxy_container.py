@@ -6,6 +6,7 @@ bind-mounted at the same path (the sockets and files are where deploybot looks f
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Callable
 
 import docker.errors
@@ -22,6 +23,11 @@ if TYPE_CHECKING:
 LABEL = "io.deploybot.proxy"
 BUILD_HINT = ("docker pull haproxy:2.6, or build deploybot/haproxy:2.6 from the host's haproxy "
               "with scripts/build-proxy-image.sh and set proxy.image to it")
+
+
+def haproxy_command(dir: str) -> list[str]:
+    """Master-worker with the master CLI on dir/master.sock (deploy/haproxy's unit: the same)."""
+    return ["haproxy", "-W", "-S", f"{dir}/master.sock,mode,600", "-f", f"{dir}/conf.d"]
 
 
 class ProxyContainer:
@@ -50,10 +56,6 @@ class ProxyContainer:
         container = self._get()
         return container is not None and container.status == "running"
 
-    def command(self) -> list[str]:
-        d = str(self.proxy.dir)
-        return ["haproxy", "-W", "-S", f"{d}/master.sock,mode,600", "-f", f"{d}/conf.d"]
-
     def start(self, on_step: StepCallback) -> None:
         """Create (when missing) and start it, then wait until its master answers; on failure
         HAProxy's own reason (from the container's log) is said and the new file put back."""
@@ -75,10 +77,13 @@ class ProxyContainer:
         d = str(self.proxy.dir)
         try:
             return self.client.containers.create(
-                self.image, self.command(), name=self.name, network_mode="host",
+                self.image, haproxy_command(d), name=self.name, network_mode="host",
                 volumes={d: {"bind": d, "mode": "rw"}},
                 restart_policy={"Name": "unless-stopped"},
                 stop_signal="SIGUSR1",  # soft stop: in-flight requests finish
+                # deploybot's own user: the sockets (mode 600) and files it makes are its to use
+                # (Docker Hub's haproxy image would otherwise run as its user `haproxy`).
+                user=f"{os.getuid()}:{os.getgid()}",
                 labels={LABEL: "true", f"{LABEL}.dir": d}, detach=True)
         except docker.errors.ImageNotFound:
             raise BackendError(f"the proxy image {self.image} is not on the Docker engine: "
@@ -100,9 +105,11 @@ class ProxyContainer:
             if state.get("Status") in ("exited", "dead") or state.get("Restarting"):
                 self._failed(container)
             try:
-                proxy.master.call("show proc")
-                return
-            except BackendError:
+                # A worker exists only once the configuration loaded and the ports are bound;
+                # the master answers a moment before that, also when the bind then fails.
+                if cfg.parse_proc(proxy.master.call("show proc")).workers:
+                    return
+            except (BackendError, cfg.ProxyAnswerError):
                 pass
             if proxy._monotonic() >= deadline:
                 self._failed(container, f"its master did not answer on {proxy.master.path} "

@@ -15,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from backends.proxy.haproxy_container import haproxy_command
 from fakes.waiting import wait_until
 
 
@@ -29,6 +30,7 @@ class Upstream:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            wbufsize = -1  # the answer in one write: no Nagle/delayed-ACK wait on keep-alive
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -43,18 +45,35 @@ class Upstream:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def process_request(self, request, client_address):
+                upstream.connections.append(request)
+                super().process_request(request, client_address)
+
+            def handle_error(self, request, client_address):
+                pass  # connections cut by close(), on purpose
+
+        self.connections: list[socket.socket] = []
+        self.httpd = Server(("127.0.0.1", 0), Handler)
         self.address = f"127.0.0.1:{self.httpd.server_address[1]}"
         self._thread = threading.Thread(target=self.httpd.serve_forever,
                                         kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
 
     def close(self) -> None:
+        """Stops as a stopped container does: no more connections, and the open keep-alive
+        ones are cut too."""
         self.release.set()
         self.httpd.shutdown()
         self.httpd.server_close()
         self._thread.join(timeout=5)
+        for conn in self.connections:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
 
 def free_port() -> int:
@@ -82,8 +101,8 @@ class HostHaproxy:
     def start(self) -> None:
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                [haproxy_binary(), "-W", "-S", f"{self.dir}/master.sock,mode,600", "-f",
-                 str(self.dir / "conf.d")], stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+                [haproxy_binary(), *haproxy_command(str(self.dir))[1:]], stdout=log, stderr=log,
+                stdin=subprocess.DEVNULL)
         wait_until(lambda: self._answers() or self.process.poll() is not None, 15,
                    "haproxy's master and admin sockets")
         assert self.process.poll() is None, f"haproxy exited:\n{self.log.read_text()}"

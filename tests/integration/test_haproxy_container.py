@@ -3,6 +3,7 @@ the real engine (image deploybot/haproxy:2.6 from scripts/build-proxy-image.sh).
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -78,6 +79,7 @@ def test_ensure_runs_the_container_and_switches_go_through_it(box, docker_client
     assert container.attrs["HostConfig"]["NetworkMode"] == "host"
     assert container.attrs["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
     assert container.labels["io.deploybot.proxy"] == "true"
+    assert container.attrs["Config"]["User"] == f"{os.getuid()}:{os.getgid()}"
     assert any(f"starting container {name}" in s for s in steps)
 
     a, b = upstream("A"), upstream("B")
@@ -132,3 +134,19 @@ def test_a_container_that_cannot_bind_says_haproxys_reason_and_is_removed(box, d
     with pytest.raises(docker.errors.NotFound):
         docker_client.containers.get(name)
     assert not proxy.service_file.exists()
+
+
+def test_the_container_of_another_dir_is_not_taken_for_this_one(box, docker_client):
+    settings, _, name = box
+    HaproxyProxy(settings(f"127.0.0.1:{free_port()}"), "web",
+                 docker_client=lambda: docker_client).ensure(lambda m: None)
+    elsewhere = Path(tempfile.mkdtemp(prefix="dbhc-"))
+    try:
+        stray = HaproxyProxy(settings(f"127.0.0.1:{free_port()}").model_copy(
+            update={"dir": str(elsewhere)}), "api", docker_client=lambda: docker_client)
+        with pytest.raises(BackendError) as err:
+            stray.ensure(lambda m: None)
+    finally:
+        shutil.rmtree(elsewhere, ignore_errors=True)
+    assert f"the proxy container {name} runs but nothing answers" in str(err.value)
+    assert "another dir" in str(err.value)

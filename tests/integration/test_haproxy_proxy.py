@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from backends.proxy.haproxy import HaproxyProxy
-from backends.proxy.haproxy_config import parse_proc
+from backends.proxy.haproxy_config import Slot, parse_proc, parse_service
 from bot.config import ProxySettings
 from bot.errors import BackendError
 from fakes.waiting import wait_until
@@ -79,6 +79,16 @@ def running(proxy_dir, haproxy):
     return proxy, listen
 
 
+@pytest.fixture
+def serving_a(running, upstreams):
+    """`running`, ensured, with upstreams A and B and A serving: (proxy, listen, a, b)."""
+    proxy, listen = running
+    proxy.ensure(lambda m: None)
+    a, b = upstreams("A"), upstreams("B")
+    proxy.route(a.address, lambda m: None)
+    return proxy, listen, a, b
+
+
 def test_proxy_down_says_how_to_start_it_and_ensure_reloads_only_on_change(running, haproxy):
     proxy, listen = running
     steps: list[str] = []
@@ -125,11 +135,8 @@ def test_route_switches_new_requests_and_back(running, upstreams):
     assert reloads(proxy) == 0, "switches never reload"
 
 
-def test_route_writes_the_file_so_a_restarted_proxy_serves_the_same(running, haproxy, upstreams):
-    proxy, listen = running
-    proxy.ensure(lambda m: None)
-    a, b = upstreams("A"), upstreams("B")
-    proxy.route(a.address, lambda m: None)
+def test_route_writes_the_file_so_a_restarted_proxy_serves_the_same(serving_a, haproxy):
+    proxy, listen, a, b = serving_a
     proxy.route(b.address, lambda m: None)
 
     haproxy.stop()
@@ -142,11 +149,8 @@ def test_route_writes_the_file_so_a_restarted_proxy_serves_the_same(running, hap
     assert get(listen) == "A"
 
 
-def test_a_reload_for_another_service_keeps_what_serves(running, proxy_dir, upstreams):
-    proxy, listen = running
-    proxy.ensure(lambda m: None)
-    a, b = upstreams("A"), upstreams("B")
-    proxy.route(a.address, lambda m: None)
+def test_a_reload_for_another_service_keeps_what_serves(serving_a, proxy_dir):
+    proxy, listen, a, b = serving_a
     proxy.route(b.address, lambda m: None)
 
     other_listen = f"127.0.0.1:{free_port()}"
@@ -164,11 +168,8 @@ def test_a_reload_for_another_service_keeps_what_serves(running, proxy_dir, upst
     assert reloads(proxy) == 1, "nothing changed: no second reload"
 
 
-def test_a_changed_listen_is_reloaded_and_served_there(running, proxy_dir, upstreams):
-    proxy, listen = running
-    proxy.ensure(lambda m: None)
-    a = upstreams("A")
-    proxy.route(a.address, lambda m: None)
+def test_a_changed_listen_is_reloaded_and_served_there(serving_a, proxy_dir):
+    proxy, listen, a, b = serving_a
 
     moved = f"127.0.0.1:{free_port()}"
     again = HaproxyProxy(settings(proxy_dir, moved), "web")
@@ -178,12 +179,42 @@ def test_a_changed_listen_is_reloaded_and_served_there(running, proxy_dir, upstr
         get(listen)
 
 
-def test_a_port_taken_by_another_program_is_named_and_changes_nothing(running, proxy_dir,
-                                                                      upstreams):
-    proxy, listen = running
+def test_a_switch_cut_short_is_written_from_the_running_proxy_without_reload(serving_a):
+    """deploybot died after writing a switch's file, before the runtime line (kill -9)."""
+    proxy, listen, a, b = serving_a
+    slots = proxy._slots()
+    idle = "s2" if slots["s1"].address == a.address else "s1"
+    slots[idle] = Slot(idle, b.address, "ready")
+    proxy._write_service(slots)  # the file says B, the proxy serves A
+
     proxy.ensure(lambda m: None)
-    a = upstreams("A")
-    proxy.route(a.address, lambda m: None)
+    assert reloads(proxy) == 0
+    assert parse_service(proxy.service_file.read_text())[1][idle].state == "maint"
+    assert proxy.serving() == a.address and get(listen) == "A"
+
+
+def test_a_reload_cut_short_is_done_by_the_next_ensure(serving_a, proxy_dir):
+    """deploybot died after writing a changed listen, before the reload (kill -9)."""
+    proxy, listen, a, b = serving_a
+    moved = f"127.0.0.1:{free_port()}"
+    dying = HaproxyProxy(settings(proxy_dir, moved), "web")
+
+    def killed(container):
+        raise KeyboardInterrupt("kill -9")
+
+    dying._reload = killed
+    with pytest.raises(KeyboardInterrupt):
+        dying.ensure(lambda m: None)
+    assert parse_service(dying.service_file.read_text())[0] == moved, "written, not loaded"
+
+    HaproxyProxy(settings(proxy_dir, moved), "web").ensure(lambda m: None)
+    assert reloads(proxy) == 1
+    assert get(moved) == "A"
+    assert not dying.pending.exists()
+
+
+def test_a_port_taken_by_another_program_is_named_and_changes_nothing(serving_a, proxy_dir):
+    proxy, listen, a, b = serving_a
 
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", 0))
@@ -198,14 +229,11 @@ def test_a_port_taken_by_another_program_is_named_and_changes_nothing(running, p
     assert get(listen) == "A"
 
 
-def test_a_port_haproxy_itself_cannot_bind_is_its_own_reason(running, proxy_dir, upstreams):
+def test_a_port_haproxy_itself_cannot_bind_is_its_own_reason(serving_a, proxy_dir):
     """The port check before a reload is a courtesy: when it passes but HAProxy still cannot
     bind (here: taken between the check and the reload), the master's failed reload is seen,
     the files are put back and the old worker keeps serving."""
-    proxy, listen = running
-    proxy.ensure(lambda m: None)
-    a = upstreams("A")
-    proxy.route(a.address, lambda m: None)
+    proxy, listen, a, b = serving_a
 
     squatter = socket.socket()
     port = free_port()
@@ -230,12 +258,19 @@ def test_a_port_haproxy_itself_cannot_bind_is_its_own_reason(running, proxy_dir,
     assert other2.serving() is None and get(listen) == "A"
 
 
-@pytest.mark.parametrize("keep_alive", [True, False], ids=["keep-alive", "close"])
-def test_no_request_fails_while_switching_back_and_forth(running, upstreams, keep_alive):
+def test_a_port_another_service_of_the_proxy_listens_on_is_named(running, proxy_dir):
     proxy, listen = running
     proxy.ensure(lambda m: None)
-    a, b = upstreams("A"), upstreams("B")
-    proxy.route(a.address, lambda m: None)
+    other = HaproxyProxy(settings(proxy_dir, listen), "api")
+    with pytest.raises(BackendError) as err:
+        other.ensure(lambda m: None)
+    assert "is the listen of web in the same proxy" in str(err.value)
+    assert not other.service_file.exists() and reloads(proxy) == 0
+
+
+@pytest.mark.parametrize("keep_alive", [True, False], ids=["keep-alive", "close"])
+def test_no_request_fails_while_switching_back_and_forth(serving_a, keep_alive):
+    proxy, listen, a, b = serving_a
     with ClientLoop(listen, keep_alive) as client:
         for target in (b, a, b, a, b):
             client.wait_more(20)
@@ -248,12 +283,27 @@ def test_no_request_fails_while_switching_back_and_forth(running, upstreams, kee
     assert {"A", "B"} <= set(client.answers)
 
 
+@pytest.mark.parametrize("keep_alive", [True, False], ids=["keep-alive", "close"])
+def test_no_request_fails_when_the_drained_version_stops(serving_a, upstreams, keep_alive):
+    """The old version is stopped after its drain (finalize): HAProxy may still hold idle
+    keep-alive connections to it, which must not cost a request."""
+    proxy, listen, a, b = serving_a
+    with ClientLoop(listen, keep_alive) as client:
+        client.wait_more(20)
+        proxy.route(b.address, lambda m: None)
+        assert proxy.wait_drained(a.address, 10, lambda m: None)
+        a.close()
+        client.wait_more(50)
+        c = upstreams("C")
+        proxy.route(c.address, lambda m: None)  # into the slot the stopped one had
+        client.wait_more(50)
+    assert client.failures == [], client.failures[:5]
+    assert client.answers[-1] == "C"
+
+
 @pytest.mark.realtime  # a request held open on purpose while the drain is watched
-def test_sessions_and_wait_drained_follow_an_in_flight_request(running, upstreams):
-    proxy, listen = running
-    proxy.ensure(lambda m: None)
-    a, b = upstreams("A"), upstreams("B")
-    proxy.route(a.address, lambda m: None)
+def test_sessions_and_wait_drained_follow_an_in_flight_request(serving_a):
+    proxy, listen, a, b = serving_a
     answers: list[str] = []
     slow = threading.Thread(target=lambda: answers.append(get(listen, "/slow")), daemon=True)
     slow.start()
@@ -270,11 +320,8 @@ def test_sessions_and_wait_drained_follow_an_in_flight_request(running, upstream
     assert proxy.sessions(a.address) == 0 and proxy.sessions("127.0.0.1:9") == 0
 
 
-def test_forget_empties_the_slot(running, upstreams, haproxy):
-    proxy, listen = running
-    proxy.ensure(lambda m: None)
-    a, b = upstreams("A"), upstreams("B")
-    proxy.route(a.address, lambda m: None)
+def test_forget_empties_the_slot(serving_a, haproxy):
+    proxy, listen, a, b = serving_a
     proxy.route(b.address, lambda m: None)
     proxy.forget(a.address, lambda m: None)
     assert a.address not in proxy.service_file.read_text()
@@ -295,14 +342,11 @@ def test_route_refuses_what_the_runtime_api_cannot_take(running):
     assert proxy.serving() is None
 
 
-def test_by_hand_commands_switch_the_traffic_when_run(running, upstreams):
+def test_by_hand_commands_switch_the_traffic_when_run(serving_a):
     """The record's by-hand line, run through a tiny socat stand-in (socket module)."""
     import shlex
 
-    proxy, listen = running
-    proxy.ensure(lambda m: None)
-    a, b = upstreams("A"), upstreams("B")
-    proxy.route(a.address, lambda m: None)
+    proxy, listen, a, b = serving_a
     switch, check = proxy.by_hand(b.address)
     words = shlex.split(switch)
     assert words[0] == "echo" and words[2:] == ["|", "socat", "stdio",
@@ -312,13 +356,10 @@ def test_by_hand_commands_switch_the_traffic_when_run(running, upstreams):
     assert "show servers state web" in check
 
 
-def test_route_round_trip_time(running, upstreams, capsys):
+def test_route_round_trip_time(serving_a, capsys):
     """Not a timed assertion: prints the time of one route() for the report (benchmarks own
     the figures)."""
-    proxy, listen = running
-    proxy.ensure(lambda m: None)
-    a, b = upstreams("A"), upstreams("B")
-    proxy.route(a.address, lambda m: None)
+    proxy, listen, a, b = serving_a
     took = []
     for target in (b, a) * 25:
         t = time.perf_counter()

@@ -297,3 +297,48 @@ def test_run_container_without_an_engine_is_said(tmp_path):
                              dir=str(tmp_path))
     with pytest.raises(BackendError, match="needs a Docker engine"):
         HaproxyProxy(settings, "web").ensure(lambda m: None)
+
+
+def test_a_switch_whose_answer_is_lost_is_judged_by_the_proxys_state(tmp_path):
+    api = ScriptedApi({"s1": ("127.0.0.1", 32768, "ready"), "s2": ("127.0.0.1", 1, "maint")})
+    proxy = make(tmp_path, api)
+    call = api.call
+
+    def applied_but_timed_out(line):
+        answer = call(line)
+        if "state drain" in line:
+            raise BackendError("the proxy did not answer on admin.sock within 5 s")
+        return answer
+
+    api.call = applied_but_timed_out
+    assert proxy.route("127.0.0.1:32769", lambda m: None) == "127.0.0.1:32768"
+    assert cfg.parse_service(proxy.service_file.read_text())[1]["s2"].state == "ready"
+
+    gone: list[str] = []
+
+    def lost(line):  # the proxy stops answering once the switch line is sent
+        if gone or "state drain" in line:
+            gone.append(line)
+            raise BackendError("the proxy did not answer on admin.sock within 5 s")
+        return call(line)
+
+    api.call = lost
+    with pytest.raises(BackendError) as err:
+        proxy.route("127.0.0.1:32768", lambda m: None)
+    assert "unknown" in str(err.value) and "show servers state web" in str(err.value)
+
+
+def test_the_systemd_unit_and_the_container_start_haproxy_the_same_way():
+    """run: host and run: container must give deploybot the same sockets and files."""
+    from pathlib import Path
+
+    from backends.proxy.haproxy_container import haproxy_command
+
+    unit = (Path(__file__).resolve().parents[2] / "deploy" / "haproxy"
+            / "deploybot-proxy.service").read_text()
+    exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
+    words = exec_start.split("=", 1)[1].replace("${DIR}", "/var/lib/deploybot/proxy").split()
+    command = haproxy_command("/var/lib/deploybot/proxy")
+    assert words[1] == "-Ws" and command[1] == "-W"  # -s: systemd's notify only
+    assert words[2:] == command[2:]
+    assert "Environment=DIR=/var/lib/deploybot/proxy" in unit  # ProxySettings.dir's default
