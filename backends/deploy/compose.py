@@ -359,7 +359,8 @@ class ComposeBackend:
         # immutable reference; the ps image name only when the engine could not say}).
         self._previous: tuple[str, dict[str, str]] | None = None
         self._seen: dict[str, str] = {}  # version -> the bytes running_image saw it run as
-        self.health, self.verify = settings.health, settings.verify
+        self.health, self.verify, self.http_auth = settings.health, settings.verify, \
+            settings.http_auth
         self._staged = None
         if self.opts.proxy is not None:
             from backends.deploy.compose_staged import StagedCompose

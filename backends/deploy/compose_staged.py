@@ -521,7 +521,10 @@ class StagedCompose:
         while True:
             try:
                 answer = httpx.get(url, timeout=health.timeout)
-                if 200 <= answer.status_code < 300:
+                # The credentials of http_auth stay with the core's probe: here a refusal of
+                # them still shows the version up and answering.
+                refused = self.b.http_auth is not None and answer.status_code in (401, 403)
+                if 200 <= answer.status_code < 300 or refused:
                     on_step(f"{box.name} answers {url}: {answer.status_code}")
                     return
                 last = f"HTTP {answer.status_code}"
