@@ -275,6 +275,7 @@ class Engine:
         staged._check_directly = self.check
         staged._compose_up = lambda version, *a, **k: self.put(f"new-{version}", version)
         staged.write_current = lambda b: self.log.append(("current", b.id))
+        staged.check_compose = lambda: None  # no compose binary needed
 
     def put(self, id: str, version: str, running: bool = True, created: str | None = None,
             proxied: bool = True) -> Box:
@@ -418,3 +419,35 @@ def test_plan_and_rollback_steps_name_real_commands(tmp_path):
     assert steps[0] == f"docker start {old.id[:12]}"
     assert any("set server web-staging/s1" in s for s in steps)
     assert steps[-1] == f"docker rm -f {bad.id[:12]}"
+
+
+def test_a_failed_up_removes_what_it_started_and_says_so(tmp_path):
+    from backends.deploy.compose import Run
+
+    backend, engine, proxy, log = operations(tmp_path)
+    serving = engine.put("old", "v1")
+    proxy.address = serving.address
+    staged = backend._staged
+    del staged._compose_up  # the real one, on the engine double
+    calls: list[list[str]] = []
+
+    def up(override, *tail, **kw):
+        calls.append(list(tail))
+        engine.put("crashed", "v2", running=False)  # created, exited at once
+        return Run(["compose", *tail], 1, ["container crashed exited (1)"], 0.1)
+
+    backend._run = up
+    with pytest.raises(BackendError) as err:
+        staged.stage("v2", ticket_id="T", on_step=lambda m: None)
+    assert "staging v2 failed: container crashed exited (1)" in str(err.value)
+    assert "what serves is unchanged" in str(err.value)
+    assert set(engine.boxes) == {"old"} and proxy.address == serving.address
+    assert calls[0][calls[0].index("--scale") + 1] == "web=2"
+
+    def up_unhealthy(override, *tail, **kw):
+        engine.put("sick", "v3")  # runs; its own health check failed `--wait`
+        return Run(["compose", *tail], 1, ["container sick is unhealthy"], 0.1)
+
+    backend._run = up_unhealthy
+    address = staged.stage("v3", ticket_id="T", on_step=lambda m: None)
+    assert address == engine.boxes["sick"].address  # the direct checks decide
