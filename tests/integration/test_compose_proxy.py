@@ -277,7 +277,8 @@ def test_through_the_pipeline_deploys_are_switched_and_a_bad_version_never_serve
 
 def test_through_the_pipeline_a_version_failing_the_watch_window_is_switched_back(
         project, compose_env, demo_image):
-    demo_image("v4", "log-errors")  # passes its checks; writes an error line per request
+    # passes its checks, writes an error line per request (a tag no other module builds)
+    demo_image("v4-logs", "log-errors")
     web = {**project.raw["services"]["web"],
            "watch": {"window": 4, "interval": 0.5,
                      "rules": {"new_log_errors": 0, "latency_factor": None,
@@ -288,13 +289,13 @@ def test_through_the_pipeline_a_version_failing_the_watch_window_is_switched_bac
     backend = bot.pipeline.backend_for("web", "staging")
     v2_id = project.serving_id(backend)
     with VersionLoop(project.listen) as loop:
-        d4 = bot.deploy("v4")
+        d4 = bot.deploy("v4-logs")
         loop.more()
     assert d4.status.value == "rolled_back", d4.failure
     assert "log" in d4.failure.lower()
     assert project.serving_id(backend) == v2_id  # the warm v2: a switch back, not a start
     assert loop.failures == [], loop.failures[:5]
-    assert "v4" in loop.seen and loop.seen[-1] == "v2"
+    assert "v4-logs" in loop.seen and loop.seen[-1] == "v2"
     assert [c.id for c in project.containers()] == [v2_id]
 
 def test_moving_from_published_ports_to_the_proxy_keeps_the_old_version_for_a_rollback(project):
