@@ -257,10 +257,18 @@ def test_through_the_pipeline_deploys_are_switched_and_a_bad_version_never_serve
     bot = compose_env.bot(project.config)  # the real Pipeline, store and tracker in a tmp dir
     d1 = bot.deploy("v1")
     assert d1.status.value == "succeeded", d1.failure
+    backend = bot.pipeline.backend_for("web", "staging")
+    v1_id = project.serving_id(backend)
     with VersionLoop(project.listen) as loop:
         d2 = bot.deploy("v2")
         assert d2.status.value == "succeeded", d2.failure
         loop.more()
+        # a manual rollback to v1 starts the kept v1 container itself, checked before the switch
+        back = bot.pipeline.run(bot.pipeline.request_rollback(
+            requested_by="alice", service="web", environment="staging", to_version="v1").id)
+        loop.more()
+        assert back.status.value == "succeeded", back.failure
+        assert project.serving_id(backend) == v1_id
         d3 = bot.deploy("v3", "v3 with the new cache")
         loop.more()
     assert d2.previous_version == "v1" and d2.method == "Docker Compose"
@@ -268,9 +276,9 @@ def test_through_the_pipeline_deploys_are_switched_and_a_bad_version_never_serve
     assert d3.status.value == "failed", d3.failure
     assert "before the switch" in d3.failure and "no request reached v3" in d3.failure
     assert loop.failures == [], loop.failures[:5]
-    assert set(loop.seen) == {"v1", "v2"} and loop.seen[-1] == "v2"
-    backend = bot.pipeline.backend_for("web", "staging")
-    assert backend.current_version() == "v2" and backend.status().running
+    assert set(loop.seen) == {"v1", "v2"} and loop.seen[-1] == "v1"
+    assert backend.current_version() == "v1" and backend.status().running
+    assert project.serving_id(backend) == v1_id
     # the record names the commands of a rollback by hand: the proxy's switch
     assert "admin.sock" in d2.record and "docker start " in d2.record
 
