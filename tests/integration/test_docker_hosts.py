@@ -42,16 +42,17 @@ def second_engine():
 
 @pytest.fixture(scope="session")
 def images(docker_client, demo_image, second_engine):
-    """v1, v2, v3 healthy on the first engine; on the second, v3 is the unhealthy build of v3
-    (the same tag, other bytes): v3 fails on host 2 only."""
+    """v1, v2, v9 healthy on the first engine; on the second, v9 is the unhealthy build of v9
+    (the same tag, other bytes): v9 fails on host 2 only. (v9: v3 is an unhealthy build of other
+    modules in the same session.)"""
     _, other = second_engine
     for tag, mode, version in (("v1", "healthy", "v1"), ("v2", "healthy", "v2"),
-                               ("v3", "healthy", "v3"), ("v3-bad", "unhealthy", "v3")):
+                               ("v9", "healthy", "v9"), ("v9-bad", "unhealthy", "v9")):
         demo_image(tag, mode, version)
-    for tag in ("v1", "v2", "v3-bad"):
+    for tag in ("v1", "v2", "v9-bad"):
         name = f"{demo_image.repository}:{tag}"
         other.images.load(b"".join(docker_client.images.get(name).save(named=name)))
-    other.images.get(f"{demo_image.repository}:v3-bad").tag(demo_image.repository, "v3")
+    other.images.get(f"{demo_image.repository}:v9-bad").tag(demo_image.repository, "v9")
     return demo_image.repository
 
 
@@ -146,7 +147,7 @@ def test_a_deploy_reaches_both_hosts_and_the_record_lists_both(two_hosts):
 def test_a_version_failing_health_on_host_two_puts_host_one_back(two_hosts):
     w = two_hosts()
     assert w.deploy("v2").status is DeploymentStatus.SUCCEEDED
-    d = w.deploy("v3")
+    d = w.deploy("v9")
     assert d.status is DeploymentStatus.ROLLED_BACK, d.failure
     assert (w.serves("127.0.0.1"), w.serves("127.0.0.2")) == ("v2", "v2")
     outcomes = {o.host: o.outcome for o in hosts_from_text(d.hosts)}
