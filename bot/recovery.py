@@ -28,6 +28,7 @@ from bot import watch as watching
 from bot.errors import BackendError
 from bot.models import CheckStatus, Deployment, DeploymentKind, DeploymentStatus
 from bot.ports import DeployBackend
+from bot.staged import staged
 from bot.verify import verify, wait_healthy
 
 log = logging.getLogger("deploybot.recovery")
@@ -179,7 +180,10 @@ class Recovery:
                                         f"{previous or 'nothing'}")
         try:
             state = self.backend.status()
-            if previous and state.running and state.version == previous:
+            # Behind a proxy the previous version may serve while the staged one still runs
+            # beside it: the backend's rollback removes that one, so it is always asked.
+            if previous and state.running and state.version == previous \
+                    and staged(self.backend) is None:
                 step(f"{previous} already runs again; checking its health")
             else:
                 self.backend.rollback(previous, step, image=d.previous_image_ref or None)

@@ -13,8 +13,9 @@ from bot.config import Config
 from bot.errors import BackendError, StateError
 from bot.finishing import Finishing
 from bot.models import CheckStatus, Deployment, DeploymentKind, DeploymentStatus, VerificationResult
-from bot.ports import DeployBackend, ImageBuilder, MetricsSource, StepCallback
+from bot.ports import DeployBackend, ImageBuilder, MetricsSource, StagedDeploy, StepCallback
 from bot.run_context import RunContext
+from bot.staged import CandidateView, direct_service, staged
 from bot.verify import verify, wait_healthy
 
 
@@ -125,6 +126,9 @@ class Rollout:
             return finishing.failed(d, f"could not prepare {d.version}: {exc}; "
                                        f"{previous or 'nothing'} is still running, nothing changed")
         baseline = self._baseline(d, backend, step)
+        blue_green = staged(backend)
+        if blue_green is not None:
+            return self._staged(d, blue_green, baseline, step, pin, previous)
         try:
             backend.deploy(d.version, ticket_id=request_label(ctx.config, d), on_step=step,
                            image=pin)
@@ -132,9 +136,83 @@ class Rollout:
             return finishing.failed(d, f"deploying {d.version} failed: {exc}")
         d = ctx.store.transition(d.id, DeploymentStatus.VERIFYING,
                                  image_ref=running_image(backend, step))
+        return self._verify_and_finish(d, backend, baseline, step)
+
+    def _stopped(self) -> str:
+        return self.stop.why if self.stop else ""
+
+    def _staged(self, d: Deployment, backend: StagedDeploy, baseline: watching.Baseline | None,
+                step: StepCallback, pin: str | None, previous: str | None) -> Deployment:
+        """Blue/green behind the proxy: the new version is checked on its own address before
+        it gets a request; after the switch the old one stays warm until the end of the watch
+        window, so a rollback is a switch back."""
+        ctx, finishing = self.ctx, self.finishing
+        serving = previous or "nothing"
+        try:
+            address = backend.stage(d.version, ticket_id=request_label(ctx.config, d),
+                                    on_step=step, image=pin)
+        except BackendError as exc:
+            return finishing.failed(d, f"starting {d.version} beside {serving} failed: {exc}; "
+                                       f"{serving} kept serving, nothing changed")
+        d = ctx.store.transition(d.id, DeploymentStatus.VERIFYING)
         svc = ctx.config.service(d.service, d.environment)
-        result = verify(svc, backend, ctx.probe, ctx.clock, step,
-                        stop=lambda: self.stop.why if self.stop else "")
+        step(f"checking {d.version} directly at {address}; it gets no traffic yet")
+        direct = verify(direct_service(svc, address), CandidateView(backend), ctx.probe,
+                        ctx.clock, step, stop=self._stopped)
+        before = f"checked at {address} before the switch: {direct.health_reason}"
+        if direct.failed:
+            reasons = "; ".join(direct.failure_reasons)
+            try:
+                backend.discard(step)
+            except BackendError as exc:
+                direct.notes.append(f"could not remove the failed {d.version}: {exc}")
+            direct.notes.append(f"{d.version} never received traffic; {serving} kept serving")
+            summary = "; ".join(f"{k}: {v}" for k, v in ((direct.health_label,
+                                                          direct.health_reason),
+                                                         ("smoke", direct.smoke_reason)))
+            d = ctx.store.transition(
+                d.id, DeploymentStatus.FAILED, verification=summary,
+                failure=f"{d.version} failed its checks at {address} before the switch "
+                        f"({reasons}); {serving} kept serving, no request reached {d.version}")
+            if d.kind is DeploymentKind.ROLLBACK:
+                ctx.report.alert(d, f"manual rollback of {d.service} in {d.environment} to "
+                                    f"{d.version} failed its checks before the switch: "
+                                    f"{reasons}; {serving} kept serving")
+            return finishing.finish(d, direct)
+        if self.stop:
+            try:
+                backend.discard(step)
+            except BackendError as exc:
+                step(f"could not remove the staged {d.version}: {exc}")
+            return self._stopped_before_switch(d, serving)
+        try:
+            backend.switch(step)
+        except BackendError as exc:
+            try:
+                backend.discard(step)
+            except BackendError as again:
+                step(f"could not remove the staged {d.version}: {again}")
+            d = ctx.store.transition(d.id, DeploymentStatus.FAILED,
+                                     failure=f"switching the proxy to {d.version} failed: {exc}; "
+                                             f"{serving} kept serving")
+            return finishing.finish(d, direct)
+        d = ctx.store.update_deployment(d.id, image_ref=running_image(backend, step))
+        return self._verify_and_finish(d, backend, baseline, step, notes=[before])
+
+    def _stopped_before_switch(self, d: Deployment, serving: str) -> Deployment:
+        d = self.ctx.store.transition(
+            d.id, DeploymentStatus.FAILED,
+            failure=f"stopped ({self.stop.why}) before the switch; {serving} kept serving, "
+                    f"no request reached {d.version}")
+        return self.finishing.finish(d, None)
+
+    def _verify_and_finish(self, d: Deployment, backend: DeployBackend,
+                           baseline: watching.Baseline | None, step: StepCallback,
+                           notes: list[str] | None = None) -> Deployment:
+        ctx, finishing = self.ctx, self.finishing
+        svc = ctx.config.service(d.service, d.environment)
+        result = verify(svc, backend, ctx.probe, ctx.clock, step, stop=self._stopped)
+        result.notes[:0] = notes or []
         if baseline is not None and not result.failed:
             self._watch(d, backend, baseline, result, step)
         summary = "; ".join(f"{k}: {v}" for k, v in ((result.health_label, result.health_reason),

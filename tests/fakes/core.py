@@ -154,3 +154,68 @@ class InstantClock:
 
     def monotonic(self) -> float:
         return self.t
+
+
+@dataclass
+class FakeStagedBackend(FakeBackend):
+    """FakeBackend behind a proxy (bot.ports.StagedDeploy): `running` is what the proxy serves,
+    `candidate` the staged version on `address`, `warm` the old one after a switch."""
+
+    candidate: str | None = None
+    warm: str | None = None
+    address: str = "127.0.0.1:40001"
+    fail_stage: str = ""
+    fail_switch: str = ""
+
+    def staged(self) -> bool:
+        return True
+
+    def stage(self, version, *, ticket_id, on_step, image=None):
+        self.calls.append(f"stage {version}")
+        if self.fail_stage:
+            raise BackendError(self.fail_stage)
+        self.candidate = version
+        self.pins.append(image)
+        return self.address
+
+    def candidate_status(self) -> BackendStatus:
+        return BackendStatus(running=self.candidate is not None, version=self.candidate,
+                             detail="running" if self.candidate else "absent")
+
+    def discard(self, on_step):
+        self.calls.append(f"discard {self.candidate}")
+        self.candidate = None
+
+    def switch(self, on_step):
+        self.calls.append(f"switch {self.candidate}")
+        if self.fail_switch:
+            raise BackendError(self.fail_switch)
+        self.warm, self.running, self.candidate = self.running, self.candidate, None
+
+    def rollback(self, to_version, on_step, *, image=None):
+        how = ("already serving" if to_version is not None and to_version == self.running
+               else "switch back" if to_version is not None and to_version == self.warm
+               else "start")
+        self.calls.append(f"rollback {to_version} ({how})")
+        self.pins.append(image)
+        self.candidate = None
+        self.warm, self.running = None, to_version
+
+    def finalize(self, on_step):
+        self.calls.append("finalize")
+        self.warm = None
+
+
+@dataclass
+class StagedProbe(FakeProbe):
+    """Answers for the staged version at its own address, for what serves elsewhere."""
+
+    def get(self, url: str, timeout: float) -> ProbeResult:
+        backend = self.backend
+        if backend.address in url:
+            served, backend.running = backend.running, backend.candidate
+            try:
+                return super().get(url, timeout)
+            finally:
+                backend.running = served
+        return super().get(url, timeout)

@@ -1,0 +1,46 @@
+"""Blue/green behind a proxy, the core's side (bot/ports.StagedDeploy): the checks of a staged
+version go to its own address, before the proxy sends it a single request."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit, urlunsplit
+
+from bot.config import Service
+from bot.models import BackendStatus
+from bot.ports import DeployBackend, StagedDeploy
+
+
+def staged(backend: DeployBackend) -> StagedDeploy | None:
+    """The backend as a StagedDeploy when it is configured for it (`proxy:`), else None."""
+    if isinstance(backend, StagedDeploy) and backend.staged():
+        return backend
+    return None
+
+
+def at_address(url: str, address: str) -> str:
+    """`url` sent to HOST:PORT instead: same path and query, plain HTTP (the proxy may end TLS;
+    the container behind it speaks HTTP on its own port)."""
+    parts = urlsplit(url)
+    return urlunsplit(("http", address, parts.path or "/", parts.query, ""))
+
+
+def direct_service(svc: Service, address: str) -> Service:
+    """The service's health, detailed health and smoke checks aimed at `address`."""
+    update: dict = {}
+    if svc.health:
+        update["health"] = svc.health.model_copy(update={"url": at_address(str(svc.health.url),
+                                                                           address)})
+    if svc.smoke:
+        update["smoke"] = [t.model_copy(update={"url": at_address(str(t.url), address)})
+                           for t in svc.smoke]
+    return svc.model_copy(update=update)
+
+
+class CandidateView:
+    """What bot.verify needs of a backend (status()), answered for the staged version."""
+
+    def __init__(self, backend: StagedDeploy) -> None:
+        self.backend = backend
+
+    def status(self) -> BackendStatus:
+        return self.backend.candidate_status()
