@@ -7,10 +7,14 @@ timeout, from its own process on 127.0.0.1) asks the service's public address fo
 /version during:
   (a) deploy   a healthy deploy v1 -> v2;
   (b) bad      a deploy of a version whose /health answers 500, and the way back to v1;
-  (c) rollback a manual rollback v2 -> v1 (after the deploy of v2 finished).
+  (c) rollback a manual rollback v2 -> v1 (after the deploy of v2 finished: behind the proxy
+               v1 is then kept stopped, so it is started and checked before the switch);
+  (d) watch    a deploy of a version that passes its checks but logs errors, rolled back
+               automatically by the watch window (3 s; v1 still warm behind the proxy).
 The ways (each with its own container and public port, on the same engine):
   seed      the seed's procedure through the Docker SDK: stop (1 s grace), remove, run the new
-            image publishing the port, poll /health; (b): then back to v1 the same way;
+            image publishing the port, poll /health; (b): then back to v1 the same way; (d): the seed has no watch window,
+            so it "decides" as soon as the version is healthy and goes back the same way;
   ports     deploybot, DockerBackend with `ports:`, through the Pipeline (as `deploybot deploy`
             and `deploybot rollback` run it: checklist, lock, verify, record);
   proxy     the same with `proxy:` (HAProxy in front; needs the proxy adapter and the staged
@@ -21,9 +25,10 @@ Figures per cell: requests sent and failed (non-2xx or no answer, summed over th
 p50/p99 latency of the 2xx answers (all rounds), the longest outage (longest stretch of
 consecutive failed requests, worst round), and "restore": from the rollback decision to the
 first request answered by v1 (median and worst round). The decision: for (c) the rollback call;
-for (b) the seed's health poll giving up (3 failing probes in a row, like deploybot's
-`failing_probes: 3`) or deploybot's automatic-rollback alert. "bad": 2xx answers that came from
-the failing version. Goals through the proxy: 0 failed requests; restore under 0.1 s.
+for (b) and (d) the seed's health poll giving up (3 failing probes in a row, like deploybot's
+`failing_probes: 3`) or being healthy, and deploybot's automatic-rollback alert. "bad": 2xx
+answers that came from the failing version. "v1 never left": no request failed or reached the
+failing version (it was discarded before the switch), so there was nothing to restore. Goals through the proxy: 0 failed requests; restore under 0.1 s.
 
     eval "$(scripts/dockerd.sh start)"; scripts/build-base-image.sh
     python benchmarks/zero_downtime.py [--rounds 3] [--rps 50] [--ways seed,ports,proxy]
@@ -58,10 +63,14 @@ GRACE = 1  # s, docker stop's grace on every side (the demo's PID 1 ignores SIGT
 INTERVAL = 0.5  # s between health probes, every side
 FAILING_PROBES = 3  # 5xx in a row that decide a failure, every side
 HEALTH_TIMEOUT = 20.0
-BAD = "v-bad"
-SCENARIOS = {"deploy": "(a) deploy v1 -> v2", "bad": f"(b) deploy {BAD} (health 500), back",
-             "rollback": "(c) rollback v2 -> v1"}
-RUN_ORDER = ("deploy", "rollback", "bad")  # each starts and ends with v1 or v2 as the next needs
+BAD = "v-bad"  # /health answers 500
+NOISY = "v-errors"  # healthy, but every request logs an ERROR line: the watch window trips
+WATCH_WINDOW = 3.0  # s; the rules that cannot misjudge a loaded 2-core machine (latency off)
+SCENARIOS = {"deploy": "(a) deploy v1 -> v2", "bad": f"(b) deploy {BAD} (health 500)",
+             "rollback": "(c) rollback v2 -> v1 (after)",
+             "watch": f"(d) {NOISY} rolled back in watch"}
+LEFT_FOR = {"bad": BAD, "rollback": "v2", "watch": NOISY}  # what v1 was left for
+RUN_ORDER = ("deploy", "rollback", "bad", "watch")  # each ends as the next one begins
 PEOPLE = {name: {"tracker": name} for name in ("alice", "bob", "carol")}
 
 
@@ -138,6 +147,12 @@ class Seed:
         self._to("v1")
         return decided
 
+    def watch(self) -> float | None:
+        self._to(NOISY)
+        decided = time.monotonic()
+        self._to("v1")
+        return decided
+
     def rollback(self) -> float | None:
         decided = time.monotonic()
         self._to("v1")
@@ -193,22 +208,25 @@ class Bot:
                 "health": {"url": f"{base}/health", "detailed_path": "/health/detailed"},
                 "smoke": [{"url": f"{base}/api/ping", "contains": "pong"}],
                 "verify": {"timeout": HEALTH_TIMEOUT, "interval": INTERVAL,
-                           "failing_probes": FAILING_PROBES}}}}, label)
+                           "failing_probes": FAILING_PROBES},
+                "watch": {"window": WATCH_WINDOW, "interval": INTERVAL, "rules": {
+                    "latency_factor": None, "error_rate_points": None}}}}}, label)
         self.store = Store(folder / "deploybot.db")
         self.tracker = LocalTracker(self.store)
         self.reporter = Recorder()
         self.pipeline = build_pipeline(cfg, self.store, reporter=self.reporter,
-                                       approver=_NoGates(), tracker=self.tracker, environ={})
+                                       approver=_NoGates(), tracker=self.tracker,
+                                       environ=dict(os.environ))
 
-    def _deploy(self, tag: str, want: str):
+    def _deploy(self, tag: str, *want: str):
         tid = self.tracker.create_ticket(f"release {tag}", status="Ready for Production")
         self.tracker.add_comment(tid, "CQ approved", author="bob")
         self.tracker.add_comment(tid, "QA PASS", author="carol")
         d = self.pipeline.request_deploy(tid, requested_by="alice", target=f"web@{tag}")
         d = self.pipeline.run(d.id)
-        if d.status.value != want:
-            raise SystemExit(f"{self.label}: deploy of {tag} ended {d.status.value}, not {want}: "
-                             f"{d.failure}")
+        if d.status.value not in want:
+            raise SystemExit(f"{self.label}: deploy of {tag} ended {d.status.value}, not "
+                             f"{' or '.join(want)}: {d.failure}")
 
     def start(self) -> None:
         self._deploy("v1", "succeeded")
@@ -219,7 +237,13 @@ class Bot:
 
     def bad(self) -> float | None:
         since = time.monotonic()
-        self._deploy(BAD, "rolled_back")
+        # behind the proxy it fails before the switch: nothing to roll back
+        self._deploy(BAD, "rolled_back", "failed")
+        return self.reporter.decided_since(since)
+
+    def watch(self) -> float | None:
+        since = time.monotonic()
+        self._deploy(NOISY, "rolled_back")
         return self.reporter.decided_since(since)
 
     def rollback(self) -> float | None:
@@ -257,17 +281,20 @@ def measure(way, scenario: str, cell: Cell, rps: float, timeout: float, lead: fl
     cell.sent += s.sent
     cell.failed += s.failed
     cell.outages.append(s.longest_outage)
-    if scenario == "bad":
-        cell.bad_answers += answered_by(load.samples, BAD)
-    if scenario in ("bad", "rollback"):
-        left = s.failed or answered_by(load.samples, "v2" if scenario == "rollback" else BAD)
-        if scenario == "bad" and not left:
-            cell.never_left += 1
-        elif decided is not None:
-            restored = restore_time(load.samples, decided, "v1")
-            if restored is None:
-                raise SystemExit(f"{way.label}: v1 never answered after the decision")
-            cell.restores.append(restored)
+    if scenario not in LEFT_FOR:
+        return
+    left_for = LEFT_FOR[scenario]
+    if scenario != "rollback":
+        cell.bad_answers += answered_by(load.samples, left_for)
+    if not (s.failed or answered_by(load.samples, left_for)):
+        cell.never_left += 1
+    elif decided is None:
+        raise SystemExit(f"{way.label}: {scenario}: v1 was left but no rollback was decided")
+    else:
+        restored = restore_time(load.samples, decided, "v1")
+        if restored is None:
+            raise SystemExit(f"{way.label}: {scenario}: v1 never answered after the decision")
+        cell.restores.append(restored)
 
 
 def ms(v: float | None) -> str:
@@ -287,11 +314,11 @@ def report(cells: dict[tuple[str, str], Cell], labels: dict[str, str]) -> None:
             good = [s.latency for s in cell.samples if s.ok and s.latency is not None]
             if cell.restores:
                 restore = f"{ms(statistics.median(cell.restores))}/{ms(max(cell.restores))}"
-            elif scenario == "bad" and cell.never_left:
+            elif cell.never_left:
                 restore = "v1 never left"
             else:
                 restore = "-"
-            bad = str(cell.bad_answers) if scenario == "bad" else "-"
+            bad = str(cell.bad_answers) if scenario in ("bad", "watch") else "-"
             print(f"{title:<36} {label:<22} {cell.sent:>6} {cell.failed:>6} "
                   f"{ms(percentile(good, 50)):>7} {ms(percentile(good, 99)):>7} "
                   f"{max(cell.outages):>8.2f} {restore:>19} {bad:>4}")
@@ -327,7 +354,8 @@ def main() -> int:
     run_id = uuid.uuid4().hex[:6]
     prefix = f"bench-zd-{run_id}"
     repo = prefix
-    for tag, mode in (("v1", "healthy"), ("v2", "healthy"), (BAD, "unhealthy")):
+    for tag, mode in (("v1", "healthy"), ("v2", "healthy"), (BAD, "unhealthy"),
+                      (NOISY, "log-errors")):
         client.images.build(path=str(ROOT / "examples" / "demo"), tag=f"{repo}:{tag}",
                             buildargs={"VERSION": tag, "MODE": mode}, rm=True)
     work = Path(tempfile.mkdtemp(prefix="deploybot-zd-"))
@@ -380,7 +408,7 @@ def cleanup(client: docker.DockerClient, prefix: str, repo: str) -> None:
             c.remove(force=True)
         except docker.errors.APIError as exc:
             print(f"could not remove {c.name}: {exc}", file=sys.stderr)
-    for tag in ("v1", "v2", BAD):
+    for tag in ("v1", "v2", BAD, NOISY):
         try:
             client.images.remove(f"{repo}:{tag}", force=True)
         except docker.errors.APIError:
