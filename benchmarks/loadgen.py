@@ -19,6 +19,7 @@ import asyncio
 import math
 import multiprocessing
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -29,6 +30,7 @@ class Sample:
     latency: float | None  # s until the whole answer; None: none came (refused, reset, timeout)
     status: int | None = None
     body: str = ""
+    error: str = ""  # why none came: httpx's exception name (ConnectError, ReadTimeout, ...)
 
     @property
     def ok(self) -> bool:
@@ -91,6 +93,12 @@ def answered_by(samples: Sequence[Sample], version: str) -> int:
     return sum(1 for s in samples if s.ok and s.body.strip() == version)
 
 
+def failure_kinds(samples: Sequence[Sample]) -> Counter:
+    """What the failed requests got: "HTTP 503", "ConnectError", "ReadTimeout", ..."""
+    return Counter(s.error or "no answer" if s.status is None else f"HTTP {s.status}"
+                   for s in samples if not s.ok)
+
+
 def summarize(samples: Sequence[Sample], period: float) -> Summary:
     good = [s.latency for s in samples if s.ok and s.latency is not None]
     return Summary(sent=len(samples), failed=sum(1 for s in samples if not s.ok),
@@ -106,8 +114,8 @@ async def _one(client, url: str, timeout: float, out: list[Sample]) -> None:
     sent = time.monotonic()
     try:
         answer = await client.get(url, timeout=timeout)
-    except httpx.HTTPError:
-        out.append(Sample(sent, None))
+    except httpx.HTTPError as exc:
+        out.append(Sample(sent, None, error=type(exc).__name__))
         return
     out.append(Sample(sent, time.monotonic() - sent, answer.status_code, answer.text[:200]))
 
@@ -139,7 +147,7 @@ async def _load(url: str, rps: float, timeout: float, stop, ready) -> list[Sampl
 
 def _child(url: str, rps: float, timeout: float, stop, ready, conn) -> None:
     samples = asyncio.run(_load(url, rps, timeout, stop, ready))
-    conn.send([(s.sent, s.latency, s.status, s.body) for s in samples])
+    conn.send([(s.sent, s.latency, s.status, s.body, s.error) for s in samples])
     conn.close()
 
 
@@ -165,9 +173,13 @@ class Load:
             self.url, self.rps, self.timeout, self._stop, ready, send))
         self._proc.start()
         send.close()
-        if not ready.wait(30):
-            self._proc.kill()
-            raise RuntimeError("the load generator did not start within 30 s")
+        deadline = time.monotonic() + 30
+        while not ready.wait(0.1):
+            if not self._proc.is_alive() or time.monotonic() > deadline:
+                self._proc.kill()
+                raise RuntimeError("the load generator did not start (exit code "
+                                   f"{self._proc.exitcode}; a script using it needs "
+                                   "`if __name__ == '__main__':`)")
         return self
 
     def __exit__(self, *exc) -> None:

@@ -45,6 +45,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -56,8 +57,8 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.loadgen import (Load, Sample, answered_by, percentile,  # noqa: E402
-                                restore_time, summarize)
+from benchmarks.loadgen import (Load, Sample, answered_by, failure_kinds,  # noqa: E402
+                                percentile, restore_time, summarize)
 
 GRACE = 1  # s, docker stop's grace on every side (the demo's PID 1 ignores SIGTERM)
 INTERVAL = 0.5  # s between health probes, every side
@@ -267,6 +268,8 @@ class Cell:
     restores: list[float] = field(default_factory=list)
     bad_answers: int = 0
     never_left: int = 0  # rounds in which v1 served throughout (nothing to restore)
+    undecided: int = 0  # rounds in which v1 was left and no rollback was decided
+    failures: Counter = field(default_factory=Counter)  # "ConnectError", "HTTP 503", ...
 
 
 def measure(way, scenario: str, cell: Cell, rps: float, timeout: float, lead: float,
@@ -281,6 +284,7 @@ def measure(way, scenario: str, cell: Cell, rps: float, timeout: float, lead: fl
     cell.sent += s.sent
     cell.failed += s.failed
     cell.outages.append(s.longest_outage)
+    cell.failures.update(failure_kinds(load.samples))
     if scenario not in LEFT_FOR:
         return
     left_for = LEFT_FOR[scenario]
@@ -289,7 +293,7 @@ def measure(way, scenario: str, cell: Cell, rps: float, timeout: float, lead: fl
     if not (s.failed or answered_by(load.samples, left_for)):
         cell.never_left += 1
     elif decided is None:
-        raise SystemExit(f"{way.label}: {scenario}: v1 was left but no rollback was decided")
+        cell.undecided += 1
     else:
         restored = restore_time(load.samples, decided, "v1")
         if restored is None:
@@ -314,6 +318,8 @@ def report(cells: dict[tuple[str, str], Cell], labels: dict[str, str]) -> None:
             good = [s.latency for s in cell.samples if s.ok and s.latency is not None]
             if cell.restores:
                 restore = f"{ms(statistics.median(cell.restores))}/{ms(max(cell.restores))}"
+            elif cell.undecided:
+                restore = "no rollback"
             elif cell.never_left:
                 restore = "v1 never left"
             else:
@@ -323,6 +329,11 @@ def report(cells: dict[tuple[str, str], Cell], labels: dict[str, str]) -> None:
                   f"{ms(percentile(good, 50)):>7} {ms(percentile(good, 99)):>7} "
                   f"{max(cell.outages):>8.2f} {restore:>19} {bad:>4}")
             title = ""  # once per scenario
+    kinds = [f"{SCENARIOS[sc][:3]} {labels[key]}: " + ", ".join(f"{n} {k}" for k, n in
+                                                              cell.failures.most_common())
+             for (sc, key), cell in cells.items() if cell.failures]
+    if kinds:
+        print("failed requests: " + "; ".join(kinds))
 
 
 def main() -> int:
@@ -344,6 +355,7 @@ def main() -> int:
           f"Python {platform.python_version()}; load {args.rps:g} req/s open loop, timeout "
           f"{args.timeout:g} s, {args.rounds} rounds; stop grace {GRACE} s and health every "
           f"{INTERVAL:g} s ({FAILING_PROBES} failing in a row decide) on every side")
+    print("load average before: " + " ".join(f"{v:.2f}" for v in os.getloadavg()))
     notes: list[str] = []
     if "proxy" in wanted and not (ROOT / "backends/proxy/haproxy.py").exists():
         notes.append("proxy: left out, this checkout has no HAProxy adapter "
@@ -381,6 +393,8 @@ def main() -> int:
     report(cells, labels)
     for note in notes:
         print(f"note: {note}")
+    print("load average after: " + " ".join(f"{v:.2f}" for v in os.getloadavg())
+          + f" ({os.cpu_count()} cores: more than that and the figures measure the machine)")
     print("goals through the proxy: 0 failed requests in every scenario; restore < 100 ms")
     return 0
 

@@ -3,8 +3,8 @@ outage, the restore time. The load itself is exercised by running the benchmark.
 
 import pytest
 
-from benchmarks.loadgen import (Load, Sample, answered_by, longest_outage, percentile,
-                                restore_time, summarize)
+from benchmarks.loadgen import (Load, Sample, answered_by, failure_kinds, longest_outage,
+                                percentile, restore_time, summarize)
 
 PERIOD = 0.02  # 50 requests a second
 
@@ -91,3 +91,9 @@ def test_load_goes_to_loopback_only():
         Load("http://example.com/version")
     with pytest.raises(ValueError):
         Load("http://127.0.0.1:1/version", rps=0)
+
+
+def test_failure_kinds_name_the_status_or_the_error():
+    samples = [ok(0.0), Sample(0.02, None, error="ConnectError"), Sample(0.04, 0.001, 503, ""),
+               Sample(0.06, None, error="ConnectError"), Sample(0.08, None)]
+    assert failure_kinds(samples) == {"ConnectError": 2, "HTTP 503": 1, "no answer": 1}
