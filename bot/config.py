@@ -7,6 +7,7 @@ import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -365,6 +366,39 @@ class ProxySettings(Strict):
         return v
 
 
+class DockerHost(Strict):
+    """One engine of a service deployed on several hosts (README, "Several Docker hosts")."""
+
+    engine: str  # unix:///path, tcp://HOST:PORT or ssh://USER@HOST
+    # Where this host's published ports are reached: replaces the host part of the service's
+    # health and smoke URLs for this host's checks. None: the engine's host name (tcp, ssh),
+    # the URLs as written (unix). A loopback address (127.x) also moves the ports published on
+    # a loopback IP onto it, so two engines on one machine do not both bind 127.0.0.1:PORT.
+    address: str | None = None
+
+    @field_validator("engine")
+    @classmethod
+    def _engine(cls, v: str) -> str:
+        if not re.match(r"^(unix|tcp|ssh)://\S+$", v):
+            raise ValueError(f"{v!r}: an engine address unix:///path, tcp://HOST:PORT or "
+                             "ssh://USER@HOST")
+        return v
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z0-9.-]+|\[[0-9a-fA-F:.]+\]", v):
+            raise ValueError(f"{v!r}: a host name or IP address, without scheme or port")
+        return v
+
+    @property
+    def reached_at(self) -> str | None:
+        """`address`, else the host name of a tcp:// or ssh:// engine; None for unix://."""
+        if self.address or self.engine.startswith("unix://"):
+            return self.address
+        return urlsplit(self.engine).hostname
+
+
 class DockerBackendSettings(Strict):
     kind: Literal["docker"] = "docker"
     container_name: str | None = None
@@ -380,21 +414,26 @@ class DockerBackendSettings(Strict):
     proxy: ProxySettings | None = None  # zero-downtime deploys behind HAProxy (instead of ports)
     # Several Docker engines (unix://, tcp://, ssh://user@host): deployed `batch` hosts at a time,
     # each batch verified before the next; None: the one engine of DOCKER_HOST.
-    hosts: list[str] | None = None
+    # An entry is the engine, or {engine:, address:} (DockerHost).
+    hosts: list[DockerHost] | None = None
     batch: int = Field(default=1, ge=1, le=100)
+
+    @field_validator("hosts", mode="before")
+    @classmethod
+    def _engine_alone(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            return [{"engine": h} if isinstance(h, str) else h for h in v]
+        return v
 
     @field_validator("hosts")
     @classmethod
-    def _hosts(cls, v: list[str] | None) -> list[str] | None:
+    def _hosts(cls, v: list[DockerHost] | None) -> list[DockerHost] | None:
         if v is None:
             return v
         if not v:
             raise ValueError("name at least one engine, or leave hosts out")
-        for h in v:
-            if not re.match(r"^(unix|tcp|ssh)://\S+$", h):
-                raise ValueError(f"{h!r}: an engine address unix:///path, tcp://HOST:PORT or "
-                                 "ssh://USER@HOST")
-        if len(set(v)) != len(v):
+        engines = [h.engine for h in v]
+        if len(set(engines)) != len(engines):
             raise ValueError("an engine is named twice")
         return v
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+import json
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
 
@@ -217,6 +218,9 @@ class Deployment:
     image_ref: str = ""  # the exact bytes running after this deployment (digest or image id)
     previous_image_ref: str = ""  # the exact bytes that ran before it: what a rollback restores
     thread_ref: str = ""  # the front end's handle on its thread (Slack channel:ts), opaque here
+    # A service on several hosts (bot/host_rollout.py): each host's previous version and
+    # bytes and its outcome, as HostOutcome JSON (hosts_from_text); "" for one engine.
+    hosts: str = ""
     # Scheduling (bot/scheduler.py): a deployment stays `requested` until these let it start.
     scheduled_for: datetime | None = None  # not before this time (UTC)
     queued: bool = False  # waits for its lock instead of being blocked by it
@@ -271,3 +275,23 @@ class VerificationResult:
             ("monitoring", self.monitoring, self.monitoring_reason),
         ]
         return [f"{name}: {reason}" for name, status, reason in pairs if status is CheckStatus.FAILED]
+
+
+@dataclass
+class HostOutcome:
+    """One host of a deployment on several hosts: what a rollback restores there, and what
+    happened to it (what the record lists)."""
+
+    host: str  # the engine, as configured
+    address: str | None = None  # where its checks went, when not the URLs as written
+    previous: str | None = None
+    previous_image: str = ""  # the bytes that ran before: what its rollback restores
+    outcome: str = "not reached"  # "deployed and verified", "failed: ...", "...; rolled back to v1"
+
+
+def hosts_to_text(outcomes: list[HostOutcome]) -> str:
+    return json.dumps([asdict(o) for o in outcomes])
+
+
+def hosts_from_text(text: str) -> list[HostOutcome]:
+    return [HostOutcome(**item) for item in json.loads(text)] if text else []

@@ -108,6 +108,32 @@ class StagedDeploy(Protocol):
 
 
 @runtime_checkable
+class SeveralHosts(Protocol):
+    """An optional DeployBackend capability: one service on several engines (Docker `hosts:`),
+    rolled out batch by batch by bot/host_rollout.py, each host verified before the next batch;
+    a failing host rolls back its batch and every host done before. The DeployBackend calls of
+    the backend itself act on every host (status and versions per host, "mixed: ..." when the
+    hosts disagree)."""
+
+    def hosts(self) -> list[str]:
+        """The hosts in rollout order, by a name unique within the service (the engine)."""
+        ...
+
+    def batches(self) -> list[list[str]]:
+        """hosts() cut into the batches deployed together (`batch:` hosts each)."""
+        ...
+
+    def backend_for_host(self, host: str) -> DeployBackend:
+        """The service on that host alone; its BackendErrors name the host."""
+        ...
+
+    def address_of(self, host: str) -> str | None:
+        """Where that host's published ports are reached: the host part of the service's URLs
+        for its checks; None: the URLs as written."""
+        ...
+
+
+@runtime_checkable
 class ImageBuilder(Protocol):
     """Builds a service's image from source, tags it VERSION and latest, pushes both."""
 

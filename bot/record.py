@@ -12,7 +12,9 @@ from bot.models import (
     DeploymentStatus,
     Ticket,
     VerificationResult,
+    hosts_from_text,
 )
+from bot.host_rollout import MIXED
 
 OUTCOME_LINE = {
     DeploymentStatus.SUCCEEDED: "Deployed and verified.",
@@ -40,7 +42,10 @@ def rollback_plan(deployment: Deployment, steps: list[str], health_url: str | No
                   channel: str) -> list[str]:
     """The three numbered lines of the record's Rollback Plan section."""
     target = deployment.previous_version
-    if target:
+    if target and target.startswith(MIXED):
+        cmd = (f"the hosts ran different versions before ({target[len(MIXED):]}): put each "
+               "back to its own (the Hosts section)")
+    elif target:
         cmd = (f"`deploybot rollback {deployment.service} --to {target} "
                f"--env {deployment.environment}` (Slack: `/rollback {deployment.service} to "
                f"{target} in {deployment.environment}`)")
@@ -55,6 +60,16 @@ def rollback_plan(deployment: Deployment, steps: list[str], health_url: str | No
               else f"check `{health_url}` answers 2xx" if health_url
               else f"check `deploybot status` shows {target or 'nothing'} running")
     return [cmd, verify, f"Notify team in {channel}"]
+
+
+def host_lines(deployment: Deployment) -> list[str]:
+    """A service on several hosts: each host with what ran there before and its outcome."""
+    outcomes = hosts_from_text(deployment.hosts)
+    if not outcomes:
+        return []
+    return ["", "### Hosts", *[
+        f"- {o.host}" + (f" (checked at {o.address})" if o.address else "")
+        + f", before: {o.previous or 'nothing'}: {o.outcome}" for o in outcomes]]
 
 
 def render(deployment: Deployment, *, ticket: Ticket | None, checks: list[CheckResult],
@@ -108,6 +123,7 @@ def render(deployment: Deployment, *, ticket: Ticket | None, checks: list[CheckR
         "",
         "### Deployment Method",
         deployment.method or "unknown",
+        *host_lines(deployment),
         "",
         "### Pre-Deployment Checks",
         check_box("cq_approval", "CQ review confirmed"),

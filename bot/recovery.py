@@ -23,11 +23,11 @@ import os
 from datetime import datetime
 from typing import Callable
 
-from bot import liveness, logcontext
+from bot import host_rollout, liveness, logcontext
 from bot import watch as watching
 from bot.errors import BackendError
 from bot.models import CheckStatus, Deployment, DeploymentKind, DeploymentStatus
-from bot.ports import DeployBackend
+from bot.ports import DeployBackend, SeveralHosts
 from bot.staged import staged
 from bot.verify import verify, wait_healthy
 
@@ -179,20 +179,24 @@ class Recovery:
                                         f"{d.service} in {d.environment} back to "
                                         f"{previous or 'nothing'}")
         try:
-            state = self.backend.status()
-            # Behind a proxy the previous version may serve while the staged one still runs
-            # beside it: the backend's rollback removes that one, so it is always asked.
-            if previous and state.running and state.version == previous \
-                    and staged(self.backend) is None:
-                step(f"{previous} already runs again; checking its health")
+            if isinstance(self.backend, SeveralHosts) and d.hosts:
+                # each host back to what ran there before, checked at its own address
+                host_rollout.recover(self.pipeline.context, d, self.backend)
             else:
-                self.backend.rollback(previous, step, image=d.previous_image_ref or None)
-            if previous:
-                status, why = wait_healthy(self.svc, self.backend, self.pipeline.probe,
-                                           self.pipeline.clock, self.svc.verify.timeout,
-                                           self.svc.verify.interval)
-                if status is CheckStatus.FAILED:
-                    raise BackendError(f"{previous} is back but not healthy: {why}")
+                state = self.backend.status()
+                # Behind a proxy the previous version may serve while the staged one still runs
+                # beside it: the backend's rollback removes that one, so it is always asked.
+                if previous and state.running and state.version == previous \
+                        and staged(self.backend) is None:
+                    step(f"{previous} already runs again; checking its health")
+                else:
+                    self.backend.rollback(previous, step, image=d.previous_image_ref or None)
+                if previous:
+                    status, why = wait_healthy(self.svc, self.backend, self.pipeline.probe,
+                                               self.pipeline.clock, self.svc.verify.timeout,
+                                               self.svc.verify.interval)
+                    if status is CheckStatus.FAILED:
+                        raise BackendError(f"{previous} is back but not healthy: {why}")
         except BackendError as exc:
             down = engine_unreachable(self.backend)
             self._move(DeploymentStatus.ROLLBACK_FAILED, detail=self.said,

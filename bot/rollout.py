@@ -7,13 +7,15 @@ import functools
 import threading
 from typing import Callable
 
+from bot import host_rollout
 from bot import watch as watching
 from bot.childenv import allowed_environ
 from bot.config import Config
 from bot.errors import BackendError, StateError
 from bot.finishing import Finishing
 from bot.models import CheckStatus, Deployment, DeploymentKind, DeploymentStatus, VerificationResult
-from bot.ports import DeployBackend, ImageBuilder, MetricsSource, StagedDeploy, StepCallback
+from bot.ports import (DeployBackend, ImageBuilder, MetricsSource, SeveralHosts, StagedDeploy,
+                       StepCallback)
 from bot.run_context import RunContext
 from bot.staged import CandidateView, direct_service, staged
 from bot.verify import verify, wait_healthy
@@ -125,6 +127,8 @@ class Rollout:
         except BackendError as exc:
             return finishing.failed(d, f"could not prepare {d.version}: {exc}; "
                                        f"{previous or 'nothing'} is still running, nothing changed")
+        if isinstance(backend, SeveralHosts):
+            return host_rollout.run(self, d, backend, pin)
         baseline = self._baseline(d, backend, step)
         blue_green = staged(backend)
         if blue_green is not None:

@@ -178,9 +178,12 @@ _M9_REPLICAS = [
     "CREATE TABLE requests_seen (key TEXT PRIMARY KEY, seen_at TEXT NOT NULL)",
 ]
 
+# A service on several hosts: each host's previous version, bytes and outcome (JSON).
+_M10_HOSTS = ["ALTER TABLE deployments ADD COLUMN hosts TEXT NOT NULL DEFAULT ''"]
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None] | list[str]] = [
     _m1_initial, _m2_image_digest, _m3_schedules, _m4_evidence_and_via, _m5_image_refs,
-    _m6_recovery, _m7_outbox, _m8_ticket_times, _M9_REPLICAS]
+    _m6_recovery, _m7_outbox, _m8_ticket_times, _M9_REPLICAS, _M10_HOSTS]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -302,7 +305,7 @@ class Store:
         for key in ("created_at", "updated_at", "finished_at", "scheduled_for"):
             data[key] = _dt(data[key])
         for key in ("failure", "verification", "record", "thread_ref", "method", "lock_scope",
-                    "image_digest", "break_glass", "image_ref", "previous_image_ref"):
+                    "image_digest", "break_glass", "image_ref", "previous_image_ref", "hosts"):
             data[key] = data[key] or ""
         return Deployment(**data)
 

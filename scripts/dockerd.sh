@@ -77,6 +77,12 @@ make_bridge() {
     ip link add name "$BRIDGE" type bridge
     touch "$BRIDGE_MARK"
   fi
+  # A fixed MAC (as dockerd gives docker0): else the bridge takes its lowest port's, which changes
+  # when that container goes, and the others' ARP entry for the gateway goes stale for seconds:
+  # requests through a published port hang right after another container is removed.
+  local mac
+  mac=$(printf '%s' "$BRIDGE" | sha256sum | sed -E 's/^(..)(..)(..)(..)(..).*/02:\1:\2:\3:\4:\5/')
+  ip link set dev "$BRIDGE" address "$mac"
   ip addr replace "$BRIDGE_CIDR" dev "$BRIDGE"
   ip link set "$BRIDGE" up
 }

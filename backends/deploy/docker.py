@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import os
 import shlex
 from datetime import datetime
@@ -11,6 +12,7 @@ import docker
 import docker.errors
 import requests.exceptions
 
+from bot.clock import Clock, SystemClock
 from bot.envfile import read_env_file
 from bot.config import DockerBackendSettings, Service
 from bot.errors import BackendError, InputError
@@ -18,15 +20,20 @@ from bot.models import BackendStatus
 from bot.ports import StepCallback, Usage
 
 from backends.deploy import pins
+from backends.deploy.docker_staged import NEXT_SUFFIX, StagedContainers, http_status
 
 KEPT_SUFFIX = "--previous"
 LABEL = "io.deploybot"
+# The engine the calls in this context go to, when it is not DOCKER_HOST (a service on several
+# hosts: backends/deploy/several_hosts.py), so "not reachable at" names the right one.
+ENGINE: contextvars.ContextVar[str | None] = contextvars.ContextVar("docker_engine", default=None)
 
 
 def explain(exc: Exception, docker_host: str | None = None) -> str:
     """A Docker SDK error as a sentence a person can act on (shared by the Docker adapters)."""
     text = str(exc)
-    where = docker_host or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    where = (docker_host or ENGINE.get() or os.environ.get("DOCKER_HOST")
+             or "unix:///var/run/docker.sock")
     unreachable = (f"the Docker engine is not reachable at {where} "
                    "(is it running? is DOCKER_HOST right?)")
     if isinstance(exc, docker.errors.DockerException) and "fetching server API version" in text:
@@ -41,6 +48,12 @@ def explain(exc: Exception, docker_host: str | None = None) -> str:
     return text
 
 
+def _build_proxy(settings, key, docker_client):
+    from backends.proxy import build_proxy
+
+    return build_proxy(settings, key, docker_client=docker_client)
+
+
 def _port_bindings(ports: dict[str, str]) -> dict[str, Any]:
     """{"8080": "127.0.0.1:18080"} -> {"8080/tcp": ("127.0.0.1", 18080)} as the SDK wants."""
     out: dict[str, Any] = {}
@@ -51,11 +64,16 @@ def _port_bindings(ports: dict[str, str]) -> dict[str, Any]:
     return out
 
 
-class DockerBackend(pins.SeenBytes):
+class DockerBackend(StagedContainers, pins.SeenBytes):
+    """With `proxy:` set, also StagedDeploy (backends/deploy/docker_staged.py): NAME is then
+    always what the proxy serves."""
+
     method = "Direct Container"
 
     def __init__(self, service: str, environment: str, settings: Service,
-                 client_factory: Callable[..., docker.DockerClient] | None = None) -> None:
+                 client_factory: Callable[..., docker.DockerClient] | None = None, *,
+                 proxy_factory: Callable[..., Any] | None = None, clock: Clock | None = None,
+                 http_status: Callable[[str, float], int | None] = http_status) -> None:
         assert isinstance(settings.backend, DockerBackendSettings)
         self.service = service
         self.environment = environment
@@ -63,6 +81,13 @@ class DockerBackend(pins.SeenBytes):
         self.opts: DockerBackendSettings = settings.backend
         self.name = self.opts.container_name or f"{service}-{environment}"
         self.kept_name = self.name + KEPT_SUFFIX
+        self.next_name = self.name + NEXT_SUFFIX
+        self.health = settings.health
+        self.verify = settings.verify
+        self.clock = clock or SystemClock()
+        self._proxy = None
+        self._proxy_factory = proxy_factory or _build_proxy
+        self._http_status = http_status
         self._client_factory = client_factory or (lambda: docker.from_env(timeout=int(self.opts.timeout)))
         self._client: docker.DockerClient | None = None
         # version -> the immutable reference it last ran as here (from running_image), so the
@@ -103,21 +128,26 @@ class DockerBackend(pins.SeenBytes):
 
     # -- DeployBackend --------------------------------------------------------------------------
 
+    def _served(self) -> str:
+        """The name of the container that serves (behind the proxy: looked up by address)."""
+        return self._served_name() if self.opts.proxy is not None else self.name
+
     def current_version(self) -> str | None:
-        c = self._container(self.name)
+        c = self._container(self._served())
         return self._version_of(c) if c else None
 
     def running_image(self) -> str | None:
         """The bytes of the container named NAME (whatever its state): its image's registry
         digest when one is known (`repo@sha256:…`), else the image id; None without one."""
-        c = self._container(self.name)
+        name = self._served()
+        c = self._container(name)
         if c is None:
             return None
         image_id = (c.attrs or {}).get("Image") or ""
         try:
             ref = pins.image_ref_of(self.client, image_id, self.image)
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise BackendError(f"Docker: cannot inspect the image of {self.name}: "
+            raise BackendError(f"Docker: cannot inspect the image of {name}: "
                                f"{explain(exc)}") from None
         version = self._version_of(c)
         if version:
@@ -205,6 +235,8 @@ class DockerBackend(pins.SeenBytes):
 
     def deploy(self, version: str, *, ticket_id: str, on_step: StepCallback,
                image: str | None = None) -> None:
+        if self.opts.proxy is not None:
+            return self._staged_deploy(version, ticket_id, on_step, image)
         stale = self._container(self.kept_name)
         if stale:
             on_step(f"removing {self.kept_name} left from an earlier deployment")
@@ -256,6 +288,8 @@ class DockerBackend(pins.SeenBytes):
 
     def rollback(self, to_version: str | None, on_step: StepCallback, *,
                  image: str | None = None) -> None:
+        if self.opts.proxy is not None:
+            return self._staged_rollback(to_version, on_step, image)
         kept = self._container(self.kept_name)
         current = self._container(self.name)
         if to_version is None:
@@ -285,15 +319,20 @@ class DockerBackend(pins.SeenBytes):
         self._start_new(to_version, ticket_id="rollback", on_step=on_step, image=image)
 
     def finalize(self, on_step: StepCallback) -> None:
+        if self.opts.proxy is not None:
+            return self._staged_finalize(on_step)
         kept = self._container(self.kept_name)
         if kept:
             self._remove(kept)
             on_step(f"removed the kept previous container {self.kept_name}")
 
     def status(self) -> BackendStatus:
-        c = self._container(self.name)
+        return self._status_of(self._served())
+
+    def _status_of(self, name: str) -> BackendStatus:
+        c = self._container(name)
         if c is None:
-            return BackendStatus(running=False, version=None, detail=f"no container {self.name}")
+            return BackendStatus(running=False, version=None, detail=f"no container {name}")
         state = c.attrs.get("State", {})
         health = (state.get("Health") or {}).get("Status")
         running = state.get("Running", False) and not state.get("Restarting", False)
@@ -312,27 +351,29 @@ class DockerBackend(pins.SeenBytes):
                              failing=f"container {detail}" if failing else "")
 
     def logs(self, since: datetime) -> str:
-        c = self._container(self.name)
+        c = self._container(self._served())
         if c is None:
             return ""
         try:
             return c.logs(since=since, timestamps=True).decode("utf-8", "replace")
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise BackendError(f"cannot read logs of {self.name}: {explain(exc)}") from None
+            raise BackendError(f"cannot read logs of {c.name}: {explain(exc)}") from None
 
     def usage(self) -> Usage | None:
         """ResourceUsage: CPU (% of one core) and memory of the running container, `docker stats`."""
-        c = self._container(self.name)
+        c = self._container(self._served())
         if c is None:
             return None
         try:
             stats = c.stats(stream=False)  # about 1 s: the engine samples CPU twice
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise BackendError(f"cannot read stats of {self.name}: {explain(exc)}") from None
+            raise BackendError(f"cannot read stats of {c.name}: {explain(exc)}") from None
         return usage_from_stats(stats)
 
-    def _run_command(self, version: str, image: str | None = None) -> str:
-        args = ["docker", "run", "-d", "--name", self.name, "--restart", self.opts.restart_policy]
+    def _run_command(self, version: str, image: str | None = None, *, name: str | None = None,
+                     extra: tuple[str, ...] = ()) -> str:
+        args = ["docker", "run", "-d", "--name", name or self.name,
+                "--restart", self.opts.restart_policy, *extra]
         if image:  # the bytes, not the tag: the label keeps `version` what deploybot reads
             args += ["--label", f"{LABEL}.version={version}"]
         for container_port, host in self.opts.ports.items():
@@ -346,6 +387,8 @@ class DockerBackend(pins.SeenBytes):
         return shlex.join(args)
 
     def plan(self, version: str) -> list[str]:
+        if self.opts.proxy is not None:
+            return self._staged_plan(version)
         ref = self._ref(version)
         steps = [f"make sure {ref} is on the Docker host (pull: {self.opts.pull})"]
         current = self._container(self.name)
@@ -356,6 +399,8 @@ class DockerBackend(pins.SeenBytes):
         return steps
 
     def rollback_steps(self, to_version: str | None) -> list[str]:
+        if self.opts.proxy is not None:
+            return self._staged_rollback_steps(to_version)
         if to_version is None:
             return [f"docker rm -f {self.name}"]
         # `docker run` pulls a missing repository digest itself; an image id must be there.

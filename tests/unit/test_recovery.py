@@ -387,7 +387,7 @@ def test_a_deployment_an_older_version_left_interrupted_is_rolled_back_after_the
     # the database as schema 5 had it: no recovery columns
     for column in ("owner_start", "recovery_pid", "recovery_start", "recovery_claimed_at",
                    "needs_recovery", "owner_replica", "recovery_replica", "thread_claimed",
-                   "resume_claimed"):  # m6, m9
+                   "resume_claimed", "hosts"):  # m6, m9, m10
         world.store.db.execute(f"ALTER TABLE deployments DROP COLUMN {column}")
     world.store.db.execute("DROP TABLE outbox")  # m7
     world.store.db.execute("DROP TABLE ticket_times")  # m8
