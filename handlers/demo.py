@@ -8,6 +8,7 @@ checklist. Running it again reuses what is there and says so.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -21,6 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 DOCKERD_SCRIPT = ROOT / "scripts" / "dockerd.sh"
 BASE_IMAGE_SCRIPT = ROOT / "scripts" / "build-base-image.sh"
+PROXY_IMAGE_SCRIPT = ROOT / "scripts" / "build-proxy-image.sh"
+EXAMPLE_PROXY_DIR = "dir: /var/lib/deploybot/proxy"  # in examples/deploybot-proxy.yaml
 BUILD_TIMEOUT = 300  # seconds per image; a cached build takes about one
 DEPLOY_TIMEOUT = 600  # the deployment's own waits are bounded far below this
 EXAMPLE_PORTS = (18080, 18081)  # staging, production in examples/deploybot.yaml
@@ -56,6 +59,9 @@ def add_parser(sub) -> None:
     dm.add_argument("--port", type=_port, default=EXAMPLE_PORTS[0],
                     help="127.0.0.1 port of the demo service in staging; production uses the "
                          "next one (default %(default)s); only for a new config")
+    dm.add_argument("--proxy", action="store_true",
+                    help="the service behind HAProxy (examples/deploybot-proxy.yaml: zero-downtime "
+                         "deploys; its files in DIR/proxy); only for a new config")
     dm.add_argument("--engine-dir", default="/var/lib/deploybot/demo-docker", metavar="DIR",
                     help="state folder of the private engine started when none answers: socket, "
                          "data, pidfile, log (default %(default)s)")
@@ -96,10 +102,10 @@ def run(ctx, args: argparse.Namespace) -> int:
         say(f"using {decision.why}")
     env = {**os.environ, "DOCKER_HOST": host}
 
-    if not _build_images(env):
+    if not _build_images(env, proxy=args.proxy):
         return 1
     folder = Path(args.dir).absolute()
-    config_path, db_path = _prepare_folder(folder, args.port)
+    config_path, db_path = _prepare_folder(folder, args.port, proxy=args.proxy)
     env.update(DEPLOYBOT_DB=str(db_path))
     env.pop("DEPLOYBOT_CONFIG", None)  # --config names it
 
@@ -112,10 +118,17 @@ def run(ctx, args: argparse.Namespace) -> int:
     return code
 
 
-def _build_images(env: Mapping[str, str]) -> bool:
-    """The busybox base (scripts/build-base-image.sh: skipped when up to date) and demo-web
-    v1, v2 and v3 (v3's /health fails); the engine's cache makes a second run quick."""
+def _build_images(env: Mapping[str, str], proxy: bool = False) -> bool:
+    """The busybox base (scripts/build-base-image.sh: skipped when up to date), with --proxy
+    deploybot/haproxy:2.6 (scripts/build-proxy-image.sh, likewise), and demo-web v1, v2 and v3
+    (v3's /health fails); the engine's cache makes a second run quick."""
     steps = [([str(BASE_IMAGE_SCRIPT)], "the busybox base image")]
+    if proxy:
+        if not PROXY_IMAGE_SCRIPT.is_file():
+            print(f"demo: --proxy needs {PROXY_IMAGE_SCRIPT}, which this checkout lacks",
+                  file=sys.stderr)
+            return False
+        steps.append(([str(PROXY_IMAGE_SCRIPT)], "the proxy image deploybot/haproxy:2.6"))
     steps += [([str(EXAMPLES / "demo" / "build.sh"), version, mode], f"demo-web:{version}")
               for _, version, mode in TICKETS.values()]
     for argv, what in steps:
@@ -132,7 +145,7 @@ def _build_images(env: Mapping[str, str]) -> bool:
     return True
 
 
-def _prepare_folder(folder: Path, port: int) -> tuple[Path, Path]:
+def _prepare_folder(folder: Path, port: int, proxy: bool = False) -> tuple[Path, Path]:
     if folder.is_dir():
         say(f"reusing {folder}")
     else:
@@ -142,18 +155,32 @@ def _prepare_folder(folder: Path, port: int) -> tuple[Path, Path]:
     if config_path.exists():
         say(f"keeping {config_path} as it is")
     else:
-        config_path.write_text(demo_config((EXAMPLES / "deploybot.yaml").read_text(), port))
-        say(f"wrote {config_path} (examples/deploybot.yaml, web on 127.0.0.1:{port})")
+        example = "deploybot-proxy.yaml" if proxy else "deploybot.yaml"
+        text = demo_config((EXAMPLES / example).read_text(), port, example)
+        if proxy:
+            text = proxy_in_folder(text, folder)
+        config_path.write_text(text)
+        say(f"wrote {config_path} (examples/{example}, web on 127.0.0.1:{port}"
+            + (", behind HAProxy)" if proxy else ")"))
     return config_path, folder / "deploybot.db"
 
 
-def demo_config(example: str, port: int) -> str:
-    """examples/deploybot.yaml with the demo service's staging port (and production's, the
-    next one) moved to `port`."""
+def demo_config(example: str, port: int, name: str = "deploybot.yaml") -> str:
+    """examples/`name` with the demo service's staging port (and production's, the next one)
+    moved to `port`."""
     staging, production = EXAMPLE_PORTS
     text = example.replace(f"127.0.0.1:{production}", f"127.0.0.1:{port + 1}")
     text = text.replace(f"127.0.0.1:{staging}", f"127.0.0.1:{port}")
-    return "# Written by `deploybot demo` from examples/deploybot.yaml.\n" + text
+    return f"# Written by `deploybot demo` from examples/{name}.\n" + text
+
+
+def proxy_in_folder(text: str, folder: Path) -> str:
+    """The proxy's files in FOLDER/proxy rather than /var/lib/deploybot/proxy: the demo keeps
+    everything it writes in its folder."""
+    if text.count(EXAMPLE_PROXY_DIR) != 1:
+        raise ConfigError(f"examples/deploybot-proxy.yaml no longer says `{EXAMPLE_PROXY_DIR}` "
+                          "once: the demo cannot place the proxy's files")
+    return text.replace(EXAMPLE_PROXY_DIR, f"dir: {json.dumps(str(folder / 'proxy'))}")
 
 
 def _create_tickets(db_path: Path) -> None:
@@ -234,6 +261,7 @@ def _next_steps(cfg, folder: Path, host: str, private_pid: int | None,
                 engine: demo_engine.PrivateEngine, code: int) -> None:
     env = cfg.default_environment
     base = str(cfg.service("web", env).health.url).rsplit("/health", 1)[0]
+    proxied = getattr(cfg.service("web", env).backend, "proxy", None) is not None
     steps = [(f"cd {folder}", "")]
     if host != demo_engine.DEFAULT_HOST:
         steps.append((f"export DOCKER_HOST={host}", "the engine the demo uses"))
@@ -241,7 +269,9 @@ def _next_steps(cfg, folder: Path, host: str, private_pid: int | None,
         steps += [
             (f"curl {base}/version", "the version that runs (v1 after DEMO-1)"),
             ("deploybot deploy DEMO-2 --as alice", "upgrade to v2; Previous Version: v1"),
-            ("deploybot deploy DEMO-3 --as alice", "v3's /health fails: rolled back to v2"),
+            ("deploybot deploy DEMO-3 --as alice",
+             "v3's /health fails: it never gets a request, v2 keeps serving" if proxied
+             else "v3's /health fails: rolled back to v2"),
             ("deploybot ticket show DEMO-3", "the record was posted on the ticket too"),
             ("deploybot deploy DEMO-2 --env production --as alice", "needs an approver..."),
             ("deploybot approve N --as bob", "...who is not the requester (N: as printed)"),
