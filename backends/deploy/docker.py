@@ -93,6 +93,8 @@ class DockerBackend(StagedContainers, pins.SeenBytes):
         # version -> the immutable reference it last ran as here (from running_image), so the
         # by-hand rollback commands can name the bytes rather than the tag.
         self._seen: dict[str, str] = {}
+        # behind a proxy: (version, image id, address) of the version a switch left warm
+        self._warm: tuple[str | None, str | None, str] | None = None
 
     # -- plumbing -------------------------------------------------------------------------------
 

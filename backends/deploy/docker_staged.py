@@ -265,10 +265,15 @@ class StagedContainers:
             raise BackendError(f"nothing to switch to: {self.next_name} "
                                + ("does not exist" if candidate is None else "is not running"),
                                hint="stage the version first")
+        self._warm = None
         if self._publishes_listen(current):
             self._first_switch(current, address, on_step)
         else:
-            self.proxy.route(address, on_step)
+            before = self.proxy.route(address, on_step)
+            if current is not None and before and before == self._address(current):
+                # what a rollback within the window switches back to without asking the engine
+                self._warm = (self._version_of(current), (current.attrs or {}).get("Image"),
+                              before)
         on_step(f"the proxy sends new requests to {self.next_name} ({address})")
         self._truth(on_step, converge=False)
 
@@ -326,8 +331,39 @@ class StagedContainers:
                     f"{drain:g} s of drain; going on")
         self.proxy.forget(address, on_step)
 
+    def _switch_back_at_once(self, to_version: str | None, image: str | None,
+                             on_step: StepCallback) -> bool:
+        """Within the watch window the old version runs warm where this process switched away
+        from it: one look at that container, then one runtime API call. True when done."""
+        warm, self._warm = self._warm, None
+        if warm is None or to_version is None or warm[0] != to_version:
+            return False
+        version, image_id, address = warm
+        if image is not None and image not in (image_id, self._seen.get(version)):
+            return False
+        kept = self._container(self.kept_name)
+        if kept is None or not self._running(kept) or self._address(kept) != address \
+                or (kept.attrs or {}).get("Image") != image_id:
+            return False
+        try:
+            self.proxy.route(address, on_step)
+        except BackendError as exc:  # the proxy is down: the long way starts it first
+            on_step(f"the proxy did not switch back at once ({exc.message})")
+            return False
+        on_step(f"{self.kept_name} ({version}) was still running: the proxy sends new requests "
+                f"to it again ({address})")
+        return True
+
     def _staged_rollback(self, to_version: str | None, on_step: StepCallback,
                          image: str | None) -> None:
+        if self._switch_back_at_once(to_version, image, on_step):
+            # the names follow the proxy; the bad version finishes its requests, then goes
+            bad = self._truth(on_step, converge=False)[1][self.next_name]
+            if bad is not None:
+                self._retire(bad, on_step)
+                on_step(f"removing {self.next_name} ({self._version_of(bad)})")
+                self._remove(bad)
+            return
         current, named = self._truth(on_step, converge=False)
         if to_version is None:
             for name in (self.next_name, self.name):

@@ -364,8 +364,21 @@ def test_a_rollback_with_the_proxy_down_starts_it_first(w):
 def test_a_rollback_fails_closed_when_the_proxy_cannot_be_started(w):
     w.deploy("v1")
     serving = w.deploy("v2")
-    w.proxy.fail |= {"serving", "ensure"}
+    # down for the switch back at once, for the look at what it serves and for the start
+    w.proxy.fail |= {"route", "serving", "ensure"}
     with pytest.raises(BackendError, match="did not answer"):
         w.backend.rollback("v1", w.on_step)
     assert w.proxy.serving() == serving
     assert w.names() == {NAME: ("v2", True), f"{NAME}--previous": ("v1", True)}
+
+
+def test_a_rollback_in_the_window_switches_back_before_reading_the_engine_again(w):
+    w.deploy("v1")
+    w.deploy("v2")  # v1 warm as NAME--previous, not finalized
+    w.proxy.calls.clear()
+    w.backend.rollback("v1", w.on_step)
+    # the first thing the proxy hears is the switch back, no look at what it serves before it
+    assert w.proxy.calls[0] == ("route", w.addr(NAME))
+    assert w.names() == {NAME: ("v1", True)}
+    assert any("was still running: the proxy sends new requests to it again" in s
+               for s in w.steps)
