@@ -17,7 +17,7 @@ from bot.models import CheckStatus, Deployment, DeploymentKind, DeploymentStatus
 from bot.ports import (DeployBackend, ImageBuilder, MetricsSource, SeveralHosts, StagedDeploy,
                        StepCallback)
 from bot.run_context import RunContext
-from bot.staged import CandidateView, direct_service, staged
+from bot.staged import CandidateView, DirectProbe, direct_service, staged
 from bot.verify import verify, wait_healthy
 
 
@@ -161,8 +161,8 @@ class Rollout:
         d = ctx.store.transition(d.id, DeploymentStatus.VERIFYING)
         svc = ctx.config.service(d.service, d.environment)
         step(f"checking {d.version} directly at {address}; it gets no traffic yet")
-        direct = verify(direct_service(svc, address), CandidateView(backend), ctx.probe,
-                        ctx.clock, step, stop=self._stopped)
+        direct = verify(direct_service(svc, address), CandidateView(backend),
+                        DirectProbe(ctx.probe, svc, address), ctx.clock, step, stop=self._stopped)
         before = f"checked at {address} before the switch: {direct.health_reason}"
         if direct.failed:
             reasons = "; ".join(direct.failure_reasons)

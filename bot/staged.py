@@ -7,7 +7,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from bot.config import Service
 from bot.models import BackendStatus
-from bot.ports import DeployBackend, StagedDeploy
+from bot.ports import DeployBackend, HttpProbe, ProbeResult, StagedDeploy
 
 
 def staged(backend: DeployBackend) -> StagedDeploy | None:
@@ -34,6 +34,25 @@ def direct_service(svc: Service, address: str) -> Service:
         update["smoke"] = [t.model_copy(update={"url": at_address(str(t.url), address)})
                            for t in svc.smoke]
     return svc.model_copy(update=update)
+
+
+class DirectProbe:
+    """The probe for the staged version's own address, with the credentials (`http_auth`) of
+    the public URL each check stands for: the same service, reached without the proxy. A probe
+    without `get_as` (no credentials to carry) is asked plainly."""
+
+    def __init__(self, probe: HttpProbe, svc: Service, address: str) -> None:
+        self.probe = probe
+        public = ([str(svc.health.url)] if svc.health else []) + [str(t.url) for t in svc.smoke]
+        self.stands_for = {at_address(u, address): u for u in public}
+        self.default = public[0] if public else ""
+
+    def get(self, url: str, timeout: float) -> ProbeResult:
+        get_as = getattr(self.probe, "get_as", None)
+        if get_as is None:
+            return self.probe.get(url, timeout)
+        # the detailed health URL is derived from the health URL: same origin, same token
+        return get_as(url, timeout, self.stands_for.get(url, self.default) or url)
 
 
 class CandidateView:

@@ -87,9 +87,14 @@ class HttpxProbe:
         return None
 
     def get(self, url: str, timeout: float) -> ProbeResult:
+        return self.get_as(url, timeout, url)
+
+    def get_as(self, url: str, timeout: float, stands_for: str) -> ProbeResult:
+        """GET `url` with the credentials of the URL it `stands_for`: a staged version's own
+        address checked in place of the public one (bot/staged.py), same service, same token."""
         start = time.perf_counter()
         client, headers = self.client, {}
-        route = self.routes.get(origin(url))
+        route = self.routes.get(origin(stands_for))
         if route:
             client = route.client
             token = self._token(route.auth)

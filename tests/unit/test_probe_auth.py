@@ -86,3 +86,30 @@ def test_relative_detailed_path_stays_below_the_proxy_path():
 def test_one_token_source_only():
     with pytest.raises(configuration.ConfigError, match="not both"):
         config_for("http://127.0.0.1:1", {"bearer_token_env": "A", "bearer_token_file": "/x"})
+
+
+def test_a_staged_version_checked_on_its_own_address_gets_the_services_token(server):
+    from bot.staged import DirectProbe, direct_service
+
+    base, seen = server
+    address = base.removeprefix("http://")
+    svc = {"image": "web", "health": {"url": "https://web.example.com/health"},
+           "http_auth": {"bearer_token_env": "WEB_TOKEN"}}
+    cfg = configuration.parse({"environments": {"prod": {}}, "services": {"web": svc}})
+    web = cfg.service("web", "prod")
+    probe = DirectProbe(HttpxProbe.for_config(cfg, {"WEB_TOKEN": "s3cret"}), web, address)
+    direct = direct_service(web, address)
+    assert probe.get(str(direct.health.url), 5).status_code == 200
+    # the detailed health URL is derived from the health URL: the same token
+    assert probe.get(detailed_url(str(direct.health.url), "/health/detailed"), 5).status_code == 200
+    assert seen == ["Bearer s3cret", "Bearer s3cret"]
+
+
+def test_a_staged_version_of_a_service_without_auth_gets_no_token(server):
+    from bot.staged import DirectProbe
+
+    base, seen = server
+    cfg = config_for(base, None)
+    probe = DirectProbe(HttpxProbe.for_config(cfg, {"KUBE_TOKEN": "s3cret"}),
+                        cfg.service("web", "prod"), base.removeprefix("http://"))
+    assert probe.get(f"{base}/health", 5).status_code == 401 and seen == [None]
