@@ -36,6 +36,9 @@ def explain(exc: Exception, docker_host: str | None = None) -> str:
              or "unix:///var/run/docker.sock")
     unreachable = (f"the Docker engine is not reachable at {where} "
                    "(is it running? is DOCKER_HOST right?)")
+    if isinstance(exc, docker.errors.DockerException) and "paramiko" in text:
+        return ("an ssh:// engine needs the ssh extra: pip install 'deploybot[ssh]' "
+                "(and an ssh client on PATH)")
     if isinstance(exc, docker.errors.DockerException) and "fetching server API version" in text:
         # docker.from_env() asks the engine its API version first and wraps the socket error
         return unreachable

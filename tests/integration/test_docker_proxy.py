@@ -414,7 +414,9 @@ def test_a_rollback_in_the_watch_window_switches_back_to_the_warm_version(web, t
                                                                           demo_image):
     from bot.models import DeploymentStatus
 
-    demo_image("v4", "log-errors")  # healthy, but writes errors the watch rolls back on
+    # healthy, but writes errors the watch rolls back on (v4 is a healthy build of other
+    # modules in the same session; v4-logs is test_compose_proxy's build of the same)
+    demo_image("v4-logs", "log-errors")
     # latency off: on a busy test machine a p95 of a few ms triples by itself
     watch = {"window": 3, "interval": 0.5,
              "rules": {"latency_factor": None, "error_rate_points": None}}
@@ -432,11 +434,11 @@ def test_a_rollback_in_the_watch_window_switches_back_to_the_warm_version(web, t
 
         reporter_step = reporter.step
         reporter.step = lambda d, m: (remember(m), reporter_step(d, m))
-        d = deploy_through(pipeline, tracker, web.service, "v4")
+        d = deploy_through(pipeline, tracker, web.service, "v4-logs")
         loop.sees("v2")
     assert d.status is DeploymentStatus.ROLLED_BACK, (d.status, d.failure)
     assert loop.failures == [], loop.failures[:5]
-    assert "v4" in loop.answers  # it served, then the switch back
+    assert "v4-logs" in loop.answers  # it served, then the switch back
     served = web.container(web.name)
     assert served.labels["io.deploybot.version"] == "v2"
     assert warm_before and served.id == warm_before["id"]

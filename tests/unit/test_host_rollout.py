@@ -471,3 +471,14 @@ def test_resource_usage_is_the_busiest_hosts(tmp_path):
     del w.one["h2"].usage
     with pytest.raises(BackendError, match="on unix:///run/h2.sock: no resource usage"):
         w.backend.usage()
+
+
+def test_an_ssh_engine_without_paramiko_says_which_extra_to_install():
+    import docker.errors
+
+    from backends.deploy.docker import explain
+
+    said = explain(docker.errors.DockerException("Install paramiko package to enable ssh:// "
+                                                 "support"))
+    assert said == ("an ssh:// engine needs the ssh extra: pip install 'deploybot[ssh]' "
+                    "(and an ssh client on PATH)")
