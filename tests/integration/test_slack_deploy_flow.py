@@ -4,6 +4,7 @@ API on 127.0.0.1 recording what people would see, the real Docker engine behind 
 from __future__ import annotations
 
 import json
+import re
 import threading
 import uuid
 
@@ -53,7 +54,10 @@ def test_deploy_waits_for_approval_then_posts_record_in_thread(web_config, tmp_p
         assert checklist.updates >= 5, "the checklist is one message, updated as items run"
         assert ":white_check_mark: *CQ approval* — passed" in checklist.everything
         assert ":white_check_mark: *QA PASS* — passed" in checklist.everything
-        assert "running" in " ".join(checklist.history[:4]).lower() or checklist.updates > 8
+        # progress shows while items run; which in-between states appear depends on how fast
+        # the machine is (the sender coalesces updates), so any one between none and all counts
+        done = [re.search(r"(\d+)/(\d+) done", h) for h in checklist.history]
+        assert any(m and 0 < int(m[1]) < int(m[2]) for m in done), checklist.history
 
         gate = gate_message(bot, d.id)
         assert f"<@{BOB}>" in gate.everything, "the gate says who may approve"
