@@ -8,14 +8,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import AnyHttpUrl
-
 from bot.config import Service
 from bot.errors import BackendError
 from bot.models import (CheckStatus, Deployment, DeploymentKind, DeploymentStatus, HostOutcome,
                         VerificationResult, hosts_from_text, hosts_to_text)
 from bot.ports import DeployBackend, SeveralHosts, StepCallback
-from bot.verify import verify, wait_healthy
+from bot.verify import checks_at, verify, wait_healthy
 
 if TYPE_CHECKING:
     from bot.rollout import Rollout
@@ -61,13 +59,7 @@ def service_on_host(svc: Service, address: str | None) -> Service:
     """The service's settings with its health and smoke URLs pointing at one host."""
     if not address:
         return svc
-    update: dict = {"smoke": [t.model_copy(update={"url": AnyHttpUrl(url_on_host(str(t.url),
-                                                                                 address))})
-                              for t in svc.smoke]}
-    if svc.health:
-        update["health"] = svc.health.model_copy(
-            update={"url": AnyHttpUrl(url_on_host(str(svc.health.url), address))})
-    return svc.model_copy(update=update)
+    return checks_at(svc, lambda url: url_on_host(url, address))
 
 
 class Host:

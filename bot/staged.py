@@ -8,6 +8,7 @@ from urllib.parse import urlsplit, urlunsplit
 from bot.config import Service
 from bot.models import BackendStatus
 from bot.ports import DeployBackend, HttpProbe, ProbeResult, StagedDeploy
+from bot.verify import checks_at
 
 
 def staged(backend: DeployBackend) -> StagedDeploy | None:
@@ -26,14 +27,7 @@ def at_address(url: str, address: str) -> str:
 
 def direct_service(svc: Service, address: str) -> Service:
     """The service's health, detailed health and smoke checks aimed at `address`."""
-    update: dict = {}
-    if svc.health:
-        update["health"] = svc.health.model_copy(update={"url": at_address(str(svc.health.url),
-                                                                           address)})
-    if svc.smoke:
-        update["smoke"] = [t.model_copy(update={"url": at_address(str(t.url), address)})
-                           for t in svc.smoke]
-    return svc.model_copy(update=update)
+    return checks_at(svc, lambda url: at_address(url, address))
 
 
 class DirectProbe:

@@ -6,6 +6,8 @@ import json
 from typing import Callable
 from urllib.parse import urlsplit, urlunsplit
 
+from pydantic import AnyHttpUrl
+
 from bot.clock import Clock
 from bot.config import Service
 from bot.errors import BackendError
@@ -20,6 +22,17 @@ def detailed_url(health_url: str, path: str) -> str:
     if not path.startswith("/"):  # relative: below the health URL (proxy paths stay intact)
         path = parts.path.rstrip("/") + "/" + path
     return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+
+
+def checks_at(service: Service, rewrite: Callable[[str], str]) -> Service:
+    """The service with its health and smoke URLs passed through `rewrite` (the detailed health
+    URL follows the health URL): checks aimed at one host, or at a staged version's own port."""
+    update: dict = {"smoke": [t.model_copy(update={"url": AnyHttpUrl(rewrite(str(t.url)))})
+                              for t in service.smoke]}
+    if service.health:
+        update["health"] = service.health.model_copy(
+            update={"url": AnyHttpUrl(rewrite(str(service.health.url)))})
+    return service.model_copy(update=update)
 
 
 def unhealthy_components(payload: object) -> list[str]:

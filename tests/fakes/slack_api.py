@@ -35,6 +35,14 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import httpx
 
 
+def fake_token(kind: str, name: str) -> str:
+    """An obviously fake Slack token for the tests: `kind` "bot" or "app" gives the prefix the
+    front end checks (xoxb-/xapp-), `name` says which test it belongs to. Made here rather than
+    written out, so no test file carries a token-shaped literal."""
+    prefix = {"bot": "xoxb", "app": "xapp"}[kind]
+    return f"{prefix}-fake-{name}"
+
+
 @dataclass
 class Call:
     method: str  # "chat.postMessage"

@@ -16,12 +16,12 @@ import yaml
 
 from backends.trackers.local import LocalTracker
 from bot.store import Store
-from fakes.slack_api import FakeSlack
+from fakes.slack_api import FakeSlack, fake_token
 from fakes.slack_harness import ALICE, PEOPLE
 from test_slack_run import SocketModeServer
 
 ROOT = Path(__file__).resolve().parents[2]
-BOT, APP = "xoxb-runlogsbottoken", "xapp-runlogsapptoken"
+BOT, APP = fake_token("bot", "runlogs"), fake_token("app", "runlogs")
 
 
 def test_run_logs_json_lines_and_stops_on_sigterm(tmp_path):

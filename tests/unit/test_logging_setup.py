@@ -15,9 +15,10 @@ from bot import logcontext
 from bot.models import DeploymentStatus
 from bot.redact import Redactor, install_log_filter
 from handlers import cli, logsetup
+from fakes.slack_api import fake_token
 from tests.unit.test_cli_inputs import Terminal
 
-TOKEN = "xoxb-loggingtesttoken"
+TOKEN = fake_token("bot", "logging")
 STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 

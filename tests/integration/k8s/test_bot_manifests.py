@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from fakes.people import PEOPLE
-from fakes.slack_api import FakeSlack
+from fakes.slack_api import FakeSlack, fake_token
 from fakes.slack_harness import ALICE
 from fakes.waiting import wait_until
 from test_slack_run import SocketModeServer
@@ -35,7 +35,7 @@ from tests.integration.k8s.k8s_objects import demo_deployment, wait_for_rollout
 REPO = Path(__file__).resolve().parents[3]
 BASE = REPO / "deploy" / "kubernetes"
 BOT_UID = 10001  # the image's user, and the base's runAsUser
-BOT_TOKEN, APP_TOKEN = "xoxb-kubebottoken", "xapp-kubeapptoken"
+BOT_TOKEN, APP_TOKEN = fake_token("bot", "kube"), fake_token("app", "kube")
 READY_TIMEOUT = 120
 
 
