@@ -24,6 +24,7 @@ from bot.store import Store
 from bot.clock import SystemClock
 from fakes.core import RecordingReporter, ScriptedApprover
 from fakes.people import PEOPLE
+from fakes.waiting import wait_until
 from tests.integration.k8s.k8s_objects import demo_deployment, demo_service, grant_bot_role
 
 DEADLINE = 6  # progressDeadlineSeconds of the deploys: a bad rollout fails after a few seconds
@@ -216,11 +217,12 @@ def test_api_errors_are_clear_and_the_running_version_keeps_serving(
     assert "progressDeadlineSeconds" in str(err.value)
     assert "nothing changed, v1 is still serving" in str(err.value)
     assert refused.current_version() == "v1"
-    # the hand-set minReadySeconds delays availability (not the bot's doing); then v1 serves
+    # the hand-set minReadySeconds delays availability (not the bot's doing); then v1 serves.
+    # Polled, not read once: with minReadySeconds any readiness blip of a loaded machine (a probe
+    # timing out) makes a pod unavailable for 5 s again after the rollout was seen complete.
     assert refused.wait_for_rollout(Steps(), timeout=30).done
-    assert refused.status().running
-    # put it back: with minReadySeconds any readiness blip on a loaded machine makes a pod
-    # unavailable for 5 s, which the checks below are not about
+    wait_until(lambda: refused.status().running, 30, "v1 running under the hand-set minReadySeconds")
+    # put it back: the checks below are not about minReadySeconds
     k8s_cluster.apps().patch_namespaced_deployment("web", k8s_namespace, {"spec": {"minReadySeconds": 0}})
     assert refused.wait_for_rollout(Steps(), timeout=30).done
 
@@ -237,7 +239,8 @@ def test_api_errors_are_clear_and_the_running_version_keeps_serving(
 
     live = backend_for(k8s_cluster, k8s_namespace, image)
     assert live.current_version() == "v1"
-    assert live.wait_for_rollout(Steps(), timeout=30).done and live.status().running
+    assert live.wait_for_rollout(Steps(), timeout=30).done
+    wait_until(lambda: live.status().running, 30, "v1 running after the refused changes")
 
 
 def test_manifest_is_applied_create_then_patch_and_a_first_deploy_rolls_back_to_nothing(
