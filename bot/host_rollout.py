@@ -14,6 +14,7 @@ from bot.models import (CheckStatus, Deployment, DeploymentKind, DeploymentStatu
                         VerificationResult, hosts_from_text, hosts_to_text)
 from bot.ports import DeployBackend, SeveralHosts, StepCallback
 from bot.verify import checks_at, verify, wait_healthy
+from bot.watch import WatchReport
 
 if TYPE_CHECKING:
     from bot.rollout import Rollout
@@ -131,9 +132,11 @@ class HostRollout:
         from bot.rollout import running_image
 
         d, ctx, stop, step = self.d, self.ctx, self.rollout.stop, self.step
-        # the watch window samples the service as a whole (its URLs as written), as with one host
-        aggregate = self.backend
-        baseline = self.rollout._baseline(d, aggregate, step)
+        # The window probes each host at its own address against its own baseline: through the
+        # service's URLs one bad host among several could pass unseen. Logs, resource usage,
+        # Prometheus and the integrity check stay the service's as a whole.
+        sampled = {h.name: h.svc for h in self.hosts}
+        baseline = self.rollout._baseline(d, self.backend, step, sampled)
         failure = ""
         batches = self.backend.batches()
         for number, batch in enumerate(batches, 1):
@@ -155,9 +158,9 @@ class HostRollout:
                 break
         result = combined(self.hosts)
         if not failure and baseline is not None:
-            self.rollout._watch(self.d, aggregate, baseline, result, step)
+            report = self.rollout._watch(self.d, self.backend, baseline, result, step, sampled)
             if result.failed:
-                failure = "watch window: " + "; ".join(result.failure_reasons)
+                failure = self._watch_failed(report, result)
         if not failure:
             return self._succeed(result)
         if not self.done:
@@ -173,6 +176,18 @@ class HostRollout:
                                      f"{d.version} failed: {failure}")
             return self.rollout.finishing.finish(self.d, result)
         return self._roll_back(result, summary, failure)
+
+    def _watch_failed(self, report: WatchReport, result: VerificationResult) -> str:
+        """The window's verdict: the hosts whose own probes tripped a rule are named in the
+        failure and in their outcome (the others' outcome stays; all are rolled back)."""
+        bad = report.tripped_hosts
+        for name in bad:
+            h = self.by_name[name]
+            said = "; ".join(f"{x.rule}: {x.message}" for x in report.trips if x.host == name)
+            h.outcome.outcome += f"; failed in the watch window: {said}"
+        self._save()
+        return (f"watch window{' on ' + ', '.join(bad) if bad else ''}: "
+                + "; ".join(result.failure_reasons))
 
     def _deploy(self, batch: list[str]) -> str:
         """Deploy each host of the batch; the first failure, "" when none."""

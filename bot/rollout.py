@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import functools
 import threading
-from typing import Callable
+from typing import Callable, Mapping
 
 from bot import host_rollout
 from bot import watch as watching
 from bot.childenv import allowed_environ
-from bot.config import Config
+from bot.config import Config, Service
 from bot.errors import BackendError, StateError
 from bot.finishing import Finishing
 from bot.models import CheckStatus, Deployment, DeploymentKind, DeploymentStatus, VerificationResult
@@ -241,28 +241,32 @@ class Rollout:
 
     # -- the watch window (bot/watch.py) ------------------------------------------------------------
 
-    def watcher(self, d: Deployment, backend: DeployBackend) -> watching.Watcher:
+    def watcher(self, d: Deployment, backend: DeployBackend,
+                hosts: Mapping[str, Service] | None = None) -> watching.Watcher:
+        """`hosts`: what to probe host by host (watching.Watcher); None: the service's URLs."""
         ctx = self.ctx
         svc = ctx.config.service(d.service, d.environment)
         metrics = self.metrics_for(d.service, d.environment) if self.metrics_for else None
         run = self.run_command or functools.partial(
             watching.run_command, env=allowed_environ(ctx.environ, ctx.config.child_env))
-        return watching.Watcher(svc, backend, ctx.probe, ctx.clock, metrics, run)
+        return watching.Watcher(svc, backend, ctx.probe, ctx.clock, metrics, run, hosts=hosts)
 
-    def _baseline(self, d: Deployment, backend: DeployBackend,
-                  step: StepCallback) -> watching.Baseline | None:
+    def _baseline(self, d: Deployment, backend: DeployBackend, step: StepCallback,
+                  hosts: Mapping[str, Service] | None = None) -> watching.Baseline | None:
         """Sample what runs now, before the deploy, when the service has a watch configured."""
         if d.kind is not DeploymentKind.DEPLOY or \
                 not watching.watch_enabled(self.ctx.config.service(d.service, d.environment)):
             return None
-        return self.watcher(d, backend).baseline(step)
+        return self.watcher(d, backend, hosts).baseline(step)
 
     def _watch(self, d: Deployment, backend: DeployBackend, baseline: watching.Baseline,
-               result: VerificationResult, step: StepCallback) -> None:
+               result: VerificationResult, step: StepCallback,
+               hosts: Mapping[str, Service] | None = None) -> watching.WatchReport:
         """Measure the new version for the window; a tripped rule fails `result` at once."""
         svc = self.ctx.config.service(d.service, d.environment)
-        report = self.watcher(d, backend).watch(baseline, step)
+        report = self.watcher(d, backend, hosts).watch(baseline, step)
         watching.apply(result, baseline, report, svc)
+        return report
 
     # -- the automatic rollback --------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ import subprocess
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 from bot.childenv import allowed_environ
 from bot.config import Service
@@ -106,6 +106,11 @@ class Measures:
         return percentile(self.latencies_ms, 95)
 
 
+def _sums(parts: Sequence[Measures]) -> Measures:
+    return Measures(sum(m.probes for m in parts), sum(m.errors for m in parts),
+                    [ms for m in parts for ms in m.latencies_ms])
+
+
 @dataclass
 class Baseline:
     measures: Measures = field(default_factory=Measures)
@@ -114,6 +119,7 @@ class Baseline:
     usage: Usage | None = None
     notes: list[str] = field(default_factory=list)
     taken_at: datetime | None = None  # new log lines count from here
+    by_host: dict[str, Measures] = field(default_factory=dict)  # several hosts: each its own
 
 
 @dataclass
@@ -125,6 +131,7 @@ class Trip:
     message: str
     first_bad: float  # monotonic time of the first failing observation
     decided: float  # monotonic time of the rollback decision
+    host: str = ""  # the host whose own probes tripped it; "" for the service as a whole
 
 
 @dataclass
@@ -138,6 +145,12 @@ class WatchReport:
     integrity: str = ""
     inconclusive: list[str] = field(default_factory=list)
     trips: list[Trip] = field(default_factory=list)
+    by_host: dict[str, Measures] = field(default_factory=dict)  # several hosts: each its own
+
+    @property
+    def tripped_hosts(self) -> list[str]:
+        """The hosts whose own probes tripped a rule, in the order they tripped."""
+        return list(dict.fromkeys(x.host for x in self.trips if x.host))
 
     @property
     def detection_seconds(self) -> float | None:
@@ -153,6 +166,24 @@ def _pct(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.1f}%"
 
 
+def _on(x: Trip) -> str:
+    return f" on {x.host}" if x.host else ""
+
+
+@dataclass
+class _Sampled:
+    """One address the window probes (the service's URLs, or one host's) and what it saw."""
+
+    host: str
+    service: Service
+    base: Measures
+    after: Measures
+    consecutive: int = 0
+    first_health_bad: float | None = None
+    first_error_at: float | None = None
+    first_slow_at: float | None = None
+
+
 def watch_enabled(service: Service) -> bool:
     """The default (window 0, nothing else configured) keeps the one-shot verification only."""
     return bool(service.watch.window > 0 or service.integrity_check or service.prometheus)
@@ -160,8 +191,13 @@ def watch_enabled(service: Service) -> bool:
 
 class Watcher:
     def __init__(self, service: Service, backend: DeployBackend, probe: HttpProbe, clock,
-                 metrics: MetricsSource | None = None, run: CommandRunner = run_command) -> None:
+                 metrics: MetricsSource | None = None, run: CommandRunner = run_command,
+                 hosts: Mapping[str, Service] | None = None) -> None:
+        """`hosts`: several hosts, each name with the service's URLs at its address: health
+        and smoke are probed and judged host by host, each against its own baseline; None
+        probes the service's URLs as written."""
         self.service = service
+        self.hosts = dict(hosts or {})
         self.backend = backend
         self.probe = probe
         self.clock = clock
@@ -171,35 +207,42 @@ class Watcher:
 
     # -- one round of samples -----------------------------------------------------------------
 
-    def _probe_round(self, m: Measures) -> tuple[str | None, list[str], float | None]:
-        """Probe health and smoke once. Returns (health problem, smoke problems, slowest ms)."""
-        svc = self.service
+    def _probe_round(self, into: Sequence[Measures], svc: Service | None = None,
+                     ) -> tuple[str | None, list[str], float | None]:
+        """Probe health and smoke of `svc` (default: the service) once, counting each answer
+        in every Measures of `into`. Returns (health problem, smoke problems, slowest ms)."""
+        svc = svc or self.service
         timeout = svc.health.timeout if svc.health else 5.0
+
+        def count(a, error: bool) -> None:
+            for m in into:
+                m.probes += 1
+                if a.status_code is not None:
+                    m.latencies_ms.append(a.elapsed_ms)
+                if error:
+                    m.errors += 1
+
         health_problem = None
         slowest = None
         if svc.health:
             a = self.probe.get(str(svc.health.url), timeout)
-            m.probes += 1
+            count(a, not a.ok)
             if a.status_code is not None:
-                m.latencies_ms.append(a.elapsed_ms)
                 slowest = a.elapsed_ms
             if not a.ok:
-                m.errors += 1
                 health_problem = f"{a.url} answered {a.status_code or a.error}"
         smoke_problems = []
         for test in svc.smoke:
             a = self.probe.get(str(test.url), timeout)
-            m.probes += 1
             if a.status_code is not None:
-                m.latencies_ms.append(a.elapsed_ms)
                 slowest = max(slowest or 0.0, a.elapsed_ms)
             if a.status_code != test.expect_status:
-                m.errors += 1
                 smoke_problems.append(f"{test.url} answered {a.status_code or a.error}, "
                                       f"expected {test.expect_status}")
             elif test.contains and test.contains not in a.body:
-                m.errors += 1
                 smoke_problems.append(f"{test.url} body lacks {test.contains!r}")
+            count(a, a.status_code != test.expect_status
+                  or bool(test.contains and test.contains not in a.body))
         return health_problem, smoke_problems, slowest
 
     def _prometheus_round(self, into: dict[str, float], inconclusive: list[str]) -> None:
@@ -250,8 +293,13 @@ class Watcher:
         cfg = self.service.watch
         end = self.clock.monotonic() + cfg.baseline_window
         on_step(f"baseline: sampling the running version for {cfg.baseline_window:g} s")
+        b.by_host = {name: Measures() for name in self.hosts}
         while True:
-            self._probe_round(b.measures)
+            if self.hosts:
+                for name, svc in self.hosts.items():
+                    self._probe_round([b.by_host[name], b.measures], svc)
+            else:
+                self._probe_round([b.measures])
             self._prometheus_round(b.prometheus, b.notes)
             usage = self._usage(b.notes)
             if usage:
@@ -262,12 +310,23 @@ class Watcher:
         b.taken_at = self.clock.now()
         b.log_patterns = set(self._logs(b.taken_at - LOG_BASELINE, b.notes))
         m = b.measures
-        if m.probes and not m.latencies_ms:
+        if self.hosts:
+            for name, hm in b.by_host.items():
+                if hm.probes and not hm.latencies_ms:
+                    b.notes.append(f"baseline: nothing answered on {name} (first deployment "
+                                   "there?); its error rate and latency are judged without a "
+                                   "baseline")
+                    b.by_host[name] = Measures()
+            b.measures = _sums(list(b.by_host.values()))
+        elif m.probes and not m.latencies_ms:
             b.notes.append("baseline: nothing answered (first deployment?); error rate and "
                            "latency are judged without a baseline")
             b.measures = Measures()
         on_step(f"baseline: error rate {_pct(b.measures.error_pct)}, p50 {_ms(b.measures.p50)}, "
                 f"p95 {_ms(b.measures.p95)}, {len(b.log_patterns)} known error pattern(s)")
+        for name, hm in b.by_host.items():
+            on_step(f"baseline on {name}: error rate {_pct(hm.error_pct)}, p50 {_ms(hm.p50)}, "
+                    f"p95 {_ms(hm.p95)}")
         return b
 
     # -- the watch window ---------------------------------------------------------------------
@@ -279,48 +338,24 @@ class Watcher:
         r = WatchReport(started=clock.monotonic())
         end = r.started + cfg.window
         on_step(f"watching for {cfg.window:g} s, every {cfg.interval:g} s")
-        consecutive, first_health_bad = 0, None
-        first_error_at = first_slow_at = None
-        base = baseline.measures
+        if self.hosts:
+            sampled = [_Sampled(name, svc, baseline.by_host.get(name, Measures()),
+                                r.by_host.setdefault(name, Measures()))
+                       for name, svc in self.hosts.items()]
+        else:
+            sampled = [_Sampled("", self.service, baseline.measures, r.after)]
         while True:
             r.rounds += 1
             t = clock.monotonic()
-            health_problem, smoke_problems, slowest = self._probe_round(r.after)
+            answers = [self._probe_round([x.after, r.after] if x.host else [x.after], x.service)
+                       for x in sampled]
             now = clock.monotonic()
 
-            def trip(rule: str, box: str, message: str, first_bad: float) -> None:
-                r.trips.append(Trip(rule, box, message, first_bad, clock.monotonic()))
+            def trip(rule: str, box: str, message: str, first_bad: float, host: str = "") -> None:
+                r.trips.append(Trip(rule, box, message, first_bad, clock.monotonic(), host))
 
-            if health_problem:
-                consecutive += 1
-                first_health_bad = first_health_bad if first_health_bad is not None else t
-            else:
-                consecutive, first_health_bad = 0, None
-            if rules.health_failures and consecutive >= rules.health_failures:
-                trip("health check failing", "health",
-                     f"{consecutive} consecutive failed health probes (limit "
-                     f"{rules.health_failures}): {health_problem}", first_health_bad)
-            if rules.smoke and smoke_problems:
-                trip("smoke test broken", "smoke", "; ".join(smoke_problems), t)
-            if r.after.errors and first_error_at is None:
-                first_error_at = t
-            if (rules.error_rate_points is not None and r.after.error_pct is not None
-                    and r.after.probes >= rules.error_rate_min_probes):
-                before = base.error_pct or 0.0
-                if r.after.error_pct > before + rules.error_rate_points:
-                    trip("error rate", "error_rate",
-                         f"error rate {before:.1f}% → {r.after.error_pct:.1f}% (baseline + "
-                         f"{rules.error_rate_points:.1f} pts allowed; {r.after.errors} of "
-                         f"{r.after.probes} probes)", first_error_at or t)
-            if rules.latency_factor is not None and base.p95 is not None and r.after.p95:
-                limit = max(base.p95 * rules.latency_factor, rules.latency_floor_ms)
-                if slowest is not None and slowest > limit and first_slow_at is None:
-                    first_slow_at = t
-                if r.after.p95 > limit:
-                    trip("p95 latency", "latency",
-                         f"p95 {base.p95:.0f} ms → {r.after.p95:.0f} ms "
-                         f"(×{rules.latency_factor:.1f} allowed, floor "
-                         f"{rules.latency_floor_ms:.0f} ms)", first_slow_at or t)
+            for x, answer in zip(sampled, answers):
+                self._judge_probes(x, answer, trip, t)
             self._judge_prometheus(baseline, r, trip, t)
             self._judge_usage(r, trip, t)
             if rules.new_log_errors is not None:
@@ -337,13 +372,53 @@ class Watcher:
             if self.service.integrity_check and (r.rounds == 1 or last_round) and not r.trips:
                 self._judge_integrity(r, trip)
             if r.trips:
-                on_step("watch: " + "; ".join(f"{x.rule}: {x.message}" for x in r.trips))
+                on_step("watch: " + "; ".join(f"{x.rule}{_on(x)}: {x.message}" for x in r.trips))
                 return r
             if clock.monotonic() >= end:
                 break
             clock.sleep(min(cfg.interval, max(0.0, end - clock.monotonic())))
         on_step(f"watch: {r.rounds} round(s), no rule tripped")
         return r
+
+    def _judge_probes(self, x: _Sampled, answer: tuple[str | None, list[str], float | None],
+                      trip, t: float) -> None:
+        """The rules on what the prober saw at one address, against that address's baseline."""
+        rules, base, after = self.rules, x.base, x.after
+        health_problem, smoke_problems, slowest = answer
+
+        def tripped(rule: str, box: str, message: str, first_bad: float) -> None:
+            trip(rule, box, message, first_bad, x.host)
+
+        if health_problem:
+            x.consecutive += 1
+            x.first_health_bad = x.first_health_bad if x.first_health_bad is not None else t
+        else:
+            x.consecutive, x.first_health_bad = 0, None
+        if rules.health_failures and x.consecutive >= rules.health_failures:
+            tripped("health check failing", "health",
+                    f"{x.consecutive} consecutive failed health probes (limit "
+                    f"{rules.health_failures}): {health_problem}", x.first_health_bad)
+        if rules.smoke and smoke_problems:
+            tripped("smoke test broken", "smoke", "; ".join(smoke_problems), t)
+        if after.errors and x.first_error_at is None:
+            x.first_error_at = t
+        if (rules.error_rate_points is not None and after.error_pct is not None
+                and after.probes >= rules.error_rate_min_probes):
+            before = base.error_pct or 0.0
+            if after.error_pct > before + rules.error_rate_points:
+                tripped("error rate", "error_rate",
+                        f"error rate {before:.1f}% → {after.error_pct:.1f}% (baseline + "
+                        f"{rules.error_rate_points:.1f} pts allowed; {after.errors} of "
+                        f"{after.probes} probes)", x.first_error_at or t)
+        if rules.latency_factor is not None and base.p95 is not None and after.p95:
+            limit = max(base.p95 * rules.latency_factor, rules.latency_floor_ms)
+            if slowest is not None and slowest > limit and x.first_slow_at is None:
+                x.first_slow_at = t
+            if after.p95 > limit:
+                tripped("p95 latency", "latency",
+                        f"p95 {base.p95:.0f} ms → {after.p95:.0f} ms "
+                        f"(×{rules.latency_factor:.1f} allowed, floor "
+                        f"{rules.latency_floor_ms:.0f} ms)", x.first_slow_at or t)
 
     def _judge_prometheus(self, baseline: Baseline, r: WatchReport, trip, t: float) -> None:
         self._prometheus_round(r.prometheus, r.inconclusive)
@@ -410,7 +485,15 @@ def apply(result: VerificationResult, baseline: Baseline, report: WatchReport,
     base, after = baseline.measures, report.after
 
     def failed(box: str) -> str | None:
-        return "; ".join(f"rule '{x.rule}' tripped: {x.message}" for x in by_box.get(box, [])) or None
+        return "; ".join(f"rule '{x.rule}' tripped{_on(x)}: {x.message}"
+                         for x in by_box.get(box, [])) or None
+
+    def each(say: Callable[[str, Measures, Measures], str]) -> str:
+        """`say(on, before, after)` of the service (on ""), or of every host (on " on h1")."""
+        if not report.by_host:
+            return say("", base, after)
+        return "; ".join(say(f" on {host}", baseline.by_host.get(host, Measures()), m)
+                         for host, m in report.by_host.items())
 
     for box in ("health", "smoke"):
         why = failed(box)
@@ -423,11 +506,13 @@ def apply(result: VerificationResult, baseline: Baseline, report: WatchReport,
     elif after.probes:
         allowed = (f"baseline + {rules.error_rate_points:.1f} pts allowed"
                    if rules.error_rate_points is not None else "rule off")
-        result.error_rate_reason = (f"error rate {_pct(base.error_pct or 0.0)} → "
-                                    f"{_pct(after.error_pct)} ({allowed})")
-        if after.errors and after.probes < rules.error_rate_min_probes:
+        result.error_rate_reason = each(lambda on, b, a: f"error rate{on} {_pct(b.error_pct or 0.0)}"
+                                        f" → {_pct(a.error_pct)}") + f" ({allowed})"
+        short = [m for m in (list(report.by_host.values()) or [after])
+                 if m.errors and m.probes < rules.error_rate_min_probes]
+        if short:
             result.error_rate = CheckStatus.SKIPPED  # errors seen, too few probes to judge
-            result.error_rate_reason += (f"; not judged: {after.probes} probe(s), fewer than "
+            result.error_rate_reason += (f"; not judged: {short[0].probes} probe(s), fewer than "
                                          f"{rules.error_rate_min_probes}")
         else:
             result.error_rate = CheckStatus.PASSED
@@ -438,8 +523,8 @@ def apply(result: VerificationResult, baseline: Baseline, report: WatchReport,
         result.latency = CheckStatus.PASSED
         allowed = (f"×{rules.latency_factor:.1f} allowed" if rules.latency_factor is not None
                    else "rule off")
-        result.latency_reason = (f"p95 {_ms(base.p95)} → {_ms(after.p95)}, p50 {_ms(base.p50)} → "
-                                 f"{_ms(after.p50)} ({allowed})")
+        result.latency_reason = each(lambda on, b, a: f"p95{on} {_ms(b.p95)} → {_ms(a.p95)}, p50 "
+                                     f"{_ms(b.p50)} → {_ms(a.p50)}") + f" ({allowed})"
         if base.p95 is None:
             result.latency_reason += "; no baseline to compare with"
     why = failed("monitoring")
@@ -478,7 +563,7 @@ def apply(result: VerificationResult, baseline: Baseline, report: WatchReport,
         if status is CheckStatus.PASSED:  # a ticked box shows no reason: the numbers go here
             result.notes.append(reason[:1].upper() + reason[1:])
     for x in report.trips:
-        result.notes.append(f"Rule tripped: {x.rule}: {x.message} (decided "
+        result.notes.append(f"Rule tripped: {x.rule}{_on(x)}: {x.message} (decided "
                             f"{x.decided - x.first_bad:.2f} s after the first failing "
                             f"observation, {x.decided - report.started:.2f} s into the watch)")
     result.notes += [f"Warning: {n}" for n in baseline.notes + report.inconclusive]

@@ -148,19 +148,21 @@ class HostProbe:
     log: list[str]
     bad: set[str] = field(default_factory=set)
     bad_only_at: set[str] = field(default_factory=set)  # addresses; empty: everywhere
+    latency_ms: dict[str, float] = field(default_factory=dict)  # address -> ms; default 1
 
     def get(self, url: str, timeout: float) -> ProbeResult:
         address = urlsplit(url).hostname
         backend = self.hosts[address]
         self.log.append(f"{backend.name} probe")
         version = backend.running
+        ms = self.latency_ms.get(address, 1.0)
         if version is None:
-            return ProbeResult(url, None, "", 1.0, "connection refused")
+            return ProbeResult(url, None, "", ms, "connection refused")
         if version in self.bad and (not self.bad_only_at or address in self.bad_only_at):
-            return ProbeResult(url, 500, "broken", 1.0)
+            return ProbeResult(url, 500, "broken", ms)
         if url.endswith("/health/detailed"):
-            return ProbeResult(url, 200, '{"status": "ok"}', 1.0)
-        return ProbeResult(url, 200, f"ok {version} pong", 1.0)
+            return ProbeResult(url, 200, '{"status": "ok"}', ms)
+        return ProbeResult(url, 200, f"ok {version} pong", ms)
 
 
 class Hosts:
@@ -445,10 +447,11 @@ def test_a_rule_tripped_in_the_watch_window_after_every_host_rolls_every_host_ba
               watch={"window": 5.0, "interval": 1.0})
     d = w.deploy()
     assert d.status is DeploymentStatus.ROLLED_BACK, d.failure
-    assert "watch window: " in d.failure
+    assert ("watch window on unix:///run/h1.sock, unix:///run/h2.sock, unix:///run/h3.sock: "
+            in d.failure)
     assert w.calls("rollback") == ["h3 rollback v1", "h2 rollback v1", "h1 rollback v1"]
-    assert all(o.outcome == "deployed and verified; rolled back to v1"
-               for o in hosts_from_text(d.hosts))
+    assert all(o.outcome.startswith("deployed and verified; failed in the watch window: ")
+               and o.outcome.endswith("; rolled back to v1") for o in hosts_from_text(d.hosts))
 
 
 def test_the_record_says_each_host_goes_back_to_its_own_version(tmp_path):
@@ -482,3 +485,88 @@ def test_an_ssh_engine_without_paramiko_says_which_extra_to_install():
                                                  "support"))
     assert said == ("an ssh:// engine needs the ssh extra: pip install 'deploybot[ssh]' "
                     "(and an ssh client on PATH)")
+
+
+# -- the watch window host by host ----------------------------------------------------------------
+
+class WindowOpens(RecordingReporter):
+    """Runs `then(probe)` when the watch window starts (after every host was verified)."""
+
+    def __init__(self, probe: HostProbe, then) -> None:
+        super().__init__()
+        self.probe, self.then = probe, then
+
+    def step(self, d, message: str) -> None:
+        super().step(d, message)
+        if message.startswith("watching for "):
+            self.probe.log.append("-- window")
+            self.then(self.probe)
+
+
+def bad_at_h2_from_now(probe: HostProbe) -> None:
+    probe.bad, probe.bad_only_at = {"v2"}, {"127.0.0.2"}
+
+
+def test_one_host_going_bad_only_in_the_watch_window_is_caught_named_and_all_rolled_back(
+        tmp_path):
+    w = Hosts(tmp_path, reporter=lambda probe: WindowOpens(probe, bad_at_h2_from_now),
+              watch={"window": 5.0, "interval": 1.0})
+    d = w.deploy()
+    assert d.status is DeploymentStatus.ROLLED_BACK, d.failure
+    # (the service's URLs as written name 127.0.0.1, host 1: sampling them would see nothing)
+    assert "watch window on unix:///run/h2.sock: " in d.failure
+    assert "127.0.0.2:18080/api/ping answered 500" in d.failure
+    assert "h1.sock:" not in d.failure.split("; rolled back on")[0]
+    assert w.calls("rollback") == ["h3 rollback v1", "h2 rollback v1", "h1 rollback v1"]
+    assert [b.running for b in w.one.values()] == ["v1", "v1", "v1"]
+    outcomes = {o.host: o.outcome for o in hosts_from_text(d.hosts)}
+    assert outcomes["unix:///run/h1.sock"] == "deployed and verified; rolled back to v1"
+    assert outcomes["unix:///run/h3.sock"] == "deployed and verified; rolled back to v1"
+    assert outcomes["unix:///run/h2.sock"].startswith(
+        "deployed and verified; failed in the watch window: smoke test broken: "
+        "http://127.0.0.2:18080/api/ping answered 500")
+    assert outcomes["unix:///run/h2.sock"].endswith("; rolled back to v1")
+    assert "- unix:///run/h2.sock (checked at 127.0.0.2), before: v1: deployed and verified; " \
+           "failed in the watch window: " in d.record
+    steps = [m for k, m in w.reporter.events if k == "step"]
+    assert any(m.startswith("watch: smoke test broken on unix:///run/h2.sock: ") for m in steps)
+    assert any(k == "alert" and "watch window on unix:///run/h2.sock" in m
+               for k, m in w.reporter.events)
+
+
+def test_a_healthy_watch_window_samples_every_host_at_its_address(tmp_path):
+    w = Hosts(tmp_path, reporter=lambda probe: WindowOpens(probe, lambda p: None),
+              watch={"window": 5.0, "interval": 1.0})
+    d = w.deploy()
+    assert d.status is DeploymentStatus.SUCCEEDED, d.failure
+    window = w.log[w.log.index("-- window"):]
+    # 6 rounds (0..5 s every second), health and smoke on each host each round
+    assert [window.count(f"h{i} probe") for i in (1, 2, 3)] == [12, 12, 12]
+    for i in (1, 2, 3):
+        assert f"rror rate on unix:///run/h{i}.sock 0.0% → 0.0%" in d.record
+        assert f"95 on unix:///run/h{i}.sock 1 ms → 1 ms, p50 1 ms → 1 ms" in d.record
+    assert all(o.outcome == "deployed and verified" for o in hosts_from_text(d.hosts))
+
+
+def test_the_baseline_is_taken_on_each_host_before_the_first_batch_and_judges_that_host(
+        tmp_path):
+    def h1_slows_down(probe: HostProbe) -> None:
+        probe.latency_ms["127.0.0.1"] = 300.0
+
+    w = Hosts(tmp_path, reporter=lambda probe: WindowOpens(probe, h1_slows_down),
+              watch={"window": 5.0, "interval": 1.0})
+    w.probe.latency_ms["127.0.0.2"] = 400.0  # h2 was always slow: its own normal
+    d = w.deploy()
+    before_deploy = w.log[:w.log.index("h1 deploy v2")]
+    assert {"h1 probe", "h2 probe", "h3 probe"} <= set(before_deploy)
+    steps = [m for k, m in w.reporter.events if k == "step"]
+    said = [m for m in steps if m.startswith("baseline on ")]
+    assert said == ["baseline on unix:///run/h1.sock: error rate 0.0%, p50 1 ms, p95 1 ms",
+                    "baseline on unix:///run/h2.sock: error rate 0.0%, p50 400 ms, p95 400 ms",
+                    "baseline on unix:///run/h3.sock: error rate 0.0%, p50 1 ms, p95 1 ms"]
+    assert steps.index(said[-1]) < steps.index("batch 1 of 3: unix:///run/h1.sock")
+    # 300 ms is within 3× the hosts' p95 taken together (400 ms), not within h1's own (1 ms)
+    assert d.status is DeploymentStatus.ROLLED_BACK, d.failure
+    assert "watch window on unix:///run/h1.sock: " in d.failure
+    assert "rule 'p95 latency' tripped on unix:///run/h1.sock: p95 1 ms → 300 ms" in d.failure
+    assert "h2.sock" not in d.failure.split("; rolled back on")[0]
