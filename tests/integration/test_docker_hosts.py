@@ -56,9 +56,20 @@ def images(docker_client, demo_image, second_engine):
     return demo_image.repository
 
 
+class WindowHook(RecordingReporter):
+    """RecordingReporter that runs `at_window()`, when set, as the watch window starts."""
+
+    at_window = None
+
+    def step(self, d, message: str) -> None:
+        super().step(d, message)
+        if message.startswith("watching for ") and self.at_window:
+            self.at_window()
+
+
 class TwoHosts:
     def __init__(self, tmp_path, repository: str, port: int, batch: int, second: str,
-                 second_engine: str | None = None) -> None:
+                 second_engine: str | None = None, watch: dict | None = None) -> None:
         self.name = f"dbt-hosts-{uuid.uuid4().hex[:6]}"
         self.port = port
         base = f"http://127.0.0.1:{port}"
@@ -78,13 +89,14 @@ class TwoHosts:
                                       {"engine": second_engine or second, "address": "127.0.0.2"}]},
                 "health": {"url": f"{base}/health"},
                 "smoke": [{"url": f"{base}/api/ping", "contains": "pong"}],
-                "verify": {"timeout": 15, "interval": 0.3}}},
+                "verify": {"timeout": 15, "interval": 0.3},
+                **({"watch": watch} if watch else {})}},
         })
         self.backend = build_backend(self.name, "staging",
                                      self.config.service(self.name, "staging"))
         self.store = Store(tmp_path / "deploybot.db")
         self.tracker = LocalTracker(self.store)
-        self.reporter = RecordingReporter()
+        self.reporter = WindowHook()
         self.pipeline = Pipeline(config=self.config, store=self.store, tracker=self.tracker,
                                  backend_for=lambda s, e: self.backend, reporter=self.reporter,
                                  approver=ScriptedApprover(), probe=HttpxProbe(),
@@ -111,9 +123,10 @@ def two_hosts(tmp_path, images, second_engine, docker_client, free_port):
     engine, other = second_engine
     made: list[TwoHosts] = []
 
-    def make(batch: int = 1, second_engine: str | None = None) -> TwoHosts:
+    def make(batch: int = 1, second_engine: str | None = None,
+             watch: dict | None = None) -> TwoHosts:
         made.append(TwoHosts(tmp_path, images, free_port(), batch, engine.docker_host,
-                             second_engine))
+                             second_engine, watch))
         return made[-1]
 
     yield make
@@ -170,6 +183,37 @@ def test_with_batch_two_both_hosts_are_deployed_before_either_is_verified(two_ho
     started_second = next(i for i, s in enumerate(steps) if i > start
                           and s.startswith(f"{w.second}: ") and " started (" in s)
     assert started_second < steps.index(f"verifying {FIRST} at 127.0.0.1", start)
+
+
+def test_host_two_failing_only_in_the_watch_window_is_named_and_both_hosts_go_back(
+        two_hosts, second_engine):
+    _, other = second_engine
+    # no latency rule: a loaded machine's slow probe on host 1 must not be what trips
+    w = two_hosts(watch={"window": 8, "interval": 0.5, "rules": {"latency_factor": None}})
+    assert w.deploy("v1").status is DeploymentStatus.SUCCEEDED
+
+    def host_two_turns_unhealthy() -> None:
+        # the demo reads its mode on every request: v2 on host 2 passed its checks, and
+        # from now on answers 500 on /health (the service's URLs name host 1 only)
+        done = other.containers.get(f"{w.name}-staging").exec_run(
+            ["sed", "-i", "s/^MODE=.*/MODE=unhealthy/", "/etc/demo.conf"])
+        assert done.exit_code == 0, done.output
+
+    w.reporter.at_window = host_two_turns_unhealthy
+    d = w.deploy("v2")
+    assert d.status is DeploymentStatus.ROLLED_BACK, d.failure
+    assert (w.serves("127.0.0.1"), w.serves("127.0.0.2")) == ("v1", "v1")
+    assert d.failure.startswith(f"verification failed (watch window on {w.second}: ")
+    assert f"http://127.0.0.2:{w.port}/health answered 500" in d.failure
+    outcomes = {o.host: o.outcome for o in hosts_from_text(d.hosts)}
+    assert outcomes[FIRST] == "deployed and verified; rolled back to v1"
+    assert outcomes[w.second].startswith("deployed and verified; failed in the watch window: "
+                                         "health check failing: ")
+    assert outcomes[w.second].endswith("; rolled back to v1")
+    steps = w.steps()
+    assert any(s.startswith(f"baseline on {FIRST}: ") for s in steps)
+    assert any(s.startswith(f"baseline on {w.second}: ") for s in steps)
+    assert any(s.startswith(f"watch: health check failing on {w.second}: ") for s in steps)
 
 
 FAKE_SSH = """#!/bin/sh
