@@ -236,13 +236,15 @@ class Watcher:
             a = self.probe.get(str(test.url), timeout)
             if a.status_code is not None:
                 slowest = max(slowest or 0.0, a.elapsed_ms)
+            problem = None
             if a.status_code != test.expect_status:
-                smoke_problems.append(f"{test.url} answered {a.status_code or a.error}, "
-                                      f"expected {test.expect_status}")
+                problem = (f"{test.url} answered {a.status_code or a.error}, "
+                           f"expected {test.expect_status}")
             elif test.contains and test.contains not in a.body:
-                smoke_problems.append(f"{test.url} body lacks {test.contains!r}")
-            count(a, a.status_code != test.expect_status
-                  or bool(test.contains and test.contains not in a.body))
+                problem = f"{test.url} body lacks {test.contains!r}"
+            count(a, problem is not None)
+            if problem:
+                smoke_problems.append(problem)
         return health_problem, smoke_problems, slowest
 
     def _prometheus_round(self, into: dict[str, float], inconclusive: list[str]) -> None:
@@ -508,11 +510,13 @@ def apply(result: VerificationResult, baseline: Baseline, report: WatchReport,
                    if rules.error_rate_points is not None else "rule off")
         result.error_rate_reason = each(lambda on, b, a: f"error rate{on} {_pct(b.error_pct or 0.0)}"
                                         f" → {_pct(a.error_pct)}") + f" ({allowed})"
-        short = [m for m in (list(report.by_host.values()) or [after])
+        counted = [(f" on {host}", m) for host, m in report.by_host.items()] or [("", after)]
+        short = [(on, m) for on, m in counted
                  if m.errors and m.probes < rules.error_rate_min_probes]
         if short:
+            on, m = short[0]
             result.error_rate = CheckStatus.SKIPPED  # errors seen, too few probes to judge
-            result.error_rate_reason += (f"; not judged: {short[0].probes} probe(s), fewer than "
+            result.error_rate_reason += (f"; not judged{on}: {m.probes} probe(s), fewer than "
                                          f"{rules.error_rate_min_probes}")
         else:
             result.error_rate = CheckStatus.PASSED

@@ -570,3 +570,28 @@ def test_the_baseline_is_taken_on_each_host_before_the_first_batch_and_judges_th
     assert "watch window on unix:///run/h1.sock: " in d.failure
     assert "rule 'p95 latency' tripped on unix:///run/h1.sock: p95 1 ms → 300 ms" in d.failure
     assert "h2.sock" not in d.failure.split("; rolled back on")[0]
+
+
+def test_a_host_that_answered_nothing_before_is_watched_without_a_baseline_and_named(tmp_path):
+    from bot.models import VerificationResult
+    from bot.watch import Watcher, apply
+
+    w = Hosts(tmp_path, watch={"window": 2.0, "interval": 1.0})
+    w.one["h3"].running = None  # the service is new on host 3
+    svc = w.config.service("web", "staging")
+    hosts = {f"h{i}": host_rollout.service_on_host(svc, f"127.0.0.{i}") for i in (1, 2, 3)}
+    watcher = Watcher(svc, w.backend, w.probe, InstantClock(), hosts=hosts)
+    steps: list[str] = []
+    baseline = watcher.baseline(steps.append)
+    assert baseline.notes == ["baseline: nothing answered on h3 (first deployment there?); its "
+                              "error rate and latency are judged without a baseline"]
+    assert [baseline.by_host[h].probes for h in ("h1", "h2", "h3")] == [2, 2, 0]
+    assert baseline.measures.probes == 4
+    w.one["h3"].running = "v2"
+    report = watcher.watch(baseline, steps.append)
+    assert not report.trips and report.by_host["h3"].probes == 6  # 3 rounds, health + smoke
+    result = VerificationResult()
+    apply(result, baseline, report, svc)
+    assert not result.failed
+    assert "error rate on h3 0.0% → 0.0%" in result.error_rate_reason
+    assert "p95 on h3 n/a → 1 ms" in result.latency_reason
