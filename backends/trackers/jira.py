@@ -50,6 +50,7 @@ class Snapshot:
     digest: str
     updated: str
     newest: int
+    keys: tuple[tuple[str, frozenset[str]], ...] = ()  # comment id -> the keys its text carries
 
 
 def digest(comments: list[Comment]) -> str:
@@ -163,18 +164,21 @@ class Jira(HttpTracker):
 
     def _whole(self, key: str, issue: dict, first: dict) -> tuple[Ticket, list[Comment]]:
         raws, agree = self._pages(key, first, self._newest)
+        updated = str((issue.get("fields") or {}).get("updated") or "")
+        return self._ticket(key, issue), self._keep(key, raws, updated if agree else "", first)
+
+    def _keep(self, key: str, raws: list[RawComment], updated: str, first: dict) -> list[Comment]:
+        """Remember a read that proves every comment: for the next re-check and, as after every
+        whole read, for the post-once check."""
         self._saw_all(key, raws)
         comments = [raw.comment for raw in raws]
-        updated = str((issue.get("fields") or {}).get("updated") or "")
-        self._keep_snapshot(key, comments, updated if agree else "", len(first.get("comments") or []))
-        return self._ticket(key, issue), comments
-
-    def _keep_snapshot(self, key: str, comments: list[Comment], updated: str, newest: int) -> None:
         with self._last_read_lock:
             if updated:
-                self._snapshots[key] = Snapshot(digest(comments), updated, newest)
+                self._snapshots[key] = Snapshot(digest(comments), updated, len(first.get("comments") or []),
+                                                tuple((r.comment.id, frozenset(r.keys)) for r in raws if r.keys))
             else:  # nothing to prove the next read with
                 self._snapshots.pop(key, None)
+        return comments
 
     def changes_since(self, ticket_id: str, seen: list[Comment]) -> tuple[Ticket, list[Comment]]:
         """The issue and the newest page at once. When the issue's `updated` is the one read with
@@ -186,28 +190,29 @@ class Jira(HttpTracker):
         issue, first = self.http.parallel(lambda: self._issue(key), lambda: self._newest(key, 0))
         with self._last_read_lock:
             known = self._snapshots.get(key)
-        comments = self._unchanged(known, seen, issue, first)
-        if known is None or comments is None:
+        raws = self._unchanged(known, seen, issue, first)
+        if known is None or raws is None:
             return self._whole(key, issue, first)
-        self._keep_snapshot(key, comments, known.updated, len(first.get("comments") or []))
-        return self._ticket(key, issue), comments
+        return self._ticket(key, issue), self._keep(key, raws, known.updated, first)
 
     def _unchanged(self, known: Snapshot | None, seen: list[Comment], issue: dict,
-                   first: dict) -> list[Comment] | None:
+                   first: dict) -> list[RawComment] | None:
         """`seen` with the newest page's copies, when that is provably what a whole read says."""
         updated = str((issue.get("fields") or {}).get("updated") or "")
         if known is None or not updated or updated != known.updated or digest(seen) != known.digest:
             return None
-        fresh = [self._raw(c).comment for c in first.get("comments") or []]
-        on_page = {c.id for c in fresh}
+        fresh = [self._raw(c) for c in first.get("comments") or []]
+        on_page = {raw.comment.id for raw in fresh}
         # the comments read alongside the issue last time may have changed just before it: read again
         read_with_issue = sorted(seen, key=lambda c: int(c.id))[max(0, len(seen) - known.newest):]
         if any(c.id not in on_page for c in read_with_issue):
             return None
-        now = {c.id: c for c in seen} | {c.id: c for c in fresh}
+        keys = dict(known.keys)
+        now = ({c.id: RawComment(c, set(keys.get(c.id, ()))) for c in seen}
+               | {raw.comment.id: raw for raw in fresh})
         if int(first.get("total", -1)) != len(now):  # one was deleted
             return None
-        return [raw.comment for raw in sort_oldest_first([RawComment(c) for c in now.values()])]
+        return sort_oldest_first(list(now.values()))
 
     def _raw(self, c: dict) -> RawComment:
         author = c.get("author") or {}

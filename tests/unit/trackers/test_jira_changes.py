@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import pytest
 
+from backends.trackers import markup
 from tracker_cases import case
 from tracker_fakes import BASE_TIME
 
@@ -163,3 +164,35 @@ def test_a_comment_deleted_while_the_pages_are_read_is_seen(kind: str) -> None:
         c.app.handle = real
         _, _, used = _recheck(c, seen)
         assert used == 6
+
+
+KEY = "deploybot-record-5"
+
+
+def _mine(c) -> int:
+    return sum(1 for n in c.app.notes if n.login == "deploybot" and (
+        KEY in str(n.raw or n.text) or any((p.get("value") or {}).get("key") == KEY for p in n.props)))
+
+
+@pytest.mark.parametrize("kind", JIRA)
+def test_after_a_cheap_recheck_the_post_once_check_reads_one_page(kind: str) -> None:
+    with case(kind, n_comments=MANY) as c:
+        _, seen = c.tracker.gate_data(c.ref)  # the request's read: deploybot's account not known yet
+        c.tracker.current_account()
+        c.tracker.changes_since(c.ref, seen)
+        before = c.server.count("GET", r"/issue/PROJ-7/comment$")
+        c.tracker.add_comment(c.ref, "record", key=KEY)
+        assert c.server.count("GET", r"/issue/PROJ-7/comment$") - before == 1 and _mine(c) == 1
+
+
+@pytest.mark.parametrize("kind", JIRA)
+def test_a_key_in_an_old_comments_text_survives_a_cheap_recheck(kind: str) -> None:
+    with case(kind, n_comments=MANY) as c:
+        old = c.app.by_created()[5]  # deploybot's, long ago, its key in the text (no property)
+        old.login, old.text = "deploybot", markup.with_marker("record", markup.safe_key(KEY))
+        _, seen = c.tracker.gate_data(c.ref)
+        c.tracker.current_account()
+        _, comments, used = _recheck(c, seen)
+        assert used == 2
+        c.tracker.add_comment(c.ref, "record", key=KEY)
+        assert _mine(c) == 1  # found: not posted again
