@@ -156,8 +156,9 @@ class Jira(HttpTracker):
     # -- the gate's reads --------------------------------------------------------------------
 
     def gate_data(self, ticket_id: str) -> tuple[Ticket, list[Comment]]:
-        """The issue and the newest page at once, then the older pages: those are read after
-        the issue answered, so any change to them since moves the issue's `updated`."""
+        """The issue and the newest page at once, then the older pages, once the issue answered:
+        a change to those after their read moves the issue's `updated` past the one kept. The
+        newest page may be read just before the issue: the re-check reads it again anyway."""
         key = self.parse_ref(ticket_id)
         issue, first = self.http.parallel(lambda: self._issue(key), lambda: self._newest(key, 0))
         return self._whole(key, issue, first)
