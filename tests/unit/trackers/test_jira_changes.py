@@ -9,6 +9,11 @@ from datetime import timedelta
 import pytest
 
 from backends.trackers import markup
+from bot import config as configuration
+from bot.models import DeploymentStatus
+from bot.pipeline import Pipeline
+from bot.store import Store
+from fakes.core import FakeBackend, FakeProbe, InstantClock, RecordingReporter, ScriptedApprover
 from tracker_cases import case
 from tracker_fakes import BASE_TIME
 
@@ -196,3 +201,51 @@ def test_a_key_in_an_old_comments_text_survives_a_cheap_recheck(kind: str) -> No
         assert used == 2
         c.tracker.add_comment(c.ref, "record", key=KEY)
         assert _mine(c) == 1  # found: not posted again
+
+
+# -- through the pipeline: the re-check when the approval gate is decided ------------------------
+
+
+def _pipeline(c, db):
+    people = {login: {"tracker": c.app.login_ref(login)} for login in ("carol", "quinn", "alice", "bob")}
+    cfg = configuration.parse({
+        "tracker": {"kind": "local", "rules": {"cq_approval": {"authors": ["carol"]},
+                                               "qa_pass": {"authors": ["quinn"]}}},
+        "environments": {"production": {"production": True, "approvals_required": 1, "approvers": ["bob"]}},
+        "services": {"web": {"image": "web", "health": {"url": "http://127.0.0.1:9/h"}}},
+        "people": people,
+    })
+    backend = FakeBackend(running="v1")
+    return Pipeline(config=cfg, store=Store(db), tracker=c.tracker, backend_for=lambda s, e: backend,
+                    reporter=RecordingReporter(), approver=ScriptedApprover(), probe=FakeProbe(backend),
+                    clock=InstantClock())
+
+
+WHILE_THE_GATE_WAITED = {
+    "nothing": None,
+    "evidence edited": lambda c: c.app.edit(_cq(c.app), "CQ withdrawn: after all, no"),
+    "evidence deleted": lambda c: c.app.notes.remove(_cq(c.app)),
+    "CQ revoked": lambda c: c.app.add_note("carol", "CQ revoked: found a bug"),
+    "status moved back": lambda c: c.app.move("In Progress"),
+}
+
+
+@pytest.mark.parametrize("change", list(WHILE_THE_GATE_WAITED))
+@pytest.mark.parametrize("kind", JIRA)
+def test_what_changed_while_the_gate_waited_blocks_the_rollout(kind: str, change: str, tmp_path) -> None:
+    with case(kind, n_comments=MANY) as c:
+        pipeline = _pipeline(c, tmp_path / "deploybot.db")
+        d = pipeline.request_deploy(c.ref, requested_by="alice", target="web@v2", environment="production")
+        d = pipeline.run(d.id)
+        assert d.status is DeploymentStatus.AWAITING_APPROVAL
+        if WHILE_THE_GATE_WAITED[change]:
+            WHILE_THE_GATE_WAITED[change](c)
+        pages = c.server.count("GET", r"/issue/PROJ-7/comment$")
+        gate = pipeline.pending_gates(d.id)[0]
+        d = pipeline.decide_gate(gate.id, decided_by="bob", approved=True).deployment
+        pages = c.server.count("GET", r"/issue/PROJ-7/comment$") - pages
+        if change == "nothing":
+            # the re-check's newest page, and the record comment's post-once check: one page
+            assert d.status is DeploymentStatus.SUCCEEDED and pages == 2
+        else:
+            assert d.status is DeploymentStatus.BLOCKED and pages >= 5

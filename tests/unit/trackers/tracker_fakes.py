@@ -389,6 +389,11 @@ class JiraApp(FakeApp):
     def touch(self) -> None:
         self.touched = self.updated() + timedelta(minutes=1)
 
+    def move(self, status: str) -> None:
+        """A person moves the issue in Jira's own UI."""
+        self.status = status
+        self.touch()
+
     # Jira stamps comments with its own clock: after every earlier change to the issue.
     def add_note(self, login: str, text: str, created: datetime | None = None, **kw: Any) -> Note:
         if created is None and self.notes:
