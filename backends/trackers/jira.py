@@ -21,7 +21,7 @@ import base64
 import hashlib
 import math
 import re
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 from urllib.parse import parse_qs, urlsplit
 
@@ -54,7 +54,8 @@ class Snapshot:
 
 
 def digest(comments: list[Comment]) -> str:
-    return hashlib.sha256(repr([astuple(c) for c in comments]).encode()).hexdigest()
+    return hashlib.sha256(repr([(c.id, c.author, c.author_name, c.body, c.created_at.isoformat())
+                                for c in comments]).encode()).hexdigest()
 
 
 class Jira(HttpTracker):

@@ -228,6 +228,9 @@ class FakeServer(FakeTracker):
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # headers and body go out in two writes: without this, Nagle's algorithm holds the
+            # body back for the client's delayed ACK (40 ms) on a kept-alive connection
+            disable_nagle_algorithm = True
 
             def log_message(self, *args: Any) -> None:  # keep test output quiet
                 pass
