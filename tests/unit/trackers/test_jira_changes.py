@@ -139,6 +139,17 @@ def test_comments_from_another_read_get_a_whole_read(kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", JIRA)
+def test_a_jira_that_ignores_the_order_gets_whole_reads(kind: str) -> None:
+    """Oldest first whatever orderBy says: the "newest" page never holds the newest comments."""
+    with case(kind, n_comments=MANY) as c:
+        c.app.honours_order = False
+        _, seen = c.tracker.gate_data(c.ref)
+        c.app.by_created()[-1].text = "QA FAIL: changed in between"  # `updated` stays as read
+        _, comments, used = _recheck(c, seen)
+        assert comments[-1].body == "QA FAIL: changed in between" and used == 6
+
+
+@pytest.mark.parametrize("kind", JIRA)
 def test_a_new_process_reads_everything(kind: str) -> None:
     with case(kind, n_comments=MANY) as c:
         _, seen = c.tracker.gate_data(c.ref)

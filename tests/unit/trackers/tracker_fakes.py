@@ -377,6 +377,7 @@ def adf_text(text: str) -> dict:
 class JiraApp(FakeApp):
     kind = "jira"
     page_cap = 100  # Jira returns at most this many comments per page whatever maxResults says
+    honours_order = True  # False: orderBy ignored, oldest first (a Jira that does not know it)
 
     def __init__(self, n_comments: int = 2, *, cloud: bool = True, key: str = "PROJ-7") -> None:
         self.cloud = cloud
@@ -546,7 +547,7 @@ class JiraApp(FakeApp):
             start = int(req.query.get("startAt", 0))
             size = min(int(req.query.get("maxResults", 5000)), self.page_cap)
             # orderBy=created: equal times in no promised order; -created: newest first
-            notes = self.by_created(reverse=req.query.get("orderBy") == "-created")
+            notes = self.by_created(reverse=req.query.get("orderBy") == "-created" and self.honours_order)
             page = notes[start:start + size]
             return 200, {}, {"startAt": start, "maxResults": size, "total": len(notes),
                              # expand= documents only renderedBody here: never properties
