@@ -15,6 +15,8 @@ and a new store; the people's accounts are looked up before counting (a running 
 resolves each once per process); dry run and whole deployment interleaved. Prints per adapter the requests (median), tracker seconds
 (time spent inside Tracker calls, median), the goal and the ratio to it; --detail adds the
 requests by kind of the last round. Goals (issue 13): dry run <= 8 requests, whole deployment <= 12 requests and <= 0.5 s.
+The baseline, interleaved in the same rounds, for the adapters that read only what changed for
+the re-check (Tracker.changes_since): the whole deployment with a whole read there instead.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from tests.fakes.core import (FakeBackend, FakeProbe, InstantClock, RecordingRep
                               ScriptedApprover)
 
 GOAL_DRY, GOAL_WHOLE, GOAL_SECONDS = 8, 12, 0.5
+CHANGES_ONLY = ("jira-cloud", "jira-dc", "github", "gitlab")  # their re-check reads only changes
 
 
 def kind_of(method: str, path: str, query: dict, body: Any) -> str:
@@ -129,9 +132,11 @@ def pipeline_for(c, tracker: Any, db: Path) -> Pipeline:
 
 
 def one(kind: str, args: argparse.Namespace, db: Path, *, dry_run: bool,
-        version: str) -> tuple[int, float, str, collections.Counter]:
+        version: str, whole_recheck: bool = False) -> tuple[int, float, str, collections.Counter]:
     """(requests, tracker seconds, outcome, requests by kind) of one deployment."""
     with case(kind, n_comments=args.comments, latency=args.latency) as c:
+        if whole_recheck:  # the baseline: the re-check reads everything again
+            c.tracker.changes_since = lambda ref, seen: c.tracker.gate_data(ref)
         counted = Counted(c.app)
         tracker = TimedTracker(c.tracker)
         pipeline = pipeline_for(c, tracker, db)
@@ -168,8 +173,15 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for kind in SPECS:
             dry, whole, secs, outcomes = [], [], [], set()
+            base_whole, base_secs = [], []
             detail: dict[str, collections.Counter] = {}
             for r in range(args.rounds):
+                if kind in CHANGES_ONLY:
+                    n, s, out_base, _ = one(kind, args, Path(tmp) / f"{kind}-b{r}.db", dry_run=False,
+                                            version=f"v4.{r}", whole_recheck=True)
+                    base_whole.append(n)
+                    base_secs.append(s)
+                    outcomes.add(out_base)
                 n, _, out_dry, k_dry = one(kind, args, Path(tmp) / f"{kind}-d{r}.db",
                                            dry_run=True, version=f"v2.{r}")
                 dry.append(n)
@@ -185,6 +197,11 @@ def main() -> int:
             print(f"{kind:<11} {d:>7.0f} {GOAL_DRY:>4} {d / GOAL_DRY:>5.2f}   {w:>9.0f} {GOAL_WHOLE:>4} "
                   f"{w / GOAL_WHOLE:>5.2f}   {s:>9.3f} {GOAL_SECONDS:>4} {s / GOAL_SECONDS:>5.2f}  "
                   f"{'/'.join(sorted(outcomes))}{'' if good else '  MISSED'}")
+            if base_whole:
+                bw, bs = statistics.median(base_whole), statistics.median(base_secs)
+                print(f"{'  baseline':<11} {'':>7} {'':>4} {'':>5}   {bw:>9.0f} {GOAL_WHOLE:>4} "
+                      f"{bw / GOAL_WHOLE:>5.2f}   {bs:>9.3f} {GOAL_SECONDS:>4} {bs / GOAL_SECONDS:>5.2f}  "
+                      f"(the re-check a whole read)")
             if args.detail:
                 for what, kinds in detail.items():
                     print(f"    {what:<5} " + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())))

@@ -56,7 +56,10 @@ class HttpTracker:
         return [raw.comment for raw in self._read_all(self.parse_ref(ticket_id))]
 
     def _read_all(self, ticket_id: str) -> list[RawComment]:
-        raws = self._read_comments(ticket_id)
+        return self._saw_all(ticket_id, self._read_comments(ticket_id))
+
+    def _saw_all(self, ticket_id: str, raws: list[RawComment]) -> list[RawComment]:
+        """Remember what a whole read of the comments saw (the post-once check reads less after)."""
         try:
             newest = max((int(raw.comment.id) for raw in raws), default=-1)
         except ValueError:  # ids not in creation order (Linear): nothing to prove coverage with

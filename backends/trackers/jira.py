@@ -18,9 +18,11 @@ renamed (the username does not); a `people:` entry is a username or a key
 from __future__ import annotations
 
 import base64
+import hashlib
 import math
 import re
-from typing import Any, Mapping
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
 from urllib.parse import parse_qs, urlsplit
 
 from bot.errors import InputError, TrackerError
@@ -36,6 +38,24 @@ PAGE = 100  # Jira caps comment pages (Cloud serves up to 100 per page in practi
 IDS_MAX = 1000  # "Get comments by IDs" takes at most 1000 ids a request
 _ACCOUNT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9:_-]{0,127}")  # 5b10a2844c20165700ede21g, 557058:f5...
 _DC_USER = re.compile(r"[^\s/?#&]{1,255}")  # usernames may hold @ . - _ and more; never spaces
+_FIELDS = "summary,status,labels,description,issuetype,priority,created,updated"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What a read of a ticket saw, enough to prove a later read of only the newest page is
+    whole: the comments (a digest), the issue's `updated` read with them, and how many comments
+    the newest page held (read concurrently with the issue, so possibly just before it)."""
+
+    digest: str
+    updated: str
+    newest: int
+    keys: tuple[tuple[str, frozenset[str]], ...] = ()  # comment id -> the keys its text carries
+
+
+def digest(comments: list[Comment]) -> str:
+    return hashlib.sha256(repr([(c.id, c.author, c.author_name, c.body, c.created_at.isoformat())
+                                for c in comments]).encode()).hexdigest()
 
 
 class Jira(HttpTracker):
@@ -49,6 +69,7 @@ class Jira(HttpTracker):
         self._me = ""  # deploybot's own account id, read once: whose comments may carry a key
         # ticket -> (newest comment id, deploybot's comment ids) of the last whole read
         self._mine_at_read: dict[str, tuple[int, tuple[str, ...]]] = {}
+        self._snapshots: dict[str, Snapshot] = {}  # ticket -> its last gate read (changes_since)
 
     # -- references --------------------------------------------------------------------------
 
@@ -75,8 +96,13 @@ class Jira(HttpTracker):
 
     def get_ticket(self, ticket_id: str) -> Ticket:
         key = self.parse_ref(ticket_id)
-        data = self.http.json("GET", f"{self.api}/issue/{key}", ticket=key, what="read the issue",
-                              params={"fields": "summary,status,labels,description,issuetype,priority,created"})
+        return self._ticket(key, self._issue(key))
+
+    def _issue(self, key: str) -> dict:
+        return self.http.json("GET", f"{self.api}/issue/{key}", ticket=key, what="read the issue",
+                              params={"fields": _FIELDS}) or {}
+
+    def _ticket(self, key: str, data: dict) -> Ticket:
         fields = data.get("fields") or {}
         description = fields.get("description")
         return Ticket(
@@ -97,15 +123,26 @@ class Jira(HttpTracker):
             params={"startAt": start, "maxResults": PAGE, "orderBy": "created"},
         )
 
+    def _newest(self, key: str, start: int) -> dict:
+        return self.http.json(
+            "GET", f"{self.api}/issue/{key}/comment", ticket=key, what="read the newest comments",
+            params={"startAt": start, "maxResults": PAGE, "orderBy": "-created"},
+        )
+
     def _read_comments(self, ticket_id: str) -> list[RawComment]:
-        first = self._page(ticket_id, 0)
+        return self._pages(ticket_id, self._page(ticket_id, 0), self._page)[0]
+
+    def _pages(self, key: str, first: dict, fetch: Callable[[str, int], dict]) -> tuple[list[RawComment], bool]:
+        """Every comment, `first` being the first page: the rest at once (the total is known).
+        Also whether the pages agree (the same total, that many comments): not when comments
+        came or went between the pages."""
         pages = [first]
         got = len(first.get("comments") or [])
         total = int(first.get("total", got))
         size = int(first.get("maxResults") or PAGE) or PAGE
-        if got < total:  # the total is known: fetch every remaining page at once
+        if got < total:
             starts = [got + n * size for n in range(math.ceil((total - got) / size))]
-            pages += self.http.parallel(*[lambda s=s: self._page(ticket_id, s) for s in starts])
+            pages += self.http.parallel(*[lambda s=s: fetch(key, s) for s in starts])
         seen: set[str] = set()
         raws = []
         for page in pages:
@@ -114,7 +151,70 @@ class Jira(HttpTracker):
                     continue
                 seen.add(c["id"])
                 raws.append(self._raw(c))
-        return sort_oldest_first(raws)
+        agree = len(raws) == total and all(int(p.get("total", -1)) == total for p in pages)
+        return sort_oldest_first(raws), agree
+
+    # -- the gate's reads --------------------------------------------------------------------
+
+    def gate_data(self, ticket_id: str) -> tuple[Ticket, list[Comment]]:
+        """The issue and the newest page at once, then the older pages, once the issue answered:
+        a change to those after their read moves the issue's `updated` past the one kept. The
+        newest page may be read just before the issue: the re-check reads it again anyway."""
+        key = self.parse_ref(ticket_id)
+        issue, first = self.http.parallel(lambda: self._issue(key), lambda: self._newest(key, 0))
+        return self._whole(key, issue, first)
+
+    def _whole(self, key: str, issue: dict, first: dict) -> tuple[Ticket, list[Comment]]:
+        raws, agree = self._pages(key, first, self._newest)
+        updated = str((issue.get("fields") or {}).get("updated") or "")
+        return self._ticket(key, issue), self._keep(key, raws, updated if agree else "", first)
+
+    def _keep(self, key: str, raws: list[RawComment], updated: str, first: dict) -> list[Comment]:
+        """Remember a read that proves every comment: for the next re-check and, as after every
+        whole read, for the post-once check."""
+        self._saw_all(key, raws)
+        comments = [raw.comment for raw in raws]
+        with self._last_read_lock:
+            if updated:
+                self._snapshots[key] = Snapshot(digest(comments), updated, len(first.get("comments") or []),
+                                                tuple((r.comment.id, frozenset(r.keys)) for r in raws if r.keys))
+            else:  # nothing to prove the next read with
+                self._snapshots.pop(key, None)
+        return comments
+
+    def changes_since(self, ticket_id: str, seen: list[Comment]) -> tuple[Ticket, list[Comment]]:
+        """The issue and the newest page at once. When the issue's `updated` is the one read with
+        `seen` (Jira moves it for every comment added or edited and every field changed), no
+        comment was added or edited since: the page's comments replace their older copies and
+        its total proves none was deleted. Anything else (a change, `seen` not from this
+        process's last read of the ticket, a deletion): the older pages too, a whole read."""
+        key = self.parse_ref(ticket_id)
+        issue, first = self.http.parallel(lambda: self._issue(key), lambda: self._newest(key, 0))
+        with self._last_read_lock:
+            known = self._snapshots.get(key)
+        raws = self._unchanged(known, seen, issue, first)
+        if known is None or raws is None:
+            return self._whole(key, issue, first)
+        return self._ticket(key, issue), self._keep(key, raws, known.updated, first)
+
+    def _unchanged(self, known: Snapshot | None, seen: list[Comment], issue: dict,
+                   first: dict) -> list[RawComment] | None:
+        """`seen` with the newest page's copies, when that is provably what a whole read says."""
+        updated = str((issue.get("fields") or {}).get("updated") or "")
+        if known is None or not updated or updated != known.updated or digest(seen) != known.digest:
+            return None
+        fresh = [self._raw(c) for c in first.get("comments") or []]
+        on_page = {raw.comment.id for raw in fresh}
+        # the comments read alongside the issue last time may have changed just before it: read again
+        read_with_issue = sorted(seen, key=lambda c: int(c.id))[max(0, len(seen) - known.newest):]
+        if any(c.id not in on_page for c in read_with_issue):
+            return None
+        keys = dict(known.keys)
+        now = ({c.id: RawComment(c, set(keys.get(c.id, ()))) for c in seen}
+               | {raw.comment.id: raw for raw in fresh})
+        if int(first.get("total", -1)) != len(now):  # one was deleted
+            return None
+        return sort_oldest_first(list(now.values()))
 
     def _raw(self, c: dict) -> RawComment:
         author = c.get("author") or {}
@@ -130,8 +230,8 @@ class Jira(HttpTracker):
 
     # -- post-once keys ----------------------------------------------------------------------
 
-    def _read_all(self, ticket_id: str) -> list[RawComment]:
-        raws = super()._read_all(ticket_id)
+    def _saw_all(self, ticket_id: str, raws: list[RawComment]) -> list[RawComment]:
+        raws = super()._saw_all(ticket_id, raws)
         if self._me and raws:
             mine = tuple(r.comment.id for r in raws if r.comment.author == self._me)
             with self._last_read_lock:
@@ -159,9 +259,7 @@ class Jira(HttpTracker):
         reaches back); None when `pages` pages do not reach back."""
         raws: list[RawComment] = []
         for n in range(pages):
-            page = self.http.json("GET", f"{self.api}/issue/{ticket_id}/comment", ticket=ticket_id,
-                                  what="read the newest comments",
-                                  params={"startAt": n * PAGE, "maxResults": PAGE, "orderBy": "-created"})
+            page = self._newest(ticket_id, n * PAGE)
             got = [self._raw(c) for c in page.get("comments") or []]
             raws += got
             if any(int(raw.comment.id) <= newest_id for raw in got):

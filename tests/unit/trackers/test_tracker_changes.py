@@ -1,5 +1,6 @@
 """Tracker.changes_since, the re-check's read: per adapter it answers what a whole read would
-(edited, deleted and new comments, the status moved back), and GitHub/GitLab read less for it."""
+(edited, deleted and new comments, the status moved back), and GitHub/GitLab read less for it
+(Jira: test_jira_changes.py)."""
 
 from __future__ import annotations
 

@@ -228,6 +228,9 @@ class FakeServer(FakeTracker):
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # headers and body go out in two writes: without this, Nagle's algorithm holds the
+            # body back for the client's delayed ACK (40 ms) on a kept-alive connection
+            disable_nagle_algorithm = True
 
             def log_message(self, *args: Any) -> None:  # keep test output quiet
                 pass
@@ -374,11 +377,37 @@ def adf_text(text: str) -> dict:
 class JiraApp(FakeApp):
     kind = "jira"
     page_cap = 100  # Jira returns at most this many comments per page whatever maxResults says
+    honours_order = True  # False: orderBy ignored, oldest first (a Jira that does not know it)
 
     def __init__(self, n_comments: int = 2, *, cloud: bool = True, key: str = "PROJ-7") -> None:
         self.cloud = cloud
         self.key = key
+        self.touched = BASE_TIME  # the last change to the issue's own fields (status, labels)
         super().__init__(n_comments)
+
+    def updated(self) -> datetime:
+        """The issue's `updated`: its newest change, comments added or edited included. A deleted
+        comment does not move it here: the adapter must prove deletions by the total."""
+        return max([self.touched, *(n.last_update for n in self.notes)])
+
+    def touch(self) -> None:
+        self.touched = self.updated() + timedelta(minutes=1)
+
+    def move(self, status: str) -> None:
+        """A person moves the issue in Jira's own UI."""
+        self.status = status
+        self.touch()
+
+    # Jira stamps comments with its own clock: after every earlier change to the issue.
+    def add_note(self, login: str, text: str, created: datetime | None = None, **kw: Any) -> Note:
+        if created is None and self.notes:
+            created = self.updated() + timedelta(minutes=1)
+        return super().add_note(login, text, created, **kw)
+
+    def edit(self, note: Note, text: str) -> None:
+        later = self.updated() + timedelta(minutes=1)
+        super().edit(note, text)
+        note.updated = later
 
     def account_id(self, login: str) -> str:
         p = self.people[login]
@@ -434,7 +463,7 @@ class JiraApp(FakeApp):
         c = {"self": f"{base}{self.api}/issue/10007/comment/{n.id}", "id": str(n.id),
              "author": self._user(n.login), "body": body, "updateAuthor": self._user(n.login),
              "created": n.created.strftime("%Y-%m-%dT%H:%M:%S.000+0000"),
-             "updated": n.created.strftime("%Y-%m-%dT%H:%M:%S.000+0000"), "jsdPublic": True}
+             "updated": n.last_update.strftime("%Y-%m-%dT%H:%M:%S.000+0000"), "jsdPublic": True}
         if "properties" in expand:  # documented only on POST comment/list (Cloud)
             c["properties"] = n.props
         return c
@@ -495,24 +524,30 @@ class JiraApp(FakeApp):
             return 200, {}, {"id": "10007", "key": self.key, "transitions": self._transitions(),
                              "fields": {"status": {"name": self.status}}}
         if sub is None and req.method == "GET":
+            fields = {"summary": self.title, "labels": self.labels,
+                      "status": {"name": self.status, "id": str(10000 + self.statuses.index(self.status)),
+                                 "statusCategory": {"key": "indeterminate"}},
+                      "issuetype": {"name": "Story"}, "priority": {"name": "Medium"},
+                      "created": BASE_TIME.strftime("%Y-%m-%dT%H:%M:%S.000+0000"),
+                      "updated": self.updated().strftime("%Y-%m-%dT%H:%M:%S.000+0000"),
+                      "description": adf_text("Totals are rounded twice.") if self.cloud else
+                      "Totals are *rounded* twice."}
+            wanted = [f for f in req.query.get("fields", "").split(",") if f]
+            if wanted and "*all" not in wanted:  # Jira answers only the fields asked for
+                fields = {k: v for k, v in fields.items() if k in wanted}
             return 200, {}, {"id": "10007", "key": self.key, "self": f"{base}{self.api}/issue/10007",
-                             "fields": {"summary": self.title, "labels": self.labels,
-                                        "status": {"name": self.status, "id": str(10000 + self.statuses.index(self.status)),
-                                                   "statusCategory": {"key": "indeterminate"}},
-                                        "issuetype": {"name": "Story"}, "priority": {"name": "Medium"},
-                                        "created": BASE_TIME.strftime("%Y-%m-%dT%H:%M:%S.000+0000"),
-                                        "description": adf_text("Totals are rounded twice.") if self.cloud else
-                                        "Totals are *rounded* twice."}}
+                             "fields": fields}
         if sub is None and req.method == "PUT":
             for op in req.body.get("update", {}).get("labels", []):
                 if "add" in op and op["add"] not in self.labels:
                     self.labels.append(op["add"])
+                    self.touch()
             return 204, {}, None
         if sub == "/comment" and req.method == "GET":
             start = int(req.query.get("startAt", 0))
             size = min(int(req.query.get("maxResults", 5000)), self.page_cap)
             # orderBy=created: equal times in no promised order; -created: newest first
-            notes = self.by_created(reverse=req.query.get("orderBy") == "-created")
+            notes = self.by_created(reverse=req.query.get("orderBy") == "-created" and self.honours_order)
             page = notes[start:start + size]
             return 200, {}, {"startAt": start, "maxResults": size, "total": len(notes),
                              # expand= documents only renderedBody here: never properties
@@ -531,6 +566,7 @@ class JiraApp(FakeApp):
             if target not in self.workflow[self.status]:
                 return 400, {}, {"errorMessages": ["Transition id is not valid for this issue."], "errors": {}}
             self.status = target
+            self.touch()
             return 204, {}, None
         return 405, {}, {"errorMessages": ["method not allowed"]}
 
@@ -917,6 +953,7 @@ class RedmineApp(FakeApp):
                 target = self.names[int(issue["status_id"]) - 1]
                 if target in self.workflow[self.status]:  # like Redmine: a refused move is ignored
                     self.status = target
+            self.touch()
             return 204, {}, None
         sid = self.names.index(self.status) + 1
         out = {"id": 7, "project": {"id": 1, "name": "Webshop"}, "tracker": {"id": 1, "name": "Bug"},
