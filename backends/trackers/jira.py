@@ -184,7 +184,8 @@ class Jira(HttpTracker):
 
     def changes_since(self, ticket_id: str, seen: list[Comment]) -> tuple[Ticket, list[Comment]]:
         """The issue and the newest page at once. When the issue's `updated` is the one read with
-        `seen` (Jira moves it for every comment added or edited and every field changed), no
+        `seen` (Jira's comment manager sets it on every comment created or edited -- not on a
+        deletion, hence the total -- and every field change moves it too), no
         comment was added or edited since: the page's comments replace their older copies and
         its total proves none was deleted. Anything else (a change, `seen` not from this
         process's last read of the ticket, a deletion): the older pages too, a whole read."""
