@@ -31,7 +31,6 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable
-from urllib.parse import urlsplit
 
 import yaml
 
@@ -41,6 +40,7 @@ from bot.ports import StepCallback
 
 if TYPE_CHECKING:
     from backends.deploy.compose import ComposeBackend
+    from backends.deploy.direct_health import DirectHealth
     from backends.proxy import TrafficProxy
 
 LABEL = "io.deploybot"
@@ -189,10 +189,11 @@ class StagedCompose:
     """The StagedDeploy half of ComposeBackend (it delegates here when `proxy:` is set)."""
 
     def __init__(self, backend: "ComposeBackend", proxy: "TrafficProxy",
-                 sleep: Callable[[float], None] = time.sleep,
+                 direct_health: "DirectHealth", sleep: Callable[[float], None] = time.sleep,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self.b = backend
         self.proxy = proxy
+        self.direct_health = direct_health
         self.settings = backend.opts.proxy
         self.svc = backend.services[0]
         self._sleep, self._monotonic = sleep, monotonic
@@ -508,30 +509,25 @@ class StagedCompose:
     # -- engine calls -------------------------------------------------------------------------------
 
     def _check_directly(self, box: Box, on_step: StepCallback) -> None:
-        """The health URL's path on the container's own address, until 2xx or verify.timeout."""
-        import httpx
-
+        """The health URL's path on the container's own address, until 2xx or verify.timeout;
+        with http_auth's token, whose refusal (401/403) fails at once."""
         health = self.b.health
-        if health is None or not box.address:
+        url = self.direct_health.url(box.address) if box.address else None
+        if health is None or url is None:
             return
-        parts = urlsplit(str(health.url))
-        url = f"http://{box.address}{parts.path or '/'}" + (f"?{parts.query}" if parts.query else "")
         deadline = self._monotonic() + max(self.b.verify.timeout, health.timeout)
-        last = "no answer"
         while True:
             try:
-                answer = httpx.get(url, timeout=health.timeout)
-                # The credentials of http_auth stay with the core's probe: here a refusal of
-                # them still shows the version up and answering.
-                refused = self.b.http_auth is not None and answer.status_code in (401, 403)
-                if 200 <= answer.status_code < 300 or refused:
-                    on_step(f"{box.name} answers {url}: {answer.status_code}")
-                    return
-                last = f"HTTP {answer.status_code}"
-            except httpx.HTTPError as exc:
-                last = type(exc).__name__
+                code = self.direct_health.status(url, health.timeout)
+            except BackendError as exc:
+                raise BackendError(f"{box.short} did not pass its health check: {exc.message}",
+                                   hint=exc.hint) from None
+            if code is not None and 200 <= code < 300:
+                on_step(f"{box.name} answers {url}: {code}")
+                return
             if self._monotonic() >= deadline:
-                raise BackendError(f"{box.short} did not pass its health check at {url}: {last}")
+                raise BackendError(f"{box.short} did not pass its health check at {url}: "
+                                   + (f"HTTP {code}" if code is not None else "no answer"))
             self._sleep(min(self.b.verify.interval, 1.0))
 
     def _start(self, box: Box) -> Box:
