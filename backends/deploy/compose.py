@@ -636,6 +636,7 @@ class ComposeBackend:
         if self._staged:
             self._staged.check_compose()
             self._staged.proxy.ensure(on_step)
+            self._staged.view(on_step)  # the serving file follows the proxy (a killed run)
         self._record_previous()
         if self._previous:
             self._write_override(*self._previous)  # so the rollback command works by hand too

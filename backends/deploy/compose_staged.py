@@ -28,9 +28,10 @@ started instead: a manual rollback to it).
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -45,6 +46,8 @@ if TYPE_CHECKING:
     from backends.deploy.compose import ComposeBackend
     from backends.deploy.direct_health import DirectHealth
     from backends.proxy import TrafficProxy
+
+log = logging.getLogger(__name__)
 
 LABEL = "io.deploybot"
 MIN_COMPOSE = (2, 24, 0)  # YAML `!override` / `!reset` in override files
@@ -63,6 +66,14 @@ class _OverrideDumper(yaml.SafeDumper):
 
 _OverrideDumper.add_representer(
     Override, lambda dumper, data: dumper.represent_sequence("!override", list(data)))
+
+
+class _OverrideLoader(yaml.SafeLoader):
+    """Reads back what _OverrideDumper wrote (`!override` sequences as plain lists)."""
+
+
+_OverrideLoader.add_constructor(
+    "!override", lambda loader, node: loader.construct_sequence(node))
 
 
 def loopback_ports(port: int) -> Override:
@@ -233,7 +244,9 @@ class StagedCompose:
                                f"{self.b.project}: "
                                f"{explain(exc, self.b._env().get('DOCKER_HOST'))}") from None
 
-    def view(self) -> View:
+    def view(self, on_step: StepCallback | None = None) -> View:
+        """What serves, from the proxy; the serving file is made to follow it (`on_step` hears
+        of a repair; without it, the log does)."""
         boxes = self.boxes()
         try:
             serving = self.proxy.serving()
@@ -243,7 +256,38 @@ class StagedCompose:
             # No container was ever started behind the proxy (none yet, or they publish their
             # ports as before `proxy:`): the proxy serves none of them, whatever it would say.
             serving = None
-        return reconcile(serving, boxes)
+        view = reconcile(serving, boxes)
+        self._serving_file_follows(view, on_step or log.info)
+        return view
+
+    def _serving_file_follows(self, view: View, on_step: StepCallback) -> None:
+        """A run killed between the switch and write_current leaves `<project>@serving.yml`
+        naming what served before (or nothing): the proxy is the truth, the file is rewritten."""
+        if not view.routed or view.current is None:
+            return
+        path = self.b.current_override_path()
+        try:
+            written = yaml.load(path.read_text(), Loader=_OverrideLoader)
+        except FileNotFoundError:
+            written = None
+        except (OSError, yaml.YAMLError) as exc:
+            written = exc
+        doc = self._serving_doc(view.current)
+        if written == yaml.load(dump_override(doc), Loader=_OverrideLoader):
+            return
+        self.b._write_text(path, doc)
+        if written is None:
+            was = "was missing"
+        elif isinstance(written, Exception):
+            was = f"could not be read ({type(written).__name__})"
+        else:
+            try:
+                named = written["services"][self.svc]["labels"][f"{LABEL}.version"]
+            except (KeyError, TypeError, IndexError):
+                named = None
+            was = f"named {named or 'another container'}"
+        on_step(f"{path} {was}, but the proxy serves {view.current.version} "
+                f"({view.current.name}): rewritten to match (a run stopped after its switch)")
 
     def _image_id(self, ref: str) -> str | None:
         import docker.errors
@@ -284,8 +328,10 @@ class StagedCompose:
         self.b._previous = (current.version, {k: v for k, v in images.items() if v})
 
     def status(self) -> BackendStatus:
-        view = self.view()
-        return self._status_of(view.current, view, what="serving")
+        repaired: list[str] = []
+        view = self.view(repaired.append)
+        status = self._status_of(view.current, view, what="serving")
+        return replace(status, detail="; ".join([status.detail, *repaired]))
 
     def candidate_status(self) -> BackendStatus:
         box = self._find_candidate(self.view())
@@ -364,7 +410,7 @@ class StagedCompose:
               image: str | None = None) -> str:
         self.b._check_file()
         self.check_compose()
-        view = self.view()
+        view = self.view(on_step)
         ref = image or self.b._images_for(version, pin=image)[self.svc]
         reuse, remove = stage_plan(view, version, self._image_id(ref))
         for box in remove:
@@ -419,7 +465,7 @@ class StagedCompose:
         return newer[0] if newer else None
 
     def discard(self, on_step: StepCallback) -> None:
-        view = self.view()
+        view = self.view(on_step)
         box = self._find_candidate(view)
         self._candidate = None
         if box is None:
@@ -430,7 +476,7 @@ class StagedCompose:
         self._remove(box)
 
     def switch(self, on_step: StepCallback) -> None:
-        view = self.view()
+        view = self.view(on_step)
         box = self._find_candidate(view)
         if box is None or not box.address:
             raise BackendError(f"nothing staged to switch {self.proxy.key} to",
@@ -442,7 +488,7 @@ class StagedCompose:
         self.write_current(box)
 
     def finalize(self, on_step: StepCallback) -> None:
-        view = self.view()
+        view = self.view(on_step)
         if not view.routed:
             on_step("the proxy serves no container of the service: nothing stopped")
             return
@@ -455,7 +501,7 @@ class StagedCompose:
             on_step(f"stopping {box.short}; kept for a rollback")
             self._stop(box)
         # One kept container is enough for a rollback; older ones go.
-        kept = [b for b in self.view().stopped_others]
+        kept = [b for b in self.view(on_step).stopped_others]
         for box in kept[1:]:
             on_step(f"removing the older kept {box.short}")
             self._remove(box)
@@ -463,7 +509,7 @@ class StagedCompose:
     def rollback(self, to_version: str | None, on_step: StepCallback,
                  image: str | None = None) -> None:
         self.b._check_file()
-        view = self.view()
+        view = self.view(on_step)
         if to_version is None:
             if view.serving:
                 self.proxy.forget(view.serving, on_step)
@@ -517,7 +563,7 @@ class StagedCompose:
         """The whole blue/green in one call (for a core that does not stage): stage, check
         directly, switch; a candidate failing its checks is removed, what serves is untouched."""
         self.stage(version, ticket_id=ticket_id, on_step=on_step, image=image)
-        box = self._find_candidate(self.view())
+        box = self._find_candidate(self.view(on_step))
         try:
             if box is None:
                 raise BackendError(f"the staged {version} is gone")
@@ -602,10 +648,12 @@ class StagedCompose:
     def write_current(self, box: Box) -> None:
         """`<project>@serving.yml`: the override of the container the proxy serves, from its
         own image and labels (the same config hash, so compose leaves it as it is)."""
+        self.b._write_text(self.b.current_override_path(), self._serving_doc(box))
+
+    def _serving_doc(self, box: Box) -> dict:
         labels = {k: v for k, v in box.labels.items() if k.startswith(f"{LABEL}.")}
-        doc = {"services": {self.svc: {"image": box.image, "labels": labels,
-                                       "ports": loopback_ports(self.settings.port)}}}
-        self.b._write_text(self.b.current_override_path(), doc)
+        return {"services": {self.svc: {"image": box.image, "labels": labels,
+                                        "ports": loopback_ports(self.settings.port)}}}
 
     # -- what a person would run ---------------------------------------------------------------
 
