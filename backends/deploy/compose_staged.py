@@ -275,7 +275,13 @@ class StagedCompose:
         doc = self._serving_doc(view.current)
         if written == yaml.load(dump_override(doc), Loader=_OverrideLoader):
             return
-        self.b._write_text(path, doc)
+        serves = f"{view.current.version} ({view.current.name})"
+        try:
+            self.b._write_text(path, doc)
+        except BackendError as exc:  # bookkeeping only: what serves is still told
+            on_step(f"{path} does not name {serves}, which the proxy serves, and cannot be "
+                    f"rewritten: {exc.message}")
+            return
         if written is None:
             was = "was missing"
         elif isinstance(written, Exception):
@@ -286,8 +292,8 @@ class StagedCompose:
             except (KeyError, TypeError, IndexError):
                 named = None
             was = f"named {named or 'another container'}"
-        on_step(f"{path} {was}, but the proxy serves {view.current.version} "
-                f"({view.current.name}): rewritten to match (a run stopped after its switch)")
+        on_step(f"{path} {was}, but the proxy serves {serves}: rewritten to match (a run "
+                "stopped after its switch)")
 
     def _image_id(self, ref: str) -> str | None:
         import docker.errors

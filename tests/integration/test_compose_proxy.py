@@ -199,6 +199,8 @@ def test_deploys_and_rollbacks_through_the_proxy_fail_no_request(project):
     serving = yaml.safe_load((project.folder / ".deploybot" / f"{project.name}@serving.yml")
                              .read_text().replace("!override", ""))
     assert serving["services"]["web"]["labels"]["io.deploybot.version"] == "v1"
+    # each run wrote it after its own switch: no later run found it stale
+    assert not [s for s in project.steps if "rewritten to match" in s]
 
 
 def test_a_candidate_failing_health_is_discarded_and_the_old_one_keeps_serving(project):

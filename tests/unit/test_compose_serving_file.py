@@ -128,3 +128,11 @@ def test_a_file_of_another_shape_is_rewritten(tmp_path):
     w = World(tmp_path)
     w.path.write_text("services: [web]\n")
     assert "named another container, but the proxy serves v2" in w.backend().status().detail
+
+
+def test_a_file_that_cannot_be_written_is_said_and_status_still_answers(tmp_path):
+    w = World(tmp_path)
+    w.path.unlink()
+    w.path.mkdir()  # a folder where the file goes: neither read nor written
+    status = w.backend().status()
+    assert status.version == "v2" and "cannot be rewritten" in status.detail
