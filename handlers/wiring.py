@@ -46,8 +46,9 @@ def backend_factory(config: Config, environ: Mapping[str, str] | None = None):
     from backends.deploy import build_backend
 
     cache: dict[tuple[str, str], DeployBackend] = {}
+    environ = os.environ if environ is None else environ
     # Nor the store's password (in a PostgreSQL DSN, or libpq's PGPASSWORD).
-    tools_environ = without_secrets(os.environ if environ is None else environ,
+    tools_environ = without_secrets(environ,
                                     [*secret_env_names(config, declared=False), DB_ENV,
                                      *STORE_SECRET_ENVS])
 
@@ -55,7 +56,7 @@ def backend_factory(config: Config, environ: Mapping[str, str] | None = None):
         key = (service, environment)
         if key not in cache:
             cache[key] = build_backend(service, environment, config.service(service, environment),
-                                       environ=tools_environ)
+                                       environ=tools_environ, credentials=environ)
         return cache[key]
 
     return backend_for

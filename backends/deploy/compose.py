@@ -343,7 +343,10 @@ class ComposeBackend:
     method = "Docker Compose"
 
     def __init__(self, service: str, environment: str, settings: Service,
-                 environ: Mapping[str, str] | None = None, proxy_factory=None) -> None:
+                 environ: Mapping[str, str] | None = None, proxy_factory=None,
+                 credentials: Mapping[str, str] | None = None) -> None:
+        """`environ`: what compose runs with; `credentials`: where http_auth's token variable
+        is read, never handed to compose (None: this process's)."""
         self.service = service
         self.environment = environment
         self.image = settings.image
@@ -363,11 +366,12 @@ class ComposeBackend:
         self._staged = None
         if self.opts.proxy is not None:
             from backends.deploy.compose_staged import StagedCompose
+            from backends.deploy.direct_health import DirectHealth
             from backends.proxy import build_proxy
 
             proxy = (proxy_factory or build_proxy)(self.opts.proxy, f"{service}-{environment}",
                                                    docker_client=self._docker)
-            self._staged = StagedCompose(self, proxy)
+            self._staged = StagedCompose(self, proxy, DirectHealth(settings, credentials))
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -632,6 +636,7 @@ class ComposeBackend:
         if self._staged:
             self._staged.check_compose()
             self._staged.proxy.ensure(on_step)
+            self._staged.view(on_step)  # the serving file follows the proxy (a killed run)
         self._record_previous()
         if self._previous:
             self._write_override(*self._previous)  # so the rollback command works by hand too

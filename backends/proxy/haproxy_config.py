@@ -45,17 +45,31 @@ def check_key(key: str) -> str:
 
 
 def check_address(address: str) -> tuple[str, int]:
-    """HOST:PORT -> (IPv4, port). The runtime API's `set server addr` takes an IP, and a checked
-    address can never smuggle a second command (`;`) into a runtime API line."""
+    """IPv4:PORT or [IPv6]:PORT -> (IP, port). The runtime API's `set server addr` takes an IP
+    (an IPv6 one bare), and a checked address can never smuggle a second command (`;`) into a
+    runtime API line: an IPv6 address must be written as HAProxy writes it back (compressed, no
+    zone `%...`, no IPv4-mapped form), so the address routed is the address read back."""
     host, sep, port = address.rpartition(":")
     try:
-        ip = ipaddress.IPv4Address(host)
+        if host.startswith("[") and host.endswith("]"):
+            ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.IPv6Address(host[1:-1])
+            if ip.scope_id is not None or ip.ipv4_mapped is not None or str(ip) != host[1:-1]:
+                raise ValueError
+        else:
+            ip = ipaddress.IPv4Address(host)
         number = int(port)
     except ValueError:
-        raise ValueError(f"{address!r}: the proxy routes to IPv4:PORT, e.g. 127.0.0.1:32768") from None
+        raise ValueError(f"{address!r}: the proxy routes to IPv4:PORT or [IPv6]:PORT, e.g. "
+                         "127.0.0.1:32768 or [::1]:32768 (IPv6 compressed, without a zone)") \
+            from None
     if not sep or not port.isdigit() or not 1 <= number <= 65535:
         raise ValueError(f"{address!r}: the port must be 1-65535")
     return str(ip), number
+
+
+def join_address(ip: str, port: int) -> str:
+    """The address as check_address takes it and `show stat` writes it: IPv6 in brackets."""
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
 def render_global(dir: str) -> str:
@@ -136,7 +150,7 @@ def parse_servers_state(text: str, key: str) -> dict[str, Slot] | None:
         try:
             admin = int(row["srv_admin_state"])
             op = int(row["srv_op_state"])
-            address = f"{row['srv_addr']}:{int(row['srv_port'])}"
+            address = join_address(row["srv_addr"], int(row["srv_port"]))
         except (KeyError, ValueError):
             raise ProxyAnswerError(f"unexpected server line for {key}: {line[:200]!r}") from None
         if address == EMPTY:

@@ -22,7 +22,7 @@ from fakes.waiting import wait_until
 class Upstream:
     """An HTTP/1.1 server on 127.0.0.1 answering its `name`; /slow waits until `release` is set."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, host: str = "127.0.0.1") -> None:
         self.name = name
         self.release = threading.Event()
         self.in_slow = threading.Event()
@@ -47,6 +47,7 @@ class Upstream:
 
         class Server(ThreadingHTTPServer):
             daemon_threads = True
+            address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
 
             def process_request(self, request, client_address):
                 upstream.connections.append(request)
@@ -56,8 +57,9 @@ class Upstream:
                 pass  # connections cut by close(), on purpose
 
         self.connections: list[socket.socket] = []
-        self.httpd = Server(("127.0.0.1", 0), Handler)
-        self.address = f"127.0.0.1:{self.httpd.server_address[1]}"
+        self.httpd = Server((host, 0), Handler)
+        port = self.httpd.server_address[1]
+        self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self._thread = threading.Thread(target=self.httpd.serve_forever,
                                         kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()

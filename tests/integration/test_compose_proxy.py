@@ -115,6 +115,14 @@ class Project:
         """A fresh backend, as a new deploybot process (after a kill -9) would build it."""
         return ComposeBackend("web", "staging", self.cfg)
 
+    def backend_without_proxy(self) -> ComposeBackend:
+        """The same service as before `proxy:` was added (published ports)."""
+        without = config_mod.parse({**self.raw, "services": {"web": {
+            **self.raw["services"]["web"],
+            "backend": {k: v for k, v in self.raw["services"]["web"]["backend"].items()
+                        if k != "proxy"}}}}, "test-config").service("web", "staging")
+        return ComposeBackend("web", "staging", without)
+
     def step(self, message: str) -> None:
         self.steps.append(message)
 
@@ -191,6 +199,8 @@ def test_deploys_and_rollbacks_through_the_proxy_fail_no_request(project):
     serving = yaml.safe_load((project.folder / ".deploybot" / f"{project.name}@serving.yml")
                              .read_text().replace("!override", ""))
     assert serving["services"]["web"]["labels"]["io.deploybot.version"] == "v1"
+    # each run wrote it after its own switch: no later run found it stale
+    assert not [s for s in project.steps if "rewritten to match" in s]
 
 
 def test_a_candidate_failing_health_is_discarded_and_the_old_one_keeps_serving(project):
@@ -307,11 +317,7 @@ def test_through_the_pipeline_a_version_failing_the_watch_window_is_switched_bac
     assert [c.id for c in project.containers()] == [v2_id]
 
 def test_moving_from_published_ports_to_the_proxy_keeps_the_old_version_for_a_rollback(project):
-    without = config_mod.parse({**project.raw, "services": {"web": {
-        **project.raw["services"]["web"],
-        "backend": {k: v for k, v in project.raw["services"]["web"]["backend"].items()
-                    if k != "proxy"}}}}, "test-config").service("web", "staging")
-    plain = ComposeBackend("web", "staging", without)
+    plain = project.backend_without_proxy()
     plain.prepare("v1", project.step)
     plain.deploy("v1", ticket_id="T-v1", on_step=project.step)
     assert httpx.get(f"http://{project.direct}/version", timeout=5).text.strip() == "v1"
@@ -328,3 +334,26 @@ def test_moving_from_published_ports_to_the_proxy_keeps_the_old_version_for_a_ro
         loop.more()
     assert loop.failures == [] and loop.seen[-1] == "v1"
     assert [c.id for c in project.containers()] == before
+
+
+def test_a_fixed_container_name_is_refused_before_anything_changes(project):
+    data = yaml.safe_load(project.file.read_text())
+    data["services"]["web"]["container_name"] = f"{project.name}-web"
+    project.file.write_text(yaml.safe_dump(data))
+    plain = project.backend_without_proxy()  # fine without the proxy: one container
+    plain.prepare("v1", project.step)
+    plain.deploy("v1", ticket_id="T-v1", on_step=project.step)
+    before = [(c.id, c.name, c.status) for c in project.containers()]
+    assert before == [(before[0][0], f"{project.name}-web", "running")]
+    backend = project.backend()
+    with pytest.raises(BackendError, match=f"compose service web in {project.file} sets "
+                                           f"container_name: {project.name}-web") as err:
+        backend.prepare("v2", project.step)
+    assert "remove container_name from web" in err.value.hint
+    with pytest.raises(BackendError, match="container_name"):
+        backend.stage("v2", ticket_id="T-v2", on_step=project.step)
+    assert [(c.id, c.name, c.status) for c in project.containers()] == before
+    with pytest.raises(docker.errors.NotFound):  # the proxy was not even started
+        project.client.containers.get(f"{project.name}-proxy")
+    assert not (project.folder / ".deploybot" / f"{project.name}.v2.yml").exists()
+    assert httpx.get(f"http://{project.direct}/version", timeout=5).text.strip() == "v1"

@@ -221,6 +221,26 @@ def test_a_kept_version_failing_its_health_is_not_switched_to(web):
     assert web.names() == {"NAME": ("v2", "running"), "--previous": ("v3", "exited")}
 
 
+def test_a_kept_version_is_checked_with_the_services_http_auth_token(web):
+    from bot.config import HttpAuth
+
+    web.deploy("v1")
+    web.deploy("v2")
+    web.backend().finalize(web.step)
+    settings = web.settings(proxy=web.proxy).model_copy(
+        update={"http_auth": HttpAuth(bearer_token_env="DBT_WEB_TOKEN")})
+    unset = DockerBackend(web.service, "staging", settings, environ={})
+    with pytest.raises(BackendError, match=r"v1 cannot serve again: .*environment variable "
+                                           r"DBT_WEB_TOKEN is not set"):
+        unset.rollback("v1", web.step)
+    assert web.version() == "v2"
+    assert web.names() == {"NAME": ("v2", "running"), "--previous": ("v1", "exited")}
+    # the demo checks no token: with one, the kept v1 passes and is switched to
+    DockerBackend(web.service, "staging", settings,
+                  environ={"DBT_WEB_TOKEN": "t0ken"}).rollback("v1", web.step)
+    assert web.version() == "v1" and web.names() == {"NAME": ("v1", "running")}
+
+
 def test_discarded_candidate_and_failed_stage_leave_what_serves(web):
     web.deploy("v1")
     b = web.backend()

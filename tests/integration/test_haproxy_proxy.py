@@ -37,8 +37,8 @@ def proxy_dir():
 def upstreams():
     made: list[Upstream] = []
 
-    def make(name: str) -> Upstream:
-        made.append(Upstream(name))
+    def make(name: str, host: str = "127.0.0.1") -> Upstream:
+        made.append(Upstream(name, host))
         return made[-1]
 
     yield make
@@ -133,6 +133,27 @@ def test_route_switches_new_requests_and_back(running, upstreams):
     assert {get(listen) for _ in range(5)} == {"A"}
     assert any(f"new requests to {a.address}" in s for s in steps)
     assert reloads(proxy) == 0, "switches never reload"
+
+
+def test_an_ipv6_upstream_on_loopback_is_switched_to_drained_forgotten_and_kept_by_a_restart(
+        serving_a, upstreams, haproxy, proxy_dir):
+    proxy, listen, a, _ = serving_a
+    six = upstreams("SIX", "::1")
+    assert six.address.startswith("[::1]:")
+    assert proxy.route(six.address, lambda m: None) == a.address
+    assert proxy.serving() == six.address and {get(listen) for _ in range(5)} == {"SIX"}
+    assert proxy.sessions(six.address) == 0  # `show stat` names it [::1]:PORT too
+    assert f"server s2 {six.address}\n" in (proxy_dir / "conf.d" / "50-web.cfg").read_text()
+    haproxy.stop()
+    haproxy.start()  # from the file: [::1]:PORT as HAProxy reads it
+    assert proxy.serving() == six.address and get(listen) == "SIX"
+    assert proxy.route(a.address, lambda m: None) == six.address and get(listen) == "A"
+    assert proxy.wait_drained(six.address, 5, lambda m: None)
+    proxy.forget(six.address, lambda m: None)
+    assert six.address not in {s.address for s in proxy._loaded_slots().values()}
+    with pytest.raises(BackendError, match=r"IPv4:PORT or \[IPv6\]:PORT"):
+        proxy.route("[::1%lo]:80; shutdown sessions server web/s1", lambda m: None)
+    assert proxy.serving() == a.address
 
 
 def test_route_writes_the_file_so_a_restarted_proxy_serves_the_same(serving_a, haproxy):

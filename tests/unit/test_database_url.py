@@ -82,7 +82,7 @@ def test_the_dsn_password_is_a_secret_before_and_after_the_config(dsn):
 def test_backend_tools_do_not_get_the_store_s_dsn(monkeypatch):
     captured = {}
 
-    def build_backend(service, environment, settings, *, environ):
+    def build_backend(service, environment, settings, *, environ, credentials):
         captured.update(environ)
         return object()
 

@@ -133,15 +133,20 @@ def test_errors_and_alerts_are_picked_out_of_haproxys_text():
 
 
 @pytest.mark.parametrize("bad", ["web:8080", "127.0.0.1", "127.0.0.1:0", "127.0.0.1:65536",
-                                 "127.0.0.1:80; shutdown sessions server web/s1", "[::1]:80",
-                                 "127.0.0.1:8o"])
-def test_only_an_ipv4_and_port_reach_a_runtime_api_line(bad):
+                                 "127.0.0.1:80; shutdown sessions server web/s1", "::1:80",
+                                 "127.0.0.1:8o", "[::1]", "[::1]:0", "[0:0::1]:80",
+                                 "[fe80::1%lo; shutdown sessions server web/s1]:80",
+                                 "[fe80::1%lo]:80", "[::ffff:127.0.0.1]:80", "[127.0.0.1]:80",
+                                 "[::1;]:80", "[::1]:80; shutdown sessions server web/s1"])
+def test_only_an_ip_and_port_reach_a_runtime_api_line(bad):
     with pytest.raises(ValueError):
         cfg.check_address(bad)
 
 
 def test_addresses_and_keys_that_are_fine():
     assert cfg.check_address("10.0.0.7:32768") == ("10.0.0.7", 32768)
+    assert cfg.check_address("[::1]:32768") == ("::1", 32768)
+    assert cfg.check_address("[2001:db8::7]:80") == ("2001:db8::7", 80)
     assert cfg.check_key("web-production") == "web-production"
     for bad in ("", "web production", "web;x", "-web"):
         with pytest.raises(ValueError):
@@ -342,3 +347,21 @@ def test_the_systemd_unit_and_the_container_start_haproxy_the_same_way():
     assert words[1] == "-Ws" and command[1] == "-W"  # -s: systemd's notify only
     assert words[2:] == command[2:]
     assert "Environment=DIR=/var/lib/deploybot/proxy" in unit  # ProxySettings.dir's default
+
+
+def test_ipv6_slots_are_bracketed_in_the_file_and_read_back_from_the_runtime_api():
+    text = cfg.render_service("web", "127.0.0.1:18080",
+                              {"s1": Slot("s1", "[::1]:40001", "ready")})
+    assert "    server s1 [::1]:40001\n" in text
+    assert cfg.parse_service(text)[1]["s1"] == Slot("s1", "[::1]:40001", "ready")
+    header = ("# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state "
+              "srv_uweight srv_iweight srv_time_since_last_change srv_check_status "
+              "srv_check_result srv_check_health srv_check_state srv_agent_state bk_f_forced_id "
+              "srv_f_forced_id srv_fqdn srv_port srvrecord")
+    # as HAProxy 2.6 answers after `set server web/s1 addr ::1 port 40789`
+    answer = ("1\n" + header + "\n3 web 1 s1 ::1 2 4 1 1 0 1 0 0 8 0 0 0 - 40789 -\n"
+              "3 web 2 s2 127.0.0.1 0 5 1 1 0 1 0 0 8 0 0 0 - 1 -\n")
+    slots = cfg.parse_servers_state(answer, "web")
+    assert slots["s1"] == Slot("s1", "[::1]:40789", "ready") and slots["s2"].address is None
+    assert cfg.join_address("::1", 80) == "[::1]:80" and cfg.join_address("10.0.0.7", 80) == \
+        "10.0.0.7:80"

@@ -2,37 +2,18 @@
 
 from __future__ import annotations
 
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 import pytest
 
 from backends.monitoring.probe import HttpxProbe
 from bot import config as configuration
 from bot.verify import detailed_url
+from fakes.token_server import token_server
 
 
 @pytest.fixture
 def server():
-    seen: list[str | None] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):
-            seen.append(self.headers.get("Authorization"))
-            ok = self.headers.get("Authorization") == "Bearer s3cret"
-            self.send_response(200 if ok else 401)
-            self.end_headers()
-            self.wfile.write(b"ok" if ok else b"Unauthorized")
-
-        def log_message(self, *args):
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", seen
-    httpd.shutdown()
-    httpd.server_close()
+    with token_server("s3cret") as (base, seen):
+        yield base, seen
 
 
 def config_for(base: str, auth: dict | None):
@@ -113,3 +94,27 @@ def test_a_staged_version_of_a_service_without_auth_gets_no_token(server):
     probe = DirectProbe(HttpxProbe.for_config(cfg, {"KUBE_TOKEN": "s3cret"}),
                         cfg.service("web", "prod"), base.removeprefix("http://"))
     assert probe.get(f"{base}/health", 5).status_code == 401 and seen == [None]
+
+
+def test_a_token_that_cannot_be_read_is_named_never_sent(server, tmp_path):
+    base, seen = server
+    cfg = config_for(base, {"bearer_token_env": "KUBE_TOKEN"})
+    url = str(cfg.service("web", "prod").health.url)
+    unset = HttpxProbe.for_config(cfg, {}).get(url, 5)
+    assert "KUBE_TOKEN is not set" in unset.error
+    assert "KUBE_TOKEN is empty" in HttpxProbe.for_config(cfg, {"KUBE_TOKEN": ""}).get(url, 5).error
+    gone = tmp_path / "token"
+    cfg = config_for(base, {"bearer_token_file": str(gone)})
+    missing = HttpxProbe.for_config(cfg, {}).get(url, 5)
+    assert missing.status_code is None and f"{gone}: cannot be read" in missing.error
+    assert seen == []
+
+
+def test_http_auth_with_only_a_ca_bundle_sends_no_token(server):
+    import certifi
+
+    base, seen = server
+    cfg = config_for(base, {"ca_file": certifi.where()})
+    assert HttpxProbe.for_config(cfg, {}).get(str(cfg.service("web", "prod").health.url),
+                                              5).status_code == 401
+    assert seen == [None]
