@@ -91,6 +91,11 @@ class StatusView:
         return tuple(a for a in self.active if a.waiting)
 
 
+def unresolved_note(d: Deployment) -> str:
+    return (f"{d.status.value}, not repaired yet: every deploybot command (and the scheduler's "
+            f"tick) retries it once the engine answers; `deploybot show {d.id}` has its trail")
+
+
 @dataclass(frozen=True)
 class HistoryRows:
     rows: tuple[Deployment, ...]
@@ -244,6 +249,9 @@ class RequestService:
         p = self.pipeline
         locks = tuple(LockLine(lock, p.describe_lock(lock)) for lock in self.store.locks())
         active = tuple(ActiveLine(d, waiting_note(p, d)) for d in p.active())
+        # A rollback that failed with the engine down is not over: say so until it is repaired.
+        active += tuple(ActiveLine(d, unresolved_note(d)) for d in self.store.awaiting_recovery()
+                        if d.status.terminal)
         return StatusView(locks, active, self._running() if running else (),
                           tuple(p.outbox.undelivered()), self.store.now())
 

@@ -571,6 +571,13 @@ class Store:
                 if r["needs_recovery"] or not self._alive(r["owner_replica"], r["owner_pid"],
                                                           r["owner_start"], is_alive)]
 
+    def awaiting_recovery(self) -> list[Deployment]:
+        """Finished deployments still marked needs_recovery (a rollback that failed while the
+        engine was down): the next deploybot process retries them, `status` shows them."""
+        with self._lock:
+            return [self._deployment(r) for r in self.db.query(
+                "SELECT * FROM deployments WHERE needs_recovery = 1 ORDER BY id")]
+
     def scheduled(self) -> list[Deployment]:
         """Deployments waiting for their time, earliest first."""
         with self._lock:
