@@ -29,6 +29,10 @@ def validate_version(version: str) -> str:
 
 def parse_target(text: str) -> tuple[str, str]:
     m = TARGET_RE.match(text.strip())
+    if not m and TARGET_RE.match(text.strip().lower()):
+        service, _, version = text.strip().partition("@")
+        raise InputError(f"{text!r} is not service@version: service names are lower case "
+                         f"({service.lower()}@{version})")
     if not m:
         raise InputError(f"{text!r} is not service@version", hint="for example web@v2.1.0")
     return m.group("service"), validate_version(m.group("version"))
