@@ -554,3 +554,16 @@ def test_status_lists_a_failed_rollback_until_it_is_repaired(world):
     world.backend.down = False
     recover(world.pipeline)
     assert RequestService(world.pipeline).status(running=False).active == ()
+
+
+def test_status_lists_a_failed_rollback_that_needs_a_person_until_a_later_rollout(world):
+    from bot.service import RequestService
+
+    d = engine_down_after_deploy(world)
+    world.backend.down = False
+    del world.backend.deploy  # deploys work again
+    world.store.update_deployment(d.id, needs_recovery=0)  # as when the engine answered again
+    [line] = RequestService(world.pipeline).status(running=False).active
+    assert line.deployment.id == d.id and "needs a person: nothing retries it" in line.waiting
+    world.pipeline.run(world.request(world.ticket(), target="web@v3").id)
+    assert RequestService(world.pipeline).status(running=False).active == ()
