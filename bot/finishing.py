@@ -74,9 +74,11 @@ class Finishing:
         ticket = self._ticket(d)
         backend = ctx.backend_for(d.service, d.environment)
         svc = ctx.config.service(d.service, d.environment)
-        steps = backend.rollback_steps(d.previous_version)
+        checks = ctx.store.checks(d.id)
+        steps = (backend.rollback_steps(d.previous_version)
+                 if records.previous_known(d, checks) else [])
         lines = records.rollback_plan(d, steps, str(svc.health.url) if svc.health else None,
-                                      ctx.config.channel)
+                                      ctx.config.channel, checks=checks)
         notes = []
         if d.image_digest:
             notes.append(f"Image built from source: {svc.image}:{d.version} = {d.image_digest}")
@@ -90,7 +92,7 @@ class Finishing:
                     for g in ctx.store.gates(d.id)
                     if g.status is GateStatus.APPROVED and g.kind is not GateKind.NOTES_ACK
                     and g.decided_by and g.decided_at]
-        text = records.render(d, ticket=ticket, checks=ctx.store.checks(d.id),
+        text = records.render(d, ticket=ticket, checks=checks,
                               verification=result, rollback_lines=lines, notes=notes,
                               now=ctx.clock.now(), approved_by=approved,
                               deployed_by=ctx.config.canonical(d.requested_by))

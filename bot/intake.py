@@ -29,6 +29,10 @@ def validate_version(version: str) -> str:
 
 def parse_target(text: str) -> tuple[str, str]:
     m = TARGET_RE.match(text.strip())
+    if not m and TARGET_RE.match(text.strip().lower()):
+        service, _, version = text.strip().partition("@")
+        raise InputError(f"{text!r} is not service@version: service names are lower case "
+                         f"({service.lower()}@{version})")
     if not m:
         raise InputError(f"{text!r} is not service@version", hint="for example web@v2.1.0")
     return m.group("service"), validate_version(m.group("version"))
@@ -167,6 +171,15 @@ class Intake:
         current = backend.current_version()
         if to_version:
             target = validate_version(to_version)
+            known = self.ran_here(service, env)
+            if target not in known and target != current:
+                # Otherwise a rollback would ship a version no checklist or approval ever let
+                # into this environment.
+                raise InputError(
+                    f"{target} never ran {service} in {env}: a rollback goes back to a version "
+                    f"that ran here ({', '.join(dict.fromkeys(known)) or 'none recorded'})",
+                    hint=f"to ship {target} there, deploy it with its ticket: deploybot deploy "
+                         f"TICKET {service}@{target} --env {env}")
         else:
             target = self.previous_from_history(service, env, current)
             if target is None:
@@ -189,17 +202,21 @@ class Intake:
         """The newest version known to have run well here that is not `current`: succeeded
         deployments and what ran before any rollout (interrupted, failed or rolled back ones
         included), so it survives any interruption, kept container or not."""
+        return next((v for v in self.ran_here(service, env, limit=200) if v != current), None)
+
+    def ran_here(self, service: str, env: str, limit: int = 10000) -> list[str]:
+        """The versions known to have run well here, newest first (repeats kept)."""
         good: list[str] = []
         touched = {DeploymentStatus.SUCCEEDED, DeploymentStatus.ROLLED_BACK,
                    DeploymentStatus.ROLLBACK_FAILED, DeploymentStatus.INTERRUPTED,
                    DeploymentStatus.FAILED}
         for d in self.ctx.store.deployments(service=service, environment=env, statuses=touched,
-                                        limit=200):
+                                            limit=limit):
             if d.dry_run:
                 continue
             if d.status is DeploymentStatus.SUCCEEDED:
                 good.append(d.version)
             if d.kind is DeploymentKind.DEPLOY and d.previous_version:
                 good.append(d.previous_version)
-        return next((v for v in good if v != current), None)
+        return good
 

@@ -38,10 +38,29 @@ def _box(status: CheckStatus | None, label: str, reason: str) -> str:
     return f"- [ ] {label} — {why}: {reason}" if reason else f"- [ ] {label} — {why}"
 
 
+UNDETERMINED = "not determined (the checklist stopped before the rollback plan)"
+
+
+def previous_known(deployment: Deployment, checks: list[CheckResult]) -> bool:
+    """False when the deployment ended before its rollback-plan check read what ran before: an
+    empty previous version then means "not looked at", not "first deployment" (whose plan would
+    be to take the service down)."""
+    if deployment.previous_version or deployment.kind is not DeploymentKind.DEPLOY:
+        return True
+    return any(c.name == "rollback_plan" and c.status is CheckStatus.PASSED for c in checks)
+
+
 def rollback_plan(deployment: Deployment, steps: list[str], health_url: str | None,
-                  channel: str) -> list[str]:
-    """The three numbered lines of the record's Rollback Plan section."""
+                  channel: str, checks: list[CheckResult] | None = None) -> list[str]:
+    """The three numbered lines of the record's Rollback Plan section. `checks`: the
+    deployment's checklist, when it may have stopped before the rollback plan."""
     target = deployment.previous_version
+    if checks is not None and not previous_known(deployment, checks):
+        return ["nothing to roll back: the checklist stopped before the rollout, nothing was "
+                "deployed; `deploybot status` shows what runs",
+                f"check `{health_url}` answers 2xx" if health_url
+                else "check `deploybot status` shows the service running",
+                f"Notify team in {channel}"]
     if target and target.startswith(MIXED):
         cmd = (f"the hosts ran different versions before ({target[len(MIXED):]}): put each "
                "back to its own (the Hosts section)")
@@ -116,7 +135,8 @@ def render(deployment: Deployment, *, ticket: Ticket | None, checks: list[CheckR
         f"**Timestamp:** {now.astimezone(timezone.utc).isoformat(timespec='seconds')}",
         f"**Environment:** {deployment.environment}",
         f"**Version:** {deployment.version}",
-        f"**Previous Version:** {deployment.previous_version or 'none (first deployment)'}",
+        "**Previous Version:** " + (deployment.previous_version or (
+            "none (first deployment)" if previous_known(deployment, checks) else UNDETERMINED)),
         "",
         "### Changes Deployed",
         changes,

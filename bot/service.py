@@ -91,6 +91,14 @@ class StatusView:
         return tuple(a for a in self.active if a.waiting)
 
 
+def unresolved_note(d: Deployment, retried: bool) -> str:
+    if not retried:
+        return (f"{d.status.value}, needs a person: nothing retries it; `deploybot show {d.id}` "
+                f"says what failed, then roll back or deploy by hand")
+    return (f"{d.status.value}, not repaired yet: every deploybot command (and the scheduler's "
+            f"tick) retries it once the engine answers; `deploybot show {d.id}` has its trail")
+
+
 @dataclass(frozen=True)
 class HistoryRows:
     rows: tuple[Deployment, ...]
@@ -244,6 +252,9 @@ class RequestService:
         p = self.pipeline
         locks = tuple(LockLine(lock, p.describe_lock(lock)) for lock in self.store.locks())
         active = tuple(ActiveLine(d, waiting_note(p, d)) for d in p.active())
+        # A failed rollback is not over: say so until it is repaired or a later rollout ran.
+        active += tuple(ActiveLine(d, unresolved_note(d, retried))
+                        for d, retried in self.store.unresolved_failures() if d.status.terminal)
         return StatusView(locks, active, self._running() if running else (),
                           tuple(p.outbox.undelivered()), self.store.now())
 

@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
+from bot.errors import ConfigError
+
 
 # Primary keys of the store's tables: `db[table].get/update/delete` address rows by them.
 PRIMARY_KEYS: dict[str, tuple[str, ...]] = {
@@ -148,8 +150,10 @@ class SqliteDatabase:
     def __init__(self, path: str) -> None:
         self.path = path
         self.label = path
-        if path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        if path != ":memory:" and not Path(path).parent.is_dir():
+            # A mistyped path would otherwise be a new empty store: no locks, no history.
+            raise ConfigError(f"the store's folder {Path(path).parent} does not exist",
+                              hint=f"create it first, or name the right file (DEPLOYBOT_DB={path})")
         self.conn = sqlite3.connect(path, check_same_thread=False, timeout=30,
                                     isolation_level=None)
         self._utils = None

@@ -571,6 +571,19 @@ class Store:
                 if r["needs_recovery"] or not self._alive(r["owner_replica"], r["owner_pid"],
                                                           r["owner_start"], is_alive)]
 
+    def unresolved_failures(self) -> list[tuple[Deployment, bool]]:
+        """What `status` must not hide: deployments still marked needs_recovery (a rollback that
+        failed while the engine was down: the next process retries it), and a failed rollback
+        that is still the last rollout of its service (it needs a person). Each with whether
+        a later process retries it."""
+        with self._lock:
+            return [(self._deployment(r), bool(r["needs_recovery"])) for r in self.db.query(
+                "SELECT * FROM deployments d WHERE needs_recovery = 1 OR (status = "
+                "'rollback_failed' AND dry_run = 0 AND id = (SELECT MAX(id) FROM deployments e "
+                "WHERE e.service = d.service AND e.environment = d.environment AND "
+                "e.dry_run = 0 AND e.status IN ('succeeded', 'rolled_back', 'rollback_failed', "
+                "'failed', 'interrupted'))) ORDER BY id")]
+
     def scheduled(self) -> list[Deployment]:
         """Deployments waiting for their time, earliest first."""
         with self._lock:

@@ -249,7 +249,8 @@ def cmd_deploy(ctx: Context, args: argparse.Namespace) -> int:
     # The words after the ticket read as in Slack (`DEMO-1 web@v2 to production`); the flags
     # go into the request as they are.
     said = commands.parse_deploy(" ".join([args.ticket, *args.words]),
-                                 environments=list(ctx.config.environments))
+                                 environments=list(ctx.config.environments),
+                                 services=list(ctx.config.services))
     if not isinstance(said, commands.DeployRequest):
         raise InputError(f"{args.ticket!r} is not a ticket",
                          hint="status, history, lock and unlock are commands of their own here")

@@ -90,8 +90,10 @@ def _input(exc: InputError, usage: str) -> UsageError:
     return UsageError(f"{exc.message}" + (f" ({exc.hint})" if exc.hint else ""), usage)
 
 
-def parse_deploy(text: str, *, environments: Collection[str] = ()) -> Request:
-    """`/deploy …` text -> a request. `environments` (the config's) sharpens the messages."""
+def parse_deploy(text: str, *, environments: Collection[str] = (),
+                 services: Collection[str] = ()) -> Request:
+    """`/deploy …` text -> a request. `environments` and `services` (the config's) sharpen the
+    messages."""
     args = words(text)
     if not args:
         raise UsageError("say which ticket to deploy")
@@ -140,6 +142,11 @@ def parse_deploy(text: str, *, environments: Collection[str] = ()) -> Request:
             except InputError as exc:
                 raise _input(exc, DEPLOY_USAGE) from None
             target = f"{service}@{version}"
+        elif low in environments:
+            raise UsageError(f"{word!r} is an environment: write `to {low}` (or --env {low})")
+        elif low in services and not target:
+            raise UsageError(f"{word!r} has no version: write {low}@VERSION, or leave it out "
+                             f"and the ticket's `deploy: {low}@VERSION` comment says it")
         else:
             raise UsageError(f"I do not understand {word!r}")
         i += 1
@@ -241,7 +248,7 @@ def parse_mention(text: str, *, services: Collection[str] = (),
         return HelpRequest()
     verb, rest = args[0].lower().lstrip("/"), " ".join(args[1:])
     if verb == "deploy":
-        return parse_deploy(rest, environments=environments)
+        return parse_deploy(rest, environments=environments, services=services)
     if verb == "rollback":
         return parse_rollback(rest, services=services, environments=environments)
     if verb in ("help", "?"):

@@ -112,6 +112,13 @@ def run(ctx, args: argparse.Namespace) -> int:
     from bot import config as configuration
 
     cfg = configuration.load(str(config_path))
+    others = foreign(_engine_containers(env), container_names(cfg), _deployed_here(db_path))
+    if others:
+        print(f"demo: the engine already has {', '.join(others)}, which {folder} did not deploy "
+              "(another demo folder's?). Remove them first:\n\n    docker rm -f "
+              f"{' '.join(others)}\n\nor use that folder, or another engine (DOCKER_HOST). "
+              "Nothing was deployed.", file=sys.stderr)
+        return 1
     _create_tickets(db_path)
     code = _first_deployment(cfg, config_path, db_path, folder, env)
     _next_steps(cfg, folder, host, private_pid, engine, code)
@@ -229,6 +236,45 @@ def _already_deployed(cfg, db_path: Path) -> int | None:
     except httpx.HTTPError:
         answered = False
     return done[-1].id if answered else None
+
+
+def container_names(cfg) -> list[str]:
+    """The containers the demo's service runs as, in every environment (with the ones a
+    deploy keeps beside it)."""
+    names = []
+    for environment in cfg.environments:
+        backend = cfg.service("web", environment).backend
+        name = getattr(backend, "container_name", None) or f"web-{environment}"
+        names += [name, f"{name}--previous", f"{name}--next"]
+    return names
+
+
+def foreign(names_on_engine: list[str], ours: list[str], deployed_here: bool) -> list[str]:
+    """Containers of the demo's names that this demo folder never deployed (another demo folder
+    on the same engine: `deploybot demo` then `deploybot demo --proxy`). Its checklist would
+    block with a health URL refused and "web already runs v1", which says nothing of the cause."""
+    return [] if deployed_here else [n for n in ours if n in names_on_engine]
+
+
+def _engine_containers(env: Mapping[str, str]) -> list[str]:
+    done = subprocess.run(["docker", "ps", "-a", "--format", "{{.Names}}"], env=dict(env),
+                          capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    return done.stdout.split() if done.returncode == 0 else []
+
+
+def _deployed_here(db_path: Path) -> bool:
+    """Whether a deployment of this folder's store ever reached the engine."""
+    from bot.models import DeploymentStatus
+    from bot.store import Store
+
+    before_rollout = {DeploymentStatus.BLOCKED, DeploymentStatus.CANCELLED,
+                      DeploymentStatus.REJECTED}
+    store = Store(str(db_path))
+    try:
+        return any(not d.dry_run and d.status not in before_rollout
+                   for d in store.deployments(service="web", limit=1000))
+    finally:
+        store.close()
 
 
 def _first_deployment(cfg, config_path: Path, db_path: Path, folder: Path,

@@ -668,7 +668,8 @@ class SlackFrontEnd:
 
         @app.command("/deploy")
         def deploy_command(ack, body, request):
-            self._command(ack, body, request, lambda text: parse_deploy(text, environments=envs))
+            self._command(ack, body, request, lambda text: parse_deploy(text, environments=envs,
+                                                                        services=services))
 
         @app.command("/rollback")
         def rollback_command(ack, body, request):

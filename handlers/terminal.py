@@ -8,7 +8,7 @@ import sys
 from typing import Callable, TextIO
 
 from bot.config import Config
-from bot.errors import NotAllowed
+from bot.errors import InputError, NotAllowed
 from bot.identity import Actor
 from bot.models import CheckResult, CheckStatus, Deployment, Gate, GateKind
 from bot.ports import GateDecision
@@ -39,8 +39,12 @@ def terminal_actor(config: Config, claimed: str | None = None, *, flag: str = "-
             "acts only as the person who runs it.",
             hint=f"run deploybot as {claimed}'s own OS login; on a shared operations box set "
                  "terminal: {trust_as: true} in deploybot.yaml (the audit trail keeps both names)")
-    return Actor(config.person_named(claimed), claimed.strip().lstrip("@"), "terminal",
-                 os_login=login)
+    person = config.person_named(claimed)
+    if person is None and config.people:
+        # A mistyped name would act as nobody: "requested by alcie", cancellable by admins only.
+        raise InputError(f"{flag} {claimed}: nobody of that name in people:",
+                         hint=f"one of: {', '.join(config.people)}")
+    return Actor(person, claimed.strip().lstrip("@"), "terminal", os_login=login)
 
 MARK = {
     CheckStatus.PENDING: "[  ]",

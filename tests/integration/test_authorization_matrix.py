@@ -155,6 +155,10 @@ class World:
             return Scene({"deployment": d.id}, lambda: s.lock("env:production") is None)
         if action is Action.ROLLBACK:
             self.backend.running = "v2"
+            # v1 ran in production before v2: a rollback goes back to a version that ran there
+            d, _ = s.create_deployment(ticket_id=self.ticket(), service="web", version="v2",
+                                       environment="production", requested_by="alice")
+            s.update_deployment(d.id, status="succeeded", previous_version="v1")
             return Scene({}, lambda: any(d.kind is DeploymentKind.ROLLBACK
                                          for d in s.deployments(limit=50)))
         raise AssertionError(action)

@@ -111,3 +111,15 @@ def test_mentions_use_the_same_grammar():
     assert parse_mention("<@U0BOT> deploy status") == StatusRequest()
     with pytest.raises(UsageError, match="not 'dance'"):
         parse_mention("<@U0BOT> dance")
+
+
+@pytest.mark.parametrize("text, says", [
+    ("DEMO-1 web", "'web' has no version: write web@VERSION"),
+    ("DEMO-1 Web", "write web@VERSION, or leave it out"),
+    ("DEMO-1 production", "'production' is an environment: write `to production`"),
+    ("DEMO-1 WEB@v2", "service names are lower case (web@v2)"),
+])
+def test_a_near_miss_says_what_to_write_instead(text, says):
+    with pytest.raises(UsageError) as caught:
+        parse_deploy(text, environments=ENVS, services=SERVICES)
+    assert says in caught.value.message

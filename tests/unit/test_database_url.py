@@ -136,3 +136,15 @@ def test_an_unreachable_postgresql_stops_the_cli_with_the_reason(no_config, monk
     assert f"the PostgreSQL store at postgresql://bot@127.0.0.1:{port}/deploybot is " \
            "unreachable" in err
     assert "hint:" in err and PASSWORD not in err and "Traceback" not in err
+
+
+def test_a_store_in_a_folder_that_does_not_exist_is_refused_not_created(tmp_path):
+    # A mistyped DEPLOYBOT_DB would be a new empty store: `status` saying "Locks: none" while
+    # the real store holds one.
+    from bot.store import Store
+
+    missing = tmp_path / "typo" / "deploybot.db"
+    with pytest.raises(ConfigError, match="folder .*typo does not exist") as caught:
+        Store(str(missing))
+    assert "DEPLOYBOT_DB=" in caught.value.hint
+    assert not missing.parent.exists()

@@ -43,3 +43,17 @@ def test_demo_takes_proxy_on_its_command_line():
     demo.add_parser(parser.add_subparsers())
     assert parser.parse_args(["demo", "--proxy"]).proxy is True
     assert parser.parse_args(["demo"]).proxy is False
+
+
+def test_containers_another_demo_folder_left_on_the_engine_are_named_before_anything_runs(
+        tmp_path):
+    # `deploybot demo` then `deploybot demo --proxy` on one engine: web-staging is the first
+    # folder's, and the proxy demo's checklist would block without saying why.
+    cfg = configuration.parse(yaml.safe_load(proxy_demo_config(28000, tmp_path)), "demo")
+    ours = demo.container_names(cfg)
+    assert {"web-staging", "web-staging--previous", "web-production"} <= set(ours)
+    on_engine = ["deploybot-proxy", "web-staging", "web-production", "registry"]
+    assert demo.foreign(on_engine, ours, deployed_here=False) == ["web-staging",
+                                                                  "web-production"]
+    assert demo.foreign(on_engine, ours, deployed_here=True) == []
+    assert demo._deployed_here(tmp_path / "deploybot.db") is False  # a new folder's store

@@ -365,3 +365,19 @@ def test_local_tracker_adds_labels_once(world):
     world.tracker.add_labels(tid, ["deployed", "web"])
     world.tracker.add_labels(tid, ["web", "staging"])
     assert world.tracker.get_ticket(tid).labels == ["deployed", "web", "staging"]
+
+
+def test_a_rollback_to_a_version_that_never_ran_there_is_refused(world):
+    # `rollback web --to v9 --env production` would otherwise ship v9 to production without
+    # its checklist or an approval.
+    world.backend.running = "v1"
+    world.deploy(world.ticket())
+    with pytest.raises(InputError, match="v9 never ran web in staging: .* ran here \\(v2, v1\\)"
+                       ) as caught:
+        world.pipeline.request_rollback(requested_by="alice", service="web",
+                                        environment="staging", to_version="v9")
+    assert "deploybot deploy TICKET web@v9 --env staging" in caught.value.hint
+    assert [d.kind.value for d in world.store.deployments()] == ["deploy"]
+    d = world.pipeline.request_rollback(requested_by="alice", service="web",
+                                        environment="staging", to_version="v1")
+    assert world.pipeline.run(d.id).status is DeploymentStatus.SUCCEEDED

@@ -59,3 +59,31 @@ def test_rollback_plan_gives_the_exact_command():
     text = render()
     assert "1. `deploybot rollback web --to v1 --env staging`" in text
     assert "`docker rm -f web-staging`" in text
+
+
+def _interrupted_while_checking(rollback_plan_status):
+    d = Deployment(id=12, ticket_id="DEMO-5", service="web", version="v3",
+                   environment="staging", requested_by="alice",
+                   status=DeploymentStatus.INTERRUPTED, method="Direct Container")
+    checks = [CheckResult(12, "cq_approval", "CQ", 0, CheckStatus.PASSED, "ok"),
+              CheckResult(12, "infrastructure", "Infra", 1, CheckStatus.RUNNING, ""),
+              CheckResult(12, "rollback_plan", "Plan", 2, rollback_plan_status, "")]
+    lines = record.rollback_plan(d, [], "http://h/health", "#standup", checks=checks)
+    return record.render(d, ticket=None, checks=checks, verification=None,
+                         rollback_lines=lines, notes=[])
+
+
+def test_a_deployment_stopped_before_its_rollback_plan_check_is_not_called_a_first_deployment():
+    # Killed while checking, with v1 running: "first deployment: take it down" would tell a
+    # person to remove the version that serves.
+    text = _interrupted_while_checking(CheckStatus.PENDING)
+    assert "first deployment" not in text
+    assert "take it down" not in text and "docker rm" not in text
+    assert "**Previous Version:** not determined" in text
+    assert "1. nothing to roll back: the checklist stopped before the rollout" in text
+
+
+def test_a_first_deployment_seen_by_the_rollback_plan_check_is_still_called_one():
+    text = _interrupted_while_checking(CheckStatus.PASSED)
+    assert "**Previous Version:** none (first deployment)" in text
+    assert "1. first deployment of web: take it down" in text

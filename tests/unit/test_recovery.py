@@ -254,7 +254,8 @@ def test_engine_blips_during_verification_are_retried_within_the_window(world):
     assert result.value == "passed" and "after 3 probe(s)" in why
 
 
-def test_engine_down_for_the_whole_verification_is_rollback_failed_then_recovered(world):
+def engine_down_after_deploy(world):
+    """A deployment whose engine stops answering once the new version started."""
     real_deploy = world.backend.deploy
 
     def deploy_then_engine_dies(version, **kw):
@@ -263,6 +264,11 @@ def test_engine_down_for_the_whole_verification_is_rollback_failed_then_recovere
     world.backend.deploy = deploy_then_engine_dies
     d = world.pipeline.run(world.request(world.ticket()).id)
     assert d.status is DeploymentStatus.ROLLBACK_FAILED
+    return d
+
+
+def test_engine_down_for_the_whole_verification_is_rollback_failed_then_recovered(world):
+    d = engine_down_after_deploy(world)
     assert "engine did not answer" in d.failure
     world.backend.down = False
     [done] = recover(world.pipeline)
@@ -536,3 +542,28 @@ def test_a_finished_deployment_whose_recovering_process_still_runs_is_left_to_it
     world.store.update_deployment(d.id, owner_pid=dead_pid(), recovery_pid=os.getpid(),
                                   recovery_start=liveness.my_marker())
     assert world.store.unrecorded() == []
+
+
+def test_status_lists_a_failed_rollback_until_it_is_repaired(world):
+    from bot.service import RequestService
+
+    d = engine_down_after_deploy(world)
+    [line] = RequestService(world.pipeline).status(running=False).active
+    assert line.deployment.id == d.id
+    assert "rollback_failed, not repaired yet" in line.waiting
+    world.backend.down = False
+    recover(world.pipeline)
+    assert RequestService(world.pipeline).status(running=False).active == ()
+
+
+def test_status_lists_a_failed_rollback_that_needs_a_person_until_a_later_rollout(world):
+    from bot.service import RequestService
+
+    d = engine_down_after_deploy(world)
+    world.backend.down = False
+    del world.backend.deploy  # deploys work again
+    world.store.update_deployment(d.id, needs_recovery=0)  # as when the engine answered again
+    [line] = RequestService(world.pipeline).status(running=False).active
+    assert line.deployment.id == d.id and "needs a person: nothing retries it" in line.waiting
+    world.pipeline.run(world.request(world.ticket(), target="web@v3").id)
+    assert RequestService(world.pipeline).status(running=False).active == ()

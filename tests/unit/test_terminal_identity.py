@@ -83,6 +83,16 @@ def test_trust_as_lets_a_shared_box_name_the_person_and_keeps_the_login():
     assert bob.audit() == f"terminal, OS login {LOGIN}"
 
 
+def test_trust_as_naming_nobody_in_people_is_refused_with_the_names(tmp_path, monkeypatch,
+                                                                   capsys):
+    # A typo would otherwise deploy as "alcie", a requester nobody can map to a person.
+    t = Terminal(tmp_path, monkeypatch, trust_as=True)
+    assert t("deploy", t.ticket(), "web@v2", "--as", "alcie") == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "--as alcie: nobody of that name in people:" in err and "alice" in err
+    assert t.store.deployments() == []
+
+
 def test_deploybot_user_cannot_approve_production_as_someone_else(tmp_path, monkeypatch, capsys):
     t = Terminal(tmp_path, monkeypatch)
     assert t("deploy", t.ticket(), "web@v2", "--env", "production") == cli.EXIT_PENDING
