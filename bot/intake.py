@@ -20,9 +20,14 @@ VERSION_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 TARGET_RE = re.compile(r"^(?P<service>[a-z0-9][a-z0-9_-]{0,62})@(?P<version>.+)$")
 
 
+def shown(text: str, limit: int = 60) -> str:
+    """User input as an error message quotes it: a pasted log line is not echoed whole."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}… ({len(text)} characters)"
+
+
 def validate_version(version: str) -> str:
     if not VERSION_RE.match(version):
-        raise InputError(f"{version!r} is not a valid version",
+        raise InputError(f"{shown(version)} is not a valid version",
                          hint="use an image tag: letters, digits, '_', '.', '-', at most 128")
     return version
 
@@ -34,7 +39,7 @@ def parse_target(text: str) -> tuple[str, str]:
         raise InputError(f"{text!r} is not service@version: service names are lower case "
                          f"({service.lower()}@{version})")
     if not m:
-        raise InputError(f"{text!r} is not service@version", hint="for example web@v2.1.0")
+        raise InputError(f"{shown(text)} is not service@version", hint="for example web@v2.1.0")
     return m.group("service"), validate_version(m.group("version"))
 
 

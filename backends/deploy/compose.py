@@ -372,6 +372,7 @@ class ComposeBackend:
             proxy = (proxy_factory or build_proxy)(self.opts.proxy, f"{service}-{environment}",
                                                    docker_client=self._docker)
             self._staged = StagedCompose(self, proxy, DirectHealth(settings, credentials))
+            self.method = f"{ComposeBackend.method} (blue/green behind HAProxy)"
 
     # -- plumbing ---------------------------------------------------------------------------------
 

@@ -102,6 +102,8 @@ class DockerBackend(StagedContainers, pins.SeenBytes):
         self._seen: dict[str, str] = {}
         # behind a proxy: (version, image id, address) of the version a switch left warm
         self._warm: tuple[str | None, str | None, str] | None = None
+        if self.opts.proxy is not None:  # the record says how traffic moved, not only what ran
+            self.method = f"{DockerBackend.method} (blue/green behind HAProxy)"
 
     # -- plumbing -------------------------------------------------------------------------------
 

@@ -281,7 +281,7 @@ def test_through_the_pipeline_deploys_are_switched_and_a_bad_version_never_serve
         assert project.serving_id(backend) == v1_id
         d3 = bot.deploy("v3", "v3 with the new cache")
         loop.more()
-    assert d2.previous_version == "v1" and d2.method == "Docker Compose"
+    assert d2.previous_version == "v1" and d2.method == "Docker Compose (blue/green behind HAProxy)"
     # checked on its own address, discarded before the switch
     assert d3.status.value == "failed", d3.failure
     assert "before the switch" in d3.failure and "no request reached v3" in d3.failure

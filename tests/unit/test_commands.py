@@ -123,3 +123,14 @@ def test_a_near_miss_says_what_to_write_instead(text, says):
     with pytest.raises(UsageError) as caught:
         parse_deploy(text, environments=ENVS, services=SERVICES)
     assert says in caught.value.message
+
+
+def test_a_long_bad_version_is_quoted_shortened_with_its_length():
+    from bot.errors import InputError
+    from bot.intake import validate_version
+
+    with pytest.raises(InputError) as err:
+        validate_version("v" * 399 + "/")
+    assert "(400 characters)" in err.value.message and "v" * 61 not in err.value.message
+    with pytest.raises(InputError, match=r"'v2;rm' is not a valid version"):
+        validate_version("v2;rm")

@@ -451,3 +451,8 @@ def test_a_failed_up_removes_what_it_started_and_says_so(tmp_path):
     backend._run = up_unhealthy
     address = staged.stage("v3", ticket_id="T", on_step=lambda m: None)
     assert address == engine.boxes["sick"].address  # the direct checks decide
+
+
+def test_the_record_names_the_blue_green_method_only_behind_a_proxy(tmp_path):
+    assert staged_backend(tmp_path).method == "Docker Compose (blue/green behind HAProxy)"
+    assert ComposeBackend("web", "staging", service_cfg(tmp_path)).method == "Docker Compose"

@@ -83,6 +83,11 @@ def test_is_staged_only_with_a_proxy():
     assert World(proxy=False).backend.staged() is False
 
 
+def test_the_record_names_the_blue_green_method_only_behind_a_proxy():
+    assert World().backend.method == "Direct Container (blue/green behind HAProxy)"
+    assert World(proxy=False).backend.method == "Direct Container"
+
+
 def test_stage_starts_the_candidate_beside_on_an_engine_chosen_port_without_traffic(w):
     w.deploy("v1")
     address = w.backend.stage("v2", ticket_id="T-2", on_step=w.on_step)
