@@ -138,6 +138,14 @@ def roll_back(front: "SlackFrontEnd", click: Click) -> None:
         if not blocks.can_roll_back(d):
             raise NotAllowed(f"deployment #{d.id} ({d.status.value}) has nothing to roll back to",
                              hint="use /rollback SERVICE to VERSION")
+        # A button on an old message must not undo what was deployed after it.
+        newer = front.store.last_succeeded(d.service, d.environment)
+        if newer is not None and newer.id > d.id:
+            raise NotAllowed(
+                f"this button is out of date: {d.service} in {d.environment} has run "
+                f"{newer.version} since (deployment #{newer.id}), not what deployment #{d.id} "
+                f"left", hint=f"to put {blocks.rollback_target(d)} back anyway, use /rollback "
+                              f"{d.service} to {blocks.rollback_target(d)} in {d.environment}")
         outcome = front.service.handle(
             RollbackRequest(service=d.service, environment=d.environment,
                             to_version=blocks.rollback_target(d)),

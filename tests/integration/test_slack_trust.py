@@ -75,3 +75,30 @@ def test_the_thread_and_the_record_name_people_not_slack_ids(bot):
         bot.store.deployment(d.id)), 30, "the record")
     assert "**Deployed by:** alice; approved by bob at" in d.record
     assert "U0ALICE" not in d.record and "U0BOB" not in d.record
+
+
+def test_an_old_roll_back_button_does_not_undo_a_later_deployment(bot):
+    first = ready_ticket(bot.store, "Ship v2")
+    bot.send.command(f"{first} web@v2 to staging", user=ALICE)
+    (d1,) = bot.wait_for_deployments(1)
+    bot.wait_for_status(d1.id, "succeeded")
+    second = ready_ticket(bot.store, "Ship v3")
+    bot.send.command(f"{second} web@v3 to staging", user=ALICE)
+    d2 = bot.wait_for_deployments(2)[0]
+    bot.wait_for_status(d2.id, "succeeded")
+    old_root = bot.root_of(d1.id)
+    assert "deployment_rollback" in old_root.buttons(), "the old message still shows the button"
+
+    bot.send.click(old_root, "deployment_rollback", user=DANA)
+    text = bot.slack.wait_for(lambda: next(
+        (t for t in bot.slack.ephemerals(DANA) if "out of date" in t), None), 10, "the refusal")
+    assert f"#{d2.id}" in text and "/rollback web to v1 in staging" in text
+    bot.settle()
+    assert bot.backend.current_version() == "v3"
+    assert len(bot.store.deployments(limit=10)) == 2, "no rollback was created"
+
+    bot.send.click(bot.root_of(d2.id), "deployment_rollback", user=DANA)  # the current one may
+    bot.settle()
+    rollback = bot.wait_for_deployments(3)[0]
+    bot.wait_for_status(rollback.id, "succeeded")
+    assert bot.backend.current_version() == "v2"
