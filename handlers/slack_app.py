@@ -272,6 +272,13 @@ def explain(exc: DeploybotError) -> str:
                                                       else "")
 
 
+def from_a_person(event: Mapping[str, Any]) -> bool:
+    """A message a person wrote: not one of a bot, an app or an incoming webhook (those carry
+    a bot_id, and any name they like; a webhook has no user at all), which acts for nobody."""
+    return bool(event.get("user")) and not event.get("bot_id") and \
+        event.get("subtype") not in ("bot_message",)
+
+
 def _retry_num(request: Any) -> int:
     values = (request.headers or {}).get("x-slack-retry-num") or ["0"]
     try:
@@ -522,6 +529,9 @@ class SlackFrontEnd:
                 check_channel: bool = False) -> None:
         """Carry out one parsed request on a worker; every failure is told to the person.
         `check_channel`: the channel could not be checked before the ack; check it first."""
+        if not user:  # nobody to act for, and nobody to tell: fail closed
+            log.warning("dropped a %s without a Slack user id", type(req).__name__)
+            return
         if check_channel and not self.allowed_channel(channel):
             self.respond(response_url, channel, user, self.channel_hint())
             return
@@ -681,6 +691,11 @@ class SlackFrontEnd:
 
         @app.event("app_mention")
         def mention(body, event, request):
+            if not from_a_person(event):
+                log.warning("ignored a mention posted by a bot or a webhook (bot_id %s, user "
+                            "%s): deploybot takes requests from people only",
+                            str(event.get("bot_id"))[:20], str(event.get("user"))[:20])
+                return
             event_id = body.get("event_id")
             key = f"event:{event_id}" if event_id else None
             if self._fresh(key, request):

@@ -6,7 +6,9 @@ The Bolt app is served over HTTP on 127.0.0.1 against the fake Web API; backends
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 
 import pytest
 
@@ -102,3 +104,31 @@ def test_an_old_roll_back_button_does_not_undo_a_later_deployment(bot):
     rollback = bot.wait_for_deployments(3)[0]
     bot.wait_for_status(rollback.id, "succeeded")
     assert bot.backend.current_version() == "v2"
+
+
+def _mention_event(bot, event: dict) -> int:
+    body = json.dumps({"token": "legacy", "team_id": "T0FAKE", "api_app_id": "A0DEPLOYBOT",
+                       "type": "event_callback", "event_id": f"Ev{time.time_ns()}",
+                       "event_time": int(time.time()),
+                       "event": {"type": "app_mention", "ts": "1700000000.000100",
+                                 "event_ts": "1700000000.000100", "channel": "C0STANDUP",
+                                 **event}}).encode()
+    return bot.send.post(body, bot.send.signed_headers(body, content_type="application/json")
+                         ).status_code
+
+
+@pytest.mark.parametrize("author", [
+    {"subtype": "bot_message", "bot_id": "B0HOOK", "username": "bob"},  # an incoming webhook
+    {"bot_id": "B0CI", "user": "U0CIBOT"},  # another app's bot user
+])
+def test_a_mention_posted_by_a_bot_or_a_webhook_requests_nothing(bot, author):
+    ticket = ready_ticket(bot.store)
+    text = f"<@U0BOT> deploy {ticket} web@v2 to staging"
+    assert _mention_event(bot, {**author, "text": text}) == 200
+    bot.settle()
+    assert bot.store.deployments() == []
+    assert [c.method for c in bot.slack.calls if c.method != "auth.test"] == []
+
+    assert _mention_event(bot, {"user": ALICE, "text": text}) == 200  # a person's words do
+    (d,) = bot.wait_for_deployments(1)
+    assert d.requested_by == "alice"
