@@ -185,6 +185,19 @@ class Intake:
                     f"that ran here ({', '.join(dict.fromkeys(known)) or 'none recorded'})",
                     hint=f"to ship {target} there, deploy it with its ticket: deploybot deploy "
                          f"TICKET {service}@{target} --env {env}")
+        elif ticket_ref:
+            if current != last.version:
+                # Undoing a ticket whose version no longer runs would put back whatever ran
+                # before the current one -- another ticket's version, or this very one.
+                raise InputError(
+                    f"{ticket_id} put {last.version} on {service} in {env}, which no longer runs "
+                    f"there ({current or 'nothing'} does): there is nothing of {ticket_id} "
+                    f"to undo", hint=f"to put a given version back: rollback {service} --to "
+                                     f"VERSION --env {env}")
+            target = last.previous_version or self.previous_from_history(service, env, current)
+            if target is None:
+                raise InputError(f"no version of {service} in {env} before {ticket_id} is known",
+                                 hint="give the version: rollback SERVICE --to VERSION")
         else:
             target = self.previous_from_history(service, env, current)
             if target is None:

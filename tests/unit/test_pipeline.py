@@ -381,3 +381,28 @@ def test_a_rollback_to_a_version_that_never_ran_there_is_refused(world):
     d = world.pipeline.request_rollback(requested_by="alice", service="web",
                                         environment="staging", to_version="v1")
     assert world.pipeline.run(d.id).status is DeploymentStatus.SUCCEEDED
+
+
+def test_rolling_back_a_ticket_whose_version_no_longer_runs_is_refused(world):
+    world.backend.running = "v1"
+    first = world.ticket()
+    world.deploy(first, target="web@v2")
+    world.deploy(world.ticket(), target="web@v3")
+    with pytest.raises(InputError, match=f"{first} put v2 on web in staging, which no longer "
+                                         f"runs there \\(v3 does\\)"):
+        world.pipeline.request_rollback(requested_by="alice", ticket_ref=first)
+    assert world.backend.running == "v3"
+    assert len(world.store.deployments()) == 2
+
+
+def test_rolling_back_a_ticket_puts_back_what_ran_before_it(world):
+    world.backend.running = "v1"
+    first = world.ticket()
+    world.deploy(first, target="web@v2")
+    world.deploy(world.ticket(), target="web@v3")
+    back = world.pipeline.request_rollback(requested_by="alice", service="web",
+                                           environment="staging")
+    assert world.pipeline.run(back.id).status is DeploymentStatus.SUCCEEDED
+    assert world.backend.running == "v2"  # the first ticket's version runs again
+    d = world.pipeline.request_rollback(requested_by="alice", ticket_ref=first)
+    assert (d.version, d.previous_version) == ("v1", "v2"), "not v3, the later ticket's"
