@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Collection, Union
 
 from bot.errors import InputError
+from bot.intake import shown
 from bot.pipeline import parse_target, validate_version
 from bot.requests import (CancelRequest, DeployRequest, HistoryRequest, LockRequest,
                           RollbackRequest, StatusRequest, UnlockRequest)
@@ -45,6 +46,7 @@ AT_WORDS = {"at", "--at", "—at", "–at"}
 QUEUE_FLAGS = {"--queue", "—queue", "–queue", "queue"}
 BREAK_GLASS_FLAGS = {"--break-glass", "—break-glass", "–break-glass", "break-glass"}
 DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+MAX_TICKET = 300  # an issue's URL fits; a pasted log line is not sent to the tracker
 
 
 class UsageError(InputError):
@@ -80,9 +82,9 @@ def words(text: str) -> list[str]:
 def _environment(word: str, environments: Collection[str]) -> str:
     env = word.strip().lower()
     if environments and env not in environments:
-        raise UsageError(f"unknown environment {word!r} (known: {', '.join(environments)})")
+        raise UsageError(f"unknown environment {shown(word)} (known: {', '.join(environments)})")
     if not SERVICE_RE.match(env):
-        raise UsageError(f"{word!r} is not an environment name")
+        raise UsageError(f"{shown(word)} is not an environment name")
     return env
 
 
@@ -101,8 +103,9 @@ def parse_deploy(text: str, *, environments: Collection[str] = (),
     if head in SUBCOMMANDS:
         return _parse_subcommand(head, args[1:], environments)
     ticket, rest = args[0], args[1:]
-    if ticket.startswith("-") or ticket.startswith("—") or "@" in ticket:
-        raise UsageError(f"{ticket!r} is not a ticket; the ticket comes first")
+    if ticket.startswith("-") or ticket.startswith("—") or "@" in ticket or \
+            len(ticket) > MAX_TICKET:
+        raise UsageError(f"{shown(ticket)} is not a ticket; the ticket comes first")
     target = environment = at = None
     dry_run = queue = False
     break_glass = ""
@@ -148,7 +151,7 @@ def parse_deploy(text: str, *, environments: Collection[str] = (),
             raise UsageError(f"{word!r} has no version: write {low}@VERSION, or leave it out "
                              f"and the ticket's `deploy: {low}@VERSION` comment says it")
         else:
-            raise UsageError(f"I do not understand {word!r}")
+            raise UsageError(f"I do not understand {shown(word)}")
         i += 1
     if at and dry_run:
         raise UsageError("a dry run runs now; schedule the deployment itself")
@@ -184,7 +187,7 @@ def _parse_subcommand(head: str, args: list[str], environments: Collection[str])
             if service is None and SERVICE_RE.match(low):
                 service = low
             else:
-                raise UsageError(f"I do not understand {args[i]!r}")
+                raise UsageError(f"I do not understand {shown(args[i])}")
             i += 1
         return HistoryRequest(service=service, environment=environment)
     if head in ("lock", "unlock"):
@@ -195,6 +198,8 @@ def _parse_subcommand(head: str, args: list[str], environments: Collection[str])
     if not args:
         raise UsageError("say which deployment to cancel: `/deploy cancel TICKET-123`")
     what, reason = args[0], " ".join(args[1:]).strip()
+    if len(what) > MAX_TICKET:
+        raise UsageError(f"{shown(what)} is not a ticket")
     if re.fullmatch(r"#\d+", what):
         return CancelRequest(deployment_id=int(what[1:]), reason=reason)
     return CancelRequest(ticket=what, reason=reason)
@@ -209,6 +214,8 @@ def parse_rollback(text: str, *, services: Collection[str] = (),
     if args[0].lower() == "help":
         raise UsageError("how to roll back:", ROLLBACK_USAGE)
     what, rest = args[0], args[1:]
+    if len(what) > MAX_TICKET:
+        raise UsageError(f"{shown(what)} is neither a ticket nor a service", ROLLBACK_USAGE)
     is_service = (what in services) if services else bool(SERVICE_RE.match(what))
     to_version = environment = None
     i = 0
@@ -225,7 +232,7 @@ def parse_rollback(text: str, *, services: Collection[str] = (),
             except UsageError as exc:
                 raise UsageError(exc.message, ROLLBACK_USAGE) from None
         else:
-            raise UsageError(f"I do not understand {rest[i]!r}", ROLLBACK_USAGE)
+            raise UsageError(f"I do not understand {shown(rest[i])}", ROLLBACK_USAGE)
         i += 2
     if is_service:
         return RollbackRequest(service=what, to_version=to_version, environment=environment)
@@ -253,4 +260,4 @@ def parse_mention(text: str, *, services: Collection[str] = (),
         return parse_rollback(rest, services=services, environments=environments)
     if verb in ("help", "?"):
         return HelpRequest()
-    raise UsageError(f"I know `deploy` and `rollback`, not {args[0]!r}")
+    raise UsageError(f"I know `deploy` and `rollback`, not {shown(args[0])}")

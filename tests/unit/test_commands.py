@@ -134,3 +134,17 @@ def test_a_long_bad_version_is_quoted_shortened_with_its_length():
     assert "(400 characters)" in err.value.message and "v" * 61 not in err.value.message
     with pytest.raises(InputError, match=r"'v2;rm' is not a valid version"):
         validate_version("v2;rm")
+
+
+@pytest.mark.parametrize("text", ["x" * 5000, "DEMO-1 web@v2 " + "y" * 5000, "cancel " + "z" * 5000,
+                                  "DEMO-1 to " + "e" * 5000])
+def test_a_pasted_page_is_refused_quoted_shortened_with_its_length(text):
+    with pytest.raises(UsageError) as caught:
+        parse_deploy(text, environments=ENVS, services=SERVICES)
+    assert "(5000 characters)" in caught.value.message and len(caught.value.message) < 200
+
+
+def test_a_pasted_page_after_rollback_is_refused_shortened():
+    with pytest.raises(UsageError) as caught:
+        parse_rollback("w" * 5000, services=SERVICES, environments=ENVS)
+    assert "(5000 characters)" in caught.value.message and len(caught.value.message) < 200
