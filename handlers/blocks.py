@@ -128,8 +128,15 @@ def what(d: Deployment) -> str:
     return f"{dry}deploy of {d.service} {d.version} to {d.environment} for {d.ticket_id}"
 
 
+def status_line(d: Deployment) -> tuple[str, str]:
+    """STATUS_LINE's emoji and words; a dry run that passed never reads "deployed"."""
+    if d.dry_run and d.status is DeploymentStatus.SUCCEEDED:
+        return ":white_check_mark:", "dry run passed: nothing was deployed"
+    return STATUS_LINE[d.status]
+
+
 def status_text(d: Deployment) -> str:
-    emoji, words = STATUS_LINE[d.status]
+    emoji, words = status_line(d)
     text = f"{emoji} *{words}*"
     if d.failure and d.status.terminal:
         text += f": {escape(d.failure)}"
@@ -165,7 +172,7 @@ def root_message(config: Config, d: Deployment) -> Message:
                                style="danger"))
     if buttons:
         blocks.append(_actions(f"root-{d.id}", *buttons))
-    emoji, words = STATUS_LINE[d.status]
+    emoji, words = status_line(d)
     return Message(f"{what(d)} requested by {d.requested_by}: {words}", blocks)
 
 

@@ -163,3 +163,14 @@ def test_home_shows_the_dora_figures_as_given():
                                        "• Change failure rate: &lt;!here&gt; 0%")
     assert not any("DORA" in json.dumps(b) for b in blocks.home_view(
         CONFIG, [], [], {"production": []})["blocks"])
+
+
+def test_a_dry_run_that_passed_never_reads_deployed():
+    d = deployment(DeploymentStatus.SUCCEEDED, dry_run=True, record="## Deployment Record")
+    for msg in (blocks.root_message(CONFIG, d), blocks.final_message(CONFIG, d, d.record),
+                blocks.checklist_message(CONFIG, d, [])):
+        shown = json.dumps([msg.text, msg.blocks])
+        assert "deployed and verified" not in shown
+    assert "dry run passed: nothing was deployed" in blocks.root_message(CONFIG, d).text
+    real = deployment(DeploymentStatus.SUCCEEDED)
+    assert "deployed and verified" in blocks.root_message(CONFIG, real).text
