@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from bot.errors import DeploybotError, NotAllowed
-from bot.models import Gate, GateStatus
+from bot.models import DeploymentStatus, Gate, GateStatus
 from bot.requests import CancelRequest, DecideRequest, RollbackRequest
 from bot.service import Refused
 from handlers import blocks
@@ -94,6 +94,12 @@ def open_reject(front: "SlackFrontEnd", click: Click) -> None:
         d = front.store.deployment(gate.deployment_id)
         if gate.status is not GateStatus.PENDING:
             front.ephemeral(click.channel, click.user, _already(front, gate),
+                            thread_ts=click.thread_ts)
+            return
+        if d.status is not DeploymentStatus.AWAITING_APPROVAL:  # no reason to ask for
+            front.ephemeral(click.channel, click.user,
+                            f":warning: deployment #{d.id} is {d.status.value}; there is "
+                            f"nothing to decide.",
                             thread_ts=click.thread_ts)
             return
         refused = front.service.may_decide(gate, lambda env: front.actor(click.user, env),

@@ -6,6 +6,7 @@ The Bolt app is served over HTTP on 127.0.0.1 against the fake Web API; backends
 
 from __future__ import annotations
 
+import copy
 import json
 import threading
 import time
@@ -132,3 +133,22 @@ def test_a_mention_posted_by_a_bot_or_a_webhook_requests_nothing(bot, author):
     assert _mention_event(bot, {"user": ALICE, "text": text}) == 200  # a person's words do
     (d,) = bot.wait_for_deployments(1)
     assert d.requested_by == "alice"
+
+
+def test_reject_on_an_old_gate_message_of_a_cancelled_deployment_opens_no_modal(bot):
+    ticket = ready_ticket(bot.store)
+    bot.send.command(f"{ticket} web@v2 to production", user=DANA)
+    (d,) = bot.wait_for_deployments(1)
+    bot.wait_for_status(d.id, "awaiting_approval")
+    # as a client that has not seen the update yet still shows it
+    stale = copy.deepcopy(bot.wait_for_message(d.id, '"gate_reject"'))
+    bot.send.command(f"cancel {ticket}", user=DANA)
+    bot.wait_for_status(d.id, "cancelled")
+
+    bot.send.click(stale, "gate_reject", user=BOB)
+    text = bot.slack.wait_for(lambda: next(
+        (t for t in bot.slack.ephemerals(BOB) if "nothing to decide" in t), None), 10,
+        "the answer to the click")
+    assert f"deployment #{d.id} is cancelled" in text
+    bot.settle()
+    assert bot.slack.calls_to("views.open") == [], "no modal asks a reason for nothing"
