@@ -8,6 +8,7 @@ understand raises UsageError, whose `usage` is the text to show the person.
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Collection, Union
 
@@ -88,6 +89,17 @@ def _environment(word: str, environments: Collection[str]) -> str:
     return env
 
 
+def _plain(ticket: str, usage: str) -> None:
+    """Ticket ids (and their URLs) are ASCII. A look-alike ('DEMO-４２' with full-width digits,
+    which a tracker's \\d accepts) would be another ticket to deploybot and maybe the same one
+    to the tracker: the one-deployment-per-ticket guard and the history would not see it."""
+    odd = next((c for c in ticket if not (c.isascii() and c.isprintable())), None)
+    if odd is not None:
+        name = unicodedata.name(odd, f"U+{ord(odd):04X}")
+        raise UsageError(f"{shown(ticket)} is not a ticket: it contains {name} "
+                         f"(U+{ord(odd):04X}); type the id in plain letters and digits", usage)
+
+
 def _input(exc: InputError, usage: str) -> UsageError:
     return UsageError(f"{exc.message}" + (f" ({exc.hint})" if exc.hint else ""), usage)
 
@@ -106,6 +118,7 @@ def parse_deploy(text: str, *, environments: Collection[str] = (),
     if ticket.startswith("-") or ticket.startswith("—") or "@" in ticket or \
             len(ticket) > MAX_TICKET:
         raise UsageError(f"{shown(ticket)} is not a ticket; the ticket comes first")
+    _plain(ticket, DEPLOY_USAGE)
     target = environment = at = None
     dry_run = queue = False
     break_glass = ""
@@ -200,6 +213,7 @@ def _parse_subcommand(head: str, args: list[str], environments: Collection[str])
     what, reason = args[0], " ".join(args[1:]).strip()
     if len(what) > MAX_TICKET:
         raise UsageError(f"{shown(what)} is not a ticket")
+    _plain(what, DEPLOY_USAGE)
     if re.fullmatch(r"#\d+", what):
         return CancelRequest(deployment_id=int(what[1:]), reason=reason)
     return CancelRequest(ticket=what, reason=reason)
@@ -216,6 +230,7 @@ def parse_rollback(text: str, *, services: Collection[str] = (),
     what, rest = args[0], args[1:]
     if len(what) > MAX_TICKET:
         raise UsageError(f"{shown(what)} is neither a ticket nor a service", ROLLBACK_USAGE)
+    _plain(what, ROLLBACK_USAGE)
     is_service = (what in services) if services else bool(SERVICE_RE.match(what))
     to_version = environment = None
     i = 0

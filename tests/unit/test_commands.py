@@ -148,3 +148,19 @@ def test_a_pasted_page_after_rollback_is_refused_shortened():
     with pytest.raises(UsageError) as caught:
         parse_rollback("w" * 5000, services=SERVICES, environments=ENVS)
     assert "(5000 characters)" in caught.value.message and len(caught.value.message) < 200
+
+
+@pytest.mark.parametrize("ticket, says", [
+    ("DEMO-４２", "FULLWIDTH DIGIT FOUR (U+FF14)"),
+    ("DEMO-٤٢", "ARABIC-INDIC DIGIT FOUR (U+0664)"),
+    ("DΕMO-42", "GREEK CAPITAL LETTER EPSILON (U+0395)"),
+    ("DEMO‑42", "NON-BREAKING HYPHEN (U+2011)"),
+    ("DEMO-42\u200b", "ZERO WIDTH SPACE (U+200B)"),
+])
+def test_a_look_alike_ticket_id_is_refused_naming_the_odd_character(ticket, says):
+    for text, parse in ((f"{ticket} web@v2", parse_deploy), (f"cancel {ticket}", parse_deploy),
+                        (ticket, parse_rollback)):
+        with pytest.raises(UsageError) as caught:
+            parse(text, environments=ENVS, services=SERVICES)
+        assert says in caught.value.message and "is not a ticket" in caught.value.message
+    assert parse_deploy("DEMO-42 web@v2", environments=ENVS, services=SERVICES).ticket == "DEMO-42"
