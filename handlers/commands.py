@@ -46,6 +46,7 @@ DRY_RUN_FLAGS = {"--dry-run", "—dry-run", "–dry-run", "-dry-run", "dry-run",
 AT_WORDS = {"at", "--at", "—at", "–at"}
 QUEUE_FLAGS = {"--queue", "—queue", "–queue", "queue"}
 BREAK_GLASS_FLAGS = {"--break-glass", "—break-glass", "–break-glass", "break-glass"}
+PUNCTUATION = ".,:;!?*_`'\""  # "lock production: freeze" names production
 DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 MAX_TICKET = 300  # an issue's URL fits; a pasted log line is not sent to the tracker
 
@@ -172,13 +173,24 @@ def parse_deploy(text: str, *, environments: Collection[str] = (),
                          at=at, queue=queue, break_glass=break_glass)
 
 
-def _split_env(args: list[str], environments: Collection[str]) -> tuple[str | None, str]:
+def _split_env(head: str, args: list[str],
+               environments: Collection[str]) -> tuple[str | None, str]:
     """`[ENV] reason…`: the first word is the environment when it names one."""
-    if args and args[0].lower() in environments:
-        return args[0].lower(), " ".join(args[1:])
+    first = args[0].lower().strip(PUNCTUATION) if args else ""
+    if first in environments:
+        return first, " ".join(args[1:])
     if args and not environments and SERVICE_RE.match(args[0]) and len(args) == 1:
         return args[0], ""
+    near = [env for env in environments if _near(first, env)]
+    if near:  # "lock prod freeze" locked the default environment, not production
+        raise UsageError(f"{shown(args[0])} is not an environment (known: "
+                         f"{', '.join(environments)}): write `/deploy {head} {near[0]} REASON`")
     return None, " ".join(args)
+
+
+def _near(word: str, env: str) -> bool:
+    """`prod`, `stage`: a word meant as `env`, by its first four letters (or all of them)."""
+    return len(word) >= 3 and (env.startswith(word) or word[:4] == env[:4])
 
 
 def _parse_subcommand(head: str, args: list[str], environments: Collection[str]) -> Request:
@@ -204,7 +216,7 @@ def _parse_subcommand(head: str, args: list[str], environments: Collection[str])
             i += 1
         return HistoryRequest(service=service, environment=environment)
     if head in ("lock", "unlock"):
-        environment, reason = _split_env(args, environments)
+        environment, reason = _split_env(head, args, environments)
         cls = LockRequest if head == "lock" else UnlockRequest
         return cls(environment=environment, reason=reason.strip())
     # cancel

@@ -164,3 +164,27 @@ def test_a_look_alike_ticket_id_is_refused_naming_the_odd_character(ticket, says
             parse(text, environments=ENVS, services=SERVICES)
         assert says in caught.value.message and "is not a ticket" in caught.value.message
     assert parse_deploy("DEMO-42 web@v2", environments=ENVS, services=SERVICES).ticket == "DEMO-42"
+
+
+@pytest.mark.parametrize("text, says", [
+    ("lock prod code freeze", "`/deploy lock production REASON`"),
+    ("lock Prod: code freeze", "`/deploy lock production REASON`"),
+    ("lock stage broken", "`/deploy lock staging REASON`"),
+    ("unlock prod freeze is over", "`/deploy unlock production REASON`"),
+    ("lock productoin freeze", "`/deploy lock production REASON`"),
+])
+def test_a_near_environment_name_is_refused_not_taken_as_the_reason(text, says):
+    with pytest.raises(UsageError) as caught:
+        parse_deploy(text, environments=ENVS, services=SERVICES)
+    assert says in caught.value.message and "is not an environment" in caught.value.message
+
+
+@pytest.mark.parametrize("text, env, reason", [
+    ("lock production: code freeze", "production", "code freeze"),
+    ("lock *production* code freeze", "production", "code freeze"),
+    ("lock release freeze", None, "release freeze"),
+    ("unlock Staging done", "staging", "done"),
+])
+def test_lock_takes_its_environment_or_the_default_one(text, env, reason):
+    req = parse_deploy(text, environments=ENVS, services=SERVICES)
+    assert (req.environment, req.reason) == (env, reason)
