@@ -80,6 +80,13 @@ def test_the_thread_and_the_record_name_people_not_slack_ids(bot):
     assert "U0ALICE" not in d.record and "U0BOB" not in d.record
 
 
+def _with_rollback_button(bot, deployment_id: int):
+    """The root message once its final render (with the Roll back button) has reached Slack."""
+    return bot.slack.wait_for(lambda: (lambda m: m if "deployment_rollback" in m.buttons()
+                                       else None)(bot.root_of(deployment_id)), 10,
+                              f"deployment #{deployment_id}'s Roll back button")
+
+
 def test_an_old_roll_back_button_does_not_undo_a_later_deployment(bot):
     first = ready_ticket(bot.store, "Ship v2")
     bot.send.command(f"{first} web@v2 to staging", user=ALICE)
@@ -89,8 +96,7 @@ def test_an_old_roll_back_button_does_not_undo_a_later_deployment(bot):
     bot.send.command(f"{second} web@v3 to staging", user=ALICE)
     d2 = bot.wait_for_deployments(2)[0]
     bot.wait_for_status(d2.id, "succeeded")
-    old_root = bot.root_of(d1.id)
-    assert "deployment_rollback" in old_root.buttons(), "the old message still shows the button"
+    old_root = _with_rollback_button(bot, d1.id)  # the old message still shows it
 
     bot.send.click(old_root, "deployment_rollback", user=DANA)
     text = bot.slack.wait_for(lambda: next(
@@ -100,7 +106,7 @@ def test_an_old_roll_back_button_does_not_undo_a_later_deployment(bot):
     assert bot.backend.current_version() == "v3"
     assert len(bot.store.deployments(limit=10)) == 2, "no rollback was created"
 
-    bot.send.click(bot.root_of(d2.id), "deployment_rollback", user=DANA)  # the current one may
+    bot.send.click(_with_rollback_button(bot, d2.id), "deployment_rollback", user=DANA)  # may
     bot.settle()
     rollback = bot.wait_for_deployments(3)[0]
     bot.wait_for_status(rollback.id, "succeeded")
