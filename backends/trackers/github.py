@@ -42,14 +42,14 @@ class GitHub(HttpTracker):
         value = (text or "").strip()
         if value.startswith(("http://", "https://")):
             parts = urlsplit(value)
-            m = re.fullmatch(rf"/({_REPO})/(?:issues|pull)/(\d+)/?", parts.path)
+            m = re.fullmatch(rf"/({_REPO})/(?:issues|pull)/([0-9]+)/?", parts.path)
             if parts.netloc != self.web_host or not m:
                 raise InputError(f"{value!r} is not a GitHub issue URL on {self.web_host}",
                                  hint="use https://HOST/OWNER/REPO/issues/42, OWNER/REPO#42 or #42")
             return f"{m.group(1)}#{m.group(2)}"
-        if m := re.fullmatch(rf"({_REPO})#(\d+)", value):
+        if m := re.fullmatch(rf"({_REPO})#([0-9]+)", value):
             return f"{m.group(1)}#{m.group(2)}"
-        if (m := re.fullmatch(r"#?(\d+)", value)) and self.repo:
+        if (m := re.fullmatch(r"#?([0-9]+)", value)) and self.repo:
             return f"{self.repo}#{m.group(1)}"
         raise InputError(f"{value!r} is not a GitHub issue reference",
                          hint=f"use #42 or {self.repo or 'OWNER/REPO'}#42")

@@ -41,14 +41,14 @@ class GitLab(HttpTracker):
         value = (text or "").strip()
         if value.startswith(("http://", "https://")):
             parts = urlsplit(value)
-            m = re.fullmatch(rf"/({_PROJECT})/-/(?:issues|work_items)/(\d+)/?", parts.path)
+            m = re.fullmatch(rf"/({_PROJECT})/-/(?:issues|work_items)/([0-9]+)/?", parts.path)
             if parts.netloc != urlsplit(self.url).netloc or not m:
                 raise InputError(f"{value!r} is not a GitLab issue URL on {self.url}",
                                  hint="use GROUP/PROJECT#42, #42 or the issue URL")
             return f"{m.group(1)}#{m.group(2)}"
-        if m := re.fullmatch(rf"({_PROJECT})#(\d+)", value):
+        if m := re.fullmatch(rf"({_PROJECT})#([0-9]+)", value):
             return f"{m.group(1)}#{m.group(2)}"
-        if (m := re.fullmatch(r"#?(\d+)", value)) and self.project:
+        if (m := re.fullmatch(r"#?([0-9]+)", value)) and self.project:
             return f"{self.project}#{m.group(1)}"
         raise InputError(f"{value!r} is not a GitLab issue reference",
                          hint=f"use #42 or {self.project or 'GROUP/PROJECT'}#42")

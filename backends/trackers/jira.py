@@ -32,7 +32,7 @@ from backends.trackers import markup
 from backends.trackers.base import HttpTracker, RawComment, refused_transition, sort_oldest_first, stays
 from backends.trackers.http import Http, base_url, parse_time, secret
 
-_KEY = re.compile(r"([A-Za-z][A-Za-z0-9_]*)-(\d+)")
+_KEY = re.compile(r"([A-Za-z][A-Za-z0-9_]*)-([0-9]+)")
 PROPERTY = "deploybot"
 PAGE = 100  # Jira caps comment pages (Cloud serves up to 100 per page in practice)
 IDS_MAX = 1000  # "Get comments by IDs" takes at most 1000 ids a request
@@ -85,7 +85,7 @@ class Jira(HttpTracker):
                 if _KEY.fullmatch(candidate):
                     return candidate.upper()
             raise InputError(f"no Jira issue key in {value!r}", hint="use .../browse/PROJ-42 or PROJ-42")
-        if self.project and re.fullmatch(r"#?\d+", value):
+        if self.project and re.fullmatch(r"#?[0-9]+", value):
             return f"{self.project}-{value.lstrip('#')}"
         if _KEY.fullmatch(value):
             return value.upper()

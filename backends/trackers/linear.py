@@ -28,7 +28,7 @@ from bot.models import Account, Comment, Ticket
 from backends.trackers.base import HttpTracker, RawComment, refused_transition, sort_oldest_first, stays
 from backends.trackers.http import Http, base_url, parse_time, parse_wait, secret
 
-_ID = re.compile(r"([A-Za-z][A-Za-z0-9]*)-(\d+)")
+_ID = re.compile(r"([A-Za-z][A-Za-z0-9]*)-([0-9]+)")
 PAGE = 250  # Linear's maximum `first`
 
 ISSUE_Q = """query Issue($id: String!) {
@@ -98,7 +98,7 @@ class Linear(HttpTracker):
             if parts.netloc != self.web_host or not m:
                 raise InputError(f"{value!r} is not a Linear issue URL", hint="use the identifier, e.g. ENG-42")
             return m.group(1).upper()
-        if self.team and re.fullmatch(r"#?\d+", value):
+        if self.team and re.fullmatch(r"#?[0-9]+", value):
             return f"{self.team}-{value.lstrip('#')}"
         if _ID.fullmatch(value):
             return value.upper()

@@ -31,7 +31,7 @@ from backends.trackers import markup
 from backends.trackers.base import HttpTracker, RawComment, sort_oldest_first, stays
 from backends.trackers.http import Http, base_url, parse_time, secret
 
-_REF = re.compile(r"#?(\d+)")
+_REF = re.compile(r"#?([0-9]+)")
 _LOGIN = re.compile(r"[A-Za-z0-9_\-@.]{1,60}")  # Redmine's own login format (User model)
 PAGE = 100  # Redmine's maximum `limit`
 RESOLVE_HINT = ("in people:, give the numeric Redmine user id (shown in the profile URL "

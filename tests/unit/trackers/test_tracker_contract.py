@@ -53,6 +53,11 @@ def test_parse_ref(any_kind: str) -> None:
         for bad in ("", "not a ticket", "https://elsewhere.example/x/1", "DROP TABLE;"):
             with pytest.raises(InputError):
                 c.tracker.parse_ref(bad)
+        # digits of other scripts (full-width, Arabic-Indic): `\d` takes them, so PROJ-\uff17 was
+        # another ticket to deploybot's one-deployment-per-ticket guard than to the tracker
+        for digit in ("\uff17", "\u0667"):
+            with pytest.raises(InputError):
+                c.tracker.parse_ref(c.ref.replace("7", digit))
 
 
 def test_get_ticket(any_kind: str) -> None:
