@@ -191,6 +191,34 @@ class TrackerSettings(BaseModel):
             raise ValueError(f"tracker kind {self.kind!r} needs 'url'")
         return self
 
+    @model_validator(mode="after")
+    def _no_secret_in_the_file(self) -> "TrackerSettings":
+        # Never quote the value in these messages: it may be the token itself.
+        for key in sorted(self.model_extra or {}):
+            if key.lower() in _SECRET_KEYS:
+                raise ValueError(
+                    f"'{key}' would put a secret in the configuration file; export it in an "
+                    f"environment variable and name that variable in '{key}_env' "
+                    "(e.g. token_env: REDMINE_TOKEN)")
+        for key, value in self.model_dump().items():
+            if key.endswith("_env") and value is not None and not _names_a_variable(value):
+                raise ValueError(
+                    f"'{key}' must be the NAME of an environment variable (letters, digits, _), "
+                    f"like REDMINE_TOKEN, not the secret itself (the value is not shown); "
+                    f"export the secret in that variable")
+        return self
+
+
+# Keys that would hold a tracker credential itself rather than the name of its variable.
+_SECRET_KEYS = {"token", "api_token", "api_key", "apikey", "password", "secret"}
+# Shapes of real tokens that also happen to be valid variable names.
+_TOKEN_PREFIXES = ("ghp_", "gho_", "ghs_", "ghu_", "github_pat_", "lin_api_", "xox")
+
+
+def _names_a_variable(value: Any) -> bool:
+    return (isinstance(value, str) and ENV_NAME_RE.fullmatch(value) is not None
+            and not value.lower().startswith(_TOKEN_PREFIXES))
+
 
 # Tags that name whatever was pushed last: deploying one is not deploying a known build.
 DEFAULT_MUTABLE_TAGS = ["latest", "main", "master", "develop", "dev", "stable", "edge", "nightly",

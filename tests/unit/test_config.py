@@ -125,3 +125,27 @@ def test_backend_settings_errors_read_like_the_config_file():
                             explain=lambda e: "required" if e["type"] == "missing" else None)
     assert lines == ["services.web.backend.name: required",
                      "services.web.backend.nmae: unknown setting (check the spelling)"]
+
+
+TRACKER = {"kind": "redmine", "url": "http://127.0.0.1:3000", "project": "ops"}
+
+
+@pytest.mark.parametrize("key", ["token", "api_key", "password"])
+def test_a_token_written_in_the_file_is_refused_without_quoting_it(key):
+    text = errors_of({**GOOD, "tracker": {**TRACKER, key: "s3cr3t-t0ken-value"}})
+    assert f"tracker: '{key}' would put a secret in the configuration file" in text
+    assert "token_env" in text
+    assert "s3cr3t" not in text
+
+
+@pytest.mark.parametrize("value", ["0123456789abcdef0123456789abcdef01234567",
+                                   "ghp_16C7e42F292c6912E7710c838347Ae178B4a", "glpat-xYz12"])
+def test_a_token_given_as_token_env_is_refused_without_quoting_it(value):
+    text = errors_of({**GOOD, "tracker": {**TRACKER, "token_env": value}})
+    assert "tracker: 'token_env' must be the NAME of an environment variable" in text
+    assert value not in text
+
+
+def test_a_variable_name_in_token_env_is_accepted():
+    cfg = configuration.parse({**GOOD, "tracker": {**TRACKER, "token_env": "REDMINE_TOKEN"}})
+    assert cfg.tracker.token_env == "REDMINE_TOKEN"
