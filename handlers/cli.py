@@ -483,13 +483,16 @@ def cmd_check_config(ctx: Context, args: argparse.Namespace) -> int:
     from backends.deploy import build_backend
     from handlers.wiring import build_tracker
 
+    projects: dict[str, list[str]] = {}
     for name in cfg.services:
         for env in cfg.environments:
             if cfg.deployable(name, env):
-                build_backend(name, env, cfg.service(name, env))
+                backend = build_backend(name, env, cfg.service(name, env))
+                if cfg.service(name, env).backend.kind == "compose":
+                    projects.setdefault(backend.project, []).append(f"{name} in {env}")
     tracker = build_tracker(cfg, Store(":memory:") if cfg.tracker.kind != "local" else ctx.store,
                             os.environ)
-    failures = _check_env_files(cfg)
+    failures = _check_env_files(cfg) + _check_compose_projects(projects)
     if args.live:
         tracker.check_credentials()
         for level, text in _check_markup(tracker):
@@ -513,6 +516,20 @@ def _check_markup(tracker) -> list[tuple[str, str]]:
                         f"{tracker.markup} (Redmine's default); Redmine's API does not tell its text "
                         "formatting: set tracker.markup to what Administration » Settings » General » "
                         "Text formatting says (textile or common_mark)")]
+
+
+def _check_compose_projects(projects: dict[str, list[str]]) -> int:
+    """One compose project per service and environment: `up --remove-orphans` of one would
+    remove the other's containers, and a deploy to one environment recreate the other's."""
+    count = 0
+    for project, users in sorted(projects.items()):
+        if len(users) > 1:
+            print(f"[FAILED] compose project {project} is used by {', '.join(users)}: deploying "
+                  "one removes or replaces the containers of the others; give each its own "
+                  "backend.project (per environment in overrides:) or leave it out (default: "
+                  "SERVICE-ENVIRONMENT)")
+            count += 1
+    return count
 
 
 def _check_env_files(cfg) -> int:
