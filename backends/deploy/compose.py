@@ -675,10 +675,24 @@ class ComposeBackend:
         for tail in self._pull_tails(exclude=pinned):
             run = self._run(override, *tail, on_step=on_step, what="pull")
             if not run.ok:
-                raise BackendError(f"cannot pull {', '.join(refs)}: {_tail(run)}",
-                                   hint="check the image name and tag, that the registry is up "
-                                        "and reachable, and the credentials (docker login)")
+                self._pull_failed(refs, run)
         on_step(f"{', '.join(refs or [image or ''])} ready")
+
+    def _pull_failed(self, refs: list[str], run: Run) -> None:
+        # Name the service compose could not pull: it may be another service of the file, not
+        # the version being deployed (found walking the README: a sidecar tagged `latest`).
+        others = sorted({m for m in re.findall(r"^\s*(\S+) Error\b", run.output, re.M)
+                         if m not in self.services})
+        if others:
+            raise BackendError(
+                f"cannot pull the image of {', '.join(others)} (another service of {self.file}; "
+                f"nothing was changed): {_tail(run)}",
+                hint="`pull --policy missing` pulls an image tagged `latest` (or untagged) even "
+                     "when it is present: give it a fixed tag in the compose file, or make its "
+                     "registry reachable")
+        raise BackendError(f"cannot pull {', '.join(refs)}: {_tail(run)}",
+                           hint="check the image name and tag, that the registry is up "
+                                "and reachable, and the credentials (docker login)")
 
     def _refuse_foreign_containers(self, defined: set[str]) -> None:
         """`up --remove-orphans` removes the project's containers of services the file does not

@@ -268,3 +268,17 @@ def test_the_files_own_services_beside_the_deployed_one_are_not_foreign(tmp_path
     b = ComposeBackend("web", "staging", service_cfg(tmp_path, project="shop",
                                                      binary=[str(binary)]))
     b.prepare("v2", lambda line: None)
+
+
+def test_a_sidecar_that_cannot_be_pulled_is_named_not_the_version(tmp_path):
+    binary = fake_compose(tmp_path / "bin", ps=[PS_ROW], services="web cache")
+    text = binary.read_text().replace(
+        'esac\n', '  *" pull "*) echo " cache Error Get https://registry-1.docker.io/v2/: no such '
+                  'host"; exit 18 ;;\nesac\n', 1)
+    binary.write_text(text)
+    b = ComposeBackend("web", "staging", service_cfg(tmp_path, project="shop",
+                                                     binary=[str(binary)]))
+    with pytest.raises(BackendError) as info:
+        b.prepare("v2", lambda line: None)
+    assert info.value.message.startswith("cannot pull the image of cache (another service of ")
+    assert "demo-web:v2" not in info.value.message and "fixed tag" in info.value.hint
