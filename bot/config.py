@@ -427,6 +427,17 @@ class DockerHost(Strict):
         return urlsplit(self.engine).hostname
 
 
+def _engine_identity(engine: str) -> str:
+    """One spelling per engine: a socket path resolved (`/var/run` is `/run`, a trailing `/`),
+    host names in lower case, the default ssh port written out."""
+    parts = urlsplit(engine)
+    if parts.scheme == "unix":
+        return "unix://" + os.path.realpath(parts.netloc + parts.path)
+    port = parts.port if parts.port is not None else (22 if parts.scheme == "ssh" else "")
+    user = f"{parts.username}@" if parts.username else ""
+    return f"{parts.scheme}://{user}{(parts.hostname or '').lower()}:{port}"
+
+
 class DockerBackendSettings(Strict):
     kind: Literal["docker"] = "docker"
     container_name: str | None = None
@@ -460,9 +471,14 @@ class DockerBackendSettings(Strict):
             return v
         if not v:
             raise ValueError("name at least one engine, or leave hosts out")
-        engines = [h.engine for h in v]
-        if len(set(engines)) != len(engines):
-            raise ValueError("an engine is named twice")
+        seen: dict[str, str] = {}
+        for h in v:
+            key = _engine_identity(h.engine)
+            if key in seen:
+                same = (f"{h.engine!r}" if seen[key] == h.engine
+                        else f"{seen[key]!r} and {h.engine!r} name the same engine")
+                raise ValueError(f"an engine is named twice: {same}; each host once")
+            seen[key] = h.engine
         return v
 
     @model_validator(mode="after")

@@ -149,3 +149,25 @@ def test_a_token_given_as_token_env_is_refused_without_quoting_it(value):
 def test_a_variable_name_in_token_env_is_accepted():
     cfg = configuration.parse({**GOOD, "tracker": {**TRACKER, "token_env": "REDMINE_TOKEN"}})
     assert cfg.tracker.token_env == "REDMINE_TOKEN"
+
+
+@pytest.mark.parametrize("first,second", [
+    ("unix:///run/docker.sock", "unix:///run/docker.sock/"),
+    ("unix:///run/docker.sock", "unix:///run/../run/docker.sock"),
+    ("tcp://Web1.example:2376", "tcp://web1.example:2376"),
+    ("ssh://deploy@web1", "ssh://deploy@web1:22")])
+def test_one_engine_spelled_twice_in_hosts_is_refused_naming_both(first, second):
+    # Walking the README: a trailing '/' made one engine two hosts, deployed twice over.
+    text = errors_of({**GOOD, "services": {"billing": {
+        "image": "billing", "backend": {"ports": {"8080": "127.0.0.1:18080"},
+                                        "hosts": [first, {"engine": second,
+                                                          "address": "127.0.0.3"}]}}}})
+    assert (f"services.billing.backend.hosts: an engine is named twice: {first!r} and "
+            f"{second!r} name the same engine") in text
+
+
+def test_two_engines_on_other_ports_or_users_are_two_hosts():
+    cfg = configuration.parse({**GOOD, "services": {"billing": {
+        "image": "billing", "backend": {"hosts": ["tcp://web1:2376", "tcp://web1:2377",
+                                                  "ssh://a@web1", "ssh://b@web1"]}}}})
+    assert len(cfg.service("billing", "staging").backend.hosts) == 4
