@@ -427,6 +427,10 @@ class DockerHost(Strict):
         return urlsplit(self.engine).hostname
 
 
+def _loopback(host: str) -> bool:
+    return host.strip("[]") in ("localhost", "::1") or host.startswith("127.")
+
+
 def _engine_identity(engine: str) -> str:
     """One spelling per engine: a socket path resolved (`/var/run` is `/run`, a trailing `/`),
     host names in lower case, the default ssh port written out."""
@@ -565,6 +569,29 @@ class Service(Strict):
         if v is not None and not v:
             raise ValueError("an argument list needs at least the program")
         return v
+
+    @model_validator(mode="after")
+    def _hosts_reach_what_they_check(self) -> "Service":
+        # A port published on 127.0.0.1 of another machine cannot answer deploybot's checks
+        # there (found walking the README, whose own example did that).
+        backend = self.backend
+        if not isinstance(backend, DockerBackendSettings) or not backend.hosts:
+            return self
+        urls = [str(self.health.url)] if self.health else []
+        urls += [str(t.url) for t in self.smoke]
+        checked = {urlsplit(u).port or (443 if u.startswith("https") else 80) for u in urls}
+        local_only = sorted(int(port) for ip, _, port in
+                            (str(p).rpartition(":") for p in backend.ports.values())
+                            if _loopback(ip) and port.isdigit() and int(port) in checked)
+        for h in backend.hosts:
+            at = h.reached_at
+            if local_only and at and not _loopback(at):
+                raise ValueError(
+                    f"backend.hosts: {h.engine} is checked at {at}, but port "
+                    f"{', '.join(map(str, local_only))} is published on a loopback address "
+                    f"only, which {at} does not reach; publish it on every interface "
+                    "(\"8080\": \"18080\") or on that host's address")
+        return self
 
     @model_validator(mode="after")
     def _env_file_is_regular(self) -> "Service":

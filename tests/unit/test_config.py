@@ -171,3 +171,28 @@ def test_two_engines_on_other_ports_or_users_are_two_hosts():
         "image": "billing", "backend": {"hosts": ["tcp://web1:2376", "tcp://web1:2377",
                                                   "ssh://a@web1", "ssh://b@web1"]}}}})
     assert len(cfg.service("billing", "staging").backend.hosts) == 4
+
+
+def hosts_service(ports, *hosts):
+    return {**GOOD, "services": {"billing": {
+        "image": "billing", "health": {"url": "http://127.0.0.1:18080/health"},
+        "backend": {"ports": ports, "hosts": list(hosts)}}}}
+
+
+def test_a_remote_host_checked_on_a_port_published_on_its_loopback_only_is_refused():
+    # Walking the README: its own example checked web1:18080 with 127.0.0.1:18080 published.
+    text = errors_of(hosts_service({"8080": "127.0.0.1:18080"}, "ssh://deploy@web1"))
+    assert ("services.billing: backend.hosts: ssh://deploy@web1 is checked at web1, but port "
+            "18080 is published on a loopback address only") in text
+    text = errors_of(hosts_service({"8080": "127.0.0.1:18080"},
+                                   {"engine": "unix:///run/b.sock", "address": "10.0.0.5"}))
+    assert "checked at 10.0.0.5, but port 18080" in text
+
+
+@pytest.mark.parametrize("ports,hosts", [
+    ({"8080": "18080"}, ["ssh://deploy@web1", "tcp://10.0.0.12:2376"]),
+    ({"8080": "0.0.0.0:18080", "9090": "127.0.0.1:19090"}, ["ssh://deploy@web1"]),
+    ({"8080": "127.0.0.1:18080"}, ["unix:///run/a.sock",
+                                   {"engine": "unix:///run/b.sock", "address": "127.0.0.2"}])])
+def test_hosts_that_reach_their_checked_port_are_accepted(ports, hosts):
+    configuration.parse(hosts_service(ports, *hosts))
