@@ -239,29 +239,3 @@ def test_clipping_never_leaves_half_a_secret():
     shown = r(clip(text, 22))  # the cut falls inside the secret
     assert "s3cret" not in shown and shown == "xxxxx password …"
     assert clip("short", 22) == "short" and clip("y" * 30, 10) == "…"
-
-
-def test_check_config_refuses_one_compose_project_for_two_services_or_environments(
-        tmp_path, monkeypatch, capsys):
-    # Walking the README: `project: shop` on two services took one's containers down.
-    from handlers import cli
-
-    import yaml
-
-    (tmp_path / "a.yml").write_text("services:\n  web: {image: x}\n")
-    compose = {"kind": "compose", "file": str(tmp_path / "a.yml")}
-    data = {"environments": {"staging": {}, "production": {}},
-            "services": {"web": {"image": "demo-web", "backend": compose},
-                         "api": {"image": "demo-api", "backend": {**compose, "project": "shop"}}},
-            "overrides": {"production": {"api": {"backend": {"project": "shop-prod"}}}}}
-    path = tmp_path / "deploybot.yaml"
-    path.write_text(yaml.safe_dump(data))
-    monkeypatch.setenv("DEPLOYBOT_DB", str(tmp_path / "db.sqlite"))
-    assert cli.main(["--config", str(path), "check-config"]) == cli.EXIT_OK
-    data["services"]["web"]["backend"] = {**compose, "project": "shop"}
-    path.write_text(yaml.safe_dump(data))
-    assert cli.main(["--config", str(path), "check-config"]) == cli.EXIT_FAILED
-    out = capsys.readouterr().out
-    assert ("[FAILED] compose project shop is used by api in staging, web in production, "
-            "web in staging:") in out  # safe_dump sorted the keys
-    assert "shop-prod" not in out
