@@ -123,8 +123,8 @@ def render(deployment: Deployment, *, ticket: Ticket | None, checks: list[CheckR
     ]
     outcome = OUTCOME_LINE.get(deployment.status, deployment.status.value)
     if deployment.status is DeploymentStatus.ROLLED_BACK and v is None:
-        # e.g. recovered after a kill mid-deploy: no verification ran, so none failed.
-        outcome = "ROLLED BACK automatically before any verification ran (what failed: below)."
+        # e.g. recovered after a kill mid-deploy: no verification finished, so none failed.
+        outcome = "ROLLED BACK automatically; no verification completed (what failed: below)."
     note_lines = [f"- Outcome: {outcome}"]
     if deployment.failure:
         note_lines.append(f"- What failed: {deployment.failure}")
