@@ -196,3 +196,14 @@ def test_a_remote_host_checked_on_a_port_published_on_its_loopback_only_is_refus
                                    {"engine": "unix:///run/b.sock", "address": "127.0.0.2"}])])
 def test_hosts_that_reach_their_checked_port_are_accepted(ports, hosts):
     configuration.parse(hosts_service(ports, *hosts))
+
+
+def test_an_unknown_key_holding_a_token_says_secrets_go_in_the_environment():
+    text = errors_of({**GOOD, "slack_bot_token": "xoxb-1234-5678-abcdefghijkl"})
+    assert "slack_bot_token: unknown setting; a secret never goes in this file" in text
+    assert "xoxb-1234" not in text
+    assert "chanel: unknown setting (check the spelling)" in errors_of({**GOOD, "chanel": "#x"})
+    http = {"url": "http://127.0.0.1:8080/health"}
+    text = errors_of({**GOOD, "services": {"billing": {
+        "image": "billing", "health": http, "http_auth": {"bearer_token_envv": "X"}}}})
+    assert "http_auth.bearer_token_envv: unknown setting (check the spelling)" in text
