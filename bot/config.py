@@ -191,6 +191,34 @@ class TrackerSettings(BaseModel):
             raise ValueError(f"tracker kind {self.kind!r} needs 'url'")
         return self
 
+    @model_validator(mode="after")
+    def _no_secret_in_the_file(self) -> "TrackerSettings":
+        # Never quote the value in these messages: it may be the token itself.
+        for key in sorted(self.model_extra or {}):
+            if key.lower() in _SECRET_KEYS:
+                raise ValueError(
+                    f"'{key}' would put a secret in the configuration file; export it in an "
+                    f"environment variable and name that variable in '{key}_env' "
+                    "(e.g. token_env: REDMINE_TOKEN)")
+        for key, value in self.model_dump().items():
+            if key.endswith("_env") and value is not None and not _names_a_variable(value):
+                raise ValueError(
+                    f"'{key}' must be the NAME of an environment variable (letters, digits, _), "
+                    f"like REDMINE_TOKEN, not the secret itself (the value is not shown); "
+                    f"export the secret in that variable")
+        return self
+
+
+# Keys that would hold a tracker credential itself rather than the name of its variable.
+_SECRET_KEYS = {"token", "api_token", "api_key", "apikey", "password", "secret"}
+# Shapes of real tokens that also happen to be valid variable names.
+_TOKEN_PREFIXES = ("ghp_", "gho_", "ghs_", "ghu_", "github_pat_", "lin_api_", "xox")
+
+
+def _names_a_variable(value: Any) -> bool:
+    return (isinstance(value, str) and ENV_NAME_RE.fullmatch(value) is not None
+            and not value.lower().startswith(_TOKEN_PREFIXES))
+
 
 # Tags that name whatever was pushed last: deploying one is not deploying a known build.
 DEFAULT_MUTABLE_TAGS = ["latest", "main", "master", "develop", "dev", "stable", "edge", "nightly",
@@ -399,6 +427,21 @@ class DockerHost(Strict):
         return urlsplit(self.engine).hostname
 
 
+def _loopback(host: str) -> bool:
+    return host.strip("[]") in ("localhost", "::1") or host.startswith("127.")
+
+
+def _engine_identity(engine: str) -> str:
+    """One spelling per engine: a socket path resolved (`/var/run` is `/run`, a trailing `/`),
+    host names in lower case, the default ssh port written out."""
+    parts = urlsplit(engine)
+    if parts.scheme == "unix":
+        return "unix://" + os.path.realpath(parts.netloc + parts.path)
+    port = parts.port if parts.port is not None else (22 if parts.scheme == "ssh" else "")
+    user = f"{parts.username}@" if parts.username else ""
+    return f"{parts.scheme}://{user}{(parts.hostname or '').lower()}:{port}"
+
+
 class DockerBackendSettings(Strict):
     kind: Literal["docker"] = "docker"
     container_name: str | None = None
@@ -432,9 +475,14 @@ class DockerBackendSettings(Strict):
             return v
         if not v:
             raise ValueError("name at least one engine, or leave hosts out")
-        engines = [h.engine for h in v]
-        if len(set(engines)) != len(engines):
-            raise ValueError("an engine is named twice")
+        seen: dict[str, str] = {}
+        for h in v:
+            key = _engine_identity(h.engine)
+            if key in seen:
+                same = (f"{h.engine!r}" if seen[key] == h.engine
+                        else f"{seen[key]!r} and {h.engine!r} name the same engine")
+                raise ValueError(f"an engine is named twice: {same}; each host once")
+            seen[key] = h.engine
         return v
 
     @model_validator(mode="after")
@@ -521,6 +569,29 @@ class Service(Strict):
         if v is not None and not v:
             raise ValueError("an argument list needs at least the program")
         return v
+
+    @model_validator(mode="after")
+    def _hosts_reach_what_they_check(self) -> "Service":
+        # A port published on 127.0.0.1 of another machine cannot answer deploybot's checks
+        # there (found walking the README, whose own example did that).
+        backend = self.backend
+        if not isinstance(backend, DockerBackendSettings) or not backend.hosts:
+            return self
+        urls = [str(self.health.url)] if self.health else []
+        urls += [str(t.url) for t in self.smoke]
+        checked = {urlsplit(u).port or (443 if u.startswith("https") else 80) for u in urls}
+        local_only = sorted(int(port) for ip, _, port in
+                            (str(p).rpartition(":") for p in backend.ports.values())
+                            if _loopback(ip) and port.isdigit() and int(port) in checked)
+        for h in backend.hosts:
+            at = h.reached_at
+            if local_only and at and not _loopback(at):
+                raise ValueError(
+                    f"backend.hosts: {h.engine} is checked at {at}, but port "
+                    f"{', '.join(map(str, local_only))} is published on a loopback address "
+                    f"only, which {at} does not reach; publish it on every interface "
+                    "(\"8080\": \"18080\") or on that host's address")
+        return self
 
     @model_validator(mode="after")
     def _env_file_is_regular(self) -> "Service":

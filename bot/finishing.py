@@ -87,7 +87,8 @@ class Finishing:
                          + (f" (before: {d.previous_image_ref})" if d.previous_image_ref else ""))
         if d.status is DeploymentStatus.ROLLED_BACK:
             notes.append(f"Rolled back: {d.previous_version or 'nothing'} is running again; "
-                         f"{d.version} did not pass verification.")
+                         + (f"{d.version} did not pass verification." if result is not None
+                            else f"{d.version} never completed its verification."))
         approved = [f"{ctx.config.canonical(g.decided_by)} at {g.decided_at:%Y-%m-%d %H:%M UTC}"
                     for g in ctx.store.gates(d.id)
                     if g.status is GateStatus.APPROVED and g.kind is not GateKind.NOTES_ACK

@@ -110,7 +110,9 @@ def parse_when(text: str, *, now: datetime, tz: str) -> datetime:
     if m:
         h, mi = int(m.group("h")), int(m.group("m"))
         if h > 23 or mi > 59:
-            raise InputError(f"{text!r} is not a time of day")
+            raise InputError(f"{text!r} is not a time of day",
+                             hint="hours 00-23, minutes 00-59: say HH:MM (the next one) or "
+                                  "YYYY-MM-DDTHH:MM")
         at = local_now.replace(hour=h, minute=mi, second=0, microsecond=0)
         if at <= local_now:
             at += timedelta(days=1)

@@ -122,6 +122,9 @@ def render(deployment: Deployment, *, ticket: Ticket | None, checks: list[CheckR
              v.monitoring_reason if v else ""),
     ]
     outcome = OUTCOME_LINE.get(deployment.status, deployment.status.value)
+    if deployment.status is DeploymentStatus.ROLLED_BACK and v is None:
+        # e.g. recovered after a kill mid-deploy: no verification finished, so none failed.
+        outcome = "ROLLED BACK automatically; no verification completed (what failed: below)."
     note_lines = [f"- Outcome: {outcome}"]
     if deployment.failure:
         note_lines.append(f"- What failed: {deployment.failure}")

@@ -483,13 +483,21 @@ def cmd_check_config(ctx: Context, args: argparse.Namespace) -> int:
     from backends.deploy import build_backend
     from handlers.wiring import build_tracker
 
+    projects: dict[str, list[str]] = {}
+    listens: dict[str, list[str]] = {}
     for name in cfg.services:
         for env in cfg.environments:
             if cfg.deployable(name, env):
-                build_backend(name, env, cfg.service(name, env))
+                backend = build_backend(name, env, cfg.service(name, env))
+                if cfg.service(name, env).backend.kind == "compose":
+                    projects.setdefault(backend.project, []).append(f"{name} in {env}")
+                listen = _proxy_listen(cfg.service(name, env).backend)
+                if listen:
+                    listens.setdefault(listen, []).append(f"{name} in {env}")
     tracker = build_tracker(cfg, Store(":memory:") if cfg.tracker.kind != "local" else ctx.store,
                             os.environ)
-    failures = _check_env_files(cfg)
+    failures = (_check_env_files(cfg) + _check_compose_projects(projects)
+                + _check_proxy_listens(listens))
     if args.live:
         tracker.check_credentials()
         for level, text in _check_markup(tracker):
@@ -513,6 +521,39 @@ def _check_markup(tracker) -> list[tuple[str, str]]:
                         f"{tracker.markup} (Redmine's default); Redmine's API does not tell its text "
                         "formatting: set tracker.markup to what Administration » Settings » General » "
                         "Text formatting says (textile or common_mark)")]
+
+
+def _check_compose_projects(projects: dict[str, list[str]]) -> int:
+    """One compose project per service and environment: `up --remove-orphans` of one would
+    remove the other's containers, and a deploy to one environment recreate the other's."""
+    count = 0
+    for project, users in sorted(projects.items()):
+        if len(users) > 1:
+            print(f"[FAILED] compose project {project} is used by {', '.join(users)}: deploying "
+                  "one removes or replaces the containers of the others; give each its own "
+                  "backend.project (per environment in overrides:) or leave it out (default: "
+                  "SERVICE-ENVIRONMENT)")
+            count += 1
+    return count
+
+
+def _proxy_listen(backend) -> str | None:
+    proxy = getattr(backend, "proxy", None)  # compose keeps its own options as a dict
+    listen = proxy.get("listen") if isinstance(proxy, dict) else getattr(proxy, "listen", None)
+    return str(listen) if listen else None
+
+
+def _check_proxy_listens(listens: dict[str, list[str]]) -> int:
+    """A proxy's `listen` serves one service in one environment (a deploy refuses the second
+    at prepare; said here first)."""
+    count = 0
+    for listen, users in sorted(listens.items()):
+        if len(users) > 1:
+            print(f"[FAILED] proxy listen {listen} is used by {', '.join(users)}: only the first "
+                  "deployed can have it; give each its own listen (per environment in "
+                  "overrides:)")
+            count += 1
+    return count
 
 
 def _check_env_files(cfg) -> int:

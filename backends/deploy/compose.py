@@ -562,6 +562,10 @@ class ComposeBackend:
             client.close()
 
     def _ps(self) -> list[dict[str, Any]]:
+        return [r for r in self._ps_project() if r.get("Service") in self.services]
+
+    def _ps_project(self) -> list[dict[str, Any]]:
+        """Every container of the project, also of services the compose file does not define."""
         run = self._run(None, "ps", "-a", "--format", "json", timeout=min(self.opts.timeout, 30),
                         what="ps")
         if not run.ok:
@@ -572,7 +576,7 @@ class ComposeBackend:
         except ValueError:
             raise BackendError(f"`compose ps` of project {self.project} gave no JSON: "
                                f"{_tail(run)}") from None
-        return [r for r in rows if r.get("Service") in self.services]
+        return rows
 
     def _record_previous(self) -> None:
         if self._staged:
@@ -651,6 +655,7 @@ class ComposeBackend:
             raise BackendError(f"compose file {self.file} has no service {', '.join(missing)}",
                                hint=f"services.{self.service}.backend.services names the compose "
                                     "services that carry the version")
+        self._refuse_foreign_containers(defined)
         images = self._images_for(version, pin=image)
         override = self._write_override(version, images)
         run = self._run(override, "config", "--quiet", timeout=min(self.opts.timeout, 30),
@@ -670,10 +675,41 @@ class ComposeBackend:
         for tail in self._pull_tails(exclude=pinned):
             run = self._run(override, *tail, on_step=on_step, what="pull")
             if not run.ok:
-                raise BackendError(f"cannot pull {', '.join(refs)}: {_tail(run)}",
-                                   hint="check the image name and tag, that the registry is up "
-                                        "and reachable, and the credentials (docker login)")
+                self._pull_failed(refs, run)
         on_step(f"{', '.join(refs or [image or ''])} ready")
+
+    def _pull_failed(self, refs: list[str], run: Run) -> None:
+        # Name the service compose could not pull: it may be another service of the file, not
+        # the version being deployed (found walking the README: a sidecar tagged `latest`).
+        others = sorted({m for m in re.findall(r"^\s*(\S+) Error\b", run.output, re.M)
+                         if m not in self.services})
+        if others:
+            raise BackendError(
+                f"cannot pull the image of {', '.join(others)} (another service of {self.file}; "
+                f"nothing was changed): {_tail(run)}",
+                hint="`pull --policy missing` pulls an image tagged `latest` (or untagged) even "
+                     "when it is present: give it a fixed tag in the compose file, or make its "
+                     "registry reachable")
+        raise BackendError(f"cannot pull {', '.join(refs)}: {_tail(run)}",
+                           hint="check the image name and tag, that the registry is up "
+                                "and reachable, and the credentials (docker login)")
+
+    def _refuse_foreign_containers(self, defined: set[str]) -> None:
+        """`up --remove-orphans` removes the project's containers of services the file does not
+        define: when two configurations share a project name, a deploy of one took the other
+        down (found walking the README), so that is refused before anything changes."""
+        foreign = sorted({str(r.get("Service")) for r in self._ps_project()
+                          if r.get("Service") and r.get("Service") not in defined})
+        if foreign:
+            raise BackendError(
+                f"compose project {self.project} also has containers of {', '.join(foreign)}, "
+                f"which {self.file} does not define: another compose file (another deploybot "
+                "service?) uses this project name, and `compose up --remove-orphans` would "
+                "remove them; nothing was changed",
+                hint=f"give services.{self.service}.backend.project a name of its own (default: "
+                     "SERVICE-ENVIRONMENT); if those services were removed from the file on "
+                     f"purpose, remove their containers first (`docker ps -a --filter "
+                     f"label=com.docker.compose.project={self.project}`)")
 
     def _ensure_pinned(self, image: str, version: str, on_step: StepCallback) -> None:
         client = self._docker()

@@ -35,8 +35,10 @@ def explain(exc: Exception, docker_host: str | None = None) -> str:
     text = str(exc)
     where = (docker_host or ENGINE.get() or os.environ.get("DOCKER_HOST")
              or "unix:///var/run/docker.sock")
+    # An engine of `hosts:` does not come from DOCKER_HOST: name where it does come from.
+    source = "the service's backend.hosts" if ENGINE.get() and not docker_host else "DOCKER_HOST"
     unreachable = (f"the Docker engine is not reachable at {where} "
-                   "(is it running? is DOCKER_HOST right?)")
+                   f"(is it running? is {source} right?)")
     if isinstance(exc, docker.errors.DockerException) and "paramiko" in text:
         return ("an ssh:// engine needs the ssh extra: pip install 'deploybot[ssh]' "
                 "(and an ssh client on PATH)")

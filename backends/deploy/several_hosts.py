@@ -222,10 +222,17 @@ class SeveralHostsBackend:
 
     def status(self) -> BackendStatus:
         states = {h: b.status() for h, b in self._one.items()}
+        detail = "; ".join(f"{h}: {s.detail}" for h, s in states.items())
+        empty = [h for h, s in states.items() if not s.running and s.version is None]
+        if empty and len(empty) < len(states):
+            # The infrastructure check then blocks every deploy: say how a host is added.
+            detail += (f"; nothing runs on {', '.join(empty)}: to add a host, deploy the running "
+                       "version with hosts: naming only it, then list it with the others "
+                       "(README: Several Docker hosts, Adding a host)")
         return BackendStatus(
             running=all(s.running for s in states.values()),
             version=agreed({h: s.version for h, s in states.items()}),
-            detail="; ".join(f"{h}: {s.detail}" for h, s in states.items()),
+            detail=detail,
             failing="; ".join(f"{h}: {s.failing}" for h, s in states.items() if s.failing),
             final=any(s.final and s.failing for s in states.values()))
 

@@ -245,3 +245,40 @@ def test_a_pin_applies_to_the_services_of_the_primarys_repository(tmp_path):
     assert b._images_for("v2", restore=True) == {  # putting v2 back takes the recorded bytes
         "web": "demo-web@sha256:" + "1" * 64, "worker": "demo-web:v2",
         "cron": "demo-cron@sha256:" + "2" * 64}
+
+
+def test_a_project_holding_containers_of_another_compose_file_is_refused_before_any_change(
+        tmp_path):
+    # `up --remove-orphans` would remove the other file's containers: a project name clash.
+    other = {**PS_ROW, "Name": "shop-worker-1", "Service": "worker"}
+    binary = fake_compose(tmp_path / "bin", ps=[PS_ROW, other])
+    b = ComposeBackend("web", "staging", service_cfg(tmp_path, project="shop",
+                                                     binary=[str(binary)]))
+    with pytest.raises(BackendError) as info:
+        b.prepare("v2", lambda line: None)
+    assert "compose project shop also has containers of worker" in info.value.message
+    assert "services.web.backend.project" in info.value.hint
+    calls = (tmp_path / "bin" / "calls.log").read_text().splitlines()
+    assert not any(" up " in f" {c} " or " pull" in c for c in calls)
+
+
+def test_the_files_own_services_beside_the_deployed_one_are_not_foreign(tmp_path):
+    sidecar = {**PS_ROW, "Name": "shop-db-1", "Service": "db"}
+    binary = fake_compose(tmp_path / "bin", ps=[PS_ROW, sidecar], services="web db")
+    b = ComposeBackend("web", "staging", service_cfg(tmp_path, project="shop",
+                                                     binary=[str(binary)]))
+    b.prepare("v2", lambda line: None)
+
+
+def test_a_sidecar_that_cannot_be_pulled_is_named_not_the_version(tmp_path):
+    binary = fake_compose(tmp_path / "bin", ps=[PS_ROW], services="web cache")
+    text = binary.read_text().replace(
+        'esac\n', '  *" pull "*) echo " cache Error Get https://registry-1.docker.io/v2/: no such '
+                  'host"; exit 18 ;;\nesac\n', 1)
+    binary.write_text(text)
+    b = ComposeBackend("web", "staging", service_cfg(tmp_path, project="shop",
+                                                     binary=[str(binary)]))
+    with pytest.raises(BackendError) as info:
+        b.prepare("v2", lambda line: None)
+    assert info.value.message.startswith("cannot pull the image of cache (another service of ")
+    assert "demo-web:v2" not in info.value.message and "fixed tag" in info.value.hint

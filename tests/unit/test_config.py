@@ -125,3 +125,85 @@ def test_backend_settings_errors_read_like_the_config_file():
                             explain=lambda e: "required" if e["type"] == "missing" else None)
     assert lines == ["services.web.backend.name: required",
                      "services.web.backend.nmae: unknown setting (check the spelling)"]
+
+
+TRACKER = {"kind": "redmine", "url": "http://127.0.0.1:3000", "project": "ops"}
+
+
+@pytest.mark.parametrize("key", ["token", "api_key", "password"])
+def test_a_token_written_in_the_file_is_refused_without_quoting_it(key):
+    text = errors_of({**GOOD, "tracker": {**TRACKER, key: "s3cr3t-t0ken-value"}})
+    assert f"tracker: '{key}' would put a secret in the configuration file" in text
+    assert "token_env" in text
+    assert "s3cr3t" not in text
+
+
+@pytest.mark.parametrize("value", ["0123456789abcdef0123456789abcdef01234567",
+                                   "ghp_16C7e42F292c6912E7710c838347Ae178B4a", "glpat-xYz12"])
+def test_a_token_given_as_token_env_is_refused_without_quoting_it(value):
+    text = errors_of({**GOOD, "tracker": {**TRACKER, "token_env": value}})
+    assert "tracker: 'token_env' must be the NAME of an environment variable" in text
+    assert value not in text
+
+
+def test_a_variable_name_in_token_env_is_accepted():
+    cfg = configuration.parse({**GOOD, "tracker": {**TRACKER, "token_env": "REDMINE_TOKEN"}})
+    assert cfg.tracker.token_env == "REDMINE_TOKEN"
+
+
+@pytest.mark.parametrize("first,second", [
+    ("unix:///run/docker.sock", "unix:///run/docker.sock/"),
+    ("unix:///run/docker.sock", "unix:///run/../run/docker.sock"),
+    ("tcp://Web1.example:2376", "tcp://web1.example:2376"),
+    ("ssh://deploy@web1", "ssh://deploy@web1:22")])
+def test_one_engine_spelled_twice_in_hosts_is_refused_naming_both(first, second):
+    # Walking the README: a trailing '/' made one engine two hosts, deployed twice over.
+    text = errors_of({**GOOD, "services": {"billing": {
+        "image": "billing", "backend": {"ports": {"8080": "127.0.0.1:18080"},
+                                        "hosts": [first, {"engine": second,
+                                                          "address": "127.0.0.3"}]}}}})
+    assert (f"services.billing.backend.hosts: an engine is named twice: {first!r} and "
+            f"{second!r} name the same engine") in text
+
+
+def test_two_engines_on_other_ports_or_users_are_two_hosts():
+    cfg = configuration.parse({**GOOD, "services": {"billing": {
+        "image": "billing", "backend": {"hosts": ["tcp://web1:2376", "tcp://web1:2377",
+                                                  "ssh://a@web1", "ssh://b@web1"]}}}})
+    assert len(cfg.service("billing", "staging").backend.hosts) == 4
+
+
+def hosts_service(ports, *hosts):
+    return {**GOOD, "services": {"billing": {
+        "image": "billing", "health": {"url": "http://127.0.0.1:18080/health"},
+        "backend": {"ports": ports, "hosts": list(hosts)}}}}
+
+
+def test_a_remote_host_checked_on_a_port_published_on_its_loopback_only_is_refused():
+    # Walking the README: its own example checked web1:18080 with 127.0.0.1:18080 published.
+    text = errors_of(hosts_service({"8080": "127.0.0.1:18080"}, "ssh://deploy@web1"))
+    assert ("services.billing: backend.hosts: ssh://deploy@web1 is checked at web1, but port "
+            "18080 is published on a loopback address only") in text
+    text = errors_of(hosts_service({"8080": "127.0.0.1:18080"},
+                                   {"engine": "unix:///run/b.sock", "address": "10.0.0.5"}))
+    assert "checked at 10.0.0.5, but port 18080" in text
+
+
+@pytest.mark.parametrize("ports,hosts", [
+    ({"8080": "18080"}, ["ssh://deploy@web1", "tcp://10.0.0.12:2376"]),
+    ({"8080": "0.0.0.0:18080", "9090": "127.0.0.1:19090"}, ["ssh://deploy@web1"]),
+    ({"8080": "127.0.0.1:18080"}, ["unix:///run/a.sock",
+                                   {"engine": "unix:///run/b.sock", "address": "127.0.0.2"}])])
+def test_hosts_that_reach_their_checked_port_are_accepted(ports, hosts):
+    configuration.parse(hosts_service(ports, *hosts))
+
+
+def test_an_unknown_key_holding_a_token_says_secrets_go_in_the_environment():
+    text = errors_of({**GOOD, "slack_bot_token": "xoxb-1234-5678-abcdefghijkl"})
+    assert "slack_bot_token: unknown setting; a secret never goes in this file" in text
+    assert "xoxb-1234" not in text
+    assert "chanel: unknown setting (check the spelling)" in errors_of({**GOOD, "chanel": "#x"})
+    http = {"url": "http://127.0.0.1:8080/health"}
+    text = errors_of({**GOOD, "services": {"billing": {
+        "image": "billing", "health": http, "http_auth": {"bearer_token_envv": "X"}}}})
+    assert "http_auth.bearer_token_envv: unknown setting (check the spelling)" in text

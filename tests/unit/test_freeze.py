@@ -133,3 +133,14 @@ def test_outside_a_freeze_break_glass_asks_for_nothing_extra(world):
     d = world.pipeline.run(d.id)
     assert d.status is DeploymentStatus.SUCCEEDED
     assert world.store.gates(d.id) == []
+
+
+@pytest.mark.parametrize("text", ["25:00", "12:60"])
+def test_an_impossible_time_of_day_says_which_are_possible(text):
+    from bot.errors import InputError
+    from bot.freeze import parse_when
+
+    with pytest.raises(InputError) as err:
+        parse_when(text, now=datetime(2026, 11, 29, 4, tzinfo=timezone.utc), tz="UTC")
+    assert err.value.message == f"{text!r} is not a time of day"
+    assert err.value.hint.startswith("hours 00-23, minutes 00-59: say HH:MM")

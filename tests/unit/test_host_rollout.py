@@ -102,7 +102,8 @@ def test_each_engine_runs_the_service_alone_with_its_ports_moved():
     from backends.deploy.several_hosts import settings_on
 
     svc = parse({"ports": {"8080": "127.0.0.1:18080"},
-                 "hosts": [H1, {"engine": H3, "address": "127.0.0.3"}]}).service("web", "staging")
+                 "hosts": ["unix:///run/web1.sock", {"engine": H3, "address": "127.0.0.3"}]}
+                ).service("web", "staging")  # (web1 could not reach its 127.0.0.1 port)
     first, third = (settings_on(svc, h).backend for h in svc.backend.hosts)
     assert (first.hosts, first.ports) == (None, {"8080": "127.0.0.1:18080"})
     assert (third.hosts, third.ports) == (None, {"8080": "127.0.0.3:18080"})

@@ -115,6 +115,10 @@ def test_killed_after_the_old_container_stopped_restarts_the_previous_version(wo
                and "rolled back to v1" in a for a in said)
     comments = [c.body for c in world.tracker.comments(d.ticket_id)]
     assert any("Deployment Record" in c and "rolled back to v1" in c for c in comments)
+    # Killed before verifying: the record must not claim a verification that never ran.
+    record = world.store.deployment(d.id).record
+    assert "no verification completed" in record and "never completed its verification" in record
+    assert "verification failed" not in record and "did not pass verification" not in record
     assert recover(world.pipeline) == []  # resolved: nothing left to do
 
 
