@@ -343,6 +343,12 @@ def start_node(state: State, admin_token: str) -> None:
     root = Path(state.dir)
     b = Path(state.bin_dir)
     ensure_pause_image(state.docker_host, state.bin_dir)
+    # Pod containers of an earlier kubelet that never reached `stop` (its run was killed): a new
+    # kubelet refuses to start on them ("no PodsandBox found with Id ..."). Only one kubelet may
+    # run per engine, so whatever k8s_* container is there is a leftover.
+    left = remove_pod_containers(state.docker_host)
+    if left:
+        say(f"removed {left} k8s_* container(s) an earlier kubelet left on this engine")
     state.node_ip = engine_bridge_ip(state.docker_host)
     for name in SYSCTLS:
         state.sysctls[name] = Path(f"/proc/sys/{name}").read_text().strip()
