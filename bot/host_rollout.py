@@ -69,6 +69,11 @@ class Host:
         self.name, self.backend, self.svc, self.outcome = name, backend, svc, outcome
         self.result: VerificationResult | None = None
 
+    @classmethod
+    def of(cls, o: HostOutcome, backend: SeveralHosts, svc: Service) -> "Host":
+        """A host a stored rollout (d.hosts) names, checked at its own address."""
+        return cls(o.host, backend.backend_for_host(o.host), service_on_host(svc, o.address), o)
+
 
 def combined(hosts: list[Host]) -> VerificationResult:
     """One verification for the record: each check passed on every host verified, else the
@@ -302,7 +307,7 @@ def recover(ctx, d: Deployment, backend: SeveralHosts) -> list[str]:
     outcomes = hosts_from_text(d.hosts)
     said, failed = [], []
     for o in reversed(outcomes):
-        h = Host(o.host, backend.backend_for_host(o.host), service_on_host(svc, o.address), o)
+        h = Host.of(o, backend, svc)
         try:
             if o.previous and h.backend.current_version() == o.previous:
                 step(f"{o.host}: {o.previous} runs; checking its health")
@@ -321,3 +326,21 @@ def recover(ctx, d: Deployment, backend: SeveralHosts) -> list[str]:
     if failed:
         raise BackendError("; ".join(failed))
     return said
+
+
+def verify_left(ctx, d: Deployment, backend: SeveralHosts, step: StepCallback,
+                left: float) -> VerificationResult:
+    """bot/recovery.py's verification of the rest of the window: each host at its own address,
+    as the rollout does (the service's URLs as written reach one host at most, so a host killed
+    before its checks would otherwise pass unseen); the first failing host ends it."""
+    svc = ctx.config.service(d.service, d.environment)
+    hosts, until = [], ctx.clock.monotonic() + left
+    for o in hosts_from_text(d.hosts):
+        h = Host.of(o, backend, svc)
+        step(f"verifying {o.host}" + (f" at {o.address}" if o.address else ""))
+        h.result = verify(h.svc, h.backend, ctx.probe, ctx.clock, step,
+                          timeout=max(until - ctx.clock.monotonic(), 0.0))
+        hosts.append(h)
+        if h.result.failed:
+            break
+    return combined(hosts)

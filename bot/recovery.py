@@ -26,7 +26,7 @@ from typing import Callable
 from bot import host_rollout, liveness, logcontext
 from bot import watch as watching
 from bot.errors import BackendError
-from bot.models import CheckStatus, Deployment, DeploymentKind, DeploymentStatus, hosts_from_text
+from bot.models import CheckStatus, Deployment, DeploymentKind, DeploymentStatus
 from bot.ports import DeployBackend, SeveralHosts
 from bot.staged import staged
 from bot.verify import verify, wait_healthy
@@ -172,23 +172,10 @@ class Recovery:
         return self._roll_back(f"verification did not complete ({why})")
 
     def _verify_left(self, step, left: float):
-        """Verification for the rest of the window; on several hosts each host at its own
-        address, as the rollout does: the service's URLs as written reach one host at most, so
-        a host killed before its checks would otherwise pass unseen (found killing one)."""
-        probe, clock = self.pipeline.probe, self.pipeline.clock
-        if not (isinstance(self.backend, SeveralHosts) and self.d.hosts):
-            return verify(self.svc, self.backend, probe, clock, step, timeout=left)
-        hosts, until = [], clock.monotonic() + left
-        for o in hosts_from_text(self.d.hosts):
-            h = host_rollout.Host(o.host, self.backend.backend_for_host(o.host),
-                                  host_rollout.service_on_host(self.svc, o.address), o)
-            step(f"verifying {o.host}" + (f" at {o.address}" if o.address else ""))
-            h.result = verify(h.svc, h.backend, probe, clock, step,
-                              timeout=max(until - clock.monotonic(), 0.0))
-            hosts.append(h)
-            if h.result.failed:
-                break
-        return host_rollout.combined(hosts)
+        if isinstance(self.backend, SeveralHosts) and self.d.hosts:
+            return host_rollout.verify_left(self.pipeline.context, self.d, self.backend, step, left)
+        return verify(self.svc, self.backend, self.pipeline.probe, self.pipeline.clock, step,
+                      timeout=left)
 
     def _roll_back(self, reason: str, result=None) -> Deployment:
         d, step = self.d, self.pipeline.context.step_for(self.d)

@@ -91,9 +91,9 @@ def _environment(word: str, environments: Collection[str]) -> str:
 
 
 def _plain(ticket: str, usage: str) -> None:
-    """Ticket ids (and their URLs) are ASCII. A look-alike ('DEMO-４２' with full-width digits,
-    which a tracker's \\d accepts) would be another ticket to deploybot and maybe the same one
-    to the tracker: the one-deployment-per-ticket guard and the history would not see it."""
+    """Ticket ids (and their URLs) are ASCII. A look-alike ('DEMO-４２' with full-width digits)
+    would be another ticket to deploybot and maybe the same one to a tracker: the adapters take
+    ASCII digits only too, and this says which character it was."""
     odd = next((c for c in ticket if not (c.isascii() and c.isprintable())), None)
     if odd is not None:
         name = unicodedata.name(odd, f"U+{ord(odd):04X}")

@@ -6,6 +6,7 @@ import pytest
 
 from bot import config as configuration
 from bot.errors import ConfigError
+from fakes.slack_api import fake_token
 
 GOOD = {
     "environments": {"staging": {}, "production": {"approvals_required": 1}},
@@ -199,9 +200,10 @@ def test_hosts_that_reach_their_checked_port_are_accepted(ports, hosts):
 
 
 def test_an_unknown_key_holding_a_token_says_secrets_go_in_the_environment():
-    text = errors_of({**GOOD, "slack_bot_token": "xoxb-1234-5678-abcdefghijkl"})
+    token = fake_token("bot", "1234-5678-abcdefghijkl")
+    text = errors_of({**GOOD, "slack_bot_token": token})
     assert "slack_bot_token: unknown setting; a secret never goes in this file" in text
-    assert "xoxb-1234" not in text
+    assert token not in text and "1234-5678" not in text
     assert "chanel: unknown setting (check the spelling)" in errors_of({**GOOD, "chanel": "#x"})
     http = {"url": "http://127.0.0.1:8080/health"}
     text = errors_of({**GOOD, "services": {"billing": {

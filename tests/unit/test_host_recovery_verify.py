@@ -7,26 +7,15 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import pytest
-
 from bot.models import DeploymentStatus
 from bot.recovery import recover
-from test_host_rollout import Hosts, Killed
+from test_host_rollout import Hosts
 
 
 def killed_after_the_last_host_started(tmp_path, bad_at: set[str]):
     w = Hosts(tmp_path)
     w.probe.bad, w.probe.bad_only_at = ({"v2"}, bad_at) if bad_at else (set(), set())
-    started = w.one["h3"].deploy
-
-    def killed(version, **kw):
-        started(version, **kw)
-        raise Killed()
-
-    w.one["h3"].deploy = killed
-    with pytest.raises(Killed):
-        w.deploy()
-    [d] = w.store.deployments(limit=1)
+    d = w.deploy_killed_after_starting("h3")
     assert d.status is DeploymentStatus.VERIFYING
     assert [b.running for b in w.one.values()] == ["v2", "v2", "v2"]
     dead = subprocess.Popen([sys.executable, "-c", "pass"])

@@ -13,7 +13,7 @@ from backends.trackers.local import LocalTracker
 from bot import config as configuration
 from bot import host_rollout
 from bot.errors import BackendError, ConfigError
-from bot.models import DeploymentStatus, hosts_from_text
+from bot.models import Deployment, DeploymentStatus, hosts_from_text
 from bot.pipeline import Pipeline
 from bot.ports import ProbeResult
 from bot.store import Store
@@ -166,6 +166,10 @@ class HostProbe:
         return ProbeResult(url, 200, f"ok {version} pong", ms)
 
 
+class Killed(BaseException):
+    """deploybot killed (kill -9) at this point: nothing after it runs."""
+
+
 class Hosts:
     """Three hosts (loopback addresses 127.0.0.1..3) running v1, a pipeline to deploy there."""
 
@@ -201,6 +205,20 @@ class Hosts:
 
     def calls(self, *kinds: str) -> list[str]:
         return [c for c in self.log if c.split()[1] in kinds]
+
+    def deploy_killed_after_starting(self, host: str) -> Deployment:
+        """A deploy killed (kill -9) right after `host` started the new version: the stored row."""
+        started = self.one[host].deploy
+
+        def killed_after_starting(version, **kw):
+            started(version, **kw)
+            raise Killed()
+
+        self.one[host].deploy = killed_after_starting
+        with pytest.raises(Killed):
+            self.deploy()
+        [d] = self.store.deployments(limit=1)
+        return d
 
 
 def test_every_host_is_prepared_first_then_deployed_and_verified_one_after_the_other(tmp_path):
@@ -363,22 +381,9 @@ def test_the_hand_commands_name_each_hosts_engine(tmp_path):
                                         "docker -H ssh://deploy@web2 run -d demo-web:v1"]
 
 
-class Killed(BaseException):
-    """deploybot killed (kill -9) at this point: nothing after it runs."""
-
-
 def test_the_recovery_puts_back_each_host_a_killed_rollout_had_changed(tmp_path):
     w = Hosts(tmp_path, running=("v1", "v0", "v1"))
-    started = w.one["h2"].deploy
-
-    def killed_after_starting(version, **kw):
-        started(version, **kw)
-        raise Killed()
-
-    w.one["h2"].deploy = killed_after_starting
-    with pytest.raises(Killed):
-        w.deploy()
-    [d] = w.store.deployments(limit=1)
+    d = w.deploy_killed_after_starting("h2")
     assert [o.outcome for o in hosts_from_text(d.hosts)] == [
         "deployed and verified", "interrupted while being deployed", "not reached"]
     w.log.clear()

@@ -18,11 +18,12 @@ from handlers import cli
 from handlers.terminal import os_login
 from fakes.core import FakeBackend, FakeProbe, InstantClock
 from fakes.tracker import MemoryTracker
+from fakes.slack_api import fake_token
 
 DB_PASSWORD = "dbP@ss/w0rd!"  # URL-quoting changes it: the quoted form must go too
 SECRETS = {
-    "SLACK_BOT_TOKEN": "xoxb-fake-SLACKBOTSECRET",
-    "SLACK_APP_TOKEN": "xapp-fake-APPLEVELSECRET",
+    "SLACK_BOT_TOKEN": fake_token("bot", "SLACKBOTSECRET"),
+    "SLACK_APP_TOKEN": fake_token("app", "APPLEVELSECRET"),
     "SLACK_SIGNING_SECRET": "SIGNINGSECRETabc123",
     "REDMINE_KEY": "rdmKEY-5f3a9c0e",
     "REG_USER": "robot-user",

@@ -23,7 +23,7 @@ from handlers import cli
 from handlers.slack_app import SlackFrontEnd, explain, web_client
 from fakes.core import FakeBackend, FakeProbe, InstantClock
 from fakes.schedule import ScheduleWorld
-from fakes.slack_api import FakeSlack
+from fakes.slack_api import FakeSlack, fake_token
 
 PRODUCTION = {"production": True, "approvers": ["bob", "dana", "erin"], "approvals_required": 1}
 GATED = {"environments": {"staging": {"lock_ttl": 600}, "production": PRODUCTION}}
@@ -329,7 +329,7 @@ def test_terminal_and_slack_give_the_same_refusal(tmp_path, monkeypatch, capsys)
 
     config = configuration.load(str(term.path))
     told: list[str] = []
-    with FakeSlack(bot_token="xoxb-fake-service") as slack:
+    with FakeSlack(bot_token=fake_token("bot", "service")) as slack:
         front = SlackFrontEnd(config, store, web_client(slack.bot_token, slack.api_url),
                               environ={}, tracker=tracker, backend_for=lambda s, e: backend,
                               probe=FakeProbe(backend), clock=InstantClock())
